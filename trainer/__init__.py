@@ -1,0 +1,1 @@
+"""MultiFair trainer: plain PyTorch, no Ray, no MLflow."""
