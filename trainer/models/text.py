@@ -18,7 +18,9 @@ def load_tokenizer(name: str):
     from transformers import AutoTokenizer, BertTokenizerFast
 
     if name == "tiny_bert":
-        tok = BertTokenizerFast(vocab_file=str(TINY_VOCAB), do_lower_case=True)
+        tokens = TINY_VOCAB.read_text().split("\n")
+        vocab = {t: i for i, t in enumerate(t for t in tokens if t)}
+        tok = BertTokenizerFast(vocab=vocab, do_lower_case=True)
         tok.name_or_path = "tiny_bert"
         return tok
     try:

@@ -1,0 +1,263 @@
+"""MLflow on the driver: one parent run per study, one nested child run per trial.
+
+`StudyTracker` is the only writer; the live search (`MLflowTrialCallback`) and the re-log
+command (search.relog) both go through it, so a trial logged twice is found by its tags
+(study_dir + trial_id) and only the epochs not yet logged are added. Only aggregate metrics,
+hyperparameters and the configuration are logged, never patient content.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ray.tune import Callback
+
+from search.space import HYPERPARAMETERS
+
+LOGGED_PREFIXES = ("val/", "train/", "mod/")
+LOGGED_KEYS = ("es_auc", "auc", "time_this_iter_s")
+
+
+class TrackingUnavailable(RuntimeError):
+    pass
+
+
+def default_tracking_uri(results_dir: str | Path) -> str:
+    """MLFLOW_TRACKING_URI if set, else an ABSOLUTE sqlite file under the results folder (Tune
+    changes each trial's working directory, so a relative URI would scatter stores)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return "sqlite:///" + str((Path(results_dir) / "mlflow.db").resolve())
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail before the search starts when the store cannot be reached."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise TrackingUnavailable(
+                f"MLflow tracking server {uri} is unreachable ({exc}). Start it (mlflow/serve.sh), "
+                "or run with --no-tracking and fill MLflow afterwards with "
+                "`python -m search.relog --results <study folder> --tracking-uri URI`.") from None
+    elif uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.is_absolute():
+            raise TrackingUnavailable(f"sqlite tracking URI must be absolute, got {uri}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif uri.startswith("file:") or "://" not in uri:
+        raise TrackingUnavailable(f"{uri}: MLflow 3 refuses the file store; use sqlite:////abs/mlflow.db "
+                                  "or http://host:5000")
+
+
+def ui_hint(uri: str, experiment_id: str) -> tuple[str, str]:
+    """(command to open the UI, runs-table URL). The GenAI overview page is useless here."""
+    if uri.startswith(("http://", "https://")):
+        server = uri.rstrip("/")
+        command = f"open {server} in a browser"
+    else:
+        server = "http://127.0.0.1:5000"
+        command = f"mlflow ui --backend-store-uri {uri} --port 5000"
+    return command, f"{server}/#/experiments/{experiment_id}/runs"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    return out
+
+
+def trial_params(config: dict) -> dict[str, str]:
+    """Child-run params: the five hyperparameters plus the fixed configuration (base.*)."""
+    params = {name: str(config[name]) for name in HYPERPARAMETERS if name in config}
+    params.update(_flatten(config.get("base", {}), "base."))
+    return params
+
+
+def result_metrics(result: dict) -> dict[str, float]:
+    """The numeric, finite metrics of one Tune result worth logging."""
+    out = {}
+    for k, v in result.items():
+        if (k.startswith(LOGGED_PREFIXES) or k in LOGGED_KEYS) and isinstance(v, (int, float)) \
+                and not isinstance(v, bool) and math.isfinite(v):
+            out[k] = float(v)
+    return out
+
+
+class StudyTracker:
+    """Parent + child runs of one study in one MLflow experiment (idempotent writers)."""
+
+    def __init__(self, tracking_uri: str, experiment: str, study_dir: str,
+                 artifact_root: str | None = None):
+        self.tracking_uri, self.experiment, self.study_dir = tracking_uri, experiment, study_dir
+        self.artifact_root = artifact_root
+        self._client = None
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self._children: dict[str, str] = {}
+        self._logged_step: dict[str, int] = {}
+
+    def __getstate__(self):   # Tune pickles callbacks into the experiment state
+        state = dict(self.__dict__)
+        state["_client"] = None
+        return state
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    # -- parent ---------------------------------------------------------------
+    def start_study(self, tags: dict[str, str], params: dict[str, str]) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            location = None
+            if self.artifact_root and self.tracking_uri.startswith("sqlite:"):
+                # sqlite stores default to ./mlruns relative to the cwd: pin it absolutely.
+                location = Path(self.artifact_root).resolve().as_uri()
+            self.experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
+        else:
+            self.experiment_id = exp.experiment_id
+        found = self._search(f"tags.study_dir = '{self.study_dir}' and tags.run_kind = 'study'")
+        if found:
+            self.parent_run_id = found[0].info.run_id
+            if found[0].info.status != "RUNNING":
+                self.client.update_run(self.parent_run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=Path(self.study_dir).name,
+                                         tags={**tags, "run_kind": "study", "study_dir": self.study_dir})
+            self.parent_run_id = run.info.run_id
+            self._log_params(self.parent_run_id, params)
+        return self.parent_run_id
+
+    def end_study(self, status: str = "FINISHED", tags: dict[str, str] | None = None) -> None:
+        for k, v in (tags or {}).items():
+            self.client.set_tag(self.parent_run_id, k, str(v))
+        self.client.set_terminated(self.parent_run_id, status=status)
+
+    # -- children -------------------------------------------------------------
+    def child(self, trial_id: str, config: dict, tags: dict[str, str]) -> str:
+        """The child run of a trial: found by tag, created (with params) when absent."""
+        if trial_id in self._children:
+            return self._children[trial_id]
+        found = self._search(f"tags.study_dir = '{self.study_dir}' and tags.trial_id = '{trial_id}'")
+        if found:
+            run_id = found[0].info.run_id
+            history = self.client.get_metric_history(run_id, "es_auc")
+            self._logged_step[run_id] = max((m.step for m in history), default=0)
+        else:
+            run = self.client.create_run(
+                self.experiment_id, run_name=f"trial_{trial_id}",
+                tags={**tags, "mlflow.parentRunId": self.parent_run_id, "run_kind": "trial",
+                      "trial_id": trial_id, "study_dir": self.study_dir})
+            run_id = run.info.run_id
+            self._log_params(run_id, trial_params(config))
+            self._logged_step[run_id] = 0
+        self._children[trial_id] = run_id
+        return run_id
+
+    def log_epoch(self, run_id: str, result: dict) -> None:
+        """Log one epoch with step = epoch; epochs already logged are skipped (idempotent)."""
+        from mlflow.entities import Metric
+
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if step <= self._logged_step.get(run_id, 0):
+            return
+        ts = int(result.get("timestamp", time.time()) * 1000)
+        metrics = [Metric(k, v, ts, step) for k, v in result_metrics(result).items()]
+        for i in range(0, len(metrics), 900):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 900])
+        self._logged_step[run_id] = step
+
+    def end_trial(self, run_id: str, status: str, epochs: int, max_epochs: int,
+                  extra_tags: dict | None = None) -> None:
+        stopped = status == "FINISHED" and epochs < max_epochs
+        tags = {"epochs_trained": epochs, "asha_stopped": str(stopped).lower(), **(extra_tags or {})}
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v))
+        self.client.set_terminated(run_id, status=status)
+
+    def log_model(self, run_id: str, checkpoint_dir: str) -> None:
+        """Log the trial's model weights (pickled module: the fused model takes a dict)."""
+        import mlflow
+        import mlflow.pytorch
+        import torch
+
+        from trainer.loop import load_model
+
+        model = load_model(checkpoint_dir)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        with mlflow.start_run(run_id=run_id):
+            mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
+                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                                       "multifair-tune"])
+        self.client.set_tag(run_id, "model_logged", "true")
+
+    # -- helpers --------------------------------------------------------------
+    def _search(self, filter_string: str):
+        return self.client.search_runs([self.experiment_id], filter_string=filter_string,
+                                       max_results=10)
+
+    def _log_params(self, run_id: str, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+
+class MLflowTrialCallback(Callback):
+    """Driver-side Tune callback: child run per trial under the study's parent run."""
+
+    def __init__(self, tracker: StudyTracker, max_epochs: int, trial_tags: dict[str, str]):
+        self.tracker, self.max_epochs, self.trial_tags = tracker, max_epochs, trial_tags
+        self.retries: dict[str, int] = {}
+        self.epochs: dict[str, int] = {}
+
+    def _run(self, trial) -> str:
+        return self.tracker.child(trial.trial_id, trial.config, self.trial_tags)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.tracker.log_epoch(self._run(trial), result)
+        self.epochs[trial.trial_id] = int(result.get("epoch", result.get("training_iteration", 0)))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.retries[trial.trial_id] = self.retries.get(trial.trial_id, 0) + 1
+        self.tracker.client.set_tag(self._run(trial), "retries", self.retries[trial.trial_id])
+
+    def _epochs(self, trial) -> int:
+        last = trial.last_result or {}
+        return int(last.get("epoch", self.epochs.get(trial.trial_id, 0)))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.tracker.end_trial(self._run(trial), "FINISHED", self._epochs(trial), self.max_epochs)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.tracker.end_trial(self._run(trial), "FAILED", self._epochs(trial), self.max_epochs,
+                               {"retries": self.retries.get(trial.trial_id, 0)})

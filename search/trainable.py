@@ -1,0 +1,88 @@
+"""One Tune trial = one trainer fit. Reports once per epoch with a checkpoint, resumes from the
+last checkpoint when Tune retries or restores the trial.
+
+The trial's config holds the five hyperparameters (sampled by Optuna) plus constants put in the
+param space by the runner: "base" (the fixed TrainConfig as a dict), "synthetic" (how to
+regenerate the generated dataset on a node that lacks it) and "test_hooks".
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+from search.space import HYPERPARAMETERS
+
+METRIC = "es_auc"   # a plain top-level key: what ASHA and Optuna read
+MODE = "max"
+
+
+class DeliberateTrialFailure(RuntimeError):
+    """Raised by the fail_baseline_trial test hook."""
+
+
+def trial_config(config: dict):
+    """The TrainConfig of a trial: fixed base + sampled hyperparameters, test split untouched."""
+    from trainer.config import config_from_dict
+
+    base = dict(config["base"])
+    base.update({name: float(config[name]) for name in HYPERPARAMETERS})
+    base["evaluate_test"] = False   # the test split is touched once, for the chosen config
+    return config_from_dict(base)
+
+
+def ensure_data(cfg, synthetic: dict | None) -> None:
+    """Regenerate the generated dataset on this node if absent, then build the cache (cheap when
+    built; the trainer's cache is locked and idempotent)."""
+    from filelock import FileLock
+
+    from trainer.data import prepare
+
+    if synthetic and not Path(cfg.data_root).exists():
+        from trainer.data.synthetic import synthesize
+
+        Path(cfg.data_root).parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(cfg.data_root) + ".lock"):
+            if not Path(cfg.data_root).exists():
+                synthesize(out=cfg.data_root, **synthetic)
+    prepare(cfg)
+
+
+def epoch_metrics(report) -> dict[str, float]:
+    """Flat metrics of one epoch: namespaced trainer keys plus plain keys for the scheduler."""
+    metrics = {k: float(v) for k, v in report.flat().items()}
+    metrics.update(epoch=report.epoch, es_auc=float(report.val["es_auc"]),
+                   auc=float(report.val["auc"]))
+    return metrics
+
+
+def _is_baseline(config: dict) -> bool:
+    baseline = config.get("test_hooks", {}).get("baseline", {})
+    return bool(baseline) and all(math.isclose(config[k], v) for k, v in baseline.items())
+
+
+def train_trial(config: dict) -> None:
+    """The Tune function trainable."""
+    from ray import tune
+
+    from trainer.loop import fit
+
+    cfg = trial_config(config)
+    ensure_data(cfg, config.get("synthetic"))
+    hooks = config.get("test_hooks", {})
+
+    def on_epoch(report):
+        # Test hook (documented in docs/search.md): make the baseline trial raise on every attempt.
+        if hooks.get("fail_baseline_trial") and _is_baseline(config) \
+                and report.epoch >= hooks.get("fail_at_epoch", 1):
+            raise DeliberateTrialFailure(f"test hook: baseline trial fails at epoch {report.epoch}")
+        with tempfile.TemporaryDirectory(prefix="multifair-ckpt-") as tmp:
+            report.save_checkpoint(tmp)
+            tune.report(epoch_metrics(report), checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        fit(cfg, on_epoch=on_epoch)
+        return
+    with checkpoint.as_directory() as resume_dir:
+        fit(cfg, on_epoch=on_epoch, resume_from=resume_dir)

@@ -1,0 +1,78 @@
+"""Command line: `python -m trainer synthesize ...` and `python -m trainer fit ...`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trainer.config import DATASETS, MODES, PRESETS
+
+
+def _fit_parser(sub) -> None:
+    p = sub.add_parser("fit", help="train one MultiFair model; prints one JSON line at the end")
+    p.add_argument("--dataset", choices=DATASETS, required=True)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--attribute", default="gender",
+                   help="gender | race | ethnicity | language | maritalstatus")
+    p.add_argument("--mode", choices=MODES, default="full")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--modalities", help="comma-separated, e.g. slo,oct,note")
+    p.add_argument("--config", help="JSON file of config fields")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field (repeatable)")
+    p.add_argument("--out", help="directory for the final checkpoint and result.json")
+    p.add_argument("--resume", help="checkpoint directory to continue from")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _run_fit(args) -> int:
+    import json
+    from pathlib import Path
+
+    from trainer.config import make_config
+    from trainer.data import DataError
+    from trainer.loop import fit, result_json
+
+    try:
+        cfg = make_config(args.dataset, args.attribute, preset=args.preset,
+                          config_file=args.config, sets=args.set, data_root=args.data_root,
+                          mode=args.mode, epochs=args.epochs, seed=args.seed,
+                          modalities=args.modalities)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    last = {}
+    on_epoch = None
+    if args.out:
+        def on_epoch(report):  # keep the latest full state so an interrupted fit can --resume
+            last["dir"] = report.save_checkpoint(Path(args.out) / "checkpoint")
+    try:
+        result = fit(cfg, on_epoch=on_epoch, resume_from=args.resume,
+                     progress=not args.no_progress)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    line = result_json(result)
+    if args.out:
+        Path(args.out, "result.json").write_text(json.dumps(json.loads(line), indent=2))
+    print(line)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    from trainer.data import synthetic
+
+    synthetic.add_arguments(sub.add_parser("synthesize", help="write a generated dataset in the "
+                                           "released on-disk format"))
+    _fit_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "synthesize":
+        return synthetic.run(args) or 0
+    return _run_fit(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

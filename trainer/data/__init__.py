@@ -1,0 +1,117 @@
+"""Data layer: the released FairVision / FairVLMed layouts, a preprocessed cache, torch Datasets.
+
+    datasets = build_datasets(cfg)            # {"train", "val", "test"} -> CachedDataset
+    batch = datasets["train"].get_batch(idx)  # stacked tensors, no DataLoader needed
+    summary = prepare(cfg)                    # builds the cache; counts per split and group
+
+Samples whose code for cfg.attribute is -1 (unknown) are dropped, for that attribute only.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from trainer.config import ATTRIBUTES, canonical_attribute
+from trainer.data import fairvision, fairvlmed
+from trainer.data.cache import ATTRIBUTE_ORDER, load_split
+from trainer.data.common import SPLITS, DataError, check_codes
+
+LAYOUTS = {"fairvision": fairvision.LAYOUT, "fairvlmed": fairvlmed.LAYOUT}
+__all__ = ["DataError", "CachedDataset", "build_datasets", "prepare", "LAYOUTS"]
+
+
+class CachedDataset(Dataset):
+    """Rows of the cache for one split and attribute. Items follow docs/architecture.md."""
+
+    def __init__(self, arrays: dict, labels: np.ndarray, groups: np.ndarray, rows: np.ndarray,
+                 group_names: dict[int, str]):
+        self.arrays, self.rows, self.group_names = arrays, rows, group_names
+        self.labels = labels[rows].astype(np.float32)     # per-item label, in item order
+        self.groups = groups[rows].astype(np.int64)       # per-item group code, in item order
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _take(self, rows) -> dict:
+        out = {}
+        for name, arr in self.arrays.items():
+            block = torch.from_numpy(np.array(arr[rows]))
+            if name == "note":
+                block = block.long()
+                out[name] = {"input_ids": block[..., 0, :], "attention_mask": block[..., 1, :]}
+            else:
+                out[name] = block
+        return out
+
+    def __getitem__(self, i: int) -> dict:
+        item = self._take(int(self.rows[i]))
+        item["label"] = torch.tensor(self.labels[i])
+        item["group"] = torch.tensor(self.groups[i])
+        return item
+
+    def get_batch(self, indices) -> dict:
+        """A whole batch by item indices: the same keys as items, stacked along a first axis."""
+        idx = np.asarray(indices, dtype=np.int64)
+        batch = self._take(self.rows[idx])
+        batch["label"] = torch.from_numpy(self.labels[idx])
+        batch["group"] = torch.from_numpy(self.groups[idx])
+        return batch
+
+
+def _tokenizer_for(cfg, tokenizer):
+    if tokenizer is None and "note" in cfg.resolved_modalities():
+        from trainer.models.text import load_tokenizer
+        tokenizer = load_tokenizer(cfg.note_encoder)
+    return tokenizer
+
+
+def _select(cfg, layout, split, meta, folder):
+    """Rows kept for cfg.attribute, their group codes, and the per-group counts."""
+    attribute = canonical_attribute(cfg.attribute)
+    codes = meta["codes"][:, ATTRIBUTE_ORDER.index(attribute)]
+    check_codes(codes, meta["files"], folder, layout, attribute)
+    rows = np.flatnonzero(codes != -1)
+    counts = {name: int((codes[rows] == c).sum()) for c, name in ATTRIBUTES[attribute].items()}
+    keys = "/".join(layout.attribute_keys[attribute])
+    empty = [name for name, k in counts.items() if k == 0]
+    if empty:
+        warnings.warn(f"{folder}: split {split!r} has no samples for {attribute} group(s) "
+                      f"{empty} (key {keys!r})", stacklevel=3)
+    if sum(k > 0 for k in counts.values()) < 2:
+        raise DataError(f"{folder}: split {split!r} has fewer than 2 groups for {attribute} "
+                        f"(key {keys!r}); counts {counts}")
+    return rows, codes, counts, empty
+
+
+def _load(cfg, tokenizer):
+    layout = LAYOUTS[cfg.dataset]
+    if not cfg.data_root:
+        raise DataError("no data root given (key: data_root)")
+    tokenizer = _tokenizer_for(cfg, tokenizer)
+    mods = cfg.resolved_modalities()
+    for split in SPLITS:
+        meta, arrays, folder = load_split(cfg, layout, cfg.data_root, split, mods, tokenizer)
+        yield split, meta, arrays, folder, _select(cfg, layout, split, meta, folder)
+
+
+def build_datasets(cfg, tokenizer=None) -> dict[str, CachedDataset]:
+    """{"train", "val", "test"} datasets over the cache (built first if needed)."""
+    names = ATTRIBUTES[canonical_attribute(cfg.attribute)]
+    out = {}
+    for split, meta, arrays, _folder, (rows, codes, _c, _e) in _load(cfg, tokenizer):
+        out[split] = CachedDataset(arrays, meta["labels"], codes, rows, names)
+    return out
+
+
+def prepare(cfg, tokenizer=None) -> dict:
+    """Build the cache for all splits (idempotent, process-safe); aggregate counts only."""
+    summary = {"dataset": cfg.dataset, "attribute": canonical_attribute(cfg.attribute),
+               "modalities": list(cfg.resolved_modalities()), "splits": {}}
+    for split, meta, _arrays, _folder, (rows, _codes, counts, empty) in _load(cfg, tokenizer):
+        summary["splits"][split] = {
+            "n": int(len(rows)), "dropped_unknown": int(len(meta["labels"]) - len(rows)),
+            "positives": int(meta["labels"][rows].sum()), "groups": counts, "empty_groups": empty}
+    return summary

@@ -1,0 +1,171 @@
+"""Process-safe on-disk cache of preprocessed arrays, read back with memory maps.
+
+One entry per (absolute data root, split, modality, preprocessing parameters), stored as a .npy
+file named by a hash of those parts (plus the source files' names, sizes and mtimes, so a changed
+dataset gets a new entry). Labels, all attribute codes and npz file names of a split live in one
+small meta .npz (cache only; never logged). Location: cfg.cache_dir, else $MULTIFAIR_CACHE, else
+~/.cache/multifair-tune.
+
+Concurrency: each entry has a filelock.FileLock; a builder takes the locks of all entries it is
+missing (in one global order, so no deadlock), re-checks, builds into a temp file in one pass over
+the npz files (each opened once) and publishes with os.replace. A process that waited on the lock
+finds the entry present and just reads it.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+from trainer.data import common
+from trainer.data.common import MODALITY_KEYS, DataError, Layout
+from trainer.data.transforms import preprocess_oct, preprocess_slo
+
+CACHE_VERSION = 1
+ATTRIBUTE_ORDER = ("gender", "race", "ethnicity", "language", "maritalstatus")
+
+
+def cache_root(cfg) -> Path:
+    root = cfg.cache_dir or os.environ.get("MULTIFAIR_CACHE") or "~/.cache/multifair-tune"
+    path = Path(root).expanduser().resolve() / f"v{CACHE_VERSION}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _hash(parts: dict) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _fingerprint(files: list[Path]) -> str:
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return _hash({"files": stats})
+
+
+def find_csv(layout: Layout, root: str | Path) -> Path:
+    base = layout.base_dir(root)
+    for folder in (base, base.parent):
+        for name in layout.csv_names:
+            if (folder / name).is_file():
+                return folder / name
+    raise DataError(f"{base}: no summary CSV (tried {', '.join(layout.csv_names)}); "
+                    f"needed for key 'gpt4_summary'")
+
+
+def modality_params(cfg, modality: str, tokenizer=None, csv: Path | None = None) -> dict:
+    if modality == "slo":
+        return {"size": cfg.image_size}
+    if modality == "oct":
+        return {"size": cfg.image_size, "k": cfg.oct_slices}
+    params = {"source": cfg.note_source, "max_length": cfg.note_max_length,
+              "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
+              "vocab": len(tokenizer)}
+    if csv is not None:
+        params["csv"] = [str(csv), csv.stat().st_mtime_ns]
+    return params
+
+
+def _entry_paths(cfg, layout, root, split, files, modalities, tokenizer) -> dict[str, Path]:
+    common_parts = {"v": CACHE_VERSION, "layout": layout.name, "split": split,
+                    "root": str(Path(root).expanduser().resolve()), "fp": _fingerprint(files)}
+    directory = cache_root(cfg)
+    paths = {"meta": directory / f"meta-{_hash(common_parts)}.npz"}
+    csv = find_csv(layout, root) if "note" in modalities and cfg.note_source == "gpt4_summary" \
+        else None
+    for m in modalities:
+        parts = {**common_parts, "modality": m, **modality_params(cfg, m, tokenizer, csv)}
+        paths[m] = directory / f"{m}-{_hash(parts)}.npy"
+    return paths
+
+
+def load_split(cfg, layout: Layout, root, split: str, modalities, tokenizer=None):
+    """Build what is missing, then return (meta dict, {modality: read-only memmap}, folder)."""
+    files = layout.files(root, split)
+    paths = _entry_paths(cfg, layout, root, split, files, modalities, tokenizer)
+    missing = [n for n, p in paths.items() if not p.exists()]
+    if missing:
+        with contextlib.ExitStack() as stack:
+            for name in sorted(missing, key=lambda n: paths[n].name):
+                stack.enter_context(FileLock(str(paths[name]) + ".lock"))
+            missing = [n for n in missing if not paths[n].exists()]
+            if missing:
+                _build(cfg, layout, root, files, {n: paths[n] for n in missing}, tokenizer)
+    with np.load(paths["meta"], allow_pickle=False) as z:
+        meta = {k: z[k] for k in z.files}
+    arrays = {m: np.load(paths[m], mmap_mode="r") for m in modalities}
+    return meta, arrays, files[0].parent
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.{os.getpid()}.tmp{path.suffix}")
+
+
+def _build(cfg, layout, root, files, targets: dict[str, Path], tokenizer) -> None:
+    n, size = len(files), cfg.image_size
+    writers = {}
+    if "slo" in targets:
+        writers["slo"] = np.lib.format.open_memmap(_tmp(targets["slo"]), "w+", np.uint8, (n, size, size))
+    if "oct" in targets:
+        writers["oct"] = np.lib.format.open_memmap(
+            _tmp(targets["oct"]), "w+", np.float16, (n, cfg.oct_slices, size, size))
+    note_key = cfg.note_source if cfg.note_source in ("note", "note_extra") else None
+    read_notes = "note" in targets and note_key is not None
+    labels, codes, notes = np.zeros(n, np.int64), np.zeros((n, len(ATTRIBUTE_ORDER)), np.int64), []
+    if writers or read_notes or "meta" in targets:
+        for i, path in enumerate(files):
+            with common.open_npz(path) as z:
+                if "meta" in targets:
+                    labels[i] = common.label_value(z, path)
+                    codes[i] = [common.attribute_code(z, path, layout, a) for a in ATTRIBUTE_ORDER]
+                if "slo" in writers:
+                    writers["slo"][i] = preprocess_slo(common.read_key(z, path, MODALITY_KEYS["slo"]), size)
+                if "oct" in writers:
+                    vol = common.read_key(z, path, MODALITY_KEYS["oct"])
+                    writers["oct"][i] = preprocess_oct(vol, cfg.oct_slices, size)
+                if read_notes:
+                    notes.append(str(np.asarray(common.read_key(z, path, note_key)).reshape(-1)[0]))
+    for name, w in writers.items():
+        w.flush()
+        os.replace(_tmp(targets[name]), targets[name])
+    writers.clear()
+    if "note" in targets:
+        if not read_notes:
+            notes = csv_notes(find_csv(layout, root), files)
+        np.save(_tmp(targets["note"]), tokenize(notes, tokenizer, cfg.note_max_length))
+        os.replace(_tmp(targets["note"]), targets["note"])
+    if "meta" in targets:
+        with open(_tmp(targets["meta"]), "wb") as fh:
+            np.savez(fh, labels=labels, codes=codes, files=np.array([f.name for f in files]))
+        os.replace(_tmp(targets["meta"]), targets["meta"])
+
+
+def tokenize(notes: list[str], tokenizer, max_length: int) -> np.ndarray:
+    """Notes -> int32 (N, 2, L): input_ids and attention_mask."""
+    enc = tokenizer(notes, padding="max_length", truncation=True, max_length=max_length,
+                    return_tensors="np")
+    return np.stack([enc["input_ids"], enc["attention_mask"]], axis=1).astype(np.int32)
+
+
+def csv_notes(csv: Path, files: list[Path], column: str = "gpt4_summary") -> list[str]:
+    """The CSV's `column` for each npz, matched by file name (columns read by name)."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{csv}: cannot read CSV (key: {column}): {type(exc).__name__}") from None
+    for needed in ("filename", column):
+        if needed not in table.columns:
+            raise DataError(f"{csv}: required column {needed!r} is missing")
+    stems = table["filename"].map(lambda s: Path(s.strip()).name.removesuffix(".npz"))
+    by_name = dict(zip(stems, table[column]))
+    out = []
+    for f in files:
+        if f.stem not in by_name:
+            raise DataError(f"{csv}: no row for {f.name} (key: filename, needed for {column!r})")
+        out.append(by_name[f.stem])
+    return out

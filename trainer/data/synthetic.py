@@ -1,0 +1,312 @@
+"""Generated stand-ins for Harvard-FairVision and Harvard-FairVLMed, in the released layout.
+
+Same folders, keys, dtypes and encodings as the real data (shared/docs/datasets.md), the
+datasets' demographic and label proportions, and DESIGNED STRUCTURE (docs/data.md):
+- OCT: strong, easy signal (RNFL-like top band thinner with glaucoma), whose amplitude is lower
+  and noisier for Black and Asian patients and for female patients -> a plain model is unfair;
+- SLO: weaker, slower signal (cup-to-disc ratio of a small optic disc, with noise), group-uniform;
+- note: medium signal via clinical phrases (IOP, CDR, VF defect, plan) with label noise,
+  group-uniform.
+Deterministic by seed: the same arguments give byte-identical files.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+USE = {"train": "training", "val": "validation", "test": "test"}
+RACE_NAMES = ("Asian", "Black or African American", "White or Caucasian")
+DEFAULT_MODALITIES = {"fairvision": ("slo", "oct"), "fairvlmed": ("slo", "note")}
+SIZES = {  # (SLO shape, OCT shape): small default, --full-size
+    ("fairvision", False): ((64, 64), (16, 64, 64)), ("fairvision", True): ((200, 200), (200, 200, 200)),
+    ("fairvlmed", False): ((80, 64), (16, 64, 64)), ("fairvlmed", True): ((664, 512), (200, 200, 200)),
+}
+# Published proportions; unknown (-1) shares: a few in FairVision, realistic ones in FairVLMed.
+PROFILES = {
+    "fairvision": dict(female=0.570, race=(0.085, 0.149, 0.766), glaucoma=0.487, hispanic=0.045,
+                       unknown={"ethnicity": 0.01, "language": 0.01, "maritalstatus": 0.015}),
+    "fairvlmed": dict(female=0.563, race=(0.082, 0.149, 0.769), glaucoma=0.505, hispanic=0.048,
+                      unknown={"ethnicity": 0.03, "language": 0.02, "maritalstatus": 0.05}),
+}
+LANGUAGE_P = (0.92, 0.04, 0.04)
+MARITAL_P = (0.55, 0.25, 0.09, 0.09, 0.02)
+# OCT signal quality by group (1 = full strength): the designed unfairness.
+OCT_QUALITY_RACE = (0.6, 0.5, 1.0)      # Asian, Black, White
+OCT_QUALITY_GENDER = (0.7, 1.0)         # female, male
+OCT_THINNING = 0.5                      # RNFL thinning at severity 1 and full quality
+SLO_CDR_GAIN, SLO_CDR_NOISE = 0.2, 0.12
+
+
+def synthesize_metadata(layout: str, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Demographics, labels and latent severities for n samples (no images)."""
+    p = PROFILES[layout]
+    rng = np.random.default_rng(seed)
+    meta = {
+        "gender": (rng.random(n) >= p["female"]).astype(np.int64),
+        "race": rng.choice(3, n, p=p["race"]),
+        "ethnicity": (rng.random(n) < p["hispanic"]).astype(np.int64),
+        "language": rng.choice(3, n, p=LANGUAGE_P),
+        "maritalstatus": rng.choice(5, n, p=MARITAL_P),
+        "glaucoma": (rng.random(n) < p["glaucoma"]).astype(np.int64),
+        "age": np.clip(rng.normal(62, 14, n), 20, 95).round(1),
+    }
+    for attr, share in p["unknown"].items():
+        meta[attr] = np.where(rng.random(n) < share, -1, meta[attr])
+    meta["severity"] = meta["glaucoma"] * rng.uniform(0.4, 1.0, n)
+    meta["oct_quality"] = (np.asarray(OCT_QUALITY_RACE)[meta["race"]]
+                           * np.asarray(OCT_QUALITY_GENDER)[meta["gender"]])
+    meta["eye"] = rng.integers(0, 2, n)  # 0 right (OD), 1 left (OS)
+    meta["rnfl"] = 0.18 * (1 - OCT_THINNING * meta["severity"] * meta["oct_quality"]) \
+        * (1 + rng.normal(0, 1, n) * (0.06 + 0.12 * (1 - meta["oct_quality"])))
+    meta["cdr"] = np.clip(0.35 + SLO_CDR_GAIN * meta["severity"] / 0.7
+                          + rng.normal(0, SLO_CDR_NOISE, n), 0.1, 0.9)
+    return meta
+
+
+def render_oct(rng, shape, rnfl: float) -> np.ndarray:
+    """uint8 (D, H, W) volume: B-scans with a bright top band of relative thickness ~rnfl."""
+    d, h, w = shape
+    rows = np.arange(h, dtype=np.float32).reshape(1, h, 1) / h
+    cols = np.arange(w, dtype=np.float32).reshape(1, 1, w) / w
+    depth = np.arange(d, dtype=np.float32).reshape(d, 1, 1) / d
+    top = 0.25 + 0.05 * np.sin(np.pi * cols + rng.uniform(0, np.pi))
+    band = rnfl * (1 + 0.1 * np.sin(2 * np.pi * depth + rng.uniform(0, np.pi)))
+    edge = 1.5 / h
+    inside = lambda lo, hi: _soft(rows - lo, edge) * _soft(hi - rows, edge)  # noqa: E731
+    img = 30 + 170 * inside(top, top + band) + 80 * inside(top + band, top + 0.42) \
+        + 200 * inside(top + 0.42, top + 0.46)
+    img = img * (1 + 0.25 * rng.standard_normal((d, h, w), dtype=np.float32))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _soft(x, width):
+    return np.clip(x / width + 0.5, 0.0, 1.0)
+
+
+def render_slo(rng, shape, cdr: float, eye: int) -> np.ndarray:
+    """uint8 (H, W) fundus: vignetted background, vessels, a small bright disc with a cup."""
+    h, w = shape
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    s = float(min(h, w))
+    cx = w * (0.35 if eye else 0.65) + rng.normal(0, 0.02 * w)
+    cy = h * 0.5 + rng.normal(0, 0.02 * h)
+    r = np.hypot(x - cx, y - cy)
+    r_disc = 0.1 * s * (1 + rng.normal(0, 0.06))
+    img = 60 + 50 * np.exp(-((x - w / 2) ** 2 + (y - h / 2) ** 2) / (0.5 * s * s))
+    for theta in rng.uniform(0, 2 * np.pi, 4):
+        along = (x - cx) * np.cos(theta) + (y - cy) * np.sin(theta)
+        across = np.abs((x - cx) * np.sin(theta) - (y - cy) * np.cos(theta))
+        img -= 25 * np.exp(-(across / (0.012 * s + 0.5)) ** 2) * (along > 0)
+    img += 70 * _soft(r_disc - r, 1.5) + 55 * _soft(cdr * r_disc - r, 1.5)
+    img += rng.normal(0, 8, (h, w))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# Clinical-note phrases, mostly words of trainer/models/assets/tiny_vocab.txt.
+HISTORY = ("", "History of hypertension. ", "History of diabetes. ", "Family history of glaucoma. ",
+           "Myopia. ", "Cataract, phakic. ", "Pseudophakia OU. ")
+VF_POS = ("Humphrey VF: inferior arcuate defect, reliable.", "VF: nasal step, reliable.",
+          "VF: arcuate scotoma OU.", "VF progression, mean deviation {md:.1f}.")
+VF_NEG = ("Humphrey VF: normal visual field, reliable.", "VF: no defects.",
+          "VF unreliable, repeat.", "VF stable, mean deviation {md:.1f}.")
+DISC_POS = ("Rim thinning and notch.", "Disc hemorrhage.", "RNFL thinning on OCT.", "Pallor of rim.")
+DISC_NEG = ("Rim normal.", "Optic nerve normal.", "RNFL normal on OCT.", "Disc clear.")
+PLAN_POS = ("Plan: start latanoprost, follow up 6 weeks.", "Plan: start timolol, recheck IOP.",
+            "Plan: refer for SLT.", "Plan: continue dorzolamide and brimonidine, return 3 months.")
+PLAN_NEG = ("Plan: monitor, return 12 months.", "Plan: repeat VF in 12 months.",
+            "Plan: no treatment, follow up 1 year.", "Plan: glaucoma suspect, monitor.")
+IMPRESSION = {True: ("primary open angle glaucoma", "moderate glaucoma", "advanced glaucoma"),
+              False: ("glaucoma suspect", "normal exam", "ocular hypertension")}
+NOTE_LABEL_NOISE = 0.15   # share of notes written as if the label were flipped
+PHRASE_NOISE = 0.25       # share of individual phrases drawn from the other label's list
+DEMOGRAPHIC_WORDS = {
+    "gender": ("female", "male"), "race": ("asian", "black", "white"),
+    "ethnicity": ("non hispanic", "hispanic"), "language": ("english", "spanish", "other"),
+    "maritalstatus": ("married", "single", "divorced", "widowed", "legally separated")}
+
+
+def _pick(rng, positive: bool, pos, neg) -> str:
+    flip = rng.random() < PHRASE_NOISE
+    options = pos if positive != flip else neg
+    return options[rng.integers(len(options))]
+
+
+def _one_note(rng, meta, i) -> tuple[str, str]:
+    """(note, short summary) for sample i: medium label signal, independent of the group."""
+    pos = bool(meta["glaucoma"][i]) != (rng.random() < NOTE_LABEL_NOISE)
+    iop = int(round(rng.normal(24, 4) if pos else rng.normal(16, 3)))
+    cdr = float(np.clip(rng.normal(0.7, 0.1) if pos else rng.normal(0.4, 0.12), 0.1, 0.95))
+    md = rng.normal(-7, 3) if pos else rng.normal(-1, 1.5)
+    sex = DEMOGRAPHIC_WORDS["gender"][meta["gender"][i]]
+    eye = ("OD", "OS")[meta["eye"][i]]
+    vf = _pick(rng, pos, VF_POS, VF_NEG).format(md=md)
+    plan = _pick(rng, pos, PLAN_POS, PLAN_NEG)
+    impression = IMPRESSION[pos][rng.integers(3)]
+    note = (f"{meta['age'][i]:.0f} yo {sex}. {HISTORY[rng.integers(len(HISTORY))]}"
+            f"Exam {eye}: IOP {iop} mmHg, CDR {cdr:.1f}. {_pick(rng, pos, DISC_POS, DISC_NEG)} "
+            f"{vf} Impression: {impression}. {plan}")
+    summary = f"{meta['age'][i]:.0f} yo {sex}, {impression}; IOP {iop} mmHg, CDR {cdr:.1f}. {vf}"
+    return note, summary[:179]
+
+
+def _demographics(meta, i) -> str:
+    words = []
+    for attr, names in DEMOGRAPHIC_WORDS.items():
+        code = int(meta[attr][i])
+        words.append(f"{attr}: {names[code] if code >= 0 else 'not reported'}")
+    return f"Age {meta['age'][i]:.0f}, " + ", ".join(words) + ". "
+
+
+def note_texts(rng, meta, layout: str) -> dict[str, list[str]]:
+    """note, note_extra (demographics prepended) and gpt4_summary (< 180 chars) per sample."""
+    notes, summaries = zip(*(_one_note(rng, meta, i) for i in range(len(meta["glaucoma"]))))
+    extra = [_demographics(meta, i) + n for i, n in enumerate(notes)]
+    return {"note": list(notes), "note_extra": extra, "gpt4_summary": list(summaries)}
+
+
+def _folders(split_style: str, test_folder: str) -> dict[str, str]:
+    if split_style == "lowercase":
+        return {"train": "train", "val": "val", "test": "test"}
+    if split_style != "standard":
+        raise ValueError(f"split_style={split_style!r}: choose standard or lowercase")
+    if test_folder not in ("Test", "Testing"):
+        raise ValueError(f"test_folder={test_folder!r}: choose Test or Testing")
+    return {"train": "Training", "val": "Validation", "test": test_folder}
+
+
+def _record(layout, meta, i, race_encoding) -> dict[str, np.ndarray]:
+    """Scalar keys of one npz, encoded as released (0-d arrays; race int or string)."""
+    race = int(meta["race"][i])
+    rec = {"glaucoma": np.array(int(meta["glaucoma"][i])),
+           "race": np.array(RACE_NAMES[race]) if race_encoding == "str" else np.array(race),
+           "language": np.array(int(meta["language"][i])),
+           "maritalstatus": np.array(int(meta["maritalstatus"][i]))}
+    if layout == "fairvision":
+        rec["male"] = np.array(int(meta["gender"][i]))
+        rec["hispanic"] = np.array(int(meta["ethnicity"][i]))
+    else:
+        rec["gender"] = np.array(int(meta["gender"][i]))
+        rec["ethnicity"] = np.array(int(meta["ethnicity"][i]))
+        rec["age"] = np.array(float(meta["age"][i]))
+    return rec
+
+
+def _fairvlmed_extras(rng, meta, i) -> dict[str, np.ndarray]:
+    sev = meta["severity"][i]
+    md = rng.normal(-1.0 - 8.0 * sev, 2.0)
+    tds = rng.normal(md, 2.5, 52).astype(np.float32)
+    return {"md": np.array(np.float32(md)), "tds": tds}
+
+
+def _write_split(layout, folder: Path, split, ids, meta, texts, rng, mods, full_size,
+                 race_encoding) -> list[dict]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    slo_shape, oct_shape = SIZES[(layout, full_size)]
+    rows = []
+    for i, sid in enumerate(ids):
+        name = f"data_{sid:05d}.npz"
+        rec = _record(layout, meta, i, race_encoding)
+        if layout == "fairvlmed":
+            rec.update(_fairvlmed_extras(rng, meta, i))
+        if "slo" in mods:
+            rec["slo_fundus"] = render_slo(rng, slo_shape, meta["cdr"][i], int(meta["eye"][i]))
+        if "oct" in mods:
+            rec["oct_bscans"] = render_oct(rng, oct_shape, meta["rnfl"][i])
+        if "note" in mods:
+            rec["note"], rec["note_extra"] = np.array(texts["note"][i]), np.array(texts["note_extra"][i])
+        np.savez_compressed(folder / name, **rec)
+        if layout == "fairvision" and "slo" in mods:
+            Image.fromarray(rec["slo_fundus"]).save(folder / f"slo_{sid:05d}.jpg", quality=90)
+        rows.append(_csv_row(layout, name, split, meta, i, texts, race_encoding))
+    return rows
+
+
+def _csv_row(layout, name, split, meta, i, texts, race_encoding) -> dict:
+    race = int(meta["race"][i])
+    row = {"filename": name, "use": USE[split], "age": f"{meta['age'][i]:.1f}",
+           "glaucoma": int(meta["glaucoma"][i]),
+           "race": RACE_NAMES[race] if race_encoding == "str" else race,
+           ("male" if layout == "fairvision" else "gender"): int(meta["gender"][i]),
+           ("hispanic" if layout == "fairvision" else "ethnicity"): int(meta["ethnicity"][i]),
+           "language": int(meta["language"][i]), "maritalstatus": int(meta["maritalstatus"][i])}
+    if texts:
+        row.update(note=texts["note"][i], gpt4_summary=texts["gpt4_summary"][i])
+    return row
+
+
+def _write_csv(path: Path, rows: list[dict], columns=None) -> None:
+    columns = columns or list(rows[0])
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def synthesize(layout: str, out, n_train: int = 240, n_val: int = 80, n_test: int = 120,
+               full_size: bool = False, seed: int = 0, modalities=None,
+               split_style: str = "standard", race_encoding: str = "int",
+               test_folder: str = "Test") -> Path:
+    """Write a generated dataset in the released layout under `out`; returns `out`."""
+    if layout not in PROFILES:
+        raise ValueError(f"layout={layout!r}: choose one of {sorted(PROFILES)}")
+    if race_encoding not in ("int", "str"):
+        raise ValueError(f"race_encoding={race_encoding!r}: choose int or str")
+    mods = tuple(modalities) if modalities else DEFAULT_MODALITIES[layout]
+    if any(m not in ("slo", "oct", "note") for m in mods):
+        raise ValueError(f"modalities={mods!r}: choose from slo, oct, note")
+    out = Path(out)
+    base = out / "Glaucoma" if layout == "fairvision" else out
+    folders = _folders(split_style, test_folder)
+    counts, rows, first_id = {"train": n_train, "val": n_val, "test": n_test}, [], 1
+    for k, split in enumerate(SPLITS):
+        rng = np.random.default_rng([seed, k])
+        meta = synthesize_metadata(layout, counts[split], seed=int(rng.integers(2**31)))
+        texts = note_texts(rng, meta, layout) if "note" in mods or layout == "fairvlmed" else None
+        ids = range(first_id, first_id + counts[split])
+        rows += _write_split(layout, base / folders[split], split, ids, meta, texts, rng, mods,
+                             full_size, race_encoding)
+        first_id += counts[split]
+    _write_csvs(layout, base, rows)
+    return out
+
+
+def _write_csvs(layout, base: Path, rows: list[dict]) -> None:
+    if layout == "fairvision":
+        _write_csv(base / "data_summary_glaucoma.csv", rows)
+        return
+    _write_csv(base / "data_summary.csv", rows)
+    _write_csv(base / "gpt-4_summarized_notes.csv",
+               [{"filename": r["filename"], "summarized_notes": r["gpt4_summary"]} for r in rows])
+    _write_csv(base / "original_notes.csv", rows, ["filename", "note"])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--layout", required=True, choices=sorted(PROFILES))
+    parser.add_argument("--out", required=True, help="output directory (created)")
+    parser.add_argument("--n-train", type=int, default=240)
+    parser.add_argument("--n-val", type=int, default=80)
+    parser.add_argument("--n-test", type=int, default=120)
+    parser.add_argument("--full-size", action="store_true",
+                        help="200x200 SLO (FairVLMed 664x512) and 200x200x200 OCT")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--modalities", default="",
+                        help="comma list from slo,oct,note (default: the layout's two)")
+    parser.add_argument("--split-style", default="standard", choices=("standard", "lowercase"))
+    parser.add_argument("--race-encoding", default="int", choices=("int", "str"))
+    parser.add_argument("--test-folder", default="Test", choices=("Test", "Testing"))
+
+
+def run(args: argparse.Namespace) -> int:
+    mods = tuple(m for m in args.modalities.split(",") if m) or None
+    out = synthesize(args.layout, args.out, n_train=args.n_train, n_val=args.n_val,
+                     n_test=args.n_test, full_size=args.full_size, seed=args.seed,
+                     modalities=mods, split_style=args.split_style,
+                     race_encoding=args.race_encoding, test_folder=args.test_folder)
+    print(f"wrote {args.layout} ({args.n_train}/{args.n_val}/{args.n_test}) to {out}")
+    return 0

@@ -1,0 +1,259 @@
+"""fit(): epochs, validation, per-epoch callback, checkpoint and exact resume, final test.
+
+The epoch loop reads top to bottom: forward, MultiFair step, backward (with the modality-branch
+gradient hooks), clip, step, accumulate statistics on the device. The best epoch is chosen on
+VALIDATION (cfg.select_metric); the test split is evaluated once, at the end, with bootstrap.
+"""
+from __future__ import annotations
+
+import json
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from trainer.config import ATTRIBUTES, TrainConfig, config_from_dict
+from trainer.data import build_datasets
+from trainer.data.transforms import batch_transform
+from trainer.metrics import bootstrap_fairness, evaluate_fairness
+from trainer.models import build_classifiers, build_model, load_tokenizer
+from trainer.modulation import MultiFairModulator
+
+STATE_FILE, BEST_FILE = "state.pt", "best_model.pt"
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device != "auto":
+        return torch.device(cfg.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _to_device(batch, device):
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch.to(device, non_blocking=True)
+
+
+def _batches(dataset, indices: torch.Tensor, batch_size: int, drop_last: bool):
+    """Yield collated batches by index; uses the dataset's vectorised get_batch when present."""
+    stop = len(indices) - (len(indices) % batch_size if drop_last else 0)
+    for start in range(0, stop, batch_size):
+        idx = indices[start:start + batch_size]
+        if hasattr(dataset, "get_batch"):
+            yield dataset.get_batch(idx.numpy())
+        else:
+            yield torch.utils.data.default_collate([dataset[int(i)] for i in idx])
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    val: dict
+    train: dict
+    is_best: bool
+    save_checkpoint: Callable[[str | Path], Path] = field(repr=False)
+
+    def flat(self) -> dict[str, float]:
+        out = {f"train/{k}": float(v) for k, v in self.train.items()
+               if not k.startswith(("balance/", "fairness_factor/", "scale/", "trigger"))}
+        out.update({f"mod/{k.replace('fairness_factor', 'fairness')}": float(v)
+                    for k, v in self.train.items()
+                    if k.startswith(("balance/", "fairness_factor/", "scale/"))})
+        out["mod/trigger_rate"] = float(self.train.get("trigger", 0.0))
+        for key in ("auc", "es_auc", "dpd", "deodds"):
+            out[f"val/{key}"] = float(self.val[key])
+        out.update({f"val/auc/{g}": float(v) for g, v in self.val["group_auc"].items()})
+        out["epoch"] = float(self.epoch)
+        return out
+
+
+class Trainer:
+    """Owns model, classifiers, optimisers, modulator and the best-so-far state."""
+
+    def __init__(self, cfg: TrainConfig, datasets: dict | None = None):
+        self.cfg = cfg.validate()
+        self.device = _device(cfg)
+        if self.device.type == "cuda" and cfg.max_gpu_memory_fraction < 1:
+            torch.cuda.set_per_process_memory_fraction(cfg.max_gpu_memory_fraction, self.device)
+        _seed_everything(cfg.seed)
+        mods = cfg.resolved_modalities()
+        tokenizer = load_tokenizer(cfg.note_encoder) if "note" in mods else None
+        self.data = datasets or build_datasets(cfg, tokenizer=tokenizer)
+        self.group_names = ATTRIBUTES[cfg.attribute]
+        self.model = build_model(cfg).to(self.device)
+        self.classifiers = build_classifiers(cfg, self.model).to(self.device)
+        self.modulator = MultiFairModulator(cfg, mods, max(self.group_names) + 1).to(self.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
+                                     weight_decay=cfg.weight_decay)
+        self.clf_opt = torch.optim.AdamW(self.classifiers.parameters(), lr=cfg.classifier_lr,
+                                         weight_decay=cfg.classifier_weight_decay)
+        self.epoch, self.history = 0, []
+        self.best = {"epoch": 0, "score": -float("inf"), "val": None}
+        self.best_weights: dict | None = None
+        amp = cfg.amp and self.device.type == "cuda"
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext
+
+    # --- one training epoch ---------------------------------------------------------------
+    def train_epoch(self, progress: bool = True) -> dict[str, float]:
+        cfg, model, mods = self.cfg, self.model, self.modulator.modalities
+        model.train(); self.classifiers.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch)   # resumable order
+        aug = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + self.epoch)
+        train = self.data["train"]
+        order = torch.randperm(len(train), generator=gen)
+        n_steps = len(order) // cfg.batch_size
+        sums: dict[str, torch.Tensor] = {}
+        bar = tqdm(_batches(train, order, cfg.batch_size, drop_last=True), total=n_steps,
+                   desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
+        for batch in bar:
+            batch = batch_transform(_to_device(batch, self.device), train=True, generator=aug)
+            labels, groups = batch["label"].float(), batch["group"].long()
+            with self.autocast():
+                features = model.encode(batch)                                    # forward
+                logits = model.fuse(features)
+                out = self.modulator.step(model, self.classifiers, features, logits,
+                                          labels, groups)                         # losses
+            for i, m in enumerate(mods):                                         # modulate
+                features[m].register_hook(lambda g, s=out["scale"][i]: g * s.to(g.dtype))
+            self.opt.zero_grad(set_to_none=True); self.clf_opt.zero_grad(set_to_none=True)
+            (out["loss"] + out["classifier_loss"]).backward()                     # backward
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)           # clip
+            nn.utils.clip_grad_norm_(self.classifiers.parameters(), cfg.grad_clip)
+            self.opt.step(); self.clf_opt.step()                                  # step
+            for k, v in out.items():                                              # log (no sync)
+                if v.ndim == 0:
+                    sums[k] = sums.get(k, 0) + v.detach().float()
+        self.epoch += 1
+        return {k: (v / max(n_steps, 1)).item() for k, v in sums.items()}
+
+    # --- evaluation -----------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self.model.eval()
+        ds = self.data[split]
+        probs, labels, groups = [], [], []
+        for batch in _batches(ds, torch.arange(len(ds)), self.cfg.batch_size * 2, False):
+            batch = batch_transform(_to_device(batch, self.device), train=False, generator=None)
+            with self.autocast():
+                probs.append(self.model(batch).float().sigmoid().cpu())
+            labels.append(batch["label"].cpu()); groups.append(batch["group"].cpu())
+        return (torch.cat(labels).numpy(), torch.cat(probs).numpy(), torch.cat(groups).numpy())
+
+    def evaluate(self, split: str) -> dict:
+        y, p, g = self.predict(split)
+        return evaluate_fairness(y, p, g, threshold=self.cfg.threshold,
+                                 group_names=self.group_names)
+
+    # --- checkpointing ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"config": self.cfg.to_dict(), "epoch": self.epoch, "history": self.history,
+                "best": self.best, "model": self.model.state_dict(),
+                "classifiers": self.classifiers.state_dict(), "opt": self.opt.state_dict(),
+                "clf_opt": self.clf_opt.state_dict(), "modulator": self.modulator.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                        "python": random.getstate(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+
+    def save_checkpoint(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), directory / STATE_FILE)
+        if self.best_weights is not None:
+            torch.save({"config": self.cfg.to_dict(), "epoch": self.best["epoch"],
+                        "model": self.best_weights}, directory / BEST_FILE)
+        return directory
+
+    def load_checkpoint(self, directory: str | Path) -> None:
+        path = Path(directory) / STATE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"resume: no {STATE_FILE} in checkpoint directory {directory}")
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.classifiers.load_state_dict(state["classifiers"])
+        self.opt.load_state_dict(state["opt"]); self.clf_opt.load_state_dict(state["clf_opt"])
+        self.modulator.load_state_dict(state["modulator"])
+        self.epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"].cpu()); np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        best_path = Path(directory) / BEST_FILE
+        if best_path.is_file():
+            self.best_weights = torch.load(best_path, map_location="cpu",
+                                           weights_only=False)["model"]
+
+
+def _is_better(score: float, best: float) -> bool:
+    return bool(np.isfinite(score)) and score > best
+
+
+def fit(cfg: TrainConfig, on_epoch: Callable[[EpochReport], None] | None = None,
+        resume_from: str | Path | None = None, progress: bool = True,
+        datasets: dict | None = None) -> dict:
+    """Train cfg.epochs epochs (continuing from `resume_from` if given); see docs/architecture.md."""
+    trainer = Trainer(cfg, datasets=datasets)
+    if resume_from:
+        trainer.load_checkpoint(resume_from)
+    while trainer.epoch < cfg.epochs:
+        train_stats = trainer.train_epoch(progress=progress)
+        val = trainer.evaluate("val")
+        score = val[cfg.select_metric]
+        is_best = _is_better(score, trainer.best["score"])
+        if is_best:
+            trainer.best = {"epoch": trainer.epoch, "score": float(score), "val": val}
+            trainer.best_weights = {k: v.detach().cpu().clone()
+                                    for k, v in trainer.model.state_dict().items()}
+        report = EpochReport(trainer.epoch, val, train_stats, is_best, trainer.save_checkpoint)
+        trainer.history.append(report.flat())
+        if on_epoch is not None:
+            on_epoch(report)
+    return _finish(trainer)
+
+
+def _finish(trainer: Trainer) -> dict:
+    cfg = trainer.cfg
+    test = None
+    if cfg.evaluate_test and trainer.best_weights is not None:
+        trainer.model.load_state_dict(trainer.best_weights)      # the validation-chosen epoch
+        y, p, g = trainer.predict("test")
+        test = {"point": evaluate_fairness(y, p, g, cfg.threshold, trainer.group_names),
+                **bootstrap_fairness(y, p, g, n=cfg.bootstrap, seed=cfg.seed,
+                                     threshold=cfg.threshold, group_names=trainer.group_names)}
+    return {"best_epoch": trainer.best["epoch"], "val": trainer.best["val"], "test": test,
+            "history": trainer.history, "config": cfg.to_dict()}
+
+
+def load_model(checkpoint_dir: str | Path, best: bool = True) -> nn.Module:
+    """The fusion model stored in a checkpoint directory (best epoch by default), on the CPU."""
+    directory = Path(checkpoint_dir)
+    path = directory / (BEST_FILE if best and (directory / BEST_FILE).is_file() else STATE_FILE)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = config_from_dict(state["config"]).replace(pretrained=False)
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def result_json(result: dict) -> str:
+    """The one-line JSON summary printed by `python -m trainer fit`."""
+    summary = {k: result[k] for k in ("best_epoch", "val", "test")}
+    summary["config"] = {k: result["config"][k] for k in
+                         ("dataset", "attribute", "mode", "modalities", "rho", "lambda_gm",
+                          "tau", "delta", "lambda_f", "seed", "epochs")}
+    return json.dumps(summary, default=float, allow_nan=True)
+
+
+__all__ = ["fit", "load_model", "EpochReport", "Trainer", "result_json"]
