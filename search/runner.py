@@ -244,14 +244,21 @@ def run_search(scfg: SearchConfig) -> SearchOutcome:
     prepare(cfg)   # once on this machine; trials find the cache built
     init_ray(scfg)
 
-    trainable = tune.with_resources(train_trial, {"cpu": scfg.cpus_per_trial, "gpu": scfg.gpus_per_trial})
+    if scfg.resume:
+        setup = read_study_file(scfg.study_dir)["setup"]   # the study's own constants, not today's flags
+    else:
+        setup = {"base": cfg.to_dict(), "synthetic": synthetic,
+                 "test_hooks": {**scfg.test_hooks, "baseline": dict(scfg.baseline)}}
+        write_study_file(scfg, setup)
+    trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup),
+                                    {"cpu": scfg.cpus_per_trial, "gpu": scfg.gpus_per_trial})
     if scfg.resume:
         print(f"[search] resuming {scfg.study_dir}", flush=True)
         tuner = tune.Tuner.restore(scfg.study_dir, trainable, resume_errored=True)
         callback = _find_callback(tuner)
         tracker = callback.tracker if callback else tracker
     else:
-        tuner = _new_tuner(scfg, cfg, synthetic, trainable, tracker)
+        tuner = _new_tuner(scfg, setup, trainable, tracker)
     if tracker is not None:
         tracker.start_study(tags=study_tags(scfg), params=study_params(scfg))
         print(f"[search] MLflow: {tracker.tracking_uri} experiment {tracker.experiment_id} "
@@ -266,24 +273,49 @@ def run_search(scfg: SearchConfig) -> SearchOutcome:
     return outcome
 
 
-def _new_tuner(scfg, cfg, synthetic, trainable, tracker):
+STUDY_FILE = "study.json"
+
+
+def write_study_file(scfg: SearchConfig, setup: dict) -> None:
+    """The study's search settings and trial constants, next to Tune's own state (relog and
+    resume read it; works for local folders and s3://)."""
+    import json
+
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(scfg.study_dir)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{STUDY_FILE}") as f:
+        f.write(json.dumps({"search": dataclasses.asdict(scfg), "setup": setup}, indent=1).encode())
+
+
+def read_study_file(study_dir: str) -> dict:
+    import json
+
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(study_dir)
+    with fs.open_input_stream(f"{path}/{STUDY_FILE}") as f:
+        return json.loads(f.read().decode())
+
+
+def _new_tuner(scfg, setup, trainable, tracker):
     from ray import tune
 
     from search.progress import ProgressCallback
     from search.space import param_space
     from search.tracking import MLflowTrialCallback
-    from search.trainable import METRIC, MODE
+    from search.trainable import METRIC, MODE, trial_dirname
 
-    space = {**param_space(), "base": cfg.to_dict(), "synthetic": synthetic,
-             "test_hooks": {**scfg.test_hooks, "baseline": dict(scfg.baseline)}}
     callbacks = [ProgressCallback(scfg.max_epochs)]
     if tracker is not None:
-        callbacks.append(MLflowTrialCallback(tracker, scfg.max_epochs, study_tags(scfg)))
+        callbacks.append(MLflowTrialCallback(tracker, scfg.max_epochs, study_tags(scfg), setup["base"]))
     return tune.Tuner(
-        trainable, param_space=space,
+        trainable, param_space=param_space(),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=make_searcher(scfg),
                                     scheduler=make_scheduler(scfg), num_samples=scfg.num_samples,
-                                    max_concurrent_trials=max_concurrent(scfg)),
+                                    max_concurrent_trials=max_concurrent(scfg),
+                                    trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=scfg.name, storage_path=scfg.storage_path, callbacks=callbacks, verbose=scfg.verbose,
             failure_config=tune.FailureConfig(max_failures=scfg.max_failures),

@@ -87,10 +87,10 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def trial_params(config: dict) -> dict[str, str]:
+def trial_params(config: dict, base: dict) -> dict[str, str]:
     """Child-run params: the five hyperparameters plus the fixed configuration (base.*)."""
     params = {name: str(config[name]) for name in HYPERPARAMETERS if name in config}
-    params.update(_flatten(config.get("base", {}), "base."))
+    params.update(_flatten({k: v for k, v in base.items() if k not in HYPERPARAMETERS}, "base."))
     return params
 
 
@@ -159,7 +159,7 @@ class StudyTracker:
         self.client.set_terminated(self.parent_run_id, status=status)
 
     # -- children -------------------------------------------------------------
-    def child(self, trial_id: str, config: dict, tags: dict[str, str]) -> str:
+    def child(self, trial_id: str, config: dict, tags: dict[str, str], base: dict) -> str:
         """The child run of a trial: found by tag, created (with params) when absent."""
         if trial_id in self._children:
             return self._children[trial_id]
@@ -174,7 +174,7 @@ class StudyTracker:
                 tags={**tags, "mlflow.parentRunId": self.parent_run_id, "run_kind": "trial",
                       "trial_id": trial_id, "study_dir": self.study_dir})
             run_id = run.info.run_id
-            self._log_params(run_id, trial_params(config))
+            self._log_params(run_id, trial_params(config, base))
             self._logged_step[run_id] = 0
         self._children[trial_id] = run_id
         return run_id
@@ -232,13 +232,13 @@ class StudyTracker:
 class MLflowTrialCallback(Callback):
     """Driver-side Tune callback: child run per trial under the study's parent run."""
 
-    def __init__(self, tracker: StudyTracker, max_epochs: int, trial_tags: dict[str, str]):
-        self.tracker, self.max_epochs, self.trial_tags = tracker, max_epochs, trial_tags
+    def __init__(self, tracker: StudyTracker, max_epochs: int, trial_tags: dict[str, str], base: dict):
+        self.tracker, self.max_epochs, self.trial_tags, self.base = tracker, max_epochs, trial_tags, base
         self.retries: dict[str, int] = {}
         self.epochs: dict[str, int] = {}
 
     def _run(self, trial) -> str:
-        return self.tracker.child(trial.trial_id, trial.config, self.trial_tags)
+        return self.tracker.child(trial.trial_id, trial.config, self.trial_tags, self.base)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run(trial)

@@ -1,9 +1,9 @@
 """One Tune trial = one trainer fit. Reports once per epoch with a checkpoint, resumes from the
 last checkpoint when Tune retries or restores the trial.
 
-The trial's config holds the five hyperparameters (sampled by Optuna) plus constants put in the
-param space by the runner: "base" (the fixed TrainConfig as a dict), "synthetic" (how to
-regenerate the generated dataset on a node that lacks it) and "test_hooks".
+The trial's config holds only the five hyperparameters (sampled by Optuna). The constants come
+through tune.with_parameters as `setup`: "base" (the fixed TrainConfig as a dict), "synthetic"
+(how to regenerate the generated dataset on a node that lacks it) and "test_hooks".
 """
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ from pathlib import Path
 
 from search.space import HYPERPARAMETERS
 
+def trial_dirname(trial) -> str:
+    """Short trial folder names (Tune's default spells out the whole config)."""
+    return f"trial_{trial.trial_id}"
+
+
 METRIC = "es_auc"   # a plain top-level key: what ASHA and Optuna read
 MODE = "max"
 
@@ -21,11 +26,11 @@ class DeliberateTrialFailure(RuntimeError):
     """Raised by the fail_baseline_trial test hook."""
 
 
-def trial_config(config: dict):
+def trial_config(config: dict, base: dict):
     """The TrainConfig of a trial: fixed base + sampled hyperparameters, test split untouched."""
     from trainer.config import config_from_dict
 
-    base = dict(config["base"])
+    base = dict(base)
     base.update({name: float(config[name]) for name in HYPERPARAMETERS})
     base["evaluate_test"] = False   # the test split is touched once, for the chosen config
     return config_from_dict(base)
@@ -56,24 +61,23 @@ def epoch_metrics(report) -> dict[str, float]:
     return metrics
 
 
-def _is_baseline(config: dict) -> bool:
-    baseline = config.get("test_hooks", {}).get("baseline", {})
+def _is_baseline(config: dict, baseline: dict) -> bool:
     return bool(baseline) and all(math.isclose(config[k], v) for k, v in baseline.items())
 
 
-def train_trial(config: dict) -> None:
-    """The Tune function trainable."""
+def train_trial(config: dict, setup: dict) -> None:
+    """The Tune function trainable (wrapped with tune.with_parameters(train_trial, setup=...))."""
     from ray import tune
 
     from trainer.loop import fit
 
-    cfg = trial_config(config)
-    ensure_data(cfg, config.get("synthetic"))
-    hooks = config.get("test_hooks", {})
+    cfg = trial_config(config, setup["base"])
+    ensure_data(cfg, setup.get("synthetic"))
+    hooks = setup.get("test_hooks") or {}
 
     def on_epoch(report):
         # Test hook (documented in docs/search.md): make the baseline trial raise on every attempt.
-        if hooks.get("fail_baseline_trial") and _is_baseline(config) \
+        if hooks.get("fail_baseline_trial") and _is_baseline(config, hooks.get("baseline", {})) \
                 and report.epoch >= hooks.get("fail_at_epoch", 1):
             raise DeliberateTrialFailure(f"test hook: baseline trial fails at epoch {report.epoch}")
         with tempfile.TemporaryDirectory(prefix="multifair-ckpt-") as tmp:
@@ -82,7 +86,7 @@ def train_trial(config: dict) -> None:
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        fit(cfg, on_epoch=on_epoch)
+        fit(cfg, on_epoch=on_epoch, progress=False)
         return
     with checkpoint.as_directory() as resume_dir:
-        fit(cfg, on_epoch=on_epoch, resume_from=resume_dir)
+        fit(cfg, on_epoch=on_epoch, resume_from=resume_dir, progress=False)

@@ -11,7 +11,8 @@ Conventions, chosen once and used by every function here:
 
 - Samples whose group is -1 (unknown) are excluded from every metric, overall ones included.
 - A group with one class present has an undefined AUC: it is reported as NaN with its count, left
-  out of the es_auc sum and listed in ``undefined_groups``. If no group AUC is defined, es_auc is NaN.
+  out of the es_auc sum and listed in ``undefined_groups``. If no group AUC is defined at all,
+  es_auc is NaN (dividing by 1 + an empty sum would pass the overall AUC off as fair).
 - A group without positives (negatives) has no TPR (FPR); it is left out of that gap. fairlearn
   counts such a rate as 0 (sklearn's confusion matrix turns 0/0 into 0), so on such degenerate
   groups our deodds is smaller than fairlearn's; on all other inputs the two are identical.
@@ -53,7 +54,8 @@ def _check_inputs(y_true, y_prob, groups, threshold, group_names):
     bad = ~((p >= 0.0) & (p <= 1.0))  # NaN fails both comparisons
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"y_prob must be probabilities in [0, 1]; y_prob[{i}] = {p[i].item()!r}")
+        raise ValueError(f"y_prob must be probabilities in [0, 1]; "
+                         f"y_prob[{i}] = {p[i].item()!r}")
     bad = ~np.isin(y, (0, 1))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -69,7 +71,7 @@ def _check_inputs(y_true, y_prob, groups, threshold, group_names):
         i = int(np.flatnonzero(bad)[0])
         known = f"; known codes: {sorted(group_names)}" if group_names else ""
         raise ValueError(f"groups[{i}] = {g[i]} is not a valid group code{known}")
-    keep = g != -5
+    keep = g != UNKNOWN_GROUP
     y, p, g = y[keep].astype(np.int8), p[keep], g[keep]
     present = np.unique(g)
     if len(present) < 2:

@@ -1,7 +1,6 @@
 """trainer.metrics: every value recomputed independently (sklearn, fairlearn, or by hand)."""
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -54,8 +53,9 @@ def test_other_threshold_matches_fairlearn():
     r = evaluate_fairness(y, p, g, threshold=0.65)
     k = g != -1
     pred = (p[k] >= 0.65).astype(int)
-    assert r["dpd"] == pytest.approx(demographic_parity_difference(y[k], pred, sensitive_features=g[k]))
-    assert r["deodds"] == pytest.approx(equalized_odds_difference(y[k], pred, sensitive_features=g[k]))
+    yk, gk = y[k], g[k]
+    assert r["dpd"] == pytest.approx(demographic_parity_difference(yk, pred, sensitive_features=gk))
+    assert r["deodds"] == pytest.approx(equalized_odds_difference(yk, pred, sensitive_features=gk))
 
 
 def test_hand_worked_example():
@@ -193,10 +193,7 @@ def test_each_resample_equals_evaluate_on_that_resample(grid):
 def test_bootstrap_centres_on_full_sample_and_is_deterministic():
     y, p, g = random_case(9, n=3000)
     full = evaluate_fairness(y, p, g, group_names=ATTRIBUTES["race"])
-    start = time.perf_counter()
     b = bootstrap_fairness(y, p, g, n=100, seed=0, group_names=ATTRIBUTES["race"])
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0  # vectorised; the measured time is ~0.05 s
     assert b["n_resamples"] == 100
     keys = {"auc", "es_auc", "dpd", "deodds", "auc/asian", "auc/black", "auc/white"}
     assert set(b["mean"]) == set(b["std"]) == set(b["n_valid"]) == keys
@@ -213,8 +210,9 @@ def test_bootstrap_centres_on_full_sample_and_is_deterministic():
 
 def test_bootstrap_skips_resamples_where_a_metric_is_undefined():
     y, p, g = random_case(10, n=400, num_groups=2, unknown=False)
-    # group 2: one positive among three, often drawn without it; group 3: negatives only.
-    y, p, g = np.r_[y, 1, 0, 0, 0, 0], np.r_[p, .7, .2, .6, .3, .4], np.r_[g, 2, 2, 2, 3, 3]
+    # group 2: one positive (.5) between two negatives (.2, .6), often drawn without it, so its
+    # AUC is undefined, 0, 1/2 or 1 by resample; group 3: negatives only, never defined.
+    y, p, g = np.r_[y, 1, 0, 0, 0, 0], np.r_[p, .5, .2, .6, .3, .4], np.r_[g, 2, 2, 2, 3, 3]
     b = bootstrap_fairness(y, p, g, n=60, seed=3)
     assert 0 < b["n_valid"]["auc/2"] < 60
     assert b["n_valid"]["auc/3"] == 0
@@ -226,7 +224,7 @@ def test_bootstrap_skips_resamples_where_a_metric_is_undefined():
              if len(set(y[d][g[d] == 2])) == 2]
     assert len(valid) == b["n_valid"]["auc/2"]
     assert b["mean"]["auc/2"] == pytest.approx(np.mean(valid), abs=1e-12)
-    assert b["std"]["auc/2"] == pytest.approx(np.std(valid), abs=1e-12)
+    assert b["std"]["auc/2"] == pytest.approx(np.std(valid), abs=1e-12) and b["std"]["auc/2"] > 0
 
 
 def test_bootstrap_refuses_bad_count():

@@ -38,7 +38,7 @@ MARITAL_P = (0.55, 0.25, 0.09, 0.09, 0.02)
 OCT_QUALITY_RACE = (0.6, 0.5, 1.0)      # Asian, Black, White
 OCT_QUALITY_GENDER = (0.7, 1.0)         # female, male
 OCT_THINNING = 0.5                      # RNFL thinning at severity 1 and full quality
-SLO_CDR_GAIN, SLO_CDR_NOISE = 0.2, 0.12
+SLO_CDR_GAIN, SLO_CDR_NOISE = 0.2, 0.15
 
 
 def synthesize_metadata(layout: str, n: int, seed: int = 0) -> dict[str, np.ndarray]:

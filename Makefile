@@ -1,0 +1,35 @@
+# Everything installs into .venv on first use; only Python 3.11 and pip are needed.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo fit-demo test bench ablation mlflow-ui clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[search,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: a small Optuna/ASHA search on generated data, every trial in MLflow.
+demo: $(STAMP)
+	$(PY) search/fairvision_gender.py --local --preset tiny --num-samples 6 --max-epochs 3 \
+		--grace-period 1 --max-concurrent 2 --cpus-per-trial 1 --storage-path $(CURDIR)/results
+
+# One MultiFair fit on generated data, trainer only (no Ray, no MLflow).
+fit-demo: $(STAMP)
+	$(PY) -m trainer synthesize --layout fairvision --out data/fairvision-demo
+	$(PY) -m trainer fit --dataset fairvision --data-root data/fairvision-demo --attribute gender \
+		--mode full --preset tiny --epochs 3 --out results/fit-demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q --timeout 900
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_trainer.py
+
+clean:
+	rm -rf $(VENV) results data .pytest_cache

@@ -1,0 +1,157 @@
+"""fit(): real loaders on generated data, tiny preset, all modes, resume, 3 modalities, CLI."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from trainer.config import MODES, make_config
+from trainer.data.synthetic import synthesize
+from trainer.loop import fit, load_model
+
+
+@pytest.fixture(scope="module")
+def fv_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fv")
+    synthesize("fairvision", root, n_train=192, n_val=96, n_test=96, seed=3,
+               modalities=("slo", "oct", "note"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def _cfg(root, cache_dir, **kw):
+    kw.setdefault("epochs", 2)
+    return make_config("fairvision", kw.pop("attribute", "gender"), preset="tiny",
+                       data_root=str(root), cache_dir=cache_dir, bootstrap=20, **kw)
+
+
+def test_short_fit_beats_chance_and_selects_on_validation(fv_root, cache_dir):
+    res = fit(_cfg(fv_root, cache_dir, epochs=4, mode="full"), progress=False)
+    assert res["test"]["point"]["auc"] > 0.65 and res["val"]["auc"] > 0.65
+    val_es = [h["val/es_auc"] for h in res["history"]]
+    assert res["best_epoch"] == 1 + max(range(len(val_es)), key=val_es.__getitem__)
+    assert res["val"]["es_auc"] == pytest.approx(max(val_es))
+    assert res["test"]["n_resamples"] == 20 and res["test"]["std"]["auc"] > 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_trains_with_its_terms(fv_root, cache_dir, mode):
+    reports = []
+    res = fit(_cfg(fv_root, cache_dir, epochs=1, mode=mode, attribute="race", tau=1e-3),
+              on_epoch=reports.append, progress=False)
+    train = reports[0].train
+    assert all(math.isfinite(v) for v in train.values())
+    flat = reports[0].flat()
+    assert {"val/es_auc", "val/auc/white", "mod/balance/oct", "mod/trigger_rate"} <= set(flat)
+    if mode == "baseline":
+        assert train["gm"] == 0 and train["fairness"] == 0 and train["scale/oct"] == 1
+    if mode in ("modality", "full"):
+        assert train["gm"] > 0
+    if mode in ("fairness", "full"):
+        assert train["trigger"] > 0 and train["fairness"] > 0
+    if mode == "modality":
+        assert train["fairness"] == 0
+    assert res["test"] is not None
+
+
+def test_checkpoint_resume_continues_identically(fv_root, cache_dir, tmp_path):
+    cfg = _cfg(fv_root, cache_dir, epochs=3, mode="full")
+    saved = {}
+
+    def keep_epoch_one(report):
+        if report.epoch == 1:
+            saved["dir"] = report.save_checkpoint(tmp_path / "ckpt")
+
+    straight = fit(cfg, on_epoch=keep_epoch_one, progress=False)
+    resumed = fit(cfg, resume_from=saved["dir"], progress=False)
+    assert len(resumed["history"]) == 3
+    for a, b in zip(straight["history"], resumed["history"]):
+        assert a == b
+    assert straight["test"]["point"] == resumed["test"]["point"]
+
+
+def test_three_modalities_and_load_model(fv_root, cache_dir, tmp_path):
+    holder = {}
+    cfg = _cfg(fv_root, cache_dir, epochs=1, modalities=("slo", "oct", "note"))
+    res = fit(cfg, on_epoch=lambda r: holder.setdefault("d", r.save_checkpoint(tmp_path)),
+              progress=False)
+    assert res["config"]["modalities"] == ["slo", "oct", "note"]
+    assert {"mod/balance/note", "mod/balance/slo", "mod/balance/oct"} <= set(res["history"][0])
+    model = load_model(holder["d"])
+    assert set(model.encoders) == {"slo", "oct", "note"}
+    assert sum(p.numel() for p in model.parameters()) > 0 and not model.training
+
+
+def test_fairvlmed_fit(tmp_path):
+    root = tmp_path / "vl"
+    synthesize("fairvlmed", root, n_train=96, n_val=64, n_test=64, seed=1, test_folder="Testing")
+    cfg = make_config("fairvlmed", "race", preset="tiny", data_root=str(root), epochs=1,
+                      cache_dir=str(tmp_path / "c"), note_source="gpt4_summary", bootstrap=10)
+    res = fit(cfg, progress=False)
+    assert set(res["val"]["group_auc"]) == {"asian", "black", "white"}
+    assert 0 <= res["test"]["point"]["auc"] <= 1
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "trainer", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_fit_prints_one_json_line_and_refuses_bad_values(fv_root, cache_dir, tmp_path):
+    common = ["fit", "--dataset", "fairvision", "--data-root", str(fv_root), "--preset", "tiny",
+              "--set", f"cache_dir={cache_dir}", "--no-progress"]
+    ok = _cli(*common, "--epochs", "1", "--mode", "modality", "--out", str(tmp_path))
+    assert ok.returncode == 0, ok.stderr
+    lines = ok.stdout.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert result["best_epoch"] == 1 and result["config"]["mode"] == "modality"
+    assert (tmp_path / "checkpoint" / "state.pt").is_file()
+    for bad, word in ((["--set", "tau=0"], "tau"), (["--set", "lr=-1"], "lr"),
+                      (["--attribute", "height"], "height")):
+        out = _cli(*common, *bad)
+        assert out.returncode == 2 and word in out.stderr and "Traceback" not in out.stderr
+
+
+def test_missing_split_folder_is_a_clear_error(tmp_path):
+    root = tmp_path / "broken"
+    synthesize("fairvision", root, n_train=16, n_val=8, n_test=8)
+    for child in (root / "Glaucoma" / "Validation").iterdir():
+        child.unlink()
+    (root / "Glaucoma" / "Validation").rmdir()
+    out = _cli("fit", "--dataset", "fairvision", "--data-root", str(root), "--preset", "tiny",
+               "--set", f"cache_dir={tmp_path / 'c'}", "--no-progress")
+    assert out.returncode == 2 and "Validation" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_scaling_is_applied_in_the_loop(fv_root, cache_dir):
+    """One real step: the encoder gradient equals scale x the unscaled one (loop's hook)."""
+    from trainer.loop import Trainer
+    cfg = _cfg(fv_root, cache_dir, mode="modality", dropout=0.0)
+    trainer = Trainer(cfg)
+    trainer.model.eval()
+    batch = trainer.data["train"].get_batch(list(range(32)))
+    from trainer.data.transforms import batch_transform
+    batch = batch_transform(batch, train=False, generator=None)
+    grads = []
+    for hooked in (False, True):
+        trainer.modulator.speed_ema.fill_(0.5)
+        feats = trainer.model.encode(batch)
+        out = trainer.modulator.step(trainer.model, trainer.classifiers, feats,
+                                     trainer.model.fuse(feats), batch["label"].float(),
+                                     batch["group"])
+        if hooked:
+            feats["oct"].register_hook(lambda g, s=out["scale"][1]: g * s)
+        trainer.model.zero_grad()
+        out["loss"].backward()
+        grads.append((trainer.model.encoders["oct"].slice_pos.grad.clone(),
+                      trainer.model.head[-1].weight.grad.clone(), out["scale"][1].item()))
+    (g0, h0, _), (g1, h1, s) = grads
+    torch.testing.assert_close(g1, g0 * s, rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(h1, h0)
