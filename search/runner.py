@@ -80,6 +80,7 @@ class SearchOutcome:
     stopped_early: int
     failed: int
     wall_s: float
+    interrupted: bool
     tracking_uri: str | None
     experiment_id: str | None
     parent_run_id: str | None
@@ -126,6 +127,8 @@ def main(dataset: str, attribute: str, baseline: dict | None = None, argv=None) 
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_summary(scfg, outcome)
+    if outcome.interrupted:
+        return 130
     return 0 if outcome.best is not None else 1
 
 
@@ -267,7 +270,9 @@ def run_search(scfg: SearchConfig) -> SearchOutcome:
     results = tuner.fit()
     outcome = summarize_results(scfg, results, tracker, time.time() - started)
     if tracker is not None:
-        tracker.end_study("FINISHED", tags={"trials_stopped_early": outcome.stopped_early,
+        tracker.end_study("KILLED" if outcome.interrupted else "FINISHED",
+                          tags={"interrupted": str(outcome.interrupted).lower(),
+                                "trials_stopped_early": outcome.stopped_early,
                                             "trials_failed": outcome.failed,
                                             "best_trial_id": (outcome.best or {}).get("trial_id", "")})
     return outcome
@@ -375,14 +380,18 @@ def select_best(trials: list[dict], max_epochs: int) -> dict | None:
 
 
 def trials_from_results(results) -> list[dict]:
+    """Per trial: id, config, per-epoch history, epochs, status (FINISHED / FAILED / UNFINISHED)."""
+    tune_status = {t.trial_id: t.status for t in getattr(results._experiment_analysis, "trials", [])}
     out = []
     for r in results:
-        df = r.metrics_dataframe
+        trial_id = Path(r.path).name.removeprefix("trial_")
+        df = r.metrics_dataframe   # None for a trial that never reported
         history = df.to_dict("records") if df is not None and len(df) else []
-        out.append({"trial_id": r.metrics.get("trial_id") if r.metrics else Path(r.path).name,
-                    "config": r.config, "history": history, "path": r.path,
+        status = tune_status.get(trial_id, "ERROR" if r.error else "TERMINATED")
+        out.append({"trial_id": trial_id, "config": r.config, "history": history, "path": r.path,
                     "epochs": max((int(h.get("epoch", 0)) for h in history), default=0),
-                    "status": "FAILED" if r.error else "FINISHED", "result": r})
+                    "status": {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(status, "UNFINISHED"),
+                    "result": r})
     return out
 
 
@@ -393,6 +402,8 @@ def summarize_results(scfg, results, tracker, wall_s) -> SearchOutcome:
     best = select_best(trials, scfg.max_epochs)
     failed = sum(t["status"] == "FAILED" for t in trials)
     stopped = sum(t["status"] == "FINISHED" and t["epochs"] < scfg.max_epochs for t in trials)
+    # Tune returns normally after Ctrl-C: unfinished trials (or fewer than asked) tell it apart.
+    interrupted = len(results) < scfg.num_samples or any(t["status"] == "UNFINISHED" for t in trials)
     best_run_id = None
     if tracker is not None and best is not None:
         best_run_id = tracker._children.get(best["trial_id"]) or _lookup_child(tracker, best["trial_id"])
@@ -402,7 +413,7 @@ def summarize_results(scfg, results, tracker, wall_s) -> SearchOutcome:
             with ckpt.as_directory() as d:
                 tracker.log_model(best_run_id, d)
             tracker.client.set_tag(best_run_id, "best_trial", "true")
-    return SearchOutcome(results, best, stopped, failed, wall_s,
+    return SearchOutcome(results, best, stopped, failed, wall_s, interrupted,
                          tracker.tracking_uri if tracker else None,
                          tracker.experiment_id if tracker else None,
                          tracker.parent_run_id if tracker else None, best_run_id)
@@ -416,7 +427,11 @@ def _lookup_child(tracker, trial_id):
 def print_summary(scfg: SearchConfig, o: SearchOutcome) -> None:
     from search.tracking import ui_hint
 
-    print("\n=== MultiFair search finished ===")
+    if o.interrupted:
+        print(f"\n=== MultiFair search INTERRUPTED: continue it with the same command plus --resume "
+              f"(study {scfg.study_dir}) ===")
+    else:
+        print("\n=== MultiFair search finished ===")
     print(f"study: {scfg.study_dir}   wall time {o.wall_s:.0f} s")
     print(f"trials: {len(o.results)}  stopped early by ASHA: {o.stopped_early}  failed: {o.failed}")
     if o.best is None:

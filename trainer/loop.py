@@ -105,10 +105,29 @@ class Trainer:
         amp = cfg.amp and self.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext
 
+    def train_step(self, batch: dict, generator: torch.Generator | None) -> dict:
+        """One MultiFair step on a collated batch; returns the step contract dict (tensors)."""
+        cfg, model, mods = self.cfg, self.model, self.modulator.modalities
+        batch = batch_transform(_to_device(batch, self.device), train=True, generator=generator)
+        labels, groups = batch["label"].float(), batch["group"].long()
+        with self.autocast():
+            features = model.encode(batch)                                        # forward
+            logits = model.fuse(features)
+            out = self.modulator.step(model, self.classifiers, features, logits,
+                                      labels, groups)                             # losses
+        for i, m in enumerate(mods):                                             # modulate
+            features[m].register_hook(lambda g, s=out["scale"][i]: g * s.to(g.dtype))
+        self.opt.zero_grad(set_to_none=True); self.clf_opt.zero_grad(set_to_none=True)
+        (out["loss"] + out["classifier_loss"]).backward()                         # backward
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)               # clip
+        nn.utils.clip_grad_norm_(self.classifiers.parameters(), cfg.grad_clip)
+        self.opt.step(); self.clf_opt.step()                                      # step
+        return out
+
     # --- one training epoch ---------------------------------------------------------------
     def train_epoch(self, progress: bool = True) -> dict[str, float]:
-        cfg, model, mods = self.cfg, self.model, self.modulator.modalities
-        model.train(); self.classifiers.train()
+        cfg = self.cfg
+        self.model.train(); self.classifiers.train()
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch)   # resumable order
         aug = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + self.epoch)
         train = self.data["train"]
@@ -118,20 +137,7 @@ class Trainer:
         bar = tqdm(_batches(train, order, cfg.batch_size, drop_last=True), total=n_steps,
                    desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
         for batch in bar:
-            batch = batch_transform(_to_device(batch, self.device), train=True, generator=aug)
-            labels, groups = batch["label"].float(), batch["group"].long()
-            with self.autocast():
-                features = model.encode(batch)                                    # forward
-                logits = model.fuse(features)
-                out = self.modulator.step(model, self.classifiers, features, logits,
-                                          labels, groups)                         # losses
-            for i, m in enumerate(mods):                                         # modulate
-                features[m].register_hook(lambda g, s=out["scale"][i]: g * s.to(g.dtype))
-            self.opt.zero_grad(set_to_none=True); self.clf_opt.zero_grad(set_to_none=True)
-            (out["loss"] + out["classifier_loss"]).backward()                     # backward
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)           # clip
-            nn.utils.clip_grad_norm_(self.classifiers.parameters(), cfg.grad_clip)
-            self.opt.step(); self.clf_opt.step()                                  # step
+            out = self.train_step(batch, aug)
             for k, v in out.items():                                              # log (no sync)
                 if v.ndim == 0:
                     sums[k] = sums.get(k, 0) + v.detach().float()

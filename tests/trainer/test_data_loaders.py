@@ -6,13 +6,7 @@ import pytest
 import torch
 
 from trainer.data import DataError, build_datasets, prepare
-from trainer.data.synthetic import synthesize_metadata
 from trainer.data.transforms import batch_transform
-
-
-def _meta_codes(root_split_files, key):
-    return np.array([int(np.load(f)[key]) if np.load(f)[key].dtype.kind in "iu" else -9
-                     for f in root_split_files])
 
 
 @pytest.mark.parametrize("attribute", ["gender", "race", "ethnicity", "language", "maritalstatus"])
@@ -24,7 +18,8 @@ def test_fairvision_three_modalities(fv3_root, make_cfg, attribute, tmp_path_fac
     item = ds["val"][0]
     assert item["slo"].dtype == torch.uint8 and item["slo"].shape == (32, 32)
     assert item["oct"].dtype == torch.float16 and item["oct"].shape == (4, 32, 32)
-    assert item["note"]["input_ids"].dtype == torch.int64 and item["note"]["input_ids"].shape == (48,)
+    ids = item["note"]["input_ids"]
+    assert ids.dtype == torch.int64 and ids.shape == (48,)
     assert item["label"].dtype == torch.float32 and item["group"].dtype == torch.int64
     files = sorted((fv3_root / "Glaucoma" / "Test").glob("data_*.npz"))
     key = {"gender": "male", "ethnicity": "hispanic"}.get(attribute, attribute)
@@ -50,7 +45,8 @@ def test_fairvlmed_quirks_and_note_sources(vl_root, vl_lower_root, make_cfg):
     for source in ("note", "note_extra", "gpt4_summary"):
         ds = build_datasets(make_cfg("fairvlmed", vl_root, note_source=source,
                                           note_max_length=256))["train"]
-        ids[source] = ds.get_batch(np.arange(len(ds)))["note"]["attention_mask"].sum(1).float().mean()
+        mask = ds.get_batch(np.arange(len(ds)))["note"]["attention_mask"]
+        ids[source] = mask.sum(1).float().mean()
     assert ids["gpt4_summary"] < ids["note"] < ids["note_extra"]
 
 
@@ -58,7 +54,8 @@ def test_fairvision_lowercase_and_string_race(fv_lower_root, make_cfg):
     ds = build_datasets(make_cfg("fairvision", fv_lower_root, "race"))
     files = sorted((fv_lower_root / "Glaucoma" / "train").glob("data_*.npz"))
     names = [str(np.load(f)["race"]) for f in files]
-    expected = [{"Asian": 0, "Black or African American": 1, "White or Caucasian": 2}[n] for n in names]
+    codes = {"Asian": 0, "Black or African American": 1, "White or Caucasian": 2}
+    expected = [codes[n] for n in names]
     assert ds["train"].groups.tolist() == expected
     # a data root pointing at Glaucoma/ itself also works
     assert len(build_datasets(make_cfg("fairvision", fv_lower_root / "Glaucoma"))["val"]) == 30

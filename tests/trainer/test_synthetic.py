@@ -79,7 +79,8 @@ def test_deterministic_by_seed(tmp_path):
 def test_cli_arguments(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--layout", "fairvlmed", "--out", str(tmp_path / "d"), "--n-train", "4",
+    args = parser.parse_args(["--layout", "fairvlmed", "--out", str(tmp_path / "d"),
+                              "--n-train", "4",
                               "--n-val", "3", "--n-test", "3", "--split-style", "lowercase",
                               "--modalities", "slo,oct,note", "--race-encoding", "str"])
     assert run(args) == 0
@@ -88,7 +89,8 @@ def test_cli_arguments(tmp_path, capsys):
 
 
 def _auc_by_group(X, y, groups):
-    p = cross_val_predict(LogisticRegression(max_iter=3000), X, y, cv=5, method="predict_proba")[:, 1]
+    model = LogisticRegression(max_iter=3000)
+    p = cross_val_predict(model, X, y, cv=5, method="predict_proba")[:, 1]
     return roc_auc_score(y, p), {g: roc_auc_score(y[groups == g], p[groups == g])
                                  for g in np.unique(groups)}
 

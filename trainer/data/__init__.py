@@ -32,6 +32,15 @@ class CachedDataset(Dataset):
         self.labels = labels[rows].astype(np.float32)     # per-item label, in item order
         self.groups = groups[rows].astype(np.int64)       # per-item group code, in item order
 
+    def __getstate__(self):  # DataLoader workers: pass memmap paths, not array copies
+        state = dict(self.__dict__)
+        state["arrays"] = {m: a.filename for m, a in self.arrays.items()}
+        return state
+
+    def __setstate__(self, state):
+        state["arrays"] = {m: np.load(f, mmap_mode="r") for m, f in state["arrays"].items()}
+        self.__dict__.update(state)
+
     def __len__(self) -> int:
         return len(self.rows)
 
@@ -79,7 +88,7 @@ def _select(cfg, layout, split, meta, folder):
     empty = [name for name, k in counts.items() if k == 0]
     if empty:
         warnings.warn(f"{folder}: split {split!r} has no samples for {attribute} group(s) "
-                      f"{empty} (key {keys!r})", stacklevel=3)
+                      f"{empty} (key {keys!r})", stacklevel=4)
     if sum(k > 0 for k in counts.values()) < 2:
         raise DataError(f"{folder}: split {split!r} has fewer than 2 groups for {attribute} "
                         f"(key {keys!r}); counts {counts}")

@@ -108,7 +108,8 @@ def _build(cfg, layout, root, files, targets: dict[str, Path], tokenizer) -> Non
     n, size = len(files), cfg.image_size
     writers = {}
     if "slo" in targets:
-        writers["slo"] = np.lib.format.open_memmap(_tmp(targets["slo"]), "w+", np.uint8, (n, size, size))
+        writers["slo"] = np.lib.format.open_memmap(
+            _tmp(targets["slo"]), "w+", np.uint8, (n, size, size))
     if "oct" in targets:
         writers["oct"] = np.lib.format.open_memmap(
             _tmp(targets["oct"]), "w+", np.float16, (n, cfg.oct_slices, size, size))
@@ -122,7 +123,8 @@ def _build(cfg, layout, root, files, targets: dict[str, Path], tokenizer) -> Non
                     labels[i] = common.label_value(z, path)
                     codes[i] = [common.attribute_code(z, path, layout, a) for a in ATTRIBUTE_ORDER]
                 if "slo" in writers:
-                    writers["slo"][i] = preprocess_slo(common.read_key(z, path, MODALITY_KEYS["slo"]), size)
+                    image = common.read_key(z, path, MODALITY_KEYS["slo"])
+                    writers["slo"][i] = preprocess_slo(image, size)
                 if "oct" in writers:
                     vol = common.read_key(z, path, MODALITY_KEYS["oct"])
                     writers["oct"][i] = preprocess_oct(vol, cfg.oct_slices, size)

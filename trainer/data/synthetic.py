@@ -22,8 +22,10 @@ USE = {"train": "training", "val": "validation", "test": "test"}
 RACE_NAMES = ("Asian", "Black or African American", "White or Caucasian")
 DEFAULT_MODALITIES = {"fairvision": ("slo", "oct"), "fairvlmed": ("slo", "note")}
 SIZES = {  # (SLO shape, OCT shape): small default, --full-size
-    ("fairvision", False): ((64, 64), (16, 64, 64)), ("fairvision", True): ((200, 200), (200, 200, 200)),
-    ("fairvlmed", False): ((80, 64), (16, 64, 64)), ("fairvlmed", True): ((664, 512), (200, 200, 200)),
+    ("fairvision", False): ((64, 64), (16, 64, 64)),
+    ("fairvision", True): ((200, 200), (200, 200, 200)),
+    ("fairvlmed", False): ((80, 64), (16, 64, 64)),
+    ("fairvlmed", True): ((664, 512), (200, 200, 200)),
 }
 # Published proportions; unknown (-1) shares: a few in FairVision, realistic ones in FairVLMed.
 PROFILES = {
@@ -113,7 +115,8 @@ VF_POS = ("Humphrey VF: inferior arcuate defect, reliable.", "VF: nasal step, re
           "VF: arcuate scotoma OU.", "VF progression, mean deviation {md:.1f}.")
 VF_NEG = ("Humphrey VF: normal visual field, reliable.", "VF: no defects.",
           "VF unreliable, repeat.", "VF stable, mean deviation {md:.1f}.")
-DISC_POS = ("Rim thinning and notch.", "Disc hemorrhage.", "RNFL thinning on OCT.", "Pallor of rim.")
+DISC_POS = ("Rim thinning and notch.", "Disc hemorrhage.", "RNFL thinning on OCT.",
+            "Pallor of rim.")
 DISC_NEG = ("Rim normal.", "Optic nerve normal.", "RNFL normal on OCT.", "Disc clear.")
 PLAN_POS = ("Plan: start latanoprost, follow up 6 weeks.", "Plan: start timolol, recheck IOP.",
             "Plan: refer for SLT.", "Plan: continue dorzolamide and brimonidine, return 3 months.")
@@ -219,7 +222,8 @@ def _write_split(layout, folder: Path, split, ids, meta, texts, rng, mods, full_
         if "oct" in mods:
             rec["oct_bscans"] = render_oct(rng, oct_shape, meta["rnfl"][i])
         if "note" in mods:
-            rec["note"], rec["note_extra"] = np.array(texts["note"][i]), np.array(texts["note_extra"][i])
+            rec["note"] = np.array(texts["note"][i])
+            rec["note_extra"] = np.array(texts["note_extra"][i])
         np.savez_compressed(folder / name, **rec)
         if layout == "fairvision" and "slo" in mods:
             Image.fromarray(rec["slo_fundus"]).save(folder / f"slo_{sid:05d}.jpg", quality=90)

@@ -1,0 +1,138 @@
+"""Trainer benchmark: MultiFair step-time overhead, loader throughput, peak memory.
+
+Prints (and writes as JSON with --json):
+  1. step time of each mode with the same encoders and batch, and the ratio full / baseline
+     (target: <= 1.10 at realistic encoder sizes);
+  2. loader throughput at full resolution (200x200 SLO, 200x200x200 OCT): decoding + preprocessing
+     the npz files (what every epoch would cost without a cache) vs reading the preprocessed cache,
+     in samples/s, and their ratio;
+  3. peak memory (GPU: torch.cuda.max_memory_allocated per mode; CPU: process max RSS).
+Trainer only (no Ray, no MLflow), so it runs on a bare GPU machine.
+
+    python benchmarks/bench_trainer.py                       # CPU, moderate size
+    python benchmarks/bench_trainer.py --encoder vit_base_patch16_224 --image-size 224 \
+        --oct-slices 10 --batch-size 32 --steps 30           # the paper's sizes, on a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.config import MODES, make_config
+from trainer.data import build_datasets
+from trainer.data.synthetic import synthesize
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_steps(args, root: Path, cache: Path) -> dict:
+    from trainer.loop import Trainer
+
+    results = {}
+    for mode in MODES:
+        cfg = make_config("fairvision", "gender", preset="tiny", data_root=str(root),
+                          cache_dir=str(cache), mode=mode, slo_encoder=args.encoder,
+                          oct_encoder=args.encoder, image_size=args.image_size,
+                          oct_slices=args.oct_slices, batch_size=args.batch_size,
+                          proj_dim=128, fusion_heads=4, fusion_layers=2, head_hidden=128,
+                          oct_slice_layers=2, amp=True, lr=3e-5, classifier_lr=1e-5)
+        trainer = Trainer(cfg)
+        trainer.model.train(); trainer.classifiers.train()
+        device = trainer.device
+        batch = trainer.data["train"].get_batch(np.arange(args.batch_size))
+        gen = torch.Generator(device=device).manual_seed(0)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for i in range(args.warmup + args.steps):
+            _sync(device); t0 = time.perf_counter()
+            trainer.train_step(batch, gen)
+            _sync(device)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+        results[mode] = {"median_s": statistics.median(times), "mean_s": statistics.fmean(times),
+                         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20
+                         if device.type == "cuda" else None}
+        results["device"] = str(device)
+        results["encoder_params_m"] = sum(p.numel() for p in trainer.model.encoders.parameters()) / 1e6
+        del trainer
+    base = results["baseline"]["median_s"]
+    results["ratio_full_over_baseline"] = results["full"]["median_s"] / base
+    results["ratio_modality_over_baseline"] = results["modality"]["median_s"] / base
+    results["ratio_fairness_over_baseline"] = results["fairness"]["median_s"] / base
+    return results
+
+
+def bench_loader(args, root: Path, cache: Path) -> dict:
+    cfg = make_config("fairvision", "gender", preset="tiny", data_root=str(root),
+                      cache_dir=str(cache), image_size=224, oct_slices=10)
+    t0 = time.perf_counter()
+    datasets = build_datasets(cfg)          # decodes every npz once, writes the cache
+    build_s = time.perf_counter() - t0
+    n = sum(len(d) for d in datasets.values())
+    t0 = time.perf_counter()
+    datasets = build_datasets(cfg)          # cache hit: memory maps only
+    reopen_s = time.perf_counter() - t0
+    train = datasets["train"]
+    t0 = time.perf_counter()
+    for _ in range(args.loader_epochs):
+        order = np.random.default_rng(0).permutation(len(train))
+        for s in range(0, len(order), 32):
+            batch = train.get_batch(order[s:s + 32])
+    cached_s = (time.perf_counter() - t0) / args.loader_epochs
+    return {"samples": n, "npz_decode_preprocess_samples_per_s": n / build_s,
+            "cache_samples_per_s": len(train) / cached_s,
+            "ratio_cache_over_npz": (len(train) / cached_s) / (n / build_s),
+            "cache_reopen_s": reopen_s, "batch_keys": sorted(batch)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--encoder", default="vit_small_patch16_224", help="timm name, random init")
+    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--oct-slices", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--n-full-size", type=int, default=48, help="full-resolution samples to write")
+    p.add_argument("--loader-epochs", type=int, default=3)
+    p.add_argument("--workdir", help="where to write the generated data (default: a temp dir)")
+    p.add_argument("--json", help="also write the figures to this file")
+    args = p.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.workdir or tmp)
+        root, cache = work / "fv-full", work / "cache"
+        if not root.exists():
+            n = args.n_full_size
+            synthesize("fairvision", root, n_train=n, n_val=max(n // 4, 8), n_test=max(n // 4, 8),
+                       full_size=True, seed=0)
+        out = {"loader": bench_loader(args, root, cache), "steps": bench_steps(args, root, cache),
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "args": vars(args), "torch": torch.__version__,
+               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    print(json.dumps(out, indent=2))
+    s, ld = out["steps"], out["loader"]
+    print(f"\nstep time (median, {s['device']}, encoders {s['encoder_params_m']:.1f} M params): "
+          + ", ".join(f"{m} {s[m]['median_s'] * 1000:.0f} ms" for m in MODES))
+    print(f"full / baseline = {s['ratio_full_over_baseline']:.3f}")
+    print(f"loader: npz {ld['npz_decode_preprocess_samples_per_s']:.1f} samples/s, cache "
+          f"{ld['cache_samples_per_s']:.0f} samples/s, ratio {ld['ratio_cache_over_npz']:.0f}x")
+    print(f"peak RSS {out['peak_rss_mb']:.0f} MB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

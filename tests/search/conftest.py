@@ -1,0 +1,60 @@
+"""One Ray for the whole tests/search session, one small generated dataset, one trainer cache."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SIZES = (96, 48, 48)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end search tests (minutes); they run in CI")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["MULTIFAIR_CACHE"] = str(path)   # before ray.init: Ray workers inherit it
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_session(cache_dir):
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory, cache_dir):
+    from trainer.data.synthetic import synthesize
+
+    return str(synthesize("fairvision", tmp_path_factory.mktemp("data") / "fairvision", *SIZES, seed=0))
+
+
+@pytest.fixture(scope="session")
+def search_config(data_root):
+    """SearchConfig factory: tiny preset, generated data, sqlite store under `tmp_path`."""
+    from search.runner import SearchConfig
+
+    def make(tmp_path, **kw):
+        fields = dict(dataset="fairvision", attribute="gender", preset="tiny", data_root=data_root,
+                      num_samples=4, max_epochs=3, grace_period=1, reduction_factor=2,
+                      max_concurrent=2, cpus_per_trial=1, max_failures=1,
+                      storage_path=str(tmp_path / "results"), log_best_model=True, verbose=0,
+                      tracking_uri="sqlite:///" + str(tmp_path / "mlflow.db"))
+        fields.update(kw)
+        return SearchConfig(**fields)
+
+    return make
+
+
+def subprocess_env() -> dict:
+    """Environment for running an entry script: the project importable as if installed."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env

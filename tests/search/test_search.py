@@ -1,0 +1,155 @@
+"""The search service end to end: real Ray, Optuna, MLflow (sqlite), the tiny trainer on
+generated data. About 4-6 minutes on 2 cores."""
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from search.runner import run_search
+from search.space import HYPERPARAMETERS
+from tests.search.conftest import REPO, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+
+def study_runs(uri: str):
+    client = MlflowClient(uri)
+    exp = client.search_experiments(filter_string="name LIKE 'multifair-%'")[0]
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("run_kind") == "study"]
+    children = [r for r in runs if r.data.tags.get("run_kind") == "trial"]
+    return client, parents, children
+
+
+@pytest.fixture(scope="module")
+def study(ray_session, search_config, tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    scfg = search_config(root, num_samples=5)
+    return scfg, run_search(scfg)
+
+
+def test_search_asha_stops_trials_and_mlflow_has_every_trial(study):
+    scfg, outcome = study
+    assert not outcome.interrupted and outcome.failed == 0
+    assert len(outcome.results) == 5
+    assert outcome.stopped_early >= 1, "ASHA stopped no trial"
+    assert outcome.best is not None and 0 <= outcome.best["val"]["es_auc"] <= 1
+
+    client, parents, children = study_runs(scfg.tracking_uri)
+    assert len(parents) == 1 and parents[0].info.run_id == outcome.parent_run_id
+    assert parents[0].info.status == "FINISHED"
+    assert len(children) == 5
+    baseline = [c for c in children if all(float(c.data.params[k]) == v for k, v in scfg.baseline.items())]
+    assert len(baseline) == 1, "the paper's point is evaluated"
+    stopped = 0
+    for child in children:
+        tags, params = child.data.tags, child.data.params
+        assert tags["mlflow.parentRunId"] == outcome.parent_run_id
+        assert set(HYPERPARAMETERS) <= set(params) and params["base.dataset"] == "fairvision"
+        assert {tags["dataset"], tags["attribute"], tags["mode"], tags["seed"]} == {"fairvision", "gender", "full", "0"}
+        assert tags["git_commit"]
+        epochs = int(tags["epochs_trained"])
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "es_auc")]
+        assert steps == list(range(1, epochs + 1))
+        assert tags["asha_stopped"] == str(epochs < scfg.max_epochs).lower()
+        stopped += tags["asha_stopped"] == "true"
+        assert "val/auc/female" in child.data.metrics and "mod/balance/oct" in child.data.metrics
+        assert not any("note" in k.lower() and "note_" not in k.lower() for k in child.data.metrics)
+    assert stopped == outcome.stopped_early
+    best = client.get_run(outcome.best_run_id)
+    assert best.data.tags.get("model_logged") == "true"
+
+
+def test_relog_fills_an_empty_store_twice_without_duplicates(study, tmp_path):
+    from search.relog import relog
+
+    scfg, outcome = study
+    uri = "sqlite:///" + str(tmp_path / "relog.db")
+    counts = []
+    for _ in range(2):
+        relog(scfg.study_dir, uri)
+        client, parents, children = study_runs(uri)
+        assert len(parents) == 1 and len(children) == 5
+        counts.append(sorted(len(client.get_metric_history(c.info.run_id, "es_auc")) for c in children))
+        assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    assert counts[0] == counts[1]
+    live = sorted(int(r.data.tags["epochs_trained"]) for r in study_runs(scfg.tracking_uri)[2])
+    assert counts[0] == live
+    # re-logging into the store the search wrote live adds nothing either
+    relog(scfg.study_dir, scfg.tracking_uri)
+    assert len(study_runs(scfg.tracking_uri)[2]) == 5
+
+
+def test_failing_trial_is_retried_then_failed_and_study_finishes(ray_session, search_config, tmp_path):
+    scfg = search_config(tmp_path, num_samples=3, max_epochs=2, max_failures=1, scheduler="none",
+                         log_best_model=False,
+                         test_hooks={"fail_baseline_trial": True, "fail_at_epoch": 2})
+    outcome = run_search(scfg)
+    assert outcome.failed == 1 and not outcome.interrupted
+    assert outcome.best is not None
+    _, parents, children = study_runs(scfg.tracking_uri)
+    assert parents[0].info.status == "FINISHED"
+    failed = [c for c in children if c.info.status == "FAILED"]
+    assert len(failed) == 1 and failed[0].data.tags["retries"] == "1"
+    assert float(failed[0].data.params["rho"]) == scfg.baseline["rho"]
+    assert sum(c.info.status == "FINISHED" for c in children) == 2
+
+
+def run_script(folder: Path, *args, wait=True):
+    cmd = [sys.executable, "fairvision_gender.py", "--local", "--num-cpus", "2", "--preset", "tiny",
+           "--cpus-per-trial", "1", *args]
+    proc = subprocess.Popen(cmd, cwd=folder, env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    if wait:
+        out, _ = proc.communicate(timeout=400)
+        return proc.returncode, out
+    return proc
+
+
+def test_entry_script_copied_alone_into_an_empty_folder(tmp_path):
+    shutil.copy(REPO / "search" / "fairvision_gender.py", tmp_path)
+    rc, out = run_script(tmp_path, "--num-samples", "2", "--max-epochs", "2", "--max-concurrent", "2",
+                         "--storage-path", "results")
+    assert rc == 0, out[-3000:]
+    assert "GENERATED SYNTHETIC" in out                      # no --data-root: said loudly
+    assert (tmp_path / "results" / "mlflow.db").is_file()    # default store: absolute sqlite there
+    assert "best configuration" in out and "/#/experiments/" in out and "parent run id" in out
+
+
+def test_resume_after_interrupt_does_not_repeat_finished_trials(ray_session, search_config, data_root,
+                                                                 tmp_path):
+    shutil.copy(REPO / "search" / "fairvision_gender.py", tmp_path)
+    args = ["--num-samples", "4", "--max-epochs", "2", "--max-concurrent", "1", "--data-root", data_root,
+            "--storage-path", str(tmp_path / "results"), "--tracking-uri", "sqlite:///" + str(tmp_path / "mlflow.db")]
+    proc = run_script(tmp_path, *args, wait=False)
+    study_dir = tmp_path / "results" / "fairvision-gender-full"
+    deadline = time.time() + 300
+    def first_trial_done():
+        return any(len(p.read_text().splitlines()) >= 2 for p in study_dir.glob("trial_*/result.json"))
+
+    while not first_trial_done() and time.time() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, "the search ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "INTERRUPTED" in out, out[-3000:]
+    before = {p.parent.name: len(p.read_text().splitlines()) for p in study_dir.glob("trial_*/result.json")}
+    finished = {name for name, n in before.items() if n == 2}
+    assert finished, before
+
+    scfg = search_config(tmp_path, num_samples=4, max_epochs=2, max_concurrent=1,
+                         storage_path=str(tmp_path / "results"), resume=True,
+                         tracking_uri="sqlite:///" + str(tmp_path / "mlflow.db"))
+    outcome = run_search(scfg)
+    assert not outcome.interrupted and len(outcome.results) == 4
+    after = {p.parent.name: len(p.read_text().splitlines()) for p in study_dir.glob("trial_*/result.json")}
+    assert all(after[name] == 2 for name in finished), "a finished trial ran again"
+    _, parents, children = study_runs(scfg.tracking_uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(c.data.tags["trial_id"] for c in children) == sorted(n.removeprefix("trial_") for n in after)
