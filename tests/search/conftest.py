@@ -58,3 +58,24 @@ def subprocess_env() -> dict:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
+
+
+@pytest.fixture(scope="session")
+def study(ray_session, search_config, tmp_path_factory):
+    """One real search shared by the MLflow, relog and analysis tests: 5 trials x 3 epochs."""
+    from search.runner import run_search
+
+    scfg = search_config(tmp_path_factory.mktemp("study"), num_samples=5)
+    return scfg, run_search(scfg)
+
+
+def study_runs(uri: str):
+    """(client, parent runs, child runs) of the multifair experiment in a store."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.search_experiments(filter_string="name LIKE 'multifair-%'")[0]
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("run_kind") == "study"]
+    children = [r for r in runs if r.data.tags.get("run_kind") == "trial"]
+    return client, parents, children

@@ -9,29 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
 from search.runner import run_search
 from search.space import HYPERPARAMETERS
-from tests.search.conftest import REPO, subprocess_env
+from tests.search.conftest import REPO, study_runs, subprocess_env
 
 pytestmark = pytest.mark.slow
-
-
-def study_runs(uri: str):
-    client = MlflowClient(uri)
-    exp = client.search_experiments(filter_string="name LIKE 'multifair-%'")[0]
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("run_kind") == "study"]
-    children = [r for r in runs if r.data.tags.get("run_kind") == "trial"]
-    return client, parents, children
-
-
-@pytest.fixture(scope="module")
-def study(ray_session, search_config, tmp_path_factory):
-    root = tmp_path_factory.mktemp("study")
-    scfg = search_config(root, num_samples=5)
-    return scfg, run_search(scfg)
 
 
 def test_search_asha_stops_trials_and_mlflow_has_every_trial(study):
@@ -153,3 +136,21 @@ def test_resume_after_interrupt_does_not_repeat_finished_trials(ray_session, sea
     _, parents, children = study_runs(scfg.tracking_uri)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(c.data.tags["trial_id"] for c in children) == sorted(n.removeprefix("trial_") for n in after)
+
+
+def test_analysis_importance_and_champion(study, tmp_path):
+    from search.analysis import main
+
+    scfg, outcome = study
+    report = tmp_path / "analysis.json"
+    assert main(["--tracking-uri", scfg.tracking_uri, "--experiment", scfg.experiment,
+                 "--policy", "common", "--epoch", "1", "--register", "multifair-test",
+                 "--json", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["n_used"] == 5 and set(data["importance"]["fanova"]) == set(HYPERPARAMETERS)
+    assert data["deployment"]["trial_id"] == outcome.best["trial_id"]
+    assert data["registered"] == "models:/multifair-test@champion"
+    from mlflow import MlflowClient
+
+    version = MlflowClient(scfg.tracking_uri).get_model_version_by_alias("multifair-test", "champion")
+    assert version.run_id == outcome.best_run_id

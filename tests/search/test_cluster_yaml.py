@@ -1,0 +1,23 @@
+"""The cluster YAMLs validate against the schema Ray ships, pin Ray, and install the project."""
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import ray
+import yaml
+
+from tests.search.conftest import REPO
+
+SCHEMA = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["aws-gpu.yaml", "local.yaml"])
+def test_cluster_yaml(name):
+    config = yaml.safe_load((REPO / "cluster" / name).read_text())
+    jsonschema.validate(config, SCHEMA)
+    setup = " ".join(config["setup_commands"])
+    assert f"=={ray.__version__}" in setup and "-e ~/multifair-tune[search]" in setup
+    assert "~/multifair-tune" in config["file_mounts"]
+    if config["provider"]["type"] == "local":
+        assert "available_node_types" not in config
