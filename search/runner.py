@@ -49,6 +49,7 @@ class SearchConfig:
     searcher: str = "tpe"          # tpe | random (benchmarks)
     scheduler: str = "asha"        # asha | none (benchmarks)
     log_best_model: bool = True
+    final_test: bool = True        # score the chosen trial's model on the test split, once
     verbose: int = 1
     test_hooks: dict = field(default_factory=dict)             # see docs/search.md
 
@@ -99,6 +100,8 @@ def parse_args(dataset: str, attribute: str, baseline: dict | None, argv=None) -
     add("--local", action="store_true", help="embedded Ray even where a cluster runs")
     add("--num-cpus", type=int, default=0, help="with --local")
     add("--num-gpus", type=int, default=-1, help="with --local")
+    add("--no-final-test", dest="final_test", action="store_false",
+        help="do not score the chosen trial on the test split at the end")
     add("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
         help="trainer config override (repeatable)")
     a = vars(p.parse_args(argv))

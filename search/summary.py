@@ -80,10 +80,33 @@ def summarize_results(scfg, results, tracker, wall_s) -> SearchOutcome:
             with ckpt.as_directory() as d:
                 tracker.log_model(best_run_id, d)
             tracker.client.set_tag(best_run_id, "best_trial", "true")
+    if best is not None and scfg.final_test:
+        best["test"] = final_test(trials, best, tracker, best_run_id)
     return SearchOutcome(results, best, stopped, failed, wall_s, interrupted,
                          tracker.tracking_uri if tracker else None,
                          tracker.experiment_id if tracker else None,
                          tracker.parent_run_id if tracker else None, best_run_id)
+
+
+def final_test(trials, best, tracker, best_run_id) -> dict | None:
+    """The test split, touched once: the chosen trial's validation-best model, with bootstrap.
+    Aggregate metrics only go to MLflow (test/<metric> and test/<metric>_std)."""
+    from search.trainable import METRIC, MODE
+    from trainer.loop import evaluate_checkpoint
+
+    result = next(t["result"] for t in trials if t["trial_id"] == best["trial_id"])
+    ckpt = result.get_best_checkpoint(METRIC, MODE) or result.checkpoint
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        scored = evaluate_checkpoint(d)
+    metrics = {f"test/{k}": float(v) for k, v in scored["mean"].items() if math.isfinite(v)}
+    metrics.update({f"test/{k}_std": float(v) for k, v in scored["std"].items() if math.isfinite(v)})
+    if tracker is not None:
+        for run_id in filter(None, (best_run_id, tracker.parent_run_id)):
+            for k, v in metrics.items():
+                tracker.client.log_metric(run_id, k, v)
+    return metrics
 
 
 def _lookup_child(tracker, trial_id):
@@ -111,6 +134,11 @@ def print_summary(scfg: SearchConfig, o: SearchOutcome) -> None:
         print("validation metrics:")
         for k, v in sorted(o.best["val"].items()):
             print(f"  {k:24s} {v:.4f}")
+        if o.best.get("test"):
+            t = o.best["test"]
+            print("test split (scored once, bootstrap mean ± std): " + ", ".join(
+                f"{k} {t[f'test/{k}']:.4f} ± {t.get(f'test/{k}_std', float('nan')):.4f}"
+                for k in ("auc", "es_auc", "dpd", "deodds") if f"test/{k}" in t))
     if o.tracking_uri:
         command, url = ui_hint(o.tracking_uri, o.experiment_id)
         print(f"MLflow: experiment id {o.experiment_id}, parent run id {o.parent_run_id}, "

@@ -229,15 +229,20 @@ def fit(cfg: TrainConfig, on_epoch: Callable[[EpochReport], None] | None = None,
     return _finish(trainer)
 
 
-def _finish(trainer: Trainer) -> dict:
+def _score_test(trainer: Trainer) -> dict:
+    """Point metrics and cfg.bootstrap resamples (mean, std) on the test split."""
     cfg = trainer.cfg
+    y, p, g = trainer.predict("test")
+    return {"point": evaluate_fairness(y, p, g, cfg.threshold, trainer.group_names),
+            **bootstrap_fairness(y, p, g, n=cfg.bootstrap, seed=cfg.seed,
+                                 threshold=cfg.threshold, group_names=trainer.group_names)}
+
+
+def _finish(trainer: Trainer) -> dict:
     test = None
-    if cfg.evaluate_test and trainer.best_weights is not None:
+    if trainer.cfg.evaluate_test and trainer.best_weights is not None:
         trainer.model.load_state_dict(trainer.best_weights)      # the validation-chosen epoch
-        y, p, g = trainer.predict("test")
-        test = {"point": evaluate_fairness(y, p, g, cfg.threshold, trainer.group_names),
-                **bootstrap_fairness(y, p, g, n=cfg.bootstrap, seed=cfg.seed,
-                                     threshold=cfg.threshold, group_names=trainer.group_names)}
+        test = _score_test(trainer)
     return {"best_epoch": trainer.best["epoch"], "val": trainer.best["val"], "test": test,
             "history": trainer.history, "config": cfg.to_dict()}
 
@@ -253,6 +258,18 @@ def load_model(checkpoint_dir: str | Path, best: bool = True) -> nn.Module:
     return model.eval()
 
 
+def evaluate_checkpoint(checkpoint_dir: str | Path, **overrides) -> dict:
+    """Score the validation-chosen model of a checkpoint on the test split, once (used by the
+    search for its chosen trial). `overrides` replace config fields (e.g. data_root, device)."""
+    directory = Path(checkpoint_dir)
+    path = directory / (BEST_FILE if (directory / BEST_FILE).is_file() else STATE_FILE)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = config_from_dict({**state["config"], **overrides, "pretrained": False})
+    trainer = Trainer(cfg)
+    trainer.model.load_state_dict(state["model"])
+    return {"epoch": state.get("epoch", state.get("best", {}).get("epoch")), **_score_test(trainer)}
+
+
 def result_json(result: dict) -> str:
     """The one-line JSON summary printed by `python -m trainer fit`."""
     summary = {k: result[k] for k in ("best_epoch", "val", "test")}
@@ -262,4 +279,4 @@ def result_json(result: dict) -> str:
     return json.dumps(summary, default=float, allow_nan=True)
 
 
-__all__ = ["fit", "load_model", "EpochReport", "Trainer", "result_json"]
+__all__ = ["fit", "load_model", "evaluate_checkpoint", "EpochReport", "Trainer", "result_json"]

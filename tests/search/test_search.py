@@ -47,6 +47,12 @@ def test_search_asha_stops_trials_and_mlflow_has_every_trial(study):
     assert stopped == outcome.stopped_early
     best = client.get_run(outcome.best_run_id)
     assert best.data.tags.get("model_logged") == "true"
+    # the test split is scored once, for the chosen trial only, and only aggregates are logged
+    test = outcome.best["test"]
+    assert 0 <= test["test/auc"] <= 1 and test["test/auc_std"] > 0
+    assert best.data.metrics["test/es_auc"] == pytest.approx(test["test/es_auc"])
+    assert client.get_run(outcome.parent_run_id).data.metrics["test/auc"] == pytest.approx(test["test/auc"])
+    assert sum("test/auc" in c.data.metrics for c in study_runs(scfg.tracking_uri)[2]) == 1
 
 
 def test_relog_fills_an_empty_store_twice_without_duplicates(study, tmp_path):
