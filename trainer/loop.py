@@ -244,7 +244,7 @@ def _finish(trainer: Trainer) -> dict:
         trainer.model.load_state_dict(trainer.best_weights)      # the validation-chosen epoch
         test = _score_test(trainer)
     return {"best_epoch": trainer.best["epoch"], "val": trainer.best["val"], "test": test,
-            "history": trainer.history, "config": cfg.to_dict()}
+            "history": trainer.history, "config": trainer.cfg.to_dict()}
 
 
 def load_model(checkpoint_dir: str | Path, best: bool = True) -> nn.Module:
