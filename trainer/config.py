@@ -56,6 +56,8 @@ class TrainConfig:
     oct_encoder: str = "vit_base_patch16_224.augreg_in21k"
     note_encoder: str = "bert-base-uncased"
     pretrained: bool = True                 # hub cache or local path; False -> random init
+    slo_weights: str = ""                   # optional local weights file for the SLO backbone
+    oct_weights: str = ""                   # optional local weights file for the OCT backbone
     oct_slice_layers: int = 2               # transformer layers over the K slice embeddings
     proj_dim: int = 128
     fusion_heads: int = 4

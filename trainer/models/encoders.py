@@ -72,13 +72,13 @@ class SliceStackEncoder(nn.Module):
 
 
 def create_encoder(modality: str, cfg) -> nn.Module:
-    weights = cfg.extra.get(f"{modality}_weights", "")
     if modality == "slo":
         return create_image_encoder(cfg.slo_encoder, pretrained=cfg.pretrained,
-                                    img_size=cfg.image_size, weights=weights)
+                                    img_size=cfg.image_size, weights=cfg.slo_weights)
     if modality == "oct":
         backbone = create_image_encoder(cfg.oct_encoder, pretrained=cfg.pretrained,
-                                        img_size=cfg.image_size, in_chans=1, weights=weights)
+                                        img_size=cfg.image_size, in_chans=1,
+                                        weights=cfg.oct_weights)
         return SliceStackEncoder(backbone, cfg.oct_slices, cfg.oct_slice_layers)
     if modality == "note":
         return create_text_encoder(cfg.note_encoder, pretrained=cfg.pretrained)
