@@ -17,7 +17,8 @@ install: $(STAMP)
 # The main job: a small Optuna/ASHA search on generated data, every trial in MLflow.
 demo: $(STAMP)
 	$(PY) search/fairvision_gender.py --local --preset tiny --num-samples 6 --max-epochs 3 \
-		--grace-period 1 --max-concurrent 2 --cpus-per-trial 1 --storage-path $(CURDIR)/results
+		--grace-period 1 --max-concurrent 2 --cpus-per-trial 1 --storage-path $(CURDIR)/results \
+		--name demo-$$(date +%Y%m%d-%H%M%S)
 
 # One MultiFair fit on generated data, trainer only (no Ray, no MLflow).
 fit-demo: $(STAMP)
