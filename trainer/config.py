@@ -49,7 +49,7 @@ class TrainConfig:
     oct_slices: int = 10                    # K slices evenly spaced along axis 0
     note_max_length: int = 128
     cache_dir: str = ""                     # "" -> ~/.cache/multifair-tune (or $MULTIFAIR_CACHE)
-    num_workers: int = 0
+    num_workers: int = 0                    # >0: worker processes read batches ahead (GPU runs)
     # --- model ---
     preset: str = "paper"
     slo_encoder: str = "vit_base_patch16_224.augreg_in21k"
@@ -138,6 +138,8 @@ class TrainConfig:
             bad("surrogate_temperature", "must be > 0")
         if not 0 < self.max_gpu_memory_fraction <= 1:
             bad("max_gpu_memory_fraction", "must be in (0, 1]")
+        if self.num_workers < 0:
+            bad("num_workers", "must be >= 0")
         for name in ("image_size", "oct_slices", "note_max_length", "proj_dim", "fusion_heads",
                      "fusion_layers", "head_hidden", "epochs", "batch_size"):
             if getattr(self, name) < 1:

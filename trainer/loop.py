@@ -46,15 +46,37 @@ def _to_device(batch, device):
     return batch.to(device, non_blocking=True)
 
 
-def _batches(dataset, indices: torch.Tensor, batch_size: int, drop_last: bool):
-    """Yield collated batches by index; uses the dataset's vectorised get_batch when present."""
+class _BatchView(torch.utils.data.Dataset):
+    """Item i = the whole i-th batch (fixed index lists), so worker processes read whole batches
+    from the memory-mapped cache and the order never depends on the number of workers."""
+
+    def __init__(self, dataset, batches: list[np.ndarray]):
+        self.dataset, self.batches = dataset, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict:
+        idx = self.batches[i]
+        if hasattr(self.dataset, "get_batch"):
+            return self.dataset.get_batch(idx)
+        return torch.utils.data.default_collate([self.dataset[int(j)] for j in idx])
+
+
+def _batches(dataset, indices: torch.Tensor, batch_size: int, drop_last: bool,
+             num_workers: int = 0, pin_memory: bool = False):
+    """Collated batches in the order of `indices`; with num_workers > 0 they are read ahead by
+    worker processes (and pinned for a fast host-to-device copy)."""
     stop = len(indices) - (len(indices) % batch_size if drop_last else 0)
-    for start in range(0, stop, batch_size):
-        idx = indices[start:start + batch_size]
-        if hasattr(dataset, "get_batch"):
-            yield dataset.get_batch(idx.numpy())
-        else:
-            yield torch.utils.data.default_collate([dataset[int(i)] for i in idx])
+    batches = [indices[s:s + batch_size].numpy() for s in range(0, stop, batch_size)]
+    view = _BatchView(dataset, batches)
+    if num_workers == 0:
+        yield from (view[i] for i in range(len(view)))
+        return
+    # own generator: the loader's worker seeding must not draw from the global RNG (dropout)
+    yield from torch.utils.data.DataLoader(view, batch_size=None, shuffle=False,
+                                           num_workers=num_workers, pin_memory=pin_memory,
+                                           prefetch_factor=2, generator=torch.Generator())
 
 
 @dataclass
@@ -134,7 +156,9 @@ class Trainer:
         order = torch.randperm(len(train), generator=gen)
         n_steps = len(order) // cfg.batch_size
         sums: dict[str, torch.Tensor] = {}
-        bar = tqdm(_batches(train, order, cfg.batch_size, drop_last=True), total=n_steps,
+        batches = _batches(train, order, cfg.batch_size, drop_last=True,
+                           num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
+        bar = tqdm(batches, total=n_steps,
                    desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
         for batch in bar:
             out = self.train_step(batch, aug)
@@ -150,7 +174,8 @@ class Trainer:
         self.model.eval()
         ds = self.data[split]
         probs, labels, groups = [], [], []
-        for batch in _batches(ds, torch.arange(len(ds)), self.cfg.batch_size * 2, False):
+        for batch in _batches(ds, torch.arange(len(ds)), self.cfg.batch_size * 2, False,
+                              self.cfg.num_workers, self.device.type == "cuda"):
             batch = batch_transform(_to_device(batch, self.device), train=False, generator=None)
             with self.autocast():
                 probs.append(self.model(batch).float().sigmoid().cpu())

@@ -155,3 +155,11 @@ def test_scaling_is_applied_in_the_loop(fv_root, cache_dir):
     (g0, h0, _), (g1, h1, s) = grads
     torch.testing.assert_close(g1, g0 * s, rtol=1e-4, atol=1e-8)
     torch.testing.assert_close(h1, h0)
+
+
+def test_worker_processes_read_the_same_batches(fv_root, cache_dir):
+    """num_workers only changes who reads the batches, never which: identical training."""
+    cfg = _cfg(fv_root, cache_dir, epochs=1, mode="full", evaluate_test=False)
+    inline = fit(cfg, progress=False)
+    workers = fit(cfg.replace(num_workers=2), progress=False)
+    assert inline["history"] == workers["history"]
