@@ -30,7 +30,7 @@ class SearchConfig:
     sets: list[str] = field(default_factory=list)              # trainer --set key=value
     num_samples: int = 16
     max_epochs: int = 10
-    grace_period: int = 1
+    grace_period: int = 2          # epoch-1 validation ES-AUC is mostly noise (docs/search.md)
     reduction_factor: int = 3
     max_concurrent: int = 0        # 0 -> as many trials as the resources hold (at least 1)
     cpus_per_trial: float = 1.0
