@@ -120,6 +120,9 @@ def print_summary(scfg: SearchConfig, o: SearchOutcome) -> None:
     if o.interrupted:
         print(f"\n=== MultiFair search INTERRUPTED: continue it with the same command plus --resume "
               f"(study {scfg.study_dir}) ===")
+    elif o.failed and o.failed == len(o.results):
+        print(f"\n=== MultiFair search finished, but ALL {o.failed} trials FAILED: see the error "
+              f"files listed above (Tune's trial table) ===")
     else:
         print("\n=== MultiFair search finished ===")
     print(f"study: {scfg.study_dir}   wall time {o.wall_s:.0f} s")

@@ -245,6 +245,11 @@ def make_config(dataset: str = "fairvision", attribute: str = "gender", *, prese
         k, v = item.split("=", 1)
         parsed[k.strip()] = v.strip()
     cfg = apply_overrides(cfg, parsed, "--set")
+    # Paths are resolved where the user typed them: Tune runs each trial in its own directory.
+    for name in ("data_root", "cache_dir", "slo_weights", "oct_weights"):
+        value = getattr(cfg, name)
+        if value and "://" not in value:
+            setattr(cfg, name, str(Path(value).expanduser().resolve()))
     return cfg.validate()
 
 
