@@ -166,8 +166,12 @@ def init_ray(scfg: SearchConfig) -> None:
             ray.init(address="auto")
             print(f"[search] attached to the running Ray cluster: {ray.cluster_resources()}", flush=True)
             return
-        except ConnectionError:
-            pass
+        except ConnectionError as exc:
+            # A cluster was named or found but refused us (e.g. its auth token): never fall back
+            # silently to a one-machine search; only "no Ray running here" falls through.
+            if os.environ.get("RAY_ADDRESS") or "Failed to connect to Ray cluster at" in str(exc):
+                raise ValueError(f"could not attach to the Ray cluster: {exc} (token-auth clusters "
+                                 f"need RAY_AUTH_MODE=token; use --local for an embedded Ray)") from None
     kwargs = dict(num_cpus=scfg.num_cpus or os.cpu_count())
     if scfg.num_gpus >= 0:
         kwargs["num_gpus"] = scfg.num_gpus

@@ -12,7 +12,14 @@ from tests.search.conftest import REPO
 SCHEMA = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
 
 
-@pytest.mark.parametrize("name", ["aws-gpu.yaml", "local.yaml"])
+YAMLS = sorted(p.name for p in (REPO / "cluster").glob("*.yaml"))
+
+
+def test_every_shipped_config_is_checked():
+    assert {"aws-gpu.yaml", "local.yaml", "localhost.yaml"} <= set(YAMLS)
+
+
+@pytest.mark.parametrize("name", YAMLS)
 def test_cluster_yaml(name):
     config = yaml.safe_load((REPO / "cluster" / name).read_text())
     jsonschema.validate(config, SCHEMA)
