@@ -90,7 +90,8 @@ class MultiFairModulator(nn.Module):
         mean = ema.mean(dim=1, keepdim=True)                                   # Ebar_m
         fairness_loss = (ema - mean).abs().mean()                              # F_G
         factor_g = 1 + cfg.delta * (mean - ema).detach() / cfg.tau             # F_m^g
-        share = torch.bincount(groups, minlength=self.num_groups).float() / groups.numel()
+        # one_hot, not bincount: bincount sizes its output from the data (a device sync on CUDA)
+        share = F.one_hot(groups, self.num_groups).float().mean(dim=0)                  # p_g
         factor = (factor_g * share).sum(dim=1)                                 # f_m
         return fairness_loss, factor.clamp(cfg.balance_floor, 1 + cfg.delta / cfg.tau)
 
