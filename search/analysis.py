@@ -65,6 +65,12 @@ def trials_from_results(study_dir: str):
     return trials, int(search["max_epochs"]), int(search["grace_period"])
 
 
+def best_epoch(history: dict[int, float]) -> tuple[int, float] | None:
+    """(epoch, value) of a trial's best finite validation ES-AUC; the first epoch on ties."""
+    finite = [(e, v) for e, v in history.items() if math.isfinite(v)]
+    return max(finite, key=lambda ev: ev[1]) if finite else None
+
+
 def trial_values(trials, max_epochs: int, policy: str = "full", epoch: int | None = None):
     """[(trial, value)] comparable across trials (see the module docstring)."""
     out = []
@@ -72,8 +78,9 @@ def trial_values(trials, max_epochs: int, policy: str = "full", epoch: int | Non
         if t["status"] == "FAILED" or not t["history"]:
             continue
         if policy == "full":
-            if max(t["history"]) >= max_epochs:
-                out.append((t, max(v for v in t["history"].values() if math.isfinite(v))))
+            best = best_epoch(t["history"])
+            if max(t["history"]) >= max_epochs and best is not None:
+                out.append((t, best[1]))
         elif epoch in t["history"] and math.isfinite(t["history"][epoch]):
             out.append((t, t["history"][epoch]))
     return out

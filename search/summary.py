@@ -26,23 +26,24 @@ class SearchOutcome:
 
 def select_best(trials: list[dict], max_epochs: int) -> dict | None:
     """Best validation ES-AUC (best epoch) among trials that trained all epochs; when none did,
-    among all trials (flagged full=False). `trials`: dicts with trial_id, config, history."""
+    among all trials (flagged full=False). The rule is search.analysis's deployment pick.
+    `trials`: dicts with trial_id, config, history (per-epoch result rows), status."""
+    from search.analysis import best_epoch, pick_deployment
     from search.trainable import METRIC
 
-    def best_epoch(t):
-        rows = [r for r in t["history"] if isinstance(r.get(METRIC), (int, float)) and math.isfinite(r[METRIC])]
-        return max(rows, key=lambda r: r[METRIC]) if rows else None
-
+    records = [{**t, "rows": t["history"],
+                "history": {int(r.get("epoch", 0)): r[METRIC] for r in t["history"]
+                            if isinstance(r.get(METRIC), (int, float))}} for t in trials]
     for full in (True, False):
-        pool = [t for t in trials if t["history"] and (not full or t["epochs"] >= max_epochs)
-                and t["status"] != "FAILED"]
-        scored = [(best_epoch(t), t) for t in pool]
-        scored = [(row, t) for row, t in scored if row is not None]
-        if scored:
-            row, t = max(scored, key=lambda x: x[0][METRIC])
-            return {"trial_id": t["trial_id"], "config": {k: t["config"][k] for k in HYPERPARAMETERS},
-                    "val": {k: v for k, v in row.items() if k.startswith("val/")} | {METRIC: row[METRIC]},
-                    "epoch": int(row.get("epoch", 0)), "full": full, "path": t.get("path")}
+        pick = pick_deployment(records, max_epochs if full else 0)
+        if pick is None:
+            continue
+        t = pick[0]
+        epoch, _ = best_epoch(t["history"])
+        row = next(r for r in t["rows"] if int(r.get("epoch", 0)) == epoch)
+        return {"trial_id": t["trial_id"], "config": {k: t["config"][k] for k in HYPERPARAMETERS},
+                "val": {k: v for k, v in row.items() if k.startswith("val/")} | {METRIC: row[METRIC]},
+                "epoch": epoch, "full": full, "path": t.get("path")}
     return None
 
 
@@ -71,33 +72,29 @@ def summarize_results(scfg, results, tracker, wall_s) -> SearchOutcome:
     stopped = sum(t["status"] == "FINISHED" and t["epochs"] < scfg.max_epochs for t in trials)
     # Tune returns normally after Ctrl-C: unfinished trials (or fewer than asked) tell it apart.
     interrupted = len(results) < scfg.num_samples or any(t["status"] == "UNFINISHED" for t in trials)
-    best_run_id = None
-    if tracker is not None and best is not None:
-        best_run_id = tracker._children.get(best["trial_id"]) or _lookup_child(tracker, best["trial_id"])
+    best_run_id, ckpt = None, None
+    if best is not None:
         result = next(t["result"] for t in trials if t["trial_id"] == best["trial_id"])
         ckpt = result.get_best_checkpoint(METRIC, MODE) or result.checkpoint
+    if tracker is not None and best is not None:
+        best_run_id = tracker._children.get(best["trial_id"]) or _lookup_child(tracker, best["trial_id"])
         if scfg.log_best_model and best_run_id and ckpt is not None:
             with ckpt.as_directory() as d:
                 tracker.log_model(best_run_id, d)
             tracker.client.set_tag(best_run_id, "best_trial", "true")
-    if best is not None and scfg.final_test:
-        best["test"] = final_test(trials, best, tracker, best_run_id)
+    if best is not None and scfg.final_test and ckpt is not None:
+        best["test"] = final_test(ckpt, tracker, best_run_id)
     return SearchOutcome(results, best, stopped, failed, wall_s, interrupted,
                          tracker.tracking_uri if tracker else None,
                          tracker.experiment_id if tracker else None,
                          tracker.parent_run_id if tracker else None, best_run_id)
 
 
-def final_test(trials, best, tracker, best_run_id) -> dict | None:
+def final_test(ckpt, tracker, best_run_id) -> dict:
     """The test split, touched once: the chosen trial's validation-best model, with bootstrap.
     Aggregate metrics only go to MLflow (test/<metric> and test/<metric>_std)."""
-    from search.trainable import METRIC, MODE
     from trainer.loop import evaluate_checkpoint
 
-    result = next(t["result"] for t in trials if t["trial_id"] == best["trial_id"])
-    ckpt = result.get_best_checkpoint(METRIC, MODE) or result.checkpoint
-    if ckpt is None:
-        return None
     with ckpt.as_directory() as d:
         scored = evaluate_checkpoint(d)
     metrics = {f"test/{k}": float(v) for k, v in scored["mean"].items() if math.isfinite(v)}

@@ -272,11 +272,16 @@ def _finish(trainer: Trainer) -> dict:
             "history": trainer.history, "config": trainer.cfg.to_dict()}
 
 
-def load_model(checkpoint_dir: str | Path, best: bool = True) -> nn.Module:
-    """The fusion model stored in a checkpoint directory (best epoch by default), on the CPU."""
+def _checkpoint_weights(checkpoint_dir: str | Path, best: bool = True) -> dict:
+    """{"config", "model", "epoch", ...} of a checkpoint: the validation-best weights when saved."""
     directory = Path(checkpoint_dir)
     path = directory / (BEST_FILE if best and (directory / BEST_FILE).is_file() else STATE_FILE)
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_model(checkpoint_dir: str | Path, best: bool = True) -> nn.Module:
+    """The fusion model stored in a checkpoint directory (best epoch by default), on the CPU."""
+    state = _checkpoint_weights(checkpoint_dir, best)
     cfg = config_from_dict(state["config"]).replace(pretrained=False)
     model = build_model(cfg)
     model.load_state_dict(state["model"])
@@ -286,9 +291,7 @@ def load_model(checkpoint_dir: str | Path, best: bool = True) -> nn.Module:
 def evaluate_checkpoint(checkpoint_dir: str | Path, **overrides) -> dict:
     """Score the validation-chosen model of a checkpoint on the test split, once (used by the
     search for its chosen trial). `overrides` replace config fields (e.g. data_root, device)."""
-    directory = Path(checkpoint_dir)
-    path = directory / (BEST_FILE if (directory / BEST_FILE).is_file() else STATE_FILE)
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = _checkpoint_weights(checkpoint_dir)
     cfg = config_from_dict({**state["config"], **overrides, "pretrained": False})
     trainer = Trainer(cfg)
     trainer.model.load_state_dict(state["model"])

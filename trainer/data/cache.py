@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
+from trainer.config import ATTRIBUTES
 from trainer.data import common
 from trainer.data.common import MODALITY_KEYS, DataError, Layout
 from trainer.data.transforms import preprocess_oct, preprocess_slo
 
 CACHE_VERSION = 1
-ATTRIBUTE_ORDER = ("gender", "race", "ethnicity", "language", "maritalstatus")
+ATTRIBUTE_ORDER = tuple(ATTRIBUTES)   # columns of the cached code table
 
 
 def cache_root(cfg) -> Path:

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-SPLITS = ("train", "val", "test")
+from trainer.config import DEFAULT_MODALITIES
+from trainer.data.common import SPLITS
+
 USE = {"train": "training", "val": "validation", "test": "test"}
 RACE_NAMES = ("Asian", "Black or African American", "White or Caucasian")
-DEFAULT_MODALITIES = {"fairvision": ("slo", "oct"), "fairvlmed": ("slo", "note")}
 SIZES = {  # (SLO shape, OCT shape): small default, --full-size
     ("fairvision", False): ((64, 64), (16, 64, 64)),
     ("fairvision", True): ((200, 200), (200, 200, 200)),

@@ -75,10 +75,9 @@ def slo_to_input(slo: torch.Tensor, train: bool, generator=None) -> torch.Tensor
         x = x * brightness
         mean = x.mean(dim=(1, 2), keepdim=True)
         x = ((x - mean) * contrast + mean).clamp_(0.0, 1.0)
-    x = x[:, None].expand(-1, 3, -1, -1)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    # grey SLO -> 3 channels, each normalised with its ImageNet statistics (Python floats: no
+    # per-step host-to-device copy of the constants)
+    return torch.stack([(x - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], dim=1)
 
 
 def batch_transform(batch: dict, train: bool, generator=None) -> dict:
