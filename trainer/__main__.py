@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainer.config import DATASETS, MODES, PRESETS
+from trainer.config import DATASETS, PRESETS
+from trainer.methods import available_methods
 
 
 def _fit_parser(sub) -> None:
@@ -13,11 +14,13 @@ def _fit_parser(sub) -> None:
     p.add_argument("--data-root", required=True)
     p.add_argument("--attribute", default="gender",
                    help="gender | race | ethnicity | language | maritalstatus")
-    p.add_argument("--mode", choices=MODES, default="full")
+    p.add_argument("--mode", choices=available_methods(), default="full",
+                   help="training method (docs/methods.md)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper")
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--modalities", help="comma-separated, e.g. slo,oct,note")
+    p.add_argument("--modalities", help="comma-separated, e.g. slo,oct,note; one (e.g. slo) "
+                   "trains a unimodal model")
     p.add_argument("--config", help="JSON file of config fields")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field (repeatable)")

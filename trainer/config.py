@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 DATASETS = ("fairvision", "fairvlmed")
+# MultiFair's ablation modes (the paper's Fig. 3). Every training method, these included, is in
+# the registry: trainer.methods.available_methods() (the `--mode` choices).
 MODES = ("baseline", "modality", "fairness", "full")
+MODULATION_TARGETS = ("gradient", "update")
 MODALITIES = ("slo", "oct", "note")
 NOTE_SOURCES = ("note", "note_extra", "gpt4_summary")
 DEFAULT_MODALITIES = {"fairvision": ("slo", "oct"), "fairvlmed": ("slo", "note")}
@@ -87,6 +90,16 @@ class TrainConfig:
     speed_ema_decay: float = 0.9            # smoothing of per-modality AUC before dA_m
     balance_floor: float = 0.05             # lower bound of B_m and f_m, as a fraction of 1
     surrogate_temperature: float = 0.05     # pairwise sigmoid AUC; -> exact AUC as T -> 0
+    modulation_target: str = "gradient"     # per-encoder factors act on: gradient | update (lr)
+    # --- comparison methods (trainer/methods/, docs/methods.md) ---
+    ogm_alpha: float = 0.5                  # OGM-GE: 1 - tanh(alpha * ratio) for the dominant one
+    ogm_start_epoch: int = 0                # OGM-GE modulation window [start, end) in epochs
+    ogm_end_epoch: int = 0                  # 0 -> until the last epoch
+    fis_c: float = 0.5                      # FIS: share of the group weight (authors: 0.5)
+    fis_temperature: float = 1.0            # FIS: softmax temperature of both weights
+    sinkhorn_weight: float = 1.0            # sinkhorn: weight of the group Sinkhorn divergence
+    modality_dropout_rate: float = 0.3      # modality_dropout: per-sample, per-modality rate
+    unimodal_epochs: int = 0                # unimodal_ensemble: stage-1 epochs; 0 -> epochs // 2
     # --- selection and reporting ---
     select_metric: str = "es_auc"           # chosen on VALIDATION
     bootstrap: int = 100
@@ -112,12 +125,19 @@ class TrainConfig:
 
         if self.dataset not in DATASETS:
             bad("dataset", f"choose one of {DATASETS}")
-        if self.mode not in MODES:
-            bad("mode", f"choose one of {MODES}")
+        from trainer.methods import METHODS
+
+        if self.mode not in METHODS:
+            bad("mode", f"choose one of {tuple(METHODS)}")
         self.attribute = canonical_attribute(self.attribute)
         mods = self.resolved_modalities()
-        if len(mods) < 2 or len(set(mods)) != len(mods) or any(m not in MODALITIES for m in mods):
-            bad("modalities", f"need >= 2 distinct modalities from {MODALITIES}")
+        if not mods or len(set(mods)) != len(mods) or any(m not in MODALITIES for m in mods):
+            bad("modalities", f"need distinct modalities from {MODALITIES}")
+        method = METHODS[self.mode]
+        if len(mods) < method.min_modalities:
+            raise ValueError(f"mode {self.mode!r} needs at least {method.min_modalities} "
+                             f"modalities; got modalities={','.join(mods)}")
+        self._validate_methods(bad, method)
         if self.note_source not in NOTE_SOURCES:
             bad("note_source", f"choose one of {NOTE_SOURCES}")
         if self.tau <= 0:
@@ -155,6 +175,26 @@ class TrainConfig:
         if self.select_metric not in ("es_auc", "auc"):
             bad("select_metric", "choose es_auc or auc")
         return self
+
+    def _validate_methods(self, bad, method) -> None:
+        """The comparison methods' hyperparameters (trainer/methods/)."""
+        if self.modulation_target not in MODULATION_TARGETS:
+            bad("modulation_target", f"choose one of {MODULATION_TARGETS}")
+        if self.modulation_target == "update" and not method.scales_encoders:
+            bad("modulation_target", f"mode {self.mode!r} has no per-encoder factors to move "
+                "onto the update; use gradient")
+        for name in ("ogm_alpha", "fis_temperature", "sinkhorn_weight"):
+            if getattr(self, name) <= 0:
+                bad(name, "must be > 0")
+        for name in ("ogm_start_epoch", "ogm_end_epoch", "unimodal_epochs"):
+            if getattr(self, name) < 0:
+                bad(name, "must be >= 0")
+        if self.ogm_end_epoch and self.ogm_end_epoch <= self.ogm_start_epoch:
+            bad("ogm_end_epoch", f"must exceed ogm_start_epoch={self.ogm_start_epoch} (or be 0)")
+        if not 0 <= self.fis_c <= 1:
+            bad("fis_c", "must be in [0, 1]")
+        if not 0 <= self.modality_dropout_rate < 1:
+            bad("modality_dropout_rate", "must be in [0, 1)")
 
 
 # Paper settings (multifair-method.md, Section V-C, and the authors' training defaults).

@@ -1,7 +1,9 @@
 """fit(): epochs, validation, per-epoch callback, checkpoint and exact resume, final test.
 
-The epoch loop reads top to bottom: forward, MultiFair step, backward (with the modality-branch
-gradient hooks), clip, step, accumulate statistics on the device. The best epoch is chosen on
+The epoch loop reads top to bottom: forward, the method's step (trainer/methods/: MultiFair or a
+comparison method, chosen by cfg.mode), backward (with the modality-branch gradient hooks), the
+method's gradient edits, clip, step (per-encoder learning rates when the factors act on the
+update), accumulate statistics on the device. The best epoch is chosen on
 VALIDATION (cfg.select_metric); the test split is evaluated once, at the end, with bootstrap.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ from trainer.data import build_datasets
 from trainer.data.transforms import batch_transform
 from trainer.metrics import bootstrap_fairness, evaluate_fairness
 from trainer.models import build_classifiers, build_model, load_tokenizer
-from trainer.modulation import MultiFairModulator
+from trainer.methods import create_method
 
 STATE_FILE, BEST_FILE = "state.pt", "best_model.pt"
 
@@ -80,6 +82,15 @@ def _batches(dataset, indices: torch.Tensor, batch_size: int, drop_last: bool,
 
 
 @dataclass
+def _param_groups(model: nn.Module) -> list[dict]:
+    """One AdamW group per encoder (its lr can be scaled per step) and one for the rest."""
+    groups = [{"params": list(model.encoders[m].parameters()), "modality": m}
+              for m in model.modalities]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("encoders.")]
+    return groups + [{"params": rest, "modality": None}]
+
+
+@dataclass
 class EpochReport:
     epoch: int
     val: dict
@@ -102,7 +113,7 @@ class EpochReport:
 
 
 class Trainer:
-    """Owns model, classifiers, optimisers, modulator and the best-so-far state."""
+    """Owns model, classifiers, optimisers, the training method and the best-so-far state."""
 
     def __init__(self, cfg: TrainConfig, datasets: dict | None = None):
         self.cfg = cfg.validate()
@@ -116,8 +127,9 @@ class Trainer:
         self.group_names = ATTRIBUTES[cfg.attribute]
         self.model = build_model(cfg).to(self.device)
         self.classifiers = build_classifiers(cfg, self.model).to(self.device)
-        self.modulator = MultiFairModulator(cfg, mods, max(self.group_names) + 1).to(self.device)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
+        self.method = create_method(cfg, mods, max(self.group_names) + 1).to(self.device)
+        self.modulator = self.method        # the name older callers and tests use
+        self.opt = torch.optim.AdamW(_param_groups(self.model), lr=cfg.lr,
                                      weight_decay=cfg.weight_decay)
         self.clf_opt = torch.optim.AdamW(self.classifiers.parameters(), lr=cfg.classifier_lr,
                                          weight_decay=cfg.classifier_weight_decay)
@@ -128,28 +140,42 @@ class Trainer:
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext
 
     def train_step(self, batch: dict, generator: torch.Generator | None) -> dict:
-        """One MultiFair step on a collated batch; returns the step contract dict (tensors)."""
-        cfg, model, mods = self.cfg, self.model, self.modulator.modalities
+        """One step of the method on a collated batch; returns the step contract dict (tensors)."""
+        cfg, model, method = self.cfg, self.model, self.method
         batch = batch_transform(_to_device(batch, self.device), train=True, generator=generator)
         labels, groups = batch["label"].float(), batch["group"].long()
         with self.autocast():
             features = model.encode(batch)                                        # forward
-            logits = model.fuse(features)
-            out = self.modulator.step(model, self.classifiers, features, logits,
-                                      labels, groups)                             # losses
-        for i, m in enumerate(mods):                                             # modulate
-            features[m].register_hook(lambda g, s=out["scale"][i]: g * s.to(g.dtype))
+            logits = model.fuse(method.features(features, generator))            # (dropout, frozen)
+            out = method.step(model, self.classifiers, features, logits, labels, groups)  # losses
+        on_update = cfg.modulation_target == "update"
+        for i, m in enumerate(method.modalities):                                 # modulate
+            if not on_update and features[m].requires_grad:
+                features[m].register_hook(lambda g, s=out["scale"][i]: g * s.to(g.dtype))
         self.opt.zero_grad(set_to_none=True); self.clf_opt.zero_grad(set_to_none=True)
         (out["loss"] + out["classifier_loss"]).backward()                         # backward
+        method.after_backward(model, out, generator)                              # (OGM-GE)
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)               # clip
         nn.utils.clip_grad_norm_(self.classifiers.parameters(), cfg.grad_clip)
+        if on_update:                        # Eq. 6 read literally: the factor scales the lr
+            self._scale_encoder_lr(out["scale"])
         self.opt.step(); self.clf_opt.step()                                      # step
         return out
+
+    def _scale_encoder_lr(self, scale: torch.Tensor) -> None:
+        """Encoder m's learning rate = lr * scale_m for this step. AdamW normalises the gradient's
+        size away, so a gradient factor mostly vanishes; an lr factor does not. (float(): one
+        device sync per step, on this path only.)"""
+        for group in self.opt.param_groups:
+            if group["modality"] is not None:
+                i = self.method.modalities.index(group["modality"])
+                group["lr"] = self.cfg.lr * float(scale[i])
 
     # --- one training epoch ---------------------------------------------------------------
     def train_epoch(self, progress: bool = True) -> dict[str, float]:
         cfg = self.cfg
-        self.model.train(); self.classifiers.train()
+        self.model.train(); self.classifiers.train(); self.method.train()
+        self.method.begin_epoch(self.model, self.epoch)                        # stage schedules
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch)   # resumable order
         aug = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + self.epoch)
         train = self.data["train"]
@@ -171,7 +197,7 @@ class Trainer:
     # --- evaluation -----------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        self.model.eval()
+        self.model.eval(); self.method.eval()
         ds = self.data[split]
         probs, labels, groups = [], [], []
         for batch in _batches(ds, torch.arange(len(ds)), self.cfg.batch_size * 2, False,
@@ -192,7 +218,7 @@ class Trainer:
         return {"config": self.cfg.to_dict(), "epoch": self.epoch, "history": self.history,
                 "best": self.best, "model": self.model.state_dict(),
                 "classifiers": self.classifiers.state_dict(), "opt": self.opt.state_dict(),
-                "clf_opt": self.clf_opt.state_dict(), "modulator": self.modulator.state_dict(),
+                "clf_opt": self.clf_opt.state_dict(), "modulator": self.method.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                         "python": random.getstate(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
@@ -214,7 +240,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.classifiers.load_state_dict(state["classifiers"])
         self.opt.load_state_dict(state["opt"]); self.clf_opt.load_state_dict(state["clf_opt"])
-        self.modulator.load_state_dict(state["modulator"])
+        self.method.load_state_dict(state["modulator"])
         self.epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
         rng = state["rng"]
         torch.set_rng_state(rng["torch"].cpu()); np.random.set_state(rng["numpy"])
@@ -303,7 +329,10 @@ def result_json(result: dict) -> str:
     summary = {k: result[k] for k in ("best_epoch", "val", "test")}
     summary["config"] = {k: result["config"][k] for k in
                          ("dataset", "attribute", "mode", "modalities", "rho", "lambda_gm",
-                          "tau", "delta", "lambda_f", "seed", "epochs")}
+                          "tau", "delta", "lambda_f", "seed", "epochs", "modulation_target")}
+    from trainer.methods import method_class
+    for name in method_class(result["config"]["mode"]).hyperparameters:
+        summary["config"][name] = result["config"][name]
     return json.dumps(summary, default=float, allow_nan=True)
 
 

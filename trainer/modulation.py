@@ -31,6 +31,8 @@ from torch.func import functional_call
 from trainer.metrics import batch_auc, group_auc_tensor
 
 SPEED_EPS = 1e-4
+BALANCE_MODES = ("modality", "full", "full_reference")    # trainer/methods/multifair.py
+FAIRNESS_MODES = ("fairness", "full", "full_reference")
 
 
 def surrogate_group_auc(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor,
@@ -61,11 +63,11 @@ class MultiFairModulator(nn.Module):
 
     @property
     def uses_balance(self) -> bool:
-        return self.cfg.mode in ("modality", "full")
+        return self.cfg.mode in BALANCE_MODES
 
     @property
     def uses_fairness(self) -> bool:
-        return self.cfg.mode in ("fairness", "full")
+        return self.cfg.mode in FAIRNESS_MODES
 
     # --- Eq. 4-5 ---------------------------------------------------------------------------
     def balance_factors(self, cls_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

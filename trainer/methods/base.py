@@ -1,0 +1,67 @@
+"""The hooks every training method supplies, with do-nothing defaults, and shared step pieces.
+
+The loop (trainer/loop.py) calls, per epoch and per step:
+  begin_epoch(model, epoch)            stage schedules (unimodal_ensemble freezes encoders)
+  features(features, generator)        what the fusion sees: modality dropout, frozen features
+  step(model, classifiers, features, logits, labels, groups) -> the step contract dict:
+      "loss" (backpropagated), "task" (detached), "classifier_loss" (trains the modality
+      classifiers c_m; backpropagated with "loss"), "scale" (M,) per-encoder factors and
+      "scale/<m>" entries; any other 0-d entry is logged as train/<key>.
+  after_backward(model, out, generator) methods that edit gradients (OGM-GE)
+The per-encoder factors out["scale"] act on the encoder's gradient (a hook on h_m) or, with
+cfg.modulation_target = "update", on the encoder's learning rate; methods whose factors may act
+either way set scales_encoders = True.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MethodHooks:
+    """Default hooks (a mixin: MultiFair's methods are MultiFairModulator subclasses)."""
+    name = ""
+    min_modalities = 1          # validate() refuses fewer, naming the mode and the modalities
+    scales_encoders = False     # out["scale"] may be moved onto the update (modulation_target)
+    hyperparameters: tuple[str, ...] = ()   # TrainConfig fields of its own (searched by search/)
+
+    def begin_epoch(self, model: nn.Module, epoch: int) -> None:
+        pass
+
+    def features(self, features: dict, generator: torch.Generator | None) -> dict:
+        return features
+
+    def after_backward(self, model: nn.Module, out: dict, generator) -> None:
+        pass
+
+
+class Method(MethodHooks, nn.Module):
+    """Base of the non-MultiFair methods: holds cfg, modalities and the number of groups."""
+
+    def __init__(self, cfg, modalities: tuple[str, ...], num_groups: int):
+        super().__init__()
+        self.cfg, self.modalities, self.num_groups = cfg, tuple(modalities), num_groups
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 3: cross-entropy of the fused prediction (one logit, binary label)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), labels)
+
+
+def classifier_outputs(classifiers: nn.ModuleDict, features: dict, labels: torch.Tensor,
+                       modalities) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The modality classifiers c_m on DETACHED h_m: their logits and their own training loss.
+    Every method trains them, so logs stay comparable and methods that read them (OGM-GE here,
+    CGGM) have them."""
+    logits = [classifiers[m](features[m].detach()).squeeze(-1).float() for m in modalities]
+    return logits, sum(F.binary_cross_entropy_with_logits(z, labels) for z in logits)
+
+
+def contract(loss, task, classifier_loss, scale, modalities, **extra) -> dict:
+    """The step contract dict (keys as MultiFair's, so logging is one loop)."""
+    out = {"loss": loss, "task": task.detach(), "classifier_loss": classifier_loss,
+           "scale": scale.detach(), **extra}
+    for i, m in enumerate(modalities):
+        out[f"scale/{m}"] = out["scale"][i]
+    return out
