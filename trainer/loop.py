@@ -81,7 +81,6 @@ def _batches(dataset, indices: torch.Tensor, batch_size: int, drop_last: bool,
                                            prefetch_factor=2, generator=torch.Generator())
 
 
-@dataclass
 def _param_groups(model: nn.Module) -> list[dict]:
     """One AdamW group per encoder (its lr can be scaled per step) and one for the rest."""
     groups = [{"params": list(model.encoders[m].parameters()), "modality": m}

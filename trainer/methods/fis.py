@@ -28,23 +28,28 @@ from trainer.methods import register_method
 from trainer.methods.base import Method, classifier_outputs, contract
 
 SINKHORN_BLUR = 0.1
+LOSS_DIAMETER = 10.0     # per-sample cross-entropies rarely exceed it; larger ones still work
 
 
-def sinkhorn_divergence(x: torch.Tensor, y: torch.Tensor, blur: float = SINKHORN_BLUR):
-    """Debiased Sinkhorn divergence between two 1-D samples (geomloss, p = 2)."""
+def sinkhorn_divergence(x: torch.Tensor, y: torch.Tensor, diameter: float,
+                        blur: float = SINKHORN_BLUR):
+    """Debiased Sinkhorn divergence between two 1-D samples (geomloss, p = 2). `diameter` is a
+    fixed bound on the values' spread (where the epsilon-scaling starts): geomloss would measure
+    it from the data, which is a device sync and fails when every value is equal."""
     from geomloss import SamplesLoss
 
-    loss = SamplesLoss("sinkhorn", p=2, blur=blur, backend="tensorized")
+    loss = SamplesLoss("sinkhorn", p=2, blur=blur, diameter=diameter, backend="tensorized")
     return loss(x.float().reshape(-1, 1), y.float().reshape(-1, 1))
 
 
-def group_distances(values: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
+def group_distances(values: torch.Tensor, groups: torch.Tensor, num_groups: int,
+                    diameter: float = LOSS_DIAMETER) -> torch.Tensor:
     """(G,) Sinkhorn divergence of each group's values to all values; 0 for absent groups."""
     out = values.new_zeros(num_groups)
     for g in range(num_groups):
         member = groups == g
         if member.any():
-            out[g] = sinkhorn_divergence(values[member], values)
+            out[g] = sinkhorn_divergence(values[member], values, diameter)
     return out
 
 

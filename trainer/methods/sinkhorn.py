@@ -21,9 +21,10 @@ from trainer.methods.fis import group_distances
 
 
 def sinkhorn_fairness(scores: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """Mean over present groups of the Sinkhorn divergence of the group's scores to all scores."""
+    """Mean over present groups of the Sinkhorn divergence of the group's scores (probabilities,
+    so their spread is at most 1) to all scores."""
     present = torch.stack([(groups == g).any() for g in range(num_groups)]).float()
-    return (group_distances(scores, groups, num_groups) * present).sum() / present.sum()
+    return (group_distances(scores, groups, num_groups, diameter=1.0) * present).sum() / present.sum()
 
 
 @register_method("sinkhorn")
