@@ -19,7 +19,7 @@ import json
 import math
 import sys
 
-from search.space import HYPERPARAMETERS, optuna_distributions
+from search.space import RANGES, optuna_distributions
 
 METRIC = "es_auc"
 
@@ -45,7 +45,7 @@ def trials_from_mlflow(tracking_uri: str, experiment: str, parent_run_id: str | 
     for run in children:
         history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, METRIC)}
         trials.append({"trial_id": run.data.tags.get("trial_id"), "run_id": run.info.run_id,
-                       "params": {k: float(run.data.params[k]) for k in HYPERPARAMETERS},
+                       "params": {k: float(v) for k, v in run.data.params.items() if k in RANGES},
                        "history": history, "status": run.info.status,
                        "model_logged": run.data.tags.get("model_logged") == "true"})
     return trials, int(parent.data.params["max_epochs"]), int(parent.data.params["grace_period"])
@@ -59,7 +59,7 @@ def trials_from_results(study_dir: str):
 
     search = json.loads((Path(study_dir) / STUDY_FILE).read_text())["search"]
     trials = [{"trial_id": t["trial_id"], "run_id": None, "model_logged": False,
-               "params": {k: float(t["config"][k]) for k in HYPERPARAMETERS},
+               "params": {k: float(v) for k, v in t["config"].items() if k in RANGES},
                "history": {int(r["epoch"]): r[METRIC] for r in t["results"] if METRIC in r},
                "status": STATUS.get(t["tune_status"], "KILLED")} for t in read_trials(Path(study_dir))]
     return trials, int(search["max_epochs"]), int(search["grace_period"])
@@ -90,7 +90,7 @@ def rebuild_study(values):
     import optuna
 
     study = optuna.create_study(direction="maximize", study_name="rebuilt")
-    dists = optuna_distributions()
+    dists = optuna_distributions(values[0][0]["params"] if values else ())
     for t, value in values:
         study.add_trial(optuna.trial.create_trial(params=t["params"], distributions=dists, value=value,
                                                   user_attrs={"trial_id": t["trial_id"]}))

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from search.space import RANGES, baseline_point
+from search.space import RANGES, baseline_point, hyperparameters
 from search.summary import SearchOutcome, print_summary, summarize_results
 
 LAYOUT = {"fairvision": "fairvision", "fairvlmed": "fairvlmed"}
@@ -54,7 +54,8 @@ class SearchConfig:
     test_hooks: dict = field(default_factory=dict)             # see docs/search.md
 
     def __post_init__(self):
-        self.baseline = self.baseline or baseline_point(self.dataset, self.attribute)
+        self.baseline = self.baseline or baseline_point(self.dataset, self.attribute, self.mode,
+                                                        self.preset)
         self.experiment = self.experiment or f"multifair-{self.dataset}-{self.attribute}"
         self.name = self.name or f"{self.dataset}-{self.attribute}-{self.mode}"
         if not self.storage_path.startswith(("s3://", "gs://")):
@@ -81,7 +82,9 @@ def parse_args(dataset: str, attribute: str, baseline: dict | None, argv=None) -
     add = p.add_argument
     add("--data-root", default="", help="dataset root (absent: generate a small synthetic one)")
     add("--preset", default=defaults.preset, choices=["paper", "tiny"])
-    add("--mode", default=defaults.mode, choices=["baseline", "modality", "fairness", "full"])
+    from trainer.methods import available_methods
+    add("--mode", default=defaults.mode, choices=available_methods(),
+        help="training method (docs/methods.md); each has its own searched hyperparameters")
     add("--num-samples", type=int, default=defaults.num_samples, help="number of trials")
     add("--max-epochs", type=int, default=defaults.max_epochs)
     add("--grace-period", type=int, default=defaults.grace_period, help="ASHA: first rung (epochs)")
@@ -310,7 +313,7 @@ def _new_tuner(scfg, setup, trainable, tracker):
     if tracker is not None:
         callbacks.append(MLflowTrialCallback(tracker, scfg.max_epochs, study_tags(scfg), setup["base"]))
     return tune.Tuner(
-        trainable, param_space=param_space(),
+        trainable, param_space=param_space(scfg.mode),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=make_searcher(scfg),
                                     scheduler=make_scheduler(scfg), num_samples=scfg.num_samples,
                                     max_concurrent_trials=max_concurrent(scfg),
@@ -345,7 +348,8 @@ def study_params(scfg: SearchConfig) -> dict[str, str]:
     keep = ("num_samples", "max_epochs", "grace_period", "reduction_factor", "cpus_per_trial",
             "gpus_per_trial", "max_failures", "seed", "searcher", "scheduler", "preset", "mode")
     params = {k: str(getattr(scfg, k)) for k in keep}
-    params.update({f"range.{k}": f"[{r.low}, {r.high}]{' log' if r.log else ''}" for k, r in RANGES.items()})
+    params.update({f"range.{k}": f"[{r.low}, {r.high}]{' log' if r.log else ''}" for k, r in RANGES.items()
+                   if k in hyperparameters(scfg.mode)})
     params.update({f"baseline.{k}": str(v) for k, v in scfg.baseline.items()})
     return params
 

@@ -1,5 +1,9 @@
-"""The five MultiFair hyperparameters: ranges (each contains the paper's values) and the
-baseline point. docs/search.md gives the reasoning behind every range.
+"""Searched hyperparameters per training method (`--mode`): ranges (each contains the paper's or
+the method's default value) and the baseline point. docs/search.md gives the reasoning behind
+the MultiFair ranges, docs/methods.md the comparison methods'.
+
+HYPERPARAMETERS, param_space(), optuna_distributions() and baseline_point() without a mode mean
+MultiFair's five (the `full` mode), as before methods became a dimension.
 """
 from __future__ import annotations
 
@@ -31,29 +35,74 @@ RANGES: dict[str, Range] = {
     "delta": Range(0.05, 1.0, False, "fairness-factor strength; paper 0.3-0.6"),
     # Weight of the fairness loss F_G.
     "lambda_f": Range(0.05, 2.0, True, "weight of F_G; paper 0.5-0.6"),
+    # --- comparison methods (docs/methods.md) ---
+    # OGM-GE: 1 - tanh(alpha * ratio); at 2 a ratio of 1.5 already cuts the gradient by 99%.
+    "ogm_alpha": Range(0.05, 2.0, True, "OGM-GE modulation strength; default 0.5"),
+    # FIS: 0 = individual weights only, 1 = group weights only (authors 0.5).
+    "fis_c": Range(0.0, 1.0, False, "FIS share of the group weight; authors 0.5"),
+    "fis_temperature": Range(0.1, 10.0, True, "FIS softmax temperature; default 1"),
+    "sinkhorn_weight": Range(0.01, 10.0, True, "weight of the group Sinkhorn divergence; default 1"),
+    "modality_dropout_rate": Range(0.05, 0.7, False, "per-sample, per-modality rate; default 0.3"),
+    # Methods with nothing of their own to tune search the learning rate (paper 3e-5, tiny 1e-3).
+    "lr": Range(1e-5, 3e-3, True, "learning rate of the fusion model"),
+}
+
+# What a search over each method tunes. MultiFair's modes share its five (baseline has none of
+# its own: its learning rate); unimodal_ensemble's one knob, the stage split, is an integer
+# schedule choice rather than a strength, so its learning rate is searched (docs/methods.md).
+SEARCHED: dict[str, tuple[str, ...]] = {
+    "baseline": ("lr",),
+    "modality": HYPERPARAMETERS, "fairness": HYPERPARAMETERS, "full": HYPERPARAMETERS,
+    "full_reference": HYPERPARAMETERS,
+    "ogm_ge": ("ogm_alpha",),
+    "cggm": ("rho",),
+    "fis": ("fis_c", "fis_temperature"),
+    "sinkhorn": ("sinkhorn_weight",),
+    "modality_dropout": ("modality_dropout_rate",),
+    "unimodal_ensemble": ("lr",),
 }
 
 
-def param_space() -> dict:
-    """Tune distributions for the five hyperparameters (metric and mode live in TuneConfig)."""
+def hyperparameters(mode: str = "full") -> tuple[str, ...]:
+    """The searched hyperparameters of a training method (a `--mode` of the trainer)."""
+    from trainer.methods import method_class
+
+    method_class(mode)      # unknown mode: one line naming it and the choices
+    if mode not in SEARCHED:
+        raise ValueError(f"mode {mode!r} has no search space; add it to SEARCHED in search/space.py")
+    return SEARCHED[mode]
+
+
+def param_space(mode: str = "full") -> dict:
+    """Tune distributions for a method's hyperparameters (metric and mode live in TuneConfig)."""
     from ray import tune
 
-    return {name: (tune.loguniform if r.log else tune.uniform)(r.low, r.high)
-            for name, r in RANGES.items()}
+    return {name: (tune.loguniform if RANGES[name].log else tune.uniform)(RANGES[name].low,
+                                                                            RANGES[name].high)
+            for name in hyperparameters(mode)}
 
 
-def optuna_distributions() -> dict:
+def optuna_distributions(names=HYPERPARAMETERS) -> dict:
     """The same ranges as Optuna distributions (for rebuilding a study from logged trials)."""
     from optuna.distributions import FloatDistribution
 
-    return {name: FloatDistribution(r.low, r.high, log=r.log) for name, r in RANGES.items()}
+    return {name: FloatDistribution(RANGES[name].low, RANGES[name].high, log=RANGES[name].log)
+            for name in names}
 
 
-def baseline_point(dataset: str, attribute: str) -> dict[str, float]:
-    """The paper's hyperparameters for (dataset, attribute): evaluated first."""
-    paper = paper_settings(dataset, attribute)
-    point = {name: float(paper[name]) for name in HYPERPARAMETERS}
+def baseline_point(dataset: str, attribute: str, mode: str = "full",
+                   preset: str = "paper") -> dict[str, float]:
+    """The paper's (MultiFair) or the method's default hyperparameters: evaluated first."""
+    names = hyperparameters(mode)
+    if set(names) <= set(HYPERPARAMETERS):
+        paper = paper_settings(dataset, attribute)
+        point = {name: float(paper[name]) for name in names}
+    else:
+        from trainer.config import make_config
+
+        cfg = make_config(dataset, attribute, preset=preset, mode=mode)
+        point = {name: float(getattr(cfg, name)) for name in names}
     for name, value in point.items():
         r = RANGES[name]
-        assert r.low <= value <= r.high, f"paper value {name}={value} outside [{r.low}, {r.high}]"
+        assert r.low <= value <= r.high, f"default {name}={value} outside [{r.low}, {r.high}]"
     return point

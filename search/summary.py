@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.space import HYPERPARAMETERS
+from search.space import RANGES
 
 
 @dataclass
@@ -41,7 +41,7 @@ def select_best(trials: list[dict], max_epochs: int) -> dict | None:
         t = pick[0]
         epoch, _ = best_epoch(t["history"])
         row = next(r for r in t["rows"] if int(r.get("epoch", 0)) == epoch)
-        return {"trial_id": t["trial_id"], "config": {k: t["config"][k] for k in HYPERPARAMETERS},
+        return {"trial_id": t["trial_id"], "config": {k: v for k, v in t["config"].items() if k in RANGES},
                 "val": {k: v for k, v in row.items() if k.startswith("val/")} | {METRIC: row[METRIC]},
                 "epoch": epoch, "full": full, "path": t.get("path")}
     return None

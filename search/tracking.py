@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from search.space import HYPERPARAMETERS
+from search.space import RANGES
 
 LOGGED_PREFIXES = ("val/", "train/", "mod/")
 LOGGED_KEYS = ("es_auc", "auc", "time_this_iter_s")
@@ -88,9 +88,9 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
 
 
 def trial_params(config: dict, base: dict) -> dict[str, str]:
-    """Child-run params: the five hyperparameters plus the fixed configuration (base.*)."""
-    params = {name: str(config[name]) for name in HYPERPARAMETERS if name in config}
-    params.update(_flatten({k: v for k, v in base.items() if k not in HYPERPARAMETERS}, "base."))
+    """Child-run params: the mode's searched hyperparameters plus the fixed configuration (base.*)."""
+    params = {name: str(value) for name, value in config.items() if name in RANGES}
+    params.update(_flatten({k: v for k, v in base.items() if k not in params}, "base."))
     return params
 
 

@@ -11,7 +11,7 @@ import math
 import tempfile
 from pathlib import Path
 
-from search.space import HYPERPARAMETERS
+from search.space import hyperparameters
 
 def trial_dirname(trial) -> str:
     """Short trial folder names (Tune's default spells out the whole config)."""
@@ -27,11 +27,12 @@ class DeliberateTrialFailure(RuntimeError):
 
 
 def trial_config(config: dict, base: dict):
-    """The TrainConfig of a trial: fixed base + sampled hyperparameters, test split untouched."""
+    """The TrainConfig of a trial: fixed base + the mode's sampled hyperparameters, test split
+    untouched."""
     from trainer.config import config_from_dict
 
     base = dict(base)
-    base.update({name: float(config[name]) for name in HYPERPARAMETERS})
+    base.update({name: float(config[name]) for name in hyperparameters(base["mode"])})
     base["evaluate_test"] = False   # the test split is touched once, for the chosen config
     return config_from_dict(base)
 
