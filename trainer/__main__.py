@@ -61,7 +61,7 @@ def _run_fit(args) -> int:
     try:
         result = fit(cfg, on_epoch=on_epoch, resume_from=args.resume,
                      progress=not args.no_progress)
-    except (DataError, ValueError, FileNotFoundError) as exc:
+    except (DataError, ValueError, FileNotFoundError, FloatingPointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     line = result_json(result)
