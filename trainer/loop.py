@@ -277,6 +277,8 @@ def _score_test(trainer: Trainer) -> dict:
     point = {**evaluate_fairness(y, p, g, cfg.threshold, trainer.group_names),
              **at_val_threshold(y, p, g, threshold_val, trainer.group_names),
              "reliance": modality_reliance(trainer, "test")}
+    if not cfg.bootstrap:                                       # bootstrap=0: point only
+        return {"point": point}
     return {"point": point,
             **bootstrap_fairness(y, p, g, n=cfg.bootstrap, seed=cfg.seed,
                                  threshold=cfg.threshold, group_names=trainer.group_names)}
