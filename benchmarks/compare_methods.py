@@ -108,6 +108,9 @@ def _logreg(train, val, test):
     return best[1].decision_function(val[0]), best[1].decision_function(test[0])
 
 
+_LOGITS: dict = {}
+
+
 def logreg_rows(args, root, attribute, seed) -> list[dict]:
     from scipy.special import expit
     from sklearn.linear_model import LogisticRegression
@@ -116,8 +119,11 @@ def logreg_rows(args, root, attribute, seed) -> list[dict]:
 
     data = _pixels(_config(args, root, attribute, "baseline", seed))
     (_, yv, gv), (_, yt, gt) = data["val"], data["test"]
-    logits = {m: _logreg(*[(data[s][0][m], data[s][1]) for s in ("train", "val", "test")])
-              for m in ("slo", "oct")}
+    key = (str(root), len(yv), len(yt))     # same rows for another attribute: reuse the fits
+    if key not in _LOGITS:
+        _LOGITS[key] = {m: _logreg(*[(data[s][0][m], data[s][1]) for s in ("train", "val", "test")])
+                        for m in ("slo", "oct")}
+    logits = dict(_LOGITS[key])
     stack = LogisticRegression().fit(np.column_stack([logits[m][0] for m in logits]), yv)
     logits["late fusion"] = (stack.decision_function(np.column_stack([v[0] for v in logits.values()])),
                              stack.decision_function(np.column_stack([v[1] for v in logits.values()])))
