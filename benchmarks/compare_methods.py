@@ -268,8 +268,13 @@ def run(args) -> list[dict]:
             rows += ceiling_rows(root, attribute, seed)
             if not args.no_logreg:
                 rows += logreg_rows(args, root, attribute, seed)
-    sets = {(m, a): tuned_sets(args, m, a) if args.tune else []
-            for m in args.methods for a in args.attributes}
+    sets, tune_s = {}, {}
+    for m in args.methods:
+        for a in args.attributes:
+            t0 = time.perf_counter()
+            sets[(m, a)] = tuned_sets(args, m, a) if args.tune else []
+            tune_s[f"{m}|{a}"] = time.perf_counter() - t0
+    args.tune_seconds = tune_s if args.tune else {}
     jobs = [dict(args=args, root=str(Path(args.out) / f"data-seed{s}"), seed=s, attribute=a,
                  method=m, sets=sets[(m, a)], threads=1 if args.workers > 1 else os.cpu_count())
             for s in args.seeds for a in args.attributes for m in args.methods]
@@ -320,6 +325,8 @@ def main(argv=None) -> int:
                    *verdict_lines(rows, attribute, order), ""]
     errors = sorted({f"{r['method']}: {r['error']}" for r in rows if "error" in r})
     report += [f"- not run: {e}" for e in errors]
+    if args.tune:
+        report += [f"- search ({args.tune} trials) {k}: {v:.0f} s" for k, v in args.tune_seconds.items()]
     report += [f"total wall time {time.perf_counter() - t0:.0f} s"]
     text = "\n".join(report)
     print(text)
