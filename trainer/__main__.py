@@ -1,4 +1,5 @@
-"""Command line: `python -m trainer synthesize ...` and `python -m trainer fit ...`."""
+"""Command line: `python -m trainer synthesize ...`, `python -m trainer fit ...` and
+`python -m trainer ceiling ...` (ideal-reader ceiling of generated data)."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,16 @@ def _fit_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _ceiling_parser(sub) -> None:
+    p = sub.add_parser("ceiling", help="per-group AUC of the ideal readers of generated data "
+                       "(reads <data-root>/ideal_reader.csv written by synthesize)")
+    p.add_argument("--dataset", choices=DATASETS, default="fairvision")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--attribute", default="race")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--out", help="JSON file (default <data-root>/ceiling_<attribute>_<split>.json)")
+
+
 def _run_fit(args) -> int:
     import json
     from pathlib import Path
@@ -53,7 +64,7 @@ def _run_fit(args) -> int:
     try:
         result = fit(cfg, on_epoch=on_epoch, resume_from=args.resume,
                      progress=not args.no_progress)
-    except (DataError, ValueError, FileNotFoundError) as exc:
+    except (DataError, ValueError, FileNotFoundError, FloatingPointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     line = result_json(result)
@@ -71,9 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     synthetic.add_arguments(sub.add_parser("synthesize", help="write a generated dataset in the "
                                            "released on-disk format"))
     _fit_parser(sub)
+    _ceiling_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "synthesize":
         return synthetic.run(args) or 0
+    if args.command == "ceiling":
+        from trainer.data.ideal import run_ceiling
+        try:
+            return run_ceiling(args)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return _run_fit(args)
 
 

@@ -23,9 +23,11 @@ from tqdm.auto import tqdm
 from trainer.config import ATTRIBUTES, TrainConfig, config_from_dict
 from trainer.data import build_datasets
 from trainer.data.transforms import batch_transform
-from trainer.metrics import bootstrap_fairness, evaluate_fairness
+from trainer.guards import FiniteWatch, check_predictions, check_train_size
+from trainer.metrics import at_val_threshold, bootstrap_fairness, evaluate_fairness
 from trainer.models import build_classifiers, build_model, load_tokenizer
 from trainer.methods import create_method
+from trainer.reliance import flat_reliance, modality_reliance
 
 STATE_FILE, BEST_FILE = "state.pt", "best_model.pt"
 
@@ -104,8 +106,10 @@ class EpochReport:
                     for k, v in self.train.items()
                     if k.startswith(("balance/", "fairness_factor/", "scale/"))})
         out["mod/trigger_rate"] = float(self.train.get("trigger", 0.0))
-        for key in ("auc", "es_auc", "dpd", "deodds"):
+        for key in ("auc", "es_auc", "dpd", "deodds", "threshold_val", "dpd_at_val_threshold",
+                    "deodds_at_val_threshold"):
             out[f"val/{key}"] = float(self.val[key])
+        out.update(flat_reliance(self.val.get("reliance", {}), "val"))
         out.update({f"val/auc/{g}": float(v) for g, v in self.val["group_auc"].items()})
         out["epoch"] = float(self.epoch)
         return out
@@ -123,6 +127,7 @@ class Trainer:
         mods = cfg.resolved_modalities()
         tokenizer = load_tokenizer(cfg.note_encoder) if "note" in mods else None
         self.data = datasets or build_datasets(cfg, tokenizer=tokenizer)
+        check_train_size(len(self.data["train"]), cfg.batch_size)
         self.group_names = ATTRIBUTES[cfg.attribute]
         self.model = build_model(cfg).to(self.device)
         self.classifiers = build_classifiers(cfg, self.model).to(self.device)
@@ -185,11 +190,14 @@ class Trainer:
                            num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
         bar = tqdm(batches, total=n_steps,
                    desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
+        watch = FiniteWatch()                                    # divergence: one sync per epoch
         for batch in bar:
             out = self.train_step(batch, aug)
+            watch.add(out)
             for k, v in out.items():                                              # log (no sync)
                 if v.ndim == 0:
                     sums[k] = sums.get(k, 0) + v.detach().float()
+        watch.check(self.epoch + 1)
         self.epoch += 1
         return {k: (v / max(n_steps, 1)).item() for k, v in sums.items()}
 
@@ -207,10 +215,15 @@ class Trainer:
             labels.append(batch["label"].cpu()); groups.append(batch["group"].cpu())
         return (torch.cat(labels).numpy(), torch.cat(probs).numpy(), torch.cat(groups).numpy())
 
-    def evaluate(self, split: str) -> dict:
+    def evaluate(self, split: str, threshold_val: float | None = None) -> dict:
+        """Metrics at cfg.threshold, at the validation-chosen threshold (chosen on these
+        predictions when threshold_val is None) and modality reliance."""
         y, p, g = self.predict(split)
-        return evaluate_fairness(y, p, g, threshold=self.cfg.threshold,
-                                 group_names=self.group_names)
+        check_predictions(p, split, self.epoch)
+        out = evaluate_fairness(y, p, g, threshold=self.cfg.threshold,
+                                group_names=self.group_names)
+        out.update(at_val_threshold(y, p, g, threshold_val, self.group_names))
+        return {**out, "reliance": modality_reliance(self, split)}
 
     # --- checkpointing ----------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -283,7 +296,15 @@ def _score_test(trainer: Trainer) -> dict:
     """Point metrics and cfg.bootstrap resamples (mean, std) on the test split."""
     cfg = trainer.cfg
     y, p, g = trainer.predict("test")
-    return {"point": evaluate_fairness(y, p, g, cfg.threshold, trainer.group_names),
+    val = trainer.best.get("val") or {}
+    threshold_val = (val["threshold_val"] if "threshold_val" in val   # chosen epoch's, on val
+                     else trainer.evaluate("val")["threshold_val"])
+    point = {**evaluate_fairness(y, p, g, cfg.threshold, trainer.group_names),
+             **at_val_threshold(y, p, g, threshold_val, trainer.group_names),
+             "reliance": modality_reliance(trainer, "test")}
+    if not cfg.bootstrap:                                       # bootstrap=0: point only
+        return {"point": point}
+    return {"point": point,
             **bootstrap_fairness(y, p, g, n=cfg.bootstrap, seed=cfg.seed,
                                  threshold=cfg.threshold, group_names=trainer.group_names)}
 

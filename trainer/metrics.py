@@ -266,3 +266,28 @@ def group_auc_tensor(scores: torch.Tensor, labels: torch.Tensor, groups: torch.T
     pos = labels > 0.5
     index = groups.long().clamp(0, num_groups - 1)
     return _pairwise_auc(scores, pos & keep, ~pos & keep, index, num_groups)
+
+
+# ----------------------------------------------------------------------------- thresholds
+
+def prevalence_threshold(y_true, y_prob) -> float:
+    """The validation threshold rule: the score above which the share of predicted positives
+    equals the share of positives (the k-th largest score, k = round(prevalence * n)).
+
+    Chosen over Youden's J because it depends only on the ranking and the prevalence, so it is
+    stable on small validation splits (J is the argmax of a jagged curve) and meaningful for
+    uncalibrated scores (a fixed 0.5 can put every sample on one side)."""
+    y, p = _to_numpy(y_true, "y_true"), _to_numpy(y_prob, "y_prob").astype(np.float64)
+    k = max(1, int(round(float(np.mean(y)) * len(p))))
+    return float(np.sort(p)[::-1][k - 1])
+
+
+def at_val_threshold(y_true, y_prob, groups, threshold_val: float | None = None,
+                     group_names: Mapping[int, str] | None = None) -> dict:
+    """threshold_val (chosen on these predictions when None: call it on VALIDATION), and DPD and
+    DEOdds at that threshold; keys threshold_val, dpd_at_val_threshold, deodds_at_val_threshold."""
+    if threshold_val is None:
+        threshold_val = prevalence_threshold(y_true, y_prob)
+    m = evaluate_fairness(y_true, y_prob, groups, threshold=threshold_val, group_names=group_names)
+    return {"threshold_val": float(threshold_val), "dpd_at_val_threshold": m["dpd"],
+            "deodds_at_val_threshold": m["deodds"]}

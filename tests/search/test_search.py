@@ -43,6 +43,7 @@ def test_search_asha_stops_trials_and_mlflow_has_every_trial(study):
         assert tags["asha_stopped"] == str(epochs < scfg.max_epochs).lower()
         stopped += tags["asha_stopped"] == "true"
         assert "val/auc/female" in child.data.metrics and "mod/balance/oct" in child.data.metrics
+        assert {"val/reliance/slo/auc", "val/dpd_at_val_threshold"} <= set(child.data.metrics)
         assert not any("note" in k.lower() and "note_" not in k.lower() for k in child.data.metrics)
     assert stopped == outcome.stopped_early
     best = client.get_run(outcome.best_run_id)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.config import DEFAULT_MODALITIES
+from trainer.data import ideal
 from trainer.data.common import SPLITS
 
 USE = {"train": "training", "val": "validation", "test": "test"}
@@ -44,8 +45,18 @@ OCT_THINNING = 0.5                      # RNFL thinning at severity 1 and full q
 SLO_CDR_GAIN, SLO_CDR_NOISE = 0.2, 0.15
 
 
-def synthesize_metadata(layout: str, n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Demographics, labels and latent severities for n samples (no images)."""
+LABELLED = ("slo", "oct", "note")        # modalities whose latent can carry the label
+
+
+def synthesize_metadata(layout: str, n: int, seed: int = 0,
+                        informative=LABELLED) -> dict[str, np.ndarray]:
+    """Demographics, labels and latent severities for n samples (no images).
+
+    A modality left out of `informative` is rendered from a DECOY label and severity drawn
+    independently of the true label (same marginal distribution, no label information): a
+    known-answer test of which modality a model relies on. The default draws nothing extra, so
+    existing datasets stay byte-identical.
+    """
     p = PROFILES[layout]
     rng = np.random.default_rng(seed)
     meta = {
@@ -65,8 +76,21 @@ def synthesize_metadata(layout: str, n: int, seed: int = 0) -> dict[str, np.ndar
     meta["eye"] = rng.integers(0, 2, n)  # 0 right (OD), 1 left (OS)
     meta["rnfl"] = 0.18 * (1 - OCT_THINNING * meta["severity"] * meta["oct_quality"]) \
         * (1 + rng.normal(0, 1, n) * (0.06 + 0.12 * (1 - meta["oct_quality"])))
-    meta["cdr"] = np.clip(0.35 + SLO_CDR_GAIN * meta["severity"] / 0.7
-                          + rng.normal(0, SLO_CDR_NOISE, n), 0.1, 0.9)
+    cdr_noise = rng.normal(0, SLO_CDR_NOISE, n)
+    meta["cdr"] = np.clip(0.35 + SLO_CDR_GAIN * meta["severity"] / 0.7 + cdr_noise, 0.1, 0.9)
+    for m in LABELLED:
+        if m in informative:
+            continue
+        decoy = (rng.random(n) < p["glaucoma"]).astype(np.int64)
+        sev = decoy * rng.uniform(0.4, 1.0, n)
+        if m == "oct":   # same noise draw, decoy severity
+            meta["rnfl"] = meta["rnfl"] / (1 - OCT_THINNING * meta["severity"] * meta["oct_quality"]) \
+                * (1 - OCT_THINNING * sev * meta["oct_quality"])
+        elif m == "slo":
+            meta["cdr"] = np.clip(0.35 + SLO_CDR_GAIN * sev / 0.7 + cdr_noise, 0.1, 0.9)
+        else:
+            meta["note_label"] = decoy
+    meta["informative"] = np.array(sorted(set(informative) & set(LABELLED)))
     return meta
 
 
@@ -139,9 +163,10 @@ def _pick(rng, positive: bool, pos, neg) -> str:
     return options[rng.integers(len(options))]
 
 
-def _one_note(rng, meta, i) -> tuple[str, str]:
-    """(note, short summary) for sample i: medium label signal, independent of the group."""
-    pos = bool(meta["glaucoma"][i]) != (rng.random() < NOTE_LABEL_NOISE)
+def _one_note(rng, meta, i) -> tuple[str, str, bool]:
+    """(note, short summary, written-as-positive) for sample i: medium label signal, independent
+    of the group."""
+    pos = bool(meta.get("note_label", meta["glaucoma"])[i]) != (rng.random() < NOTE_LABEL_NOISE)
     iop = int(round(rng.normal(24, 4) if pos else rng.normal(16, 3)))
     cdr = float(np.clip(rng.normal(0.7, 0.1) if pos else rng.normal(0.4, 0.12), 0.1, 0.95))
     md = rng.normal(-7, 3) if pos else rng.normal(-1, 1.5)
@@ -154,7 +179,7 @@ def _one_note(rng, meta, i) -> tuple[str, str]:
             f"Exam {eye}: IOP {iop} mmHg, CDR {cdr:.1f}. {_pick(rng, pos, DISC_POS, DISC_NEG)} "
             f"{vf} Impression: {impression}. {plan}")
     summary = f"{meta['age'][i]:.0f} yo {sex}, {impression}; IOP {iop} mmHg, CDR {cdr:.1f}. {vf}"
-    return note, summary[:179]
+    return note, summary[:179], pos
 
 
 def _demographics(meta, i) -> str:
@@ -167,9 +192,10 @@ def _demographics(meta, i) -> str:
 
 def note_texts(rng, meta, layout: str) -> dict[str, list[str]]:
     """note, note_extra (demographics prepended) and gpt4_summary (< 180 chars) per sample."""
-    notes, summaries = zip(*(_one_note(rng, meta, i) for i in range(len(meta["glaucoma"]))))
+    notes, summaries, pos = zip(*(_one_note(rng, meta, i) for i in range(len(meta["glaucoma"]))))
     extra = [_demographics(meta, i) + n for i, n in enumerate(notes)]
-    return {"note": list(notes), "note_extra": extra, "gpt4_summary": list(summaries)}
+    return {"note": list(notes), "note_extra": extra, "gpt4_summary": list(summaries),
+            "positive": np.array(pos, dtype=bool)}
 
 
 def _folders(split_style: str, test_folder: str) -> dict[str, str]:
@@ -256,8 +282,11 @@ def _write_csv(path: Path, rows: list[dict], columns=None) -> None:
 def synthesize(layout: str, out, n_train: int = 240, n_val: int = 80, n_test: int = 120,
                full_size: bool = False, seed: int = 0, modalities=None,
                split_style: str = "standard", race_encoding: str = "int",
-               test_folder: str = "Test") -> Path:
-    """Write a generated dataset in the released layout under `out`; returns `out`."""
+               test_folder: str = "Test", informative=LABELLED) -> Path:
+    """Write a generated dataset in the released layout under `out`; returns `out`.
+
+    Beside the data (never inside an npz) it writes `out/ideal_reader.csv`: each sample's
+    ideal-reader evidence per modality and combined (trainer/data/ideal.py, docs/data.md)."""
     if layout not in PROFILES:
         raise ValueError(f"layout={layout!r}: choose one of {sorted(PROFILES)}")
     if race_encoding not in ("int", "str"):
@@ -268,16 +297,24 @@ def synthesize(layout: str, out, n_train: int = 240, n_val: int = 80, n_test: in
     out = Path(out)
     base = out / "Glaucoma" if layout == "fairvision" else out
     folders = _folders(split_style, test_folder)
+    bad = set(informative) - set(LABELLED)
+    if bad:
+        raise ValueError(f"informative={tuple(informative)!r}: choose from {', '.join(LABELLED)}")
     counts, rows, first_id = {"train": n_train, "val": n_val, "test": n_test}, [], 1
+    evidence = []
     for k, split in enumerate(SPLITS):
         rng = np.random.default_rng([seed, k])
-        meta = synthesize_metadata(layout, counts[split], seed=int(rng.integers(2**31)))
+        meta = synthesize_metadata(layout, counts[split], seed=int(rng.integers(2**31)),
+                                   informative=tuple(informative))
         texts = note_texts(rng, meta, layout) if "note" in mods or layout == "fairvlmed" else None
         ids = range(first_id, first_id + counts[split])
-        rows += _write_split(layout, base / folders[split], split, ids, meta, texts, rng, mods,
-                             full_size, race_encoding)
+        split_rows = _write_split(layout, base / folders[split], split, ids, meta, texts, rng,
+                                  mods, full_size, race_encoding)
+        evidence += ideal.evidence_rows(layout, meta, texts, mods, split_rows, split)
+        rows += split_rows
         first_id += counts[split]
     _write_csvs(layout, base, rows)
+    _write_csv(out / ideal.SIDE_FILE, evidence)
     return out
 
 
@@ -305,6 +342,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-style", default="standard", choices=("standard", "lowercase"))
     parser.add_argument("--race-encoding", default="int", choices=("int", "str"))
     parser.add_argument("--test-folder", default="Test", choices=("Test", "Testing"))
+    parser.add_argument("--informative", default=",".join(LABELLED),
+                        help="comma list of the modalities that carry the label; the others are "
+                             "rendered from a decoy label (known-answer tests)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -312,6 +352,7 @@ def run(args: argparse.Namespace) -> int:
     out = synthesize(args.layout, args.out, n_train=args.n_train, n_val=args.n_val,
                      n_test=args.n_test, full_size=args.full_size, seed=args.seed,
                      modalities=mods, split_style=args.split_style,
-                     race_encoding=args.race_encoding, test_folder=args.test_folder)
+                     race_encoding=args.race_encoding, test_folder=args.test_folder,
+                     informative=tuple(m for m in args.informative.split(",") if m))
     print(f"wrote {args.layout} ({args.n_train}/{args.n_val}/{args.n_test}) to {out}")
     return 0

@@ -1,0 +1,172 @@
+"""The known answer: ideal-reader evidence of the generated data, and the ceiling it implies.
+
+For every generated sample the generator (synthetic.py) knows the latents its images were rendered
+from. The IDEAL READER of a modality is the Bayes-optimal classifier of glaucoma given that
+modality's latent, computed exactly from the generative model; its posterior log-odds is the
+sample's "evidence". Readings chosen (docs/data.md):
+
+- A reader sees what the image encodes, not the latent's causes: OCT shows the RNFL band
+  thickness `rnfl`, SLO the cup-to-disc ratio `cdr`, the note whether it was written as positive
+  (`pos`, label flipped with NOTE_LABEL_NOISE). Rendering adds nuisance (speckle, disc size, pixel
+  noise, phrase noise) that a perfect reader is assumed to see through, so the evidence is an
+  UPPER bound on what a model can learn from the pixels/tokens.
+- The group is NOT revealed (models get no demographic input): the OCT likelihood is a mixture
+  over the 6 race x gender cells with the generator's proportions, since the OCT quality q (signal
+  amplitude and noise) depends on the group. SLO and note are group-independent.
+- Severity s ~ U(0.4, 1) for glaucoma (0 if healthy) is shared by OCT and SLO, so the combined
+  evidence is the JOINT likelihood  p(rnfl, cdr, pos | y=1) = Int mix_g p(rnfl|s,g) p(cdr|s) p(s) ds
+  * p(pos|1), not the sum of per-modality log-odds. The s-integral uses 96-node Gauss-Legendre.
+- cdr is clipped to [0.1, 0.9]: a clipped value has the tail probability as its likelihood.
+- A modality that is not `informative` (rendered from a decoy label) has likelihood ratio 1.
+
+Side file `<out>/ideal_reader.csv` (beside the data, never inside an npz): one row per sample,
+keyed by npz `filename` and `split`, with glaucoma, the five attribute codes, `evidence_<m>` per
+written modality and `evidence_all`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy.special import logsumexp
+from scipy.stats import norm, rankdata
+
+from trainer.config import ATTRIBUTES, canonical_attribute
+
+SIDE_FILE = "ideal_reader.csv"
+ATTRS = ("gender", "race", "ethnicity", "language", "maritalstatus")
+_NODES, _WEIGHTS = np.polynomial.legendre.leggauss(96)
+SEVERITY = 0.4 + 0.3 * (_NODES + 1)          # nodes on [0.4, 1]
+LOG_W = np.log(_WEIGHTS * 0.3 / 0.6)          # Gauss weights * (b-a)/2, times density 1/0.6
+
+
+def _constants():
+    from trainer.data import synthetic as syn     # lazy: synthetic imports this module
+    return syn
+
+
+def _oct_loglik(rnfl: np.ndarray, layout: str, severity: np.ndarray) -> np.ndarray:
+    """log p(rnfl | s) for each sample (rows) and severity (columns), the group mixed out."""
+    syn = _constants()
+    prof = syn.PROFILES[layout]
+    r = rnfl[:, None]
+    parts = []
+    for race, p_race in enumerate(prof["race"]):
+        for gender, p_gender in enumerate((prof["female"], 1 - prof["female"])):
+            q = syn.OCT_QUALITY_RACE[race] * syn.OCT_QUALITY_GENDER[gender]
+            mean = 0.18 * (1 - syn.OCT_THINNING * severity[None, :] * q)
+            sd = mean * (0.06 + 0.12 * (1 - q))
+            parts.append(math.log(p_race * p_gender) + norm.logpdf(r, mean, sd))
+    return logsumexp(np.stack(parts), axis=0)
+
+
+def _slo_loglik(cdr: np.ndarray, severity: np.ndarray) -> np.ndarray:
+    """log p(cdr | s) with the clipping at 0.1 and 0.9 as tail masses."""
+    syn = _constants()
+    c, mean = cdr[:, None], 0.35 + syn.SLO_CDR_GAIN * severity[None, :] / 0.7
+    z = lambda x: (x - mean) / syn.SLO_CDR_NOISE  # noqa: E731
+    out = norm.logpdf(c, mean, syn.SLO_CDR_NOISE) * np.ones_like(mean)
+    out = np.where(c >= 0.9, norm.logsf(z(0.9)), out)
+    return np.where(c <= 0.1, norm.logcdf(z(0.1)), out)
+
+
+def _note_loglik(pos: np.ndarray, y: int) -> np.ndarray:
+    syn = _constants()
+    agree = pos == bool(y)
+    return np.log(np.where(agree, 1 - syn.NOTE_LABEL_NOISE, syn.NOTE_LABEL_NOISE))[:, None]
+
+
+def evidence(layout: str, meta: dict, positive=None, modalities=("slo", "oct")) -> dict:
+    """Posterior log-odds of glaucoma per modality in `modalities` and combined ("all")."""
+    informative = set(np.asarray(meta.get("informative", ("slo", "oct", "note"))).tolist())
+    prior = _constants().PROFILES[layout]["glaucoma"]
+    zero = np.zeros((len(meta["glaucoma"]), 1))
+    terms = {}   # modality -> (loglik at s-nodes given y=1, loglik given y=0 [s=0])
+    for m in modalities:
+        if m not in informative:
+            terms[m] = (zero, zero)
+        elif m == "oct":
+            terms[m] = (_oct_loglik(meta["rnfl"], layout, SEVERITY),
+                        _oct_loglik(meta["rnfl"], layout, np.zeros(1)))
+        elif m == "slo":
+            terms[m] = (_slo_loglik(meta["cdr"], SEVERITY), _slo_loglik(meta["cdr"], np.zeros(1)))
+        else:
+            terms[m] = (_note_loglik(positive, 1), _note_loglik(positive, 0))
+    log_prior = math.log(prior / (1 - prior))
+
+    def log_odds(mods):
+        ll1 = sum((terms[m][0] for m in mods), zero)
+        ll0 = sum((terms[m][1] for m in mods), zero)
+        ll1 = logsumexp(ll1 + LOG_W[None, :] if ll1.shape[1] > 1 else ll1, axis=1)
+        return log_prior + ll1 - ll0[:, 0]
+
+    out = {m: log_odds([m]) for m in modalities}
+    out["all"] = log_odds(list(modalities))
+    return out
+
+
+def evidence_rows(layout, meta, texts, modalities, split_rows, split) -> list[dict]:
+    """Side-file rows of one split (filename from the written CSV rows, same order)."""
+    positive = texts["positive"] if texts is not None else None
+    ev = evidence(layout, meta, positive, tuple(modalities))
+    rows = []
+    for i, row in enumerate(split_rows):
+        rec = {"filename": row["filename"], "split": split, "glaucoma": int(meta["glaucoma"][i])}
+        rec.update({a: int(meta[a][i]) for a in ATTRS})
+        rec.update({f"evidence_{k}": f"{v[i]:.10g}" for k, v in ev.items()})
+        rows.append(rec)
+    return rows
+
+
+def read_side_file(data_root, split: str | None = None) -> list[dict]:
+    path = Path(data_root) / SIDE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"ceiling: no {SIDE_FILE} in {data_root} (generated data only; "
+                                f"regenerate with `python -m trainer synthesize`)")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if split is not None:
+        rows = [r for r in rows if r["split"] == split]
+        if not rows:
+            raise ValueError(f"ceiling: split {split!r} has no rows in {path}")
+    return rows
+
+
+def ceiling(data_root, attribute: str, split: str = "test") -> dict:
+    """Per-group AUC, AUC and ES-AUC of each ideal reader ({modality: metrics, "all": ...})."""
+    from trainer.metrics import evaluate_fairness
+
+    attribute = canonical_attribute(attribute)
+    rows = read_side_file(data_root, split)
+    y = np.array([int(r["glaucoma"]) for r in rows])
+    g = np.array([int(r[attribute]) for r in rows])
+    out = {"split": split, "attribute": attribute, "n": len(rows), "readers": {}}
+    for key in (k for k in rows[0] if k.startswith("evidence_")):
+        ev = np.array([float(r[key]) for r in rows])
+        score = rankdata(ev) / (len(ev) + 1)   # same order, no saturation of sigmoid(log-odds)
+        m = evaluate_fairness(y, score, g, group_names=ATTRIBUTES[attribute])
+        out["readers"][key.removeprefix("evidence_")] = {
+            k: m[k] for k in ("auc", "es_auc", "group_auc", "group_count")}
+    return out
+
+
+def format_ceiling(result: dict) -> str:
+    lines = [f"ideal-reader ceiling on {result['split']} (n={result['n']}), "
+             f"attribute {result['attribute']}"]
+    for name, m in result["readers"].items():
+        groups = ", ".join(f"{g} {a:.3f}" for g, a in m["group_auc"].items())
+        lines.append(f"  {name:>4}: AUC {m['auc']:.3f}  ES-AUC {m['es_auc']:.3f}  ({groups})")
+    return "\n".join(lines)
+
+
+def run_ceiling(args) -> int:
+    """`python -m trainer ceiling`: print the table and write JSON (--out, default beside data)."""
+    result = ceiling(args.data_root, args.attribute, args.split)
+    print(format_ceiling(result))
+    out = Path(args.out or Path(args.data_root) / f"ceiling_{result['attribute']}_{args.split}.json")
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return 0
