@@ -172,11 +172,10 @@ def init_ray(scfg: SearchConfig) -> None:
             if os.environ.get("RAY_ADDRESS") or "Failed to connect to Ray cluster at" in str(exc):
                 raise ValueError(f"could not attach to the Ray cluster: {exc} (token-auth clusters "
                                  f"need RAY_AUTH_MODE=token; use --local for an embedded Ray)") from None
-    kwargs = dict(num_cpus=scfg.num_cpus or os.cpu_count())
-    if scfg.num_gpus >= 0:
-        kwargs["num_gpus"] = scfg.num_gpus
-    ray.init(address="local", include_dashboard=False, **kwargs)
-    print(f"[search] embedded Ray: {ray.cluster_resources()}", flush=True)
+    from search.embedded_ray import init_local_ray
+
+    init_local_ray(scfg.num_cpus or os.cpu_count(), scfg.num_gpus if scfg.num_gpus >= 0 else None)
+    print(f"[search] embedded Ray (loopback only): {ray.cluster_resources()}", flush=True)
 
 
 def max_concurrent(scfg: SearchConfig) -> int:

@@ -63,7 +63,7 @@ def ui_hint(uri: str, experiment_id: str) -> tuple[str, str]:
         command = f"open {server} in a browser"
     else:
         server = "http://127.0.0.1:5000"
-        command = f"mlflow ui --backend-store-uri {uri} --port 5000"
+        command = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"  # loopback
     return command, f"{server}/#/experiments/{experiment_id}/runs"
 
 
