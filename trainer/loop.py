@@ -6,7 +6,6 @@ VALIDATION (cfg.select_metric); the test split is evaluated once, at the end, wi
 """
 from __future__ import annotations
 
-import json
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 from trainer.config import ATTRIBUTES, TrainConfig, config_from_dict
 from trainer.data import build_datasets
 from trainer.data.transforms import batch_transform
+from trainer.jsonout import dumps
 from trainer.metrics import bootstrap_fairness, evaluate_fairness
 from trainer.models import build_classifiers, build_model, load_tokenizer
 from trainer.modulation import MultiFairModulator
@@ -304,7 +304,7 @@ def result_json(result: dict) -> str:
     summary["config"] = {k: result["config"][k] for k in
                          ("dataset", "attribute", "mode", "modalities", "rho", "lambda_gm",
                           "tau", "delta", "lambda_f", "seed", "epochs")}
-    return json.dumps(summary, default=float, allow_nan=True)
+    return dumps(summary)   # strict JSON: an undefined group AUC is null, not NaN
 
 
 __all__ = ["fit", "load_model", "evaluate_checkpoint", "EpochReport", "Trainer", "result_json"]
