@@ -153,6 +153,11 @@ class StudyTracker:
             self._log_params(self.parent_run_id, params)
         return self.parent_run_id
 
+    def log_card(self, card_path: str) -> None:
+        """The dataset card (text and JSON, aggregate counts only) as artifacts of the study run."""
+        for path in (Path(card_path), Path(card_path).with_suffix(".json")):
+            self.client.log_artifact(self.parent_run_id, str(path), artifact_path="dataset_card")
+
     def end_study(self, status: str = "FINISHED", tags: dict[str, str] | None = None) -> None:
         for k, v in (tags or {}).items():
             self.client.set_tag(self.parent_run_id, k, str(v))

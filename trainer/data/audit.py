@@ -58,9 +58,12 @@ def content_hash(array: np.ndarray) -> np.ndarray:
     return np.frombuffer(h.digest(), np.uint8)
 
 
-def _check_pixels(array: np.ndarray, path: Path, key: str) -> None:
+def _check_dtype(array: np.ndarray, path: Path, key: str) -> None:
     if array.dtype.kind not in "uif":
         raise DataError(f"{path}: key {key!r} has dtype {array.dtype}, expected numbers")
+
+
+def _check_pixels(array: np.ndarray, path: Path, key: str) -> None:
     if 0 in array.shape:
         raise DataError(f"{path}: key {key!r} is empty, shape {array.shape}")
     if array.dtype.kind == "f":
@@ -74,6 +77,7 @@ def _check_pixels(array: np.ndarray, path: Path, key: str) -> None:
 
 def check_slo(image: np.ndarray, path: Path, key: str) -> bool:
     """Refuse a bad SLO fundus; True when it is RGB (converted to grey by preprocess_slo)."""
+    _check_dtype(image, path, key)
     rgb = image.ndim == 3 and image.shape[-1] == 3
     if not (image.ndim == 2 or rgb or (image.ndim == 3 and image.shape[-1] == 1)):
         raise DataError(f"{path}: key {key!r} has shape {image.shape}, expected (H, W) grey "
@@ -83,6 +87,7 @@ def check_slo(image: np.ndarray, path: Path, key: str) -> bool:
 
 
 def check_oct(volume: np.ndarray, path: Path, key: str) -> None:
+    _check_dtype(volume, path, key)
     if volume.ndim != 3:
         raise DataError(f"{path}: key {key!r} has shape {volume.shape} (rank {volume.ndim}), "
                         f"expected a (D, H, W) volume of B-scans")
