@@ -142,14 +142,15 @@ def test_duplicates_are_refused_naming_both_files_unless_allowed(small_fv, make_
     assert str(copy) in message and str(source) in message and "allow_duplicates" in message
     with pytest.warns(UserWarning, match="duplicate"):
         build_datasets(cfg.replace(allow_duplicates=True))
-    assert audit_dataset(cfg.replace(allow_duplicates=True))["card"]["duplicates"] == 2   # SLO, OCT
+    assert audit_dataset(cfg.replace(allow_duplicates=True))["card"]["duplicates"] == 1
+    assert "'slo_fundus' and 'oct_bscans' pixels" in message
 
 
 def test_pixel_identical_but_different_file_is_a_duplicate(small_fv, make_cfg):
     root = small_fv()
     source, other = _files(root)[1], _files(root, "Test")[0]
     _rewrite(other, slo_fundus=np.load(source)["slo_fundus"])     # same image, other metadata
-    with pytest.raises(DataError, match=r"same 'slo_fundus' pixels as .*" + source.name):
+    with pytest.raises(DataError, match=r"same 'slo_fundus' pixels as .*" + source.name + r" \(train\), across"):
         build_datasets(make_cfg("fairvision", root))
 
 

@@ -116,19 +116,19 @@ def check_codes(codes, path: Path, layout) -> None:
 # ----------------------------------------------------------------------------- across files
 
 def duplicates(splits: dict) -> list[tuple[str, Path, str, Path, str]]:
-    """(key, file, split, first file with the same pixels, its split) for every repeat.
+    """(keys, file, split, first file with the same pixels, its split) per repeated file.
 
     `splits`: {split: (files [Path], {modality key: (n, HASH_BYTES) uint8 hashes})}."""
     first: dict[tuple[str, bytes], tuple[Path, str]] = {}
-    found = []
+    found: dict[tuple[Path, str, Path, str], list[str]] = {}
     for split in SPLITS:
         files, hashes = splits[split]
         for key, table in hashes.items():
             for path, digest in zip(files, table):
                 seen = first.setdefault((key, digest.tobytes()), (path, split))
                 if seen[0] != path:
-                    found.append((key, path, split, *seen))
-    return found
+                    found.setdefault((path, split, *seen), []).append(repr(key))
+    return [(" and ".join(keys), *pair) for pair, keys in found.items()]
 
 
 def check_duplicates(found: list, allow: bool) -> list[str]:
@@ -138,12 +138,12 @@ def check_duplicates(found: list, allow: bool) -> list[str]:
     key, path, split, other, other_split = found[0]
     where = "in the same split" if split == other_split else "across splits: a test-set leak" \
         if "test" in (split, other_split) else "across splits"
-    line = (f"{path} ({split}) has the same {key!r} pixels as {other} ({other_split}), {where}"
-            + (f"; {len(found) - 1} more duplicate(s)" if len(found) > 1 else ""))
+    line = (f"{path} ({split}) has the same {key} pixels as {other} ({other_split}), {where}"
+            + (f"; {len(found) - 1} more duplicated file(s)" if len(found) > 1 else ""))
     if not allow:
         raise DataError(line + "; remove them, or set allow_duplicates=true "
                         "(--allow-duplicates) to go on knowingly")
-    return [f"{len(found)} duplicate sample(s) kept (allow_duplicates=true): " + line]
+    return [f"{len(found)} duplicated file(s) kept (allow_duplicates=true): " + line]
 
 
 # ----------------------------------------------------------------------------- the card
@@ -200,7 +200,7 @@ def render_card(card: dict, attributes=None) -> str:
             rows.append(f"{attribute:<14}{name:<18}{cells}")
         cells = "".join(f"{_missing(p):>20}" for p in parts)
         rows.append(f"{attribute:<14}{'unknown (-1)':<18}{cells}")
-    rows.append(f"RGB fundus converted to grey: {card['rgb_converted']}; duplicate samples: "
+    rows.append(f"RGB fundus converted to grey: {card['rgb_converted']}; duplicated files: "
                 f"{card['duplicates']}; groups need >= {card['min_per_class']} positives and "
                 f"negatives in val/test for a usable group AUC")
     return "\n".join(rows)
