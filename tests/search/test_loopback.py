@@ -66,12 +66,14 @@ def test_embedded_search_listens_on_loopback_only_and_leaves_nothing(data_root, 
     env = {**subprocess_env(), MARK: token}
     for var in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
         env.pop(var, None)
-    cmd = [sys.executable, str(REPO / "search" / "fairvision_gender.py"), "--local", "--preset", "tiny",
-           "--data-root", data_root, "--num-samples", "2", "--max-epochs", "1", "--grace-period", "1",
-           "--max-concurrent", "2", "--cpus-per-trial", "1", "--num-cpus", "2", "--no-tracking",
-           "--no-final-test", "--storage-path", str(tmp_path / "results")]
+    cmd = [sys.executable, str(REPO / "search" / "fairvision_gender.py"), "--local",
+           "--preset", "tiny", "--data-root", data_root, "--num-samples", "2", "--max-epochs", "1",
+           "--grace-period", "1", "--max-concurrent", "2", "--cpus-per-trial", "1",
+           "--num-cpus", "2", "--no-tracking", "--no-final-test",
+           "--storage-path", str(tmp_path / "results")]
     log = open(tmp_path / "search.log", "wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     seen: set[tuple[str, str, int]] = set()
     try:
         while proc.poll() is None:
@@ -97,10 +99,11 @@ def test_embedded_search_listens_on_loopback_only_and_leaves_nothing(data_root, 
 def test_mlflow_server_script_and_ui_hint_default_to_loopback(tmp_path):
     assert "--host 127.0.0.1" in ui_hint("sqlite:////tmp/x.db", "1")[0]
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": "", "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-    server = subprocess.Popen(["bash", str(REPO / "mlflow" / "serve.sh"), str(tmp_path / "store"), str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    env = {**os.environ, "PYTHONPATH": "",
+           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    script = ["bash", str(REPO / "mlflow" / "serve.sh"), str(tmp_path / "store"), str(port)]
+    server = subprocess.Popen(script, env=env, stdout=subprocess.DEVNULL,      # no HOST argument
+                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:

@@ -42,10 +42,14 @@ def strict_loads(text: str):
 
 # ----------------------------------------------------------------------------- one defect each
 
-DEFECTS = {
-    "all-NaN SLO": (dict(slo_fundus=np.full((64, 64), np.nan, np.float32)), r"'slo_fundus' has 4096 of 4096 values NaN"),
-    "2-D OCT": (dict(oct_bscans=np.zeros((64, 64), np.uint8) + np.arange(64, dtype=np.uint8)), r"'oct_bscans' has shape \(64, 64\) \(rank 2\)"),
-    "RGBA SLO": (dict(slo_fundus=np.random.default_rng(0).integers(0, 255, (64, 64, 4), np.uint8)), r"expected \(H, W\) grey or \(H, W, 3\) RGB"),
+RNG = np.random.default_rng(0)
+DEFECTS = {   # name: (keys written into one training file, what the refusal must say)
+    "all-NaN SLO": (dict(slo_fundus=np.full((64, 64), np.nan, np.float32)),
+                    r"'slo_fundus' has 4096 of 4096 values NaN"),
+    "2-D OCT": (dict(oct_bscans=RNG.integers(0, 255, (64, 64), np.uint8)),
+                r"'oct_bscans' has shape \(64, 64\) \(rank 2\)"),
+    "RGBA SLO": (dict(slo_fundus=RNG.integers(0, 255, (64, 64, 4), np.uint8)),
+                 r"expected \(H, W\) grey or \(H, W, 3\) RGB"),
     "blank SLO": (dict(slo_fundus=np.zeros((64, 64), np.uint8)), "constant"),
     "text SLO": (dict(slo_fundus=np.array("an image")), "dtype <U8, expected numbers"),
     "label 2": (dict(glaucoma=2), "'glaucoma' must be 0 or 1, found 2"),
@@ -118,6 +122,14 @@ def test_stray_files_are_ignored(small_fv, make_cfg):
     assert len(build_datasets(make_cfg("fairvision", root))["train"]) == 12
 
 
+def test_empty_test_split_is_refused_naming_it(small_fv, make_cfg):
+    root = small_fv()
+    for path in _files(root, "Test"):
+        path.unlink()
+    with pytest.raises(DataError, match=r"Test: split 'test' holds no data_\*\.npz files"):
+        build_datasets(make_cfg("fairvision", root))
+
+
 def test_single_class_split_is_refused_naming_it(small_fv, make_cfg):
     root = small_fv()
     for path in _files(root, "Validation"):
@@ -150,7 +162,8 @@ def test_pixel_identical_but_different_file_is_a_duplicate(small_fv, make_cfg):
     root = small_fv()
     source, other = _files(root)[1], _files(root, "Test")[0]
     _rewrite(other, slo_fundus=np.load(source)["slo_fundus"])     # same image, other metadata
-    with pytest.raises(DataError, match=r"same 'slo_fundus' pixels as .*" + source.name + r" \(train\), across"):
+    pattern = r"same 'slo_fundus' pixels as .*" + source.name + r" \(train\), across"
+    with pytest.raises(DataError, match=pattern):
         build_datasets(make_cfg("fairvision", root))
 
 

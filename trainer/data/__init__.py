@@ -128,7 +128,7 @@ def _load_all(cfg, tokenizer):
         notes.append(f"{rgb} SLO fundus image(s) are RGB (H, W, 3): converted to grey with "
                      f"ITU-R 601-2 luma 0.299 R + 0.587 G + 0.114 B (docs/data.md)")
     card = audit.dataset_card(layout.name, metas, rgb, len(found))
-    key = _hash({"entries": [m["entry"] for m in metas.values()]})
+    key = _hash({"entries": [m["entry"] for m in metas.values()], "modalities": list(mods)})
     return loaded, card, audit.save_card(card, cache_root(cfg), key), notes
 
 

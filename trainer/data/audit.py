@@ -24,6 +24,7 @@ and its defect, plus how many other files have defects (`python -m trainer audit
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -215,10 +216,13 @@ def save_card(card: dict, directory: Path, key: str) -> Path:
     from trainer.jsonout import dumps
 
     base = Path(directory) / f"card-{key}"
-    base.with_suffix(".json").write_text(dumps(card, indent=1))
-    text = base.with_suffix(".txt")
-    text.write_text(render_card(card) + "\n")
-    return text
+    for path, content in ((base.with_suffix(".json"), dumps(card, indent=1)),
+                          (base.with_suffix(".txt"), render_card(card) + "\n")):
+        if not path.exists():   # trials of a search load the same data at once: write atomically
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(content)
+            os.replace(tmp, path)
+    return base.with_suffix(".txt")
 
 
 __all__ = ["AuditError", "check_slo", "check_oct", "check_label", "check_codes", "content_hash",

@@ -115,9 +115,3 @@ def check_codes(codes: np.ndarray, files: np.ndarray, folder: Path, layout: Layo
         if code not in valid:
             raise DataError(f"{folder / name}: key {keys!r} has unknown {attribute} code {code}")
 
-
-def label_value(npz, path: Path) -> int:
-    value = int(np.asarray(read_key(npz, path, LABEL_KEY)).reshape(-1)[0])
-    if value not in (0, 1):
-        raise DataError(f"{path}: key {LABEL_KEY!r} must be 0 or 1, found {value}")
-    return value
