@@ -82,6 +82,7 @@ def test_pickled_object_array_and_corrupt_file_are_refused(small_fv, make_cfg):
     with pytest.raises(AuditError) as err:
         build_datasets(make_cfg("fairvision", root))
     assert [d.split(":")[0] for d in err.value.defects] == [str(pickled), str(corrupt)]
+    assert "'slo_fundus' holds pickled Python objects" in err.value.defects[0]
     assert "(and 1 other file with defects" in str(err.value)
 
 

@@ -78,6 +78,9 @@ def read_key(npz, path: Path, key: str) -> np.ndarray:
     try:
         return npz[key]
     except _READ_ERRORS as exc:
+        if "allow_pickle" in str(exc):   # an object array: loading it would run pickled code
+            raise DataError(f"{path}: key {key!r} holds pickled Python objects (refused, "
+                            f"never unpickled); expected a numeric array") from None
         raise DataError(f"{path}: cannot decode key {key!r}: {type(exc).__name__}") from None
 
 
