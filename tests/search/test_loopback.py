@@ -3,7 +3,8 @@
 Checked from the operating system (psutil reads /proc): the sockets in LISTEN state (TCP) or
 bound (UDP) of every process of an embedded search (`--local`: driver, gcs_server, raylet,
 agents, trial workers), found by a marker variable each of them inherits; and of the MLflow
-tracking server as mlflow/serve.sh starts it. About 40 s on 2 cores.
+tracking server as mlflow/serve.sh starts it. The two end-to-end tests take about 40-60 s each
+on 2 idle cores (up to 2 minutes on a loaded machine): marked slow.
 """
 import ipaddress
 import os
@@ -61,6 +62,7 @@ def wait_gone(token: str, seconds: float) -> list[psutil.Process]:
     return left
 
 
+@pytest.mark.slow
 def test_embedded_search_listens_on_loopback_only_and_leaves_nothing(data_root, tmp_path):
     token = uuid.uuid4().hex
     env = {**subprocess_env(), MARK: token}
@@ -96,6 +98,7 @@ def test_embedded_search_listens_on_loopback_only_and_leaves_nothing(data_root, 
     assert not left, f"outlived the search: {[(p.pid, p.name()) for p in left]}"
 
 
+@pytest.mark.slow
 def test_mlflow_server_script_and_ui_hint_default_to_loopback(tmp_path):
     assert "--host 127.0.0.1" in ui_hint("sqlite:////tmp/x.db", "1")[0]
     port = free_port()
