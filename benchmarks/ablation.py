@@ -10,7 +10,6 @@ run's numbers to OUT/ablation.json. Trainer only: no Ray, no MLflow.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from trainer.config import ATTRIBUTES, MODES, make_config
 from trainer.data.synthetic import synthesize
+from trainer.jsonout import dumps
 from trainer.loop import fit
 
 
@@ -44,7 +44,7 @@ def run(args) -> list[dict]:
                        **{f"auc/{g}": v for g, v in test["group_auc"].items()},
                        "trigger_rate": res["history"][-1].get("mod/trigger_rate")}
                 rows.append(row)
-                print(json.dumps(row), file=sys.stderr, flush=True)
+                print(dumps(row), file=sys.stderr, flush=True)
     return rows
 
 
@@ -80,7 +80,7 @@ def main() -> None:
     args = p.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     rows = run(args)
-    Path(args.out, "ablation.json").write_text(json.dumps(rows, indent=1))
+    Path(args.out, "ablation.json").write_text(dumps(rows, indent=1))
     for attribute in args.attributes:
         print(f"\n### {attribute} (test, model chosen on validation ES-AUC; x100, mean ± std over "
               f"seeds {args.seeds})\n")

@@ -16,7 +16,6 @@ Trainer only (no Ray, no MLflow), so it runs on a bare GPU machine.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import shutil
 import statistics
@@ -30,6 +29,7 @@ import torch
 from trainer.config import MODES, make_config
 from trainer.data import build_datasets
 from trainer.data.synthetic import synthesize
+from trainer.jsonout import dumps
 
 
 def _sync(device: torch.device) -> None:
@@ -130,7 +130,7 @@ def main() -> None:
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                "args": vars(args), "torch": torch.__version__,
                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-    print(json.dumps(out, indent=2))
+    print(dumps(out, indent=2))
     s, ld = out["steps"], out["loader"]
     print(f"\nstep time (median, {s['device']}, encoders {s['encoder_params_m']:.1f} M params): "
           + ", ".join(f"{m} {s[m]['median_s'] * 1000:.0f} ms" for m in MODES))
@@ -140,7 +140,7 @@ def main() -> None:
           f"{ld['cache_samples_per_s']:.0f} samples/s, ratio {ld['ratio_cache_over_npz']:.1f}x")
     print(f"peak RSS {out['peak_rss_mb']:.0f} MB")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        Path(args.json).write_text(dumps(out, indent=2))
 
 
 if __name__ == "__main__":

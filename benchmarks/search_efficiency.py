@@ -7,8 +7,7 @@ seeds. Target: TPE + ASHA reaches random search's best ES-AUC for at most a thir
 import argparse
 import tempfile
 
-import ray
-
+from search.embedded_ray import init_local_ray
 from search.runner import SearchConfig, run_search
 
 
@@ -39,7 +38,7 @@ def main() -> None:
     p.add_argument("--sizes", default="96,48,48")
     a = p.parse_args()
     out = tempfile.mkdtemp(prefix="search-efficiency-")
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    init_local_ray(num_cpus=2)   # loopback only
     print("seed  random: best / epochs   tpe+asha: best / epochs   tpe+asha epochs to random's best  ratio")
     ratios = []
     for seed in (int(s) for s in a.seeds.split(",")):

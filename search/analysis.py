@@ -20,6 +20,7 @@ import math
 import sys
 
 from search.space import RANGES, optuna_distributions
+from trainer.jsonout import dumps
 
 METRIC = "es_auc"
 
@@ -175,7 +176,7 @@ def main(argv=None) -> int:
         print(f"registered {report['registered']}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(report, f, indent=1, default=str)
+            f.write(dumps(report, indent=1, default=str))   # strict JSON: NaN -> null
     return 0
 
 

@@ -175,11 +175,10 @@ def init_ray(scfg: SearchConfig) -> None:
             if os.environ.get("RAY_ADDRESS") or "Failed to connect to Ray cluster at" in str(exc):
                 raise ValueError(f"could not attach to the Ray cluster: {exc} (token-auth clusters "
                                  f"need RAY_AUTH_MODE=token; use --local for an embedded Ray)") from None
-    kwargs = dict(num_cpus=scfg.num_cpus or os.cpu_count())
-    if scfg.num_gpus >= 0:
-        kwargs["num_gpus"] = scfg.num_gpus
-    ray.init(address="local", include_dashboard=False, **kwargs)
-    print(f"[search] embedded Ray: {ray.cluster_resources()}", flush=True)
+    from search.embedded_ray import init_local_ray
+
+    init_local_ray(scfg.num_cpus or os.cpu_count(), scfg.num_gpus if scfg.num_gpus >= 0 else None)
+    print(f"[search] embedded Ray (loopback only): {ray.cluster_resources()}", flush=True)
 
 
 def max_concurrent(scfg: SearchConfig) -> int:
@@ -241,7 +240,7 @@ def run_search(scfg: SearchConfig) -> SearchOutcome:
     cfg = base_config(scfg)
     from trainer.data import prepare
 
-    prepare(cfg)   # once on this machine; trials find the cache built
+    prepared = prepare(cfg)   # audit + cache, once on this machine; trials find the cache built
     init_ray(scfg)
 
     if scfg.resume:
@@ -259,6 +258,7 @@ def run_search(scfg: SearchConfig) -> SearchOutcome:
         tracker = callback.tracker if callback else tracker
     if tracker is not None:
         tracker.start_study(tags=study_tags(scfg), params=study_params(scfg))
+        tracker.log_card(prepared["card_path"])   # the dataset card: aggregate counts only
         print(f"[search] MLflow: {tracker.tracking_uri} experiment {tracker.experiment_id} "
               f"parent run {tracker.parent_run_id}", flush=True)
     if not scfg.resume:
@@ -281,14 +281,14 @@ STUDY_FILE = "study.json"
 def write_study_file(scfg: SearchConfig, setup: dict) -> None:
     """The study's search settings and trial constants, next to Tune's own state (relog and
     resume read it; works for local folders and s3://)."""
-    import json
-
     import pyarrow.fs
+
+    from trainer.jsonout import dumps
 
     fs, path = pyarrow.fs.FileSystem.from_uri(scfg.study_dir)
     fs.create_dir(path, recursive=True)
     with fs.open_output_stream(f"{path}/{STUDY_FILE}") as f:
-        f.write(json.dumps({"search": dataclasses.asdict(scfg), "setup": setup}, indent=1).encode())
+        f.write(dumps({"search": dataclasses.asdict(scfg), "setup": setup}, indent=1).encode())
 
 
 def read_study_file(study_dir: str) -> dict:

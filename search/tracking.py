@@ -63,7 +63,7 @@ def ui_hint(uri: str, experiment_id: str) -> tuple[str, str]:
         command = f"open {server} in a browser"
     else:
         server = "http://127.0.0.1:5000"
-        command = f"mlflow ui --backend-store-uri {uri} --port 5000"
+        command = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"  # loopback
     return command, f"{server}/#/experiments/{experiment_id}/runs"
 
 
@@ -152,6 +152,11 @@ class StudyTracker:
             self.parent_run_id = run.info.run_id
             self._log_params(self.parent_run_id, params)
         return self.parent_run_id
+
+    def log_card(self, card_path: str) -> None:
+        """The dataset card (text and JSON, aggregate counts only) as artifacts of the study run."""
+        for path in (Path(card_path), Path(card_path).with_suffix(".json")):
+            self.client.log_artifact(self.parent_run_id, str(path), artifact_path="dataset_card")
 
     def end_study(self, status: str = "FINISHED", tags: dict[str, str] | None = None) -> None:
         for k, v in (tags or {}).items():

@@ -1,5 +1,5 @@
-"""Command line: `python -m trainer synthesize ...`, `python -m trainer fit ...` and
-`python -m trainer ceiling ...` (ideal-reader ceiling of generated data)."""
+"""Command line: `python -m trainer synthesize ...`, `... audit ...`, `... fit ...` and
+`... ceiling ...` (ideal-reader ceiling of generated data)."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +28,48 @@ def _fit_parser(sub) -> None:
     p.add_argument("--out", help="directory for the final checkpoint and result.json")
     p.add_argument("--resume", help="checkpoint directory to continue from")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--allow-duplicates", action="store_true",
+                   help="go on past samples with identical images (reported by the data audit)")
+
+
+def _audit_parser(sub) -> None:
+    p = sub.add_parser("audit", help="check every file of a dataset (building the cache a fit "
+                       "with the same settings uses) and print its dataset card")
+    p.add_argument("--dataset", choices=DATASETS, required=True)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--attribute", help="warn for this attribute only (default: every attribute)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
+                   help="preprocessing sizes of the cache built (use the fit's preset)")
+    p.add_argument("--modalities", help="comma-separated, e.g. slo,oct,note")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--allow-duplicates", action="store_true",
+                   help="report samples with identical images instead of refusing them")
+
+
+def _run_audit(args) -> int:
+    from trainer.config import make_config
+    from trainer.data import audit_dataset
+    from trainer.data.audit import AuditError, render_card
+
+    try:
+        cfg = make_config(args.dataset, args.attribute or "gender", preset=args.preset,
+                          sets=args.set, data_root=args.data_root, modalities=args.modalities,
+                          allow_duplicates=args.allow_duplicates or None)
+        report = audit_dataset(cfg, attribute=args.attribute)
+    except AuditError as exc:
+        for line in exc.defects:
+            print(f"defect: {line}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:   # DataError and config errors
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(render_card(report["card"], [args.attribute] if args.attribute else None))
+    for line in report["warnings"]:
+        print(f"warning: {line}")
+    print(f"audit passed: every file checked; card saved to {report['card_path']} "
+          f"(and .json beside it)")
+    return 0
 
 
 def _ceiling_parser(sub) -> None:
@@ -46,13 +88,15 @@ def _run_fit(args) -> int:
 
     from trainer.config import make_config
     from trainer.data import DataError
+    from trainer.jsonout import dumps
     from trainer.loop import fit, result_json
 
     try:
         cfg = make_config(args.dataset, args.attribute, preset=args.preset,
                           config_file=args.config, sets=args.set, data_root=args.data_root,
                           mode=args.mode, epochs=args.epochs, seed=args.seed,
-                          modalities=args.modalities)
+                          modalities=args.modalities,
+                          allow_duplicates=args.allow_duplicates or None)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -69,7 +113,7 @@ def _run_fit(args) -> int:
         return 2
     line = result_json(result)
     if args.out:
-        Path(args.out, "result.json").write_text(json.dumps(json.loads(line), indent=2))
+        Path(args.out, "result.json").write_text(dumps(json.loads(line), indent=2))
     print(line)
     return 0
 
@@ -81,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     synthetic.add_arguments(sub.add_parser("synthesize", help="write a generated dataset in the "
                                            "released on-disk format"))
+    _audit_parser(sub)
     _fit_parser(sub)
     _ceiling_parser(sub)
     args = parser.parse_args(argv)
@@ -93,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, FileNotFoundError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    return _run_fit(args)
+    return _run_audit(args) if args.command == "audit" else _run_fit(args)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ class TrainConfig:
     note_max_length: int = 128
     cache_dir: str = ""                     # "" -> ~/.cache/multifair-tune (or $MULTIFAIR_CACHE)
     num_workers: int = 0                    # >0: worker processes read batches ahead (GPU runs)
+    allow_duplicates: bool = False          # go on knowingly past identical images (data audit)
     # --- model ---
     preset: str = "paper"
     slo_encoder: str = "vit_base_patch16_224.augreg_in21k"

@@ -8,7 +8,6 @@ VALIDATION (cfg.select_metric); the test split is evaluated once, at the end, wi
 """
 from __future__ import annotations
 
-import json
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from trainer.config import ATTRIBUTES, TrainConfig, config_from_dict
 from trainer.data import build_datasets
 from trainer.data.transforms import batch_transform
 from trainer.guards import FiniteWatch, check_predictions, check_train_size
+from trainer.jsonout import dumps
 from trainer.metrics import at_val_threshold, bootstrap_fairness, evaluate_fairness
 from trainer.models import build_classifiers, build_model, load_tokenizer
 from trainer.methods import create_method
@@ -353,7 +353,7 @@ def result_json(result: dict) -> str:
     from trainer.methods import method_class
     for name in method_class(result["config"]["mode"]).hyperparameters:
         summary["config"][name] = result["config"][name]
-    return json.dumps(summary, default=float, allow_nan=True)
+    return dumps(summary)   # strict JSON: an undefined group AUC is null, not NaN
 
 
 __all__ = ["fit", "load_model", "evaluate_checkpoint", "EpochReport", "Trainer", "result_json"]

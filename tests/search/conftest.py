@@ -21,11 +21,10 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_session(cache_dir):
-    import ray
+    from search.embedded_ray import local_ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+    with local_ray(num_cpus=2):     # loopback only, as search --local
+        yield
 
 
 @pytest.fixture(scope="session")

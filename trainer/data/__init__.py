@@ -3,8 +3,10 @@
     datasets = build_datasets(cfg)            # {"train", "val", "test"} -> CachedDataset
     batch = datasets["train"].get_batch(idx)  # stacked tensors, no DataLoader needed
     summary = prepare(cfg)                    # builds the cache; counts per split and group
+    report = audit_dataset(cfg)               # the card and warnings, for `python -m trainer audit`
 
-Samples whose code for cfg.attribute is -1 (unknown) are dropped, for that attribute only.
+Samples whose code for cfg.attribute is -1 (unknown) are dropped, for that attribute only. Every
+path here audits the data first (audit.py): a defect refuses the dataset before any training.
 """
 from __future__ import annotations
 
@@ -15,12 +17,12 @@ import torch
 from torch.utils.data import Dataset
 
 from trainer.config import ATTRIBUTES, canonical_attribute
-from trainer.data import fairvision, fairvlmed
-from trainer.data.cache import ATTRIBUTE_ORDER, load_split
+from trainer.data import audit, fairvision, fairvlmed
+from trainer.data.cache import ATTRIBUTE_ORDER, _hash, cache_root, load_split
 from trainer.data.common import SPLITS, DataError, check_codes
 
 LAYOUTS = {"fairvision": fairvision.LAYOUT, "fairvlmed": fairvlmed.LAYOUT}
-__all__ = ["DataError", "CachedDataset", "build_datasets", "prepare", "LAYOUTS"]
+__all__ = ["DataError", "CachedDataset", "build_datasets", "prepare", "audit_dataset", "LAYOUTS"]
 
 
 class CachedDataset(Dataset):
@@ -92,18 +94,52 @@ def _select(cfg, layout, split, meta, folder):
     if sum(k > 0 for k in counts.values()) < 2:
         raise DataError(f"{folder}: split {split!r} has fewer than 2 groups for {attribute} "
                         f"(key {keys!r}); counts {counts}")
+    positives, n = int(meta["labels"][rows].sum()), len(rows)
+    if positives in (0, n):
+        raise DataError(f"{folder}: split {split!r} has only label {int(positives > 0)} (key "
+                        f"'glaucoma', {n} samples with a known {attribute}); AUC needs both classes")
     return rows, codes, counts, empty
 
 
-def _load(cfg, tokenizer):
+def _load_all(cfg, tokenizer):
+    """Every split's cache built (each file audited in that pass), duplicates checked, the card
+    saved beside the cache. Returns ({split: (meta, arrays, folder)}, card, card path, notes)."""
     layout = LAYOUTS[cfg.dataset]
     if not cfg.data_root:
         raise DataError("no data root given (key: data_root)")
     tokenizer = _tokenizer_for(cfg, tokenizer)
     mods = cfg.resolved_modalities()
+    loaded, defects = {}, []
     for split in SPLITS:
-        meta, arrays, folder = load_split(cfg, layout, cfg.data_root, split, mods, tokenizer)
-        yield split, meta, arrays, folder, _select(cfg, layout, split, meta, folder)
+        try:
+            loaded[split] = load_split(cfg, layout, cfg.data_root, split, mods, tokenizer)
+        except audit.AuditError as exc:      # go on: the refusal counts every split's defects
+            defects += exc.defects
+    if defects:
+        raise audit.AuditError(defects)
+    metas = {split: meta for split, (meta, _a, _f) in loaded.items()}
+    found = audit.duplicates({
+        split: ([folder / str(name) for name in meta["files"]],
+                {k[len("hash:"):]: v for k, v in meta.items() if k.startswith("hash:")})
+        for split, (meta, _a, folder) in loaded.items()})
+    notes = audit.check_duplicates(found, cfg.allow_duplicates)
+    rgb = sum(int(m["rgb:slo"].sum()) for m in metas.values() if "rgb:slo" in m)
+    if rgb:
+        notes.append(f"{rgb} SLO fundus image(s) are RGB (H, W, 3): converted to grey with "
+                     f"ITU-R 601-2 luma 0.299 R + 0.587 G + 0.114 B (docs/data.md)")
+    card = audit.dataset_card(layout.name, metas, rgb, len(found))
+    key = _hash({"entries": [m["entry"] for m in metas.values()], "modalities": list(mods)})
+    return loaded, card, audit.save_card(card, cache_root(cfg), key), notes
+
+
+def _load(cfg, tokenizer):
+    loaded, card, path, notes = _load_all(cfg, tokenizer)
+    attribute = canonical_attribute(cfg.attribute)
+    for line in notes + audit.thin_groups(card, attribute):
+        warnings.warn(line, stacklevel=4)
+    for split, (meta, arrays, folder) in loaded.items():
+        meta["card_path"] = str(path)
+        yield split, meta, arrays, folder, _select(cfg, LAYOUTS[cfg.dataset], split, meta, folder)
 
 
 def build_datasets(cfg, tokenizer=None) -> dict[str, CachedDataset]:
@@ -115,11 +151,24 @@ def build_datasets(cfg, tokenizer=None) -> dict[str, CachedDataset]:
     return out
 
 
+def audit_dataset(cfg, tokenizer=None, attribute: str | None = None) -> dict:
+    """Audit (and cache) the dataset: {"card", "card_path", "warnings"}; raises AuditError or
+    DataError on a defect. Warnings cover `attribute`, or every attribute when None."""
+    loaded, card, path, notes = _load_all(cfg, tokenizer)
+    attributes = [canonical_attribute(attribute)] if attribute else list(ATTRIBUTES)
+    notes += [line for a in attributes for line in audit.thin_groups(card, a)]
+    if attribute:
+        for split, (meta, _arrays, folder) in loaded.items():
+            _select(cfg.replace(attribute=attribute), LAYOUTS[cfg.dataset], split, meta, folder)
+    return {"card": card, "card_path": str(path), "warnings": notes}
+
+
 def prepare(cfg, tokenizer=None) -> dict:
     """Build the cache for all splits (idempotent, process-safe); aggregate counts only."""
     summary = {"dataset": cfg.dataset, "attribute": canonical_attribute(cfg.attribute),
                "modalities": list(cfg.resolved_modalities()), "splits": {}}
     for split, meta, _arrays, _folder, (rows, _codes, counts, empty) in _load(cfg, tokenizer):
+        summary["card_path"] = meta["card_path"]
         summary["splits"][split] = {
             "n": int(len(rows)), "dropped_unknown": int(len(meta["labels"]) - len(rows)),
             "positives": int(meta["labels"][rows].sum()), "groups": counts, "empty_groups": empty}

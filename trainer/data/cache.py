@@ -6,6 +6,11 @@ dataset gets a new entry). Labels, all attribute codes and npz file names of a s
 small meta .npz (cache only; never logged). Location: cfg.cache_dir, else $MULTIFAIR_CACHE, else
 ~/.cache/multifair-tune.
 
+Audit (audit.py): the same pass checks every file it reads and hashes every image; a defect in
+any file publishes nothing and raises audit.AuditError once all files were read. The hashes and
+the RGB flags of an image entry live beside it (`<entry>.audit.npz`, published first), so a
+later run checks duplicates and writes the dataset card without reading an npz again.
+
 Concurrency: each entry has a filelock.FileLock; a builder takes the locks of all entries it is
 missing (in one global order, so no deadlock), re-checks, builds into a temp file in one pass over
 the npz files (each opened once) and publishes with os.replace. A process that waited on the lock
@@ -23,11 +28,11 @@ import numpy as np
 from filelock import FileLock
 
 from trainer.config import ATTRIBUTES
-from trainer.data import common
+from trainer.data import audit, common
 from trainer.data.common import MODALITY_KEYS, DataError, Layout
 from trainer.data.transforms import preprocess_oct, preprocess_slo
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: audit side files, RGB fundus -> grey by luma
 ATTRIBUTE_ORDER = tuple(ATTRIBUTES)   # columns of the cached code table
 
 
@@ -97,8 +102,20 @@ def load_split(cfg, layout: Layout, root, split: str, modalities, tokenizer=None
                 _build(cfg, layout, root, files, {n: paths[n] for n in missing}, tokenizer)
     with np.load(paths["meta"], allow_pickle=False) as z:
         meta = {k: z[k] for k in z.files}
+    meta["entry"] = paths["meta"].stem
+    for m in modalities:
+        if m in IMAGE_MODALITIES:   # audit.* keys: hashes and RGB flags of the image entries
+            with np.load(_audit_path(paths[m]), allow_pickle=False) as z:
+                meta[f"hash:{MODALITY_KEYS[m]}"], meta[f"rgb:{m}"] = z["hashes"], z["rgb"]
     arrays = {m: np.load(paths[m], mmap_mode="r") for m in modalities}
     return meta, arrays, files[0].parent
+
+
+IMAGE_MODALITIES = ("slo", "oct")
+
+
+def _audit_path(entry: Path) -> Path:
+    return entry.with_name(entry.stem + ".audit.npz")
 
 
 def _tmp(path: Path) -> Path:
@@ -117,22 +134,23 @@ def _build(cfg, layout, root, files, targets: dict[str, Path], tokenizer) -> Non
     note_key = cfg.note_source if cfg.note_source in ("note", "note_extra") else None
     read_notes = "note" in targets and note_key is not None
     labels, codes, notes = np.zeros(n, np.int64), np.zeros((n, len(ATTRIBUTE_ORDER)), np.int64), []
+    hashes = {m: np.zeros((n, audit.HASH_BYTES), np.uint8) for m in writers}
+    rgb, defects = np.zeros(n, bool), []
     if writers or read_notes or "meta" in targets:
         for i, path in enumerate(files):
-            with common.open_npz(path) as z:
-                if "meta" in targets:
-                    labels[i] = common.label_value(z, path)
-                    codes[i] = [common.attribute_code(z, path, layout, a) for a in ATTRIBUTE_ORDER]
-                if "slo" in writers:
-                    image = common.read_key(z, path, MODALITY_KEYS["slo"])
-                    writers["slo"][i] = preprocess_slo(image, size)
-                if "oct" in writers:
-                    vol = common.read_key(z, path, MODALITY_KEYS["oct"])
-                    writers["oct"][i] = preprocess_oct(vol, cfg.oct_slices, size)
-                if read_notes:
-                    notes.append(str(np.asarray(common.read_key(z, path, note_key)).reshape(-1)[0]))
+            try:   # a defect is recorded and the next file read: the refusal counts them all
+                with common.open_npz(path) as z:
+                    _read_one(cfg, layout, z, path, i, targets, writers, hashes, rgb, labels,
+                              codes, notes, note_key if read_notes else None)
+            except DataError as exc:
+                defects.append(str(exc))
+    if defects:
+        _discard(writers, targets)
+        raise audit.AuditError(defects)
     for name, w in writers.items():
         w.flush()
+        np.savez(_audit_path(targets[name]), hashes=hashes[name], rgb=rgb if name == "slo" else
+                 np.zeros(n, bool))
         os.replace(_tmp(targets[name]), targets[name])
     writers.clear()
     if "note" in targets:
@@ -144,6 +162,35 @@ def _build(cfg, layout, root, files, targets: dict[str, Path], tokenizer) -> Non
         with open(_tmp(targets["meta"]), "wb") as fh:
             np.savez(fh, labels=labels, codes=codes, files=np.array([f.name for f in files]))
         os.replace(_tmp(targets["meta"]), targets["meta"])
+
+
+def _read_one(cfg, layout, z, path, i, targets, writers, hashes, rgb, labels, codes, notes,
+              note_key) -> None:
+    """Check and preprocess one open npz into row i of every entry being built."""
+    if "meta" in targets:
+        labels[i] = audit.check_label(common.read_key(z, path, common.LABEL_KEY), path)
+        codes[i] = [common.attribute_code(z, path, layout, a) for a in ATTRIBUTE_ORDER]
+        audit.check_codes(codes[i].tolist(), path, layout)
+    if "slo" in writers:
+        key = MODALITY_KEYS["slo"]
+        image = common.read_key(z, path, key)
+        rgb[i] = audit.check_slo(image, path, key)
+        hashes["slo"][i] = audit.content_hash(image)
+        writers["slo"][i] = preprocess_slo(image, cfg.image_size)
+    if "oct" in writers:
+        key = MODALITY_KEYS["oct"]
+        volume = common.read_key(z, path, key)
+        audit.check_oct(volume, path, key)
+        hashes["oct"][i] = audit.content_hash(volume)
+        writers["oct"][i] = preprocess_oct(volume, cfg.oct_slices, cfg.image_size)
+    if note_key is not None:
+        notes.append(str(np.asarray(common.read_key(z, path, note_key)).reshape(-1)[0]))
+
+
+def _discard(writers: dict, targets: dict) -> None:
+    for name in list(writers):
+        del writers[name]          # closes the memmap before its file goes
+        _tmp(targets[name]).unlink(missing_ok=True)
 
 
 def tokenize(notes: list[str], tokenizer, max_length: int) -> np.ndarray:

@@ -78,6 +78,9 @@ def read_key(npz, path: Path, key: str) -> np.ndarray:
     try:
         return npz[key]
     except _READ_ERRORS as exc:
+        if "allow_pickle" in str(exc):   # an object array: loading it would run pickled code
+            raise DataError(f"{path}: key {key!r} holds pickled Python objects (refused, "
+                            f"never unpickled); expected a numeric array") from None
         raise DataError(f"{path}: cannot decode key {key!r}: {type(exc).__name__}") from None
 
 
@@ -115,9 +118,3 @@ def check_codes(codes: np.ndarray, files: np.ndarray, folder: Path, layout: Layo
         if code not in valid:
             raise DataError(f"{folder / name}: key {keys!r} has unknown {attribute} code {code}")
 
-
-def label_value(npz, path: Path) -> int:
-    value = int(np.asarray(read_key(npz, path, LABEL_KEY)).reshape(-1)[0])
-    if value not in (0, 1):
-        raise DataError(f"{path}: key {LABEL_KEY!r} must be 0 or 1, found {value}")
-    return value

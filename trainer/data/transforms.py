@@ -26,11 +26,17 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return out[:, 0]
 
 
+LUMA = (0.299, 0.587, 0.114)   # ITU-R 601-2, as PIL's convert("L")
+
+
 def preprocess_slo(image: np.ndarray, size: int) -> np.ndarray:
-    """SLO fundus (H, W) or (H, W, C) -> uint8 (size, size)."""
+    """SLO fundus (H, W), (H, W, 1) or RGB (H, W, 3) -> uint8 (size, size). RGB is converted to
+    grey by ITU-R 601-2 luma (docs/data.md, "Audit"); the audit refuses other shapes."""
     image = np.asarray(image)
-    if image.ndim == 3:  # colour previews: average the channels
-        image = image[..., :3].mean(axis=-1)
+    if image.ndim == 3 and image.shape[-1] == 3:
+        image = image.astype(np.float32) @ np.asarray(LUMA, np.float32)
+    elif image.ndim == 3:
+        image = image[..., 0]
     t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
     out = _resize(t, size)[0].round().clamp_(0, 255)
     return out.to(torch.uint8).numpy()
