@@ -20,7 +20,6 @@ separate tuning dataset (seed 1000) and then fits every seed at that method's be
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,6 +32,7 @@ from scipy import stats
 from trainer.config import ATTRIBUTES, make_config
 from trainer.data.ideal import ceiling
 from trainer.data.synthetic import synthesize
+from trainer.jsonout import dumps
 
 TUNING_SEED = 1000
 
@@ -280,7 +280,7 @@ def run(args) -> list[dict]:
             for s in args.seeds for a in args.attributes for m in args.methods]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for row in pool.map(_fit_job, jobs):
-            print(json.dumps(row), file=sys.stderr, flush=True)
+            print(dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
     return rows, sets
 
@@ -331,10 +331,10 @@ def main(argv=None) -> int:
     text = "\n".join(report)
     print(text)
     (Path(args.out) / "compare.md").write_text(text + "\n")
-    (Path(args.out) / "compare.json").write_text(json.dumps(
+    (Path(args.out) / "compare.json").write_text(dumps(
         {"args": {k: v for k, v in vars(args).items()}, "tuned_sets": {f"{m}|{a}": s for (m, a), s
                                                                       in sets.items()},
-         "rows": rows}, indent=1, default=float))
+         "rows": rows}, indent=1))
     return 0
 
 

@@ -26,7 +26,6 @@ written modality and `evidence_all`.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from scipy.special import logsumexp
 from scipy.stats import norm, rankdata
 
 from trainer.config import ATTRIBUTES, canonical_attribute
+from trainer.jsonout import dumps
 
 SIDE_FILE = "ideal_reader.csv"
 ATTRS = ("gender", "race", "ethnicity", "language", "maritalstatus")
@@ -167,6 +167,6 @@ def run_ceiling(args) -> int:
     result = ceiling(args.data_root, args.attribute, args.split)
     print(format_ceiling(result))
     out = Path(args.out or Path(args.data_root) / f"ceiling_{result['attribute']}_{args.split}.json")
-    out.write_text(json.dumps(result, indent=2))
+    out.write_text(dumps(result, indent=2))   # strict JSON: undefined AUC -> null
     print(f"wrote {out}")
     return 0
