@@ -93,10 +93,12 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-methods-") as tmp:
         root = synthesize("fairvision", Path(tmp) / "fv", n_train=args.batch_size * 2,
                           n_val=16, n_test=16, seed=0)
-        results = {s: bench_size(s, args, root, Path(tmp) / "cache") for s in args.sizes.split(",")}
-    print(f"median step time over {args.steps} steps (batch {args.batch_size}, "
-          f"device {args.device}); x = ratio to baseline")
-    print_table(results)
+        results = {}
+        for size in args.sizes.split(","):
+            results[size] = bench_size(size, args, root, Path(tmp) / "cache")
+            print(f"median step time over {args.steps} steps (batch {args.batch_size}, "
+                  f"device {args.device}); x = ratio to baseline", flush=True)
+            print_table(results)
 
 
 if __name__ == "__main__":

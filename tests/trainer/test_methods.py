@@ -267,3 +267,13 @@ def test_stateful_methods_resume_exactly(mode, root, cache, tmp_path):
                    progress=False)
     resumed = fit(cfg, resume_from=saved["d"], progress=False)
     assert straight["history"] == resumed["history"]
+
+
+@pytest.mark.parametrize("field,value", [("ogm_alpha", 0), ("fis_c", 1.5), ("fis_temperature", 0),
+                                         ("sinkhorn_weight", -1), ("modality_dropout_rate", 1.0),
+                                         ("ogm_end_epoch", -1), ("modulation_target", "weights")])
+def test_method_hyperparameters_are_validated_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        _cfg("full", **{field: value})
+    with pytest.raises(ValueError, match="'nonesuch'"):
+        _cfg("nonesuch")
