@@ -242,7 +242,8 @@ def table(rows, attribute, methods) -> str:
             return "" if np.isnan(v).all() else f"{np.nanmean(v):.1f} ± {np.nanstd(v):.1f}"
         d_es, d_w = (paired(rows, attribute, method, k) for k in ("es_auc", "worst_auc"))
         ref = method == "baseline" or method.startswith("ideal")
-        fmt = lambda d: "" if ref or np.isnan(d[0]) else f"{100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}]"  # noqa: E731
+        fmt = lambda d: ("" if ref or np.isnan(d[0])  # noqa: E731
+                         else f"{100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}]")
         gap = gap_closed(rows, attribute, method)
         lines.append("| " + " | ".join(
             [method, cell("auc"), cell("es_auc")] + [cell(f"auc/{g}") for g in groups]

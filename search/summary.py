@@ -97,8 +97,13 @@ def final_test(ckpt, tracker, best_run_id) -> dict:
 
     with ckpt.as_directory() as d:
         scored = evaluate_checkpoint(d)
-    metrics = {f"test/{k}": float(v) for k, v in scored["mean"].items() if math.isfinite(v)}
-    metrics.update({f"test/{k}_std": float(v) for k, v in scored["std"].items() if math.isfinite(v)})
+    metrics = {f"test/{k}": float(v) for k, v in scored.get("mean", {}).items() if math.isfinite(v)}
+    metrics.update({f"test/{k}_std": float(v) for k, v in scored.get("std", {}).items() if math.isfinite(v)})
+    point = scored["point"]   # validation-threshold fairness and reliance: point figures
+    metrics.update({f"test/{k}": float(point[k]) for k in ("threshold_val", "dpd_at_val_threshold",
+                                                          "deodds_at_val_threshold") if k in point})
+    metrics.update({f"test/reliance/{m}/{k}": float(v) for m, d in point.get("reliance", {}).items()
+                    for k, v in d.items() if math.isfinite(v)})
     if tracker is not None:
         for run_id in filter(None, (best_run_id, tracker.parent_run_id)):
             for k, v in metrics.items():

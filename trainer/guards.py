@@ -1,4 +1,4 @@
-"""Guards that turn silent failures into one clear error line (docs/architecture.md, "Guards").
+"""Guards that turn silent failures into one clear error line (docs/science.md, "Guards").
 
 - A training split smaller than one batch is REFUSED (the loop drops the last partial batch so
   that every step sees batch_size samples, which the group surrogate AUC of MultiFair needs; an

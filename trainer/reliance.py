@@ -66,8 +66,8 @@ def modality_reliance(trainer, split: str, n_permutations: int = N_PERMUTATIONS)
     base, out = score(fused_probs(trainer, features)), {}
     gen = torch.Generator().manual_seed(trainer.cfg.seed)
     for m in features:
-        drops = [base - score(fused_probs(trainer, features, m, torch.randperm(len(y), generator=gen)))
-                 for _ in range(n_permutations)]
+        perms = [torch.randperm(len(y), generator=gen) for _ in range(n_permutations)]
+        drops = [base - score(fused_probs(trainer, features, m, perm)) for perm in perms]
         mean = np.nanmean(drops, axis=0) if drops else np.full(2, np.nan)
         out[m] = {"auc": float(mean[0]), "es_auc": float(mean[1])}
     return out
@@ -75,4 +75,5 @@ def modality_reliance(trainer, split: str, n_permutations: int = N_PERMUTATIONS)
 
 def flat_reliance(reliance: dict, prefix: str) -> dict[str, float]:
     """{"<prefix>/reliance/<modality>/auc": ..., ...} for epoch metrics."""
-    return {f"{prefix}/reliance/{m}/{k}": float(v) for m, d in reliance.items() for k, v in d.items()}
+    return {f"{prefix}/reliance/{m}/{k}": float(v)
+            for m, d in reliance.items() for k, v in d.items()}

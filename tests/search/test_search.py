@@ -52,6 +52,7 @@ def test_search_asha_stops_trials_and_mlflow_has_every_trial(study):
     test = outcome.best["test"]
     assert 0 <= test["test/auc"] <= 1 and test["test/auc_std"] > 0
     assert best.data.metrics["test/es_auc"] == pytest.approx(test["test/es_auc"])
+    assert {"test/reliance/oct/auc", "test/dpd_at_val_threshold"} <= set(best.data.metrics)
     assert client.get_run(outcome.parent_run_id).data.metrics["test/auc"] == pytest.approx(test["test/auc"])
     assert sum("test/auc" in c.data.metrics for c in study_runs(scfg.tracking_uri)[2]) == 1
 

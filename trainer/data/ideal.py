@@ -166,7 +166,8 @@ def run_ceiling(args) -> int:
     """`python -m trainer ceiling`: print the table and write JSON (--out, default beside data)."""
     result = ceiling(args.data_root, args.attribute, args.split)
     print(format_ceiling(result))
-    out = Path(args.out or Path(args.data_root) / f"ceiling_{result['attribute']}_{args.split}.json")
+    default = Path(args.data_root) / f"ceiling_{result['attribute']}_{args.split}.json"
+    out = Path(args.out or default)
     out.write_text(dumps(result, indent=2))   # strict JSON: undefined AUC -> null
     print(f"wrote {out}")
     return 0
