@@ -41,6 +41,17 @@ def seeds(scfg) -> list[int]:
 
 def run_confirmation(scfg, setup: dict, search_trials: list[dict], finals: list[dict], tracker) -> dict:
     """The Tune run over candidates x seeds; returns {"candidates", "runs", "stats", "choice"}."""
+    cands = candidates(scfg, finals)
+    runs = grid_run(scfg, setup, cands, seeds(scfg), "confirm", tracker)
+    done = full_length(runs, scfg.max_epochs)
+    stats = candidate_stats(done)
+    return {"candidates": cands, "runs": runs, "stats": stats, "seeds": seeds(scfg),
+            "choice": choose(stats, done, scfg.min_auc_drop)}
+
+
+def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, tracker) -> list[dict]:
+    """One Tune run `<name>-<stage>` over candidates x seeds, every run all epochs, resumable;
+    returns search.study.trial_record dicts with candidate, seed, checkpoint and run id."""
     from ray import tune
 
     from search.progress import ProgressCallback
@@ -48,30 +59,29 @@ def run_confirmation(scfg, setup: dict, search_trials: list[dict], finals: list[
     from search.tracking import MLflowTrialCallback
     from search.trainable import train_trial, trial_dirname
 
-    cands = candidates(scfg, finals)
     setup = {**setup, "candidates": cands}
     trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup),
                                     {"cpu": scfg.cpus_per_trial, "gpu": scfg.gpus_per_trial})
-    name = f"{scfg.name}-confirm"
+    name = f"{scfg.name}-{stage}"
     path = f"{scfg.storage_path.rstrip('/')}/{name}"
     callbacks = [ProgressCallback(scfg.max_epochs)]
     if tracker is not None:
-        tags = {"run_kind": "confirm", "stage": "confirm", "dataset": scfg.dataset, "attribute": scfg.attribute}
-        callbacks.append(MLflowTrialCallback(tracker, scfg.max_epochs, tags, setup["base"], cands))
-    n = len(cands) * scfg.confirm_seeds
-    print(f"[confirm] {len(cands)} candidates x {scfg.confirm_seeds} seeds = {n} runs of "
+        tags = {"run_kind": stage, "stage": stage, "dataset": scfg.dataset, "attribute": scfg.attribute}
+        callbacks.append(MLflowTrialCallback(tracker, scfg.max_epochs, tags, setup["base"], cands, stage))
+    n = len(cands) * len(seed_list)
+    print(f"[{stage}] {len(cands)} candidates x {len(seed_list)} seeds = {n} runs of "
           f"{scfg.max_epochs} epochs: {', '.join(cands)}", flush=True)
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable, param_space={"candidate": tune.grid_search(list(cands)),
-                                    "seed": tune.grid_search(seeds(scfg))},
+                                    "seed": tune.grid_search(seed_list)},
             tune_config=tune.TuneConfig(metric=METRIC, mode="max",   # no searcher: a plain grid
                                         max_concurrent_trials=min(n, _concurrency(scfg)),
                                         trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
-                name=name, storage_path=scfg.storage_path, callbacks=callbacks, verbose=scfg.verbose,
+                name=name, storage_path=scfg.storage_path, callbacks=callbacks, verbose=min(scfg.verbose, 1),
                 failure_config=tune.FailureConfig(max_failures=scfg.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
                                                         checkpoint_score_order="max")))
@@ -80,15 +90,11 @@ def run_confirmation(scfg, setup: dict, search_trials: list[dict], finals: list[
         df = r.metrics_dataframe
         rows = df.to_dict("records") if df is not None and len(df) else []
         trial_id = r.path.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
-        rec = trial_record(trial_id, r.config, rows, "FAILED" if r.error else "FINISHED",
-                           candidate=r.config["candidate"], seed=int(r.config["seed"]),
-                           checkpoint=r.get_best_checkpoint(METRIC, "max") or r.checkpoint,
-                           run_id=tracker._children.get(trial_id) if tracker else None)
-        runs.append(rec)
-    done = full_length(runs, scfg.max_epochs)
-    stats = candidate_stats(done)
-    return {"candidates": cands, "runs": runs, "stats": stats, "seeds": seeds(scfg),
-            "choice": choose(stats, done, scfg.min_auc_drop)}
+        runs.append(trial_record(trial_id, r.config, rows, "FAILED" if r.error else "FINISHED",
+                                 candidate=r.config["candidate"], seed=int(r.config["seed"]),
+                                 checkpoint=r.get_best_checkpoint(METRIC, "max") or r.checkpoint,
+                                 run_id=tracker._children.get(trial_id) if tracker else None))
+    return runs
 
 
 def _concurrency(scfg) -> int:

@@ -80,6 +80,8 @@ def search_figures(trials: list[dict], full: list[dict], epoch: int, out: Path) 
     result = {"epoch": epoch, "files": written, "importance": {}}
     # the matplotlib variants are marked experimental; the warning says nothing about the figure
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # PED-ANOVA warns whenever a target is given; ours is negated on purpose (see importances)
+    warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if len(full) >= 1:
         front = _study([(t, (t["val"]["auc"], t["val"]["es_auc"])) for t in full])

@@ -284,6 +284,8 @@ def prepare_study(scfg: SearchConfig):
     from search import study, tracking
 
     scfg.results_dir.mkdir(parents=True, exist_ok=True)
+    # Tune warns on every forced snapshot (num_to_keep=1 forces one per checkpoint): by design here
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     exists = tune.Tuner.can_restore(scfg.study_dir)
     if exists and not scfg.resume:
         raise StudyExists(f"a study named {scfg.name!r} already exists at {scfg.study_dir}: add "

@@ -134,8 +134,9 @@ def print_decision(d: dict) -> None:
     if test:
         print(f"test split, once: chosen - plain fusion, paired bootstrap over {test['n_test']} samples "
               f"({test['n_resamples']} resamples, 95% interval):")
-        print("  " + "   ".join(f"{k} {test[k]['chosen']:.4f} vs {test[k]['baseline']:.4f}: "
-                                f"{_ci(test[k], 'diff')}" for k in ("auc", "es_auc", "worst_group_auc")))
+        for k in ("auc", "es_auc", "worst_group_auc"):
+            print(f"  {k:16s} chosen {test[k]['chosen']:.4f}  plain fusion {test[k]['baseline']:.4f}  "
+                  f"difference {_ci(test[k], 'diff')}")
     if d.get("registered"):
         print(f"registered {d['registered']['uri']} (version {d['registered']['version']})")
     if d.get("report"):
@@ -159,7 +160,8 @@ def print_summary(scfg: SearchConfig, o: SearchOutcome) -> None:
         print("no trial produced a validation metric")
     else:
         scope = "among trials that trained all epochs" if o.best["full"] else "(no trial trained all epochs)"
-        print(f"best configuration {scope}: trial {o.best['trial_id']}, epoch {o.best['epoch']}")
+        one_seed = " (one seed; the confirmation below decides)" if o.decision and o.decision.get("confirmation") else ""
+        print(f"best configuration {scope}: trial {o.best['trial_id']}, epoch {o.best['epoch']}{one_seed}")
         for k, v in o.best["config"].items():
             print(f"  {k:10s} {v:.6g}")
         print("validation metrics:")
@@ -174,8 +176,9 @@ def print_summary(scfg: SearchConfig, o: SearchOutcome) -> None:
         print_decision(o.decision)
     if o.tracking_uri:
         command, url = ui_hint(o.tracking_uri, o.experiment_id)
+        deployed = ((o.decision or {}).get("deployed_run") or {}).get("run_id") or o.best_run_id
         print(f"MLflow: experiment id {o.experiment_id}, parent run id {o.parent_run_id}, "
-              f"best trial run id {o.best_run_id}")
+              f"chosen run id {deployed}")
         print(f"open the UI:  {command}\n  runs table: {url}")
     else:
         print(f"MLflow was skipped: python -m search.relog --results {scfg.study_dir} --tracking-uri URI")

@@ -7,6 +7,7 @@ hyperparameters and the configuration are logged, never patient content.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import subprocess
@@ -219,6 +220,8 @@ class StudyTracker:
 
         model = load_model(checkpoint_dir)
         mlflow.set_tracking_uri(self.tracking_uri)
+        # pickle is deliberate (the fused model takes a dict; stack.md): its warning is noise here
+        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
                                             signature=signature, metadata=metadata,
@@ -250,20 +253,21 @@ class MLflowTrialCallback(Callback):
     """Driver-side Tune callback: child run per trial under the study's parent run."""
 
     def __init__(self, tracker: StudyTracker, max_epochs: int, trial_tags: dict[str, str], base: dict,
-                 candidates: dict | None = None):
+                 candidates: dict | None = None, stage: str = "confirm"):
         self.tracker, self.max_epochs, self.trial_tags, self.base = tracker, max_epochs, trial_tags, base
-        self.candidates = candidates or {}   # confirmation stage: label -> hyperparameters + mode
+        self.candidates = candidates or {}   # confirm / sweep stage: label -> hyperparameters + mode
+        self.stage = stage
         self.retries: dict[str, int] = {}
         self.epochs: dict[str, int] = {}
 
     def _run(self, trial) -> str:
         config, tags, name = trial.config, self.trial_tags, None
-        if "candidate" in config:     # confirmation trial: `confirm-<candidate>-seed<s>`
+        if "candidate" in config:     # confirm / sweep trial: `<stage>-<candidate>-seed<s>`
             cand = self.candidates[config["candidate"]]
             config = {**cand, "seed": config["seed"]}
             tags = {**tags, "mode": cand["mode"], "seed": str(config["seed"]),
-                    "candidate": config["candidate"]}
-            name = f"confirm-{trial.config['candidate']}-seed{config['seed']}"
+                    "candidate": trial.config["candidate"]}
+            name = f"{self.stage}-{trial.config['candidate']}-seed{config['seed']}"
         return self.tracker.child(trial.trial_id, config, tags, self.base, run_name=name)
 
     def on_trial_start(self, iteration, trials, trial, **info):
