@@ -120,19 +120,26 @@ def test_mlflow_ui_in_a_real_browser_shows_trials_a_chart_and_a_figure(decided, 
         driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
         wait = WebDriverWait(driver, 90)
         exp = outcome.experiment_id
-        trial = next(iter(outcome.trials))["trial_id"]
+        trial = outcome.trials[0]["trial_id"]
+        # the runs table of the training view; the trials are nested under the study row
         driver.get(f"{url}/#/experiments/{exp}?workflowType=machine_learning")
-        wait.until(lambda d: "fairvision-gender-full" in d.page_source)     # the study run row
-        parent, child = outcome.parent_run_id, outcome.decision["deployed_run"]["run_id"]
-        driver.get(f"{url}/#/experiments/{exp}/runs/{child}/model-metrics")
-        wait.until(lambda d: "es_auc" in d.page_source and d.find_elements("css selector", "svg, canvas"))
+        expand = wait.until(lambda d: d.find_elements(
+            "css selector", "button[data-component-id*='runnamecellrenderer']"))
+        assert "fairvision-gender-full" in driver.page_source                # the study run
+        expand[0].click()
+        wait.until(lambda d: f"full-{trial}" in d.page_source)              # a trial run, by name
+        # a metric chart of the chosen run (per-epoch history)
+        child = outcome.decision["deployed_run"]["run_id"]
+        driver.get(f"{url}/#/experiments/{exp}/runs/{child}/model-metrics?workflowType=machine_learning")
+        box = wait.until(lambda d: d.find_elements("css selector", "input[placeholder='Search metric charts']"))
+        box[0].send_keys("es_auc")
+        wait.until(lambda d: d.find_elements("xpath", "//*[text()='es_auc']")
+                   and d.find_elements("css selector", "svg.main-svg"))
+        # a figure of the study run, rendered by the artifact viewer
+        parent = outcome.parent_run_id
         driver.get(f"{url}/#/experiments/{exp}/runs/{parent}/artifacts/figures/pareto_front.png")
-        wait.until(lambda d: any("pareto_front" in (img.get_attribute("src") or "") or
-                                 (img.get_attribute("src") or "").startswith("blob:")
+        wait.until(lambda d: any((img.get_attribute("src") or "").startswith("blob:")
                                  for img in d.find_elements("css selector", "img")))
-        driver.get(f"{url}/#/experiments/{exp}?workflowType=machine_learning&searchFilter="
-                   f"tags.trial_id%20%3D%20%27{trial}%27")
-        wait.until(lambda d: f"full-{trial}" in d.page_source)               # a trial run, by name
     finally:
         if driver is not None:
             driver.quit()
