@@ -7,6 +7,8 @@ import math
 
 from search import study as S
 
+THRESHOLDED = ("val/dpd_at_val_threshold", "val/deodds_at_val_threshold")
+
 
 def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | None) -> dict:
     from search import confirm, objectives
@@ -41,6 +43,8 @@ def _test_and_register(scfg, conf: dict, tracker, decision: dict) -> None:
     if chosen is None or base is None:
         return
     decision["deployed_run"] = {"candidate": label, "seed": chosen["seed"], "run_id": chosen["run_id"]}
+    # thresholded fairness at the validation-chosen threshold, once the trainer reports it
+    decision["thresholded"] = {k: chosen["val"][k] for k in THRESHOLDED if k in chosen["val"]}
     if label != BASELINE:
         test = run_paired_test(base["checkpoint"], chosen["checkpoint"], n=1000, seed=scfg.seed)
         decision["test"] = test
