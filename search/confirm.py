@@ -64,7 +64,7 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
                                     {"cpu": scfg.cpus_per_trial, "gpu": scfg.gpus_per_trial})
     name = f"{scfg.name}-{stage}"
     path = f"{scfg.storage_path.rstrip('/')}/{name}"
-    callbacks = [ProgressCallback(scfg.max_epochs)]
+    callbacks = [ProgressCallback(scfg.max_epochs, label=stage)]
     if tracker is not None:
         tags = {"run_kind": stage, "stage": stage, "dataset": scfg.dataset, "attribute": scfg.attribute}
         callbacks.append(MLflowTrialCallback(tracker, scfg.max_epochs, tags, setup["base"], cands, stage))

@@ -137,6 +137,8 @@ def print_decision(d: dict) -> None:
         for k in ("auc", "es_auc", "worst_group_auc"):
             print(f"  {k:16s} chosen {test[k]['chosen']:.4f}  plain fusion {test[k]['baseline']:.4f}  "
                   f"difference {_ci(test[k], 'diff')}")
+    for k, v in (d.get("thresholded") or {}).items():
+        print(f"  chosen run's {k} {v:.4f} (threshold chosen on validation)")
     if d.get("registered"):
         print(f"registered {d['registered']['uri']} (version {d['registered']['version']})")
     if d.get("report"):
