@@ -15,6 +15,7 @@ difference to plain fusion (one difference per seed) is reported with a t interv
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -59,6 +60,7 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     from search.tracking import MLflowTrialCallback
     from search.trainable import train_trial, trial_dirname
 
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")   # runner.py
     setup = {**setup, "candidates": cands}
     trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup),
                                     {"cpu": scfg.cpus_per_trial, "gpu": scfg.gpus_per_trial})
