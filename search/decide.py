@@ -45,7 +45,7 @@ def _test_and_register(scfg, conf: dict, tracker, decision: dict) -> None:
     decision["deployed_run"] = {"candidate": label, "seed": chosen["seed"], "run_id": chosen["run_id"]}
     # thresholded fairness at the validation-chosen threshold, once the trainer reports it
     decision["thresholded"] = {k: chosen["val"][k] for k in THRESHOLDED if k in chosen["val"]}
-    if label != BASELINE:
+    if label != BASELINE and scfg.final_test:   # --no-final-test: the driver cannot read the data
         test = run_paired_test(base["checkpoint"], chosen["checkpoint"], n=1000, seed=scfg.seed)
         decision["test"] = test
         if tracker is not None:
