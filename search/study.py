@@ -115,7 +115,9 @@ def best_epoch(history: dict[int, float]) -> tuple[int, float] | None:
 
 def trial_record(trial_id: str, config: dict, rows: list[dict], status: str, **extra) -> dict:
     """One trial as every stage reads it: hyperparameters, ES-AUC history, and the validation
-    metrics of its best epoch (`val`: flat `val/...` keys plus es_auc and auc)."""
+    metrics of its best epoch (`val`: flat `val/...` keys plus es_auc and auc). A trial that
+    never started (interrupted study) has no config."""
+    config = config or {}
     history = {int(r.get("epoch", 0)): float(r[METRIC]) for r in rows
                if isinstance(r.get(METRIC), (int, float))}
     curve = {int(r.get("epoch", 0)): (float(r["auc"]), float(r[METRIC])) for r in rows
