@@ -31,10 +31,12 @@ def sweep_values(centre: dict[str, float], points: int) -> dict[str, list[float]
 
 
 def sweep_candidates(centre: dict, mode: str, values: dict[str, list[float]]) -> dict[str, dict]:
-    cands = {}
+    """label -> configuration; the centre is trained once and shared by all five sweeps."""
+    cands = {"centre": {**centre, "mode": mode, "swept": None}}
     for k, vs in values.items():
         for v in vs:
-            cands[f"{k}={v:.4g}"] = {**centre, k: v, "mode": mode, "swept": k}
+            if not math.isclose(v, round(centre[k], 6)):
+                cands[f"{k}={v:.4g}"] = {**centre, k: v, "mode": mode, "swept": k}
     return cands
 
 
@@ -45,11 +47,12 @@ def summarise(runs: list[dict], cands: dict) -> dict[str, list[dict]]:
         mine = [r["val"] for r in runs if r["candidate"] == label and r["val"]]
         if not mine:
             continue
-        row = {"value": c[c["swept"]], "n": len(mine)}
+        row = {"n": len(mine)}
         for key in ("auc", "es_auc"):
             v = np.array([m[key] for m in mine])
             row[key], row[f"{key}_sd"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-        out[c["swept"]].append(row)
+        for k in ([c["swept"]] if c["swept"] else HYPERPARAMETERS):   # the centre is on every sweep
+            out[k].append({**row, "value": c[k]})
     return {k: sorted(v, key=lambda r: r["value"]) for k, v in out.items()}
 
 

@@ -126,3 +126,21 @@ def test_constrained_searcher_tells_optuna_the_auc_floor(tmp_path):
     trials = searcher._ot_study.trials
     assert [t.constraints["auc_floor"] for t in trials] == [pytest.approx(0.05), pytest.approx(-0.05)]
     assert searcher._ot_study.best_trial.values == [0.60]     # the fairer trial is infeasible
+
+
+def test_sweep_moves_one_hyperparameter_at_a_time_and_trains_the_centre_once():
+    from search.space import HYPERPARAMETERS, RANGES
+    from search.sweep import summarise, sweep_candidates, sweep_values
+
+    centre = {"rho": 1.2, "lambda_gm": 0.15, "tau": 0.02, "delta": 0.6, "lambda_f": 0.6}
+    cands = sweep_candidates(centre, "full", sweep_values(centre, 3))
+    assert len(cands) == 1 + 5 * 3                       # 3 range points each, centre shared
+    for label, c in cands.items():
+        moved = [k for k in HYPERPARAMETERS if c[k] != centre[k]]
+        assert len(moved) == (label != "centre")
+        assert all(RANGES[k].low <= c[k] <= RANGES[k].high for k in HYPERPARAMETERS)
+    runs = [{"candidate": k, "seed": s, "val": {"auc": 0.7 + 0.01 * s, "es_auc": 0.6}}
+            for k in cands for s in (1, 2)]
+    summary = summarise(runs, cands)
+    assert [r["value"] for r in summary["delta"]] == sorted([0.05, 0.525, 1.0, 0.6])
+    assert summary["tau"][0]["auc_sd"] == pytest.approx(np.std([0.71, 0.72], ddof=1))
