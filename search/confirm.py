@@ -40,7 +40,7 @@ def seeds(scfg) -> list[int]:
     return [scfg.seed + 1 + i for i in range(scfg.confirm_seeds)]
 
 
-def run_confirmation(scfg, setup: dict, search_trials: list[dict], finals: list[dict], tracker) -> dict:
+def run_confirmation(scfg, setup: dict, finals: list[dict], tracker) -> dict:
     """The Tune run over candidates x seeds; returns {"candidates", "runs", "stats", "choice"}."""
     cands = candidates(scfg, finals)
     runs = grid_run(scfg, setup, cands, seeds(scfg), "confirm", tracker)

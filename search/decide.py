@@ -26,7 +26,7 @@ def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | No
         decision["data_fingerprint"] = data_fingerprint(scfg.data_root)
     if scfg.finalists > 0 and full:
         finals = objectives.finalists(scfg, full, auc_floor, scfg.finalists)
-        conf = confirm.run_confirmation(scfg, setup, trials, finals, tracker)
+        conf = confirm.run_confirmation(scfg, setup, finals, tracker)
         decision["confirmation"] = {k: conf[k] for k in ("candidates", "stats", "seeds", "choice")}
         _test_and_register(scfg, conf, tracker, decision)
     _figures_and_report(scfg, search, trials, full, tracker, decision)

@@ -1,7 +1,6 @@
 """The deployment decision end to end (slow, about 2-4 minutes on 2 cores): a Pareto search, the
 confirmation stage, the paired test, figures, report, registry with alias champion, the scoring
 command, and the MLflow UI of a real `mlflow server` in headless Chromium."""
-import json
 import os
 import shutil
 import socket
