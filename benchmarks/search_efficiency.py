@@ -50,7 +50,8 @@ def main() -> None:
                                 searcher=searcher, scheduler=scheduler, no_tracking=True,
                                 synthetic_sizes=tuple(int(x) for x in a.sizes.split(",")),
                                 name=f"{searcher}-{scheduler}-s{seed}", storage_path=out,
-                                sets=[f"cache_dir={out}/cache"], log_best_model=False)
+                                sets=[f"cache_dir={out}/cache"], log_best_model=False,
+                                finalists=0, figures=False)   # the search alone is measured
             points[searcher] = curve(run_search(scfg).results)
         rnd, tpe = points["random"], points["tpe"]
         reach = epochs_to_reach(tpe, rnd[-1][1])

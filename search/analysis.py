@@ -20,6 +20,7 @@ import math
 import sys
 
 from search.space import RANGES, optuna_distributions
+from search.study import best_epoch
 from trainer.jsonout import dumps
 
 METRIC = "es_auc"
@@ -54,22 +55,14 @@ def trials_from_mlflow(tracking_uri: str, experiment: str, parent_run_id: str | 
 
 def trials_from_results(study_dir: str):
     """The same records from a Tune results folder (no MLflow needed)."""
-    from search.relog import STATUS, read_trials
-    from search.runner import STUDY_FILE
-    from pathlib import Path
+    from search.study import STATUS, read_study, read_trials
 
-    search = json.loads((Path(study_dir) / STUDY_FILE).read_text())["search"]
+    search = read_study(study_dir)["search"]
     trials = [{"trial_id": t["trial_id"], "run_id": None, "model_logged": False,
                "params": {k: float(v) for k, v in t["config"].items() if k in RANGES},
                "history": {int(r["epoch"]): r[METRIC] for r in t["results"] if METRIC in r},
-               "status": STATUS.get(t["tune_status"], "KILLED")} for t in read_trials(Path(study_dir))]
+               "status": STATUS.get(t["tune_status"], "KILLED")} for t in read_trials(study_dir)]
     return trials, int(search["max_epochs"]), int(search["grace_period"])
-
-
-def best_epoch(history: dict[int, float]) -> tuple[int, float] | None:
-    """(epoch, value) of a trial's best finite validation ES-AUC; the first epoch on ties."""
-    finite = [(e, v) for e, v in history.items() if math.isfinite(v)]
-    return max(finite, key=lambda ev: ev[1]) if finite else None
 
 
 def trial_values(trials, max_epochs: int, policy: str = "full", epoch: int | None = None):

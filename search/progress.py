@@ -11,8 +11,8 @@ from search.trainable import METRIC
 
 
 class ProgressCallback(Callback):
-    def __init__(self, max_epochs: int, every_s: float = 10.0):
-        self.max_epochs, self.every_s = max_epochs, every_s
+    def __init__(self, max_epochs: int, every_s: float = 10.0, label: str = "search"):
+        self.max_epochs, self.every_s, self.label = max_epochs, every_s, label
         self.best = (-math.inf, None)
         self._last = 0.0
 
@@ -36,7 +36,7 @@ class ProgressCallback(Callback):
         self._last = time.monotonic()
         counts = summarize(trials, self.max_epochs)
         best = "n/a" if self.best[1] is None else f"{self.best[0]:.4f} (trial {self.best[1]})"
-        print(f"[search] running {counts['running']} | pending {counts['pending']} | "
+        print(f"[{self.label}] running {counts['running']} | pending {counts['pending']} | "
                      f"done {counts['done']} | stopped early {counts['stopped']} | "
                      f"failed {counts['failed']} | best val es_auc {best}", flush=True)
 

@@ -10,57 +10,32 @@ the command twice, or after a search that logged live, adds only what is missing
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from search.tracking import StudyTracker, check_tracking_uri, default_tracking_uri, ui_hint
-
-STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}   # others: interrupted -> KILLED
-
-
-def read_trials(study_dir: Path) -> list[dict]:
-    """Every trial of a study folder: id, config, per-epoch results, Tune status."""
-    statuses = {}
-    states = sorted(study_dir.glob("experiment_state-*.json"))
-    if states:
-        for json_state, _ in json.loads(states[-1].read_text())["trial_data"]:
-            state = json.loads(json_state)
-            statuses[state["trial_id"]] = state["status"]
-    trials = []
-    for params_file in sorted(study_dir.glob("*/params.json")):
-        folder = params_file.parent
-        result_file = folder / "result.json"
-        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()] \
-            if result_file.exists() else []
-        trial_id = rows[0]["trial_id"] if rows else folder.name.removeprefix("trial_")
-        status = statuses.get(trial_id, "ERROR" if (folder / "error.txt").exists() else "UNKNOWN")
-        trials.append({"trial_id": trial_id, "config": json.loads(params_file.read_text()),
-                       "results": rows, "tune_status": status, "path": str(folder)})
-    return trials
-
+from search import study as S
+from search.tracking import StudyTracker, check_tracking_uri, default_tracking_uri, git_commit, ui_hint
 
 def relog(study_dir: str | Path, tracking_uri: str, experiment: str | None = None) -> StudyTracker:
-    from search.runner import STUDY_FILE, study_params, study_tags, SearchConfig
-
     study_dir = Path(study_dir).resolve()
-    study = json.loads((study_dir / STUDY_FILE).read_text())
-    fields = {k: v for k, v in study["search"].items() if k in SearchConfig.__dataclass_fields__}
-    fields["synthetic_sizes"] = tuple(fields.get("synthetic_sizes", (0, 0, 0)))
-    scfg = SearchConfig(**fields)
+    study = S.read_study(str(study_dir))
+    search = study["search"]
+    recorded = f"{search['storage_path'].rstrip('/')}/{search['name']}"   # runs are tagged with it
     check_tracking_uri(tracking_uri)
-    tracker = StudyTracker(tracking_uri, experiment or scfg.experiment, scfg.study_dir,
+    tracker = StudyTracker(tracking_uri, experiment or search["experiment"], recorded,
                            artifact_root=str(study_dir.parent / "mlartifacts"))
-    tracker.start_study(tags=study_tags(scfg), params=study_params(scfg))
-    tags = {**study_tags(scfg), "relogged": "true"}
+    commit = git_commit()
+    tracker.start_study(tags=S.study_tags(search, commit), params=S.study_params(search))
+    tags = {**S.study_tags(search, commit), "relogged": "true"}
+    max_epochs = int(search["max_epochs"])
     stopped = failed = 0
-    for t in read_trials(study_dir):
+    for t in S.read_trials(study_dir):
         run_id = tracker.child(t["trial_id"], t["config"], tags, study["setup"]["base"])
         for row in t["results"]:
             tracker.log_epoch(run_id, row)
         epochs = max((int(r.get("epoch", 0)) for r in t["results"]), default=0)
-        status = STATUS.get(t["tune_status"], "KILLED")
-        tracker.end_trial(run_id, status, epochs, scfg.max_epochs)
-        stopped += status == "FINISHED" and epochs < scfg.max_epochs
+        status = S.STATUS.get(t["tune_status"], "KILLED")
+        tracker.end_trial(run_id, status, epochs, max_epochs)
+        stopped += status == "FINISHED" and epochs < max_epochs
         failed += status == "FAILED"
     tracker.end_study("FINISHED", tags={"trials_stopped_early": stopped, "trials_failed": failed})
     return tracker

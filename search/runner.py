@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from search.space import RANGES, baseline_point, hyperparameters
+from search.space import baseline_point
 from search.summary import SearchOutcome, print_summary, summarize_results
 
 LAYOUT = {"fairvision": "fairvision", "fairvlmed": "fairvlmed"}
@@ -50,6 +50,12 @@ class SearchConfig:
     scheduler: str = "asha"        # asha | none (benchmarks)
     log_best_model: bool = True
     final_test: bool = True        # score the chosen trial's model on the test split, once
+    objective: str = "es_auc"      # es_auc | pareto | constrained (search/objectives.py)
+    min_auc_drop: float | None = None   # constrained (and the confirmation's AUC floor)
+    finalists: int = 3             # 0: no confirmation stage (the best search trial is tested)
+    confirm_seeds: int = 3
+    register_name: str = ""        # "" -> multifair-<dataset>-<attribute>
+    figures: bool = True
     verbose: int = 1
     test_hooks: dict = field(default_factory=dict)             # see docs/search.md
 
@@ -60,8 +66,11 @@ class SearchConfig:
         self.name = self.name or f"{self.dataset}-{self.attribute}-{self.mode}"
         if not self.storage_path.startswith(("s3://", "gs://")):
             self.storage_path = str(Path(self.storage_path).expanduser().resolve())
-        if self.grace_period > self.max_epochs:
-            raise ValueError(f"--grace-period {self.grace_period} exceeds --max-epochs {self.max_epochs}")
+        self.register_name = self.register_name or f"multifair-{self.dataset}-{self.attribute}"
+        check(self)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
     @property
     def results_dir(self) -> Path:
@@ -73,6 +82,35 @@ class SearchConfig:
     @property
     def study_dir(self) -> str:
         return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+
+class BadFlag(ValueError):
+    """A search flag that cannot work: one line naming the flag and the fix."""
+
+
+def check(scfg: SearchConfig) -> None:
+    from search.objectives import OBJECTIVES
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise BadFlag(message)
+
+    need(scfg.num_samples >= 1, f"--num-samples {scfg.num_samples}: give at least 1 trial")
+    need(scfg.max_epochs >= 1, f"--max-epochs {scfg.max_epochs}: give at least 1 epoch")
+    need(scfg.grace_period >= 1, f"--grace-period {scfg.grace_period}: give at least 1 epoch")
+    need(scfg.grace_period <= scfg.max_epochs or scfg.scheduler == "none",
+         f"--max-epochs {scfg.max_epochs} is below the ASHA --grace-period {scfg.grace_period}: "
+         f"raise --max-epochs or pass --grace-period {scfg.max_epochs}")
+    need(scfg.reduction_factor >= 2, f"--reduction-factor {scfg.reduction_factor}: must be 2 or more")
+    need(scfg.objective in OBJECTIVES, f"--objective {scfg.objective}: choose one of {', '.join(OBJECTIVES)}")
+    need(scfg.objective != "constrained" or scfg.min_auc_drop is not None,
+         "--objective constrained needs --min-auc-drop X (AUC may fall at most X below plain fusion's)")
+    need(scfg.min_auc_drop is None or 0 <= scfg.min_auc_drop < 1,
+         f"--min-auc-drop {scfg.min_auc_drop}: give an AUC difference in [0, 1), e.g. 0.01")
+    need(scfg.finalists >= 0, f"--finalists {scfg.finalists}: give 0 (no confirmation) or more")
+    need(scfg.confirm_seeds >= 1, f"--confirm-seeds {scfg.confirm_seeds}: give at least 1 seed (2+ for intervals)")
+    need(scfg.cpus_per_trial > 0, f"--cpus-per-trial {scfg.cpus_per_trial}: must be positive")
+    need(scfg.max_failures >= 0, f"--max-failures {scfg.max_failures}: must be 0 or more")
 
 
 # -- command line ---------------------------------------------------------------------------
@@ -93,6 +131,16 @@ def parse_args(dataset: str, attribute: str, baseline: dict | None, argv=None) -
     add("--cpus-per-trial", type=float, default=defaults.cpus_per_trial)
     add("--gpus-per-trial", type=float, default=defaults.gpus_per_trial, help="fractions allowed")
     add("--max-failures", type=int, default=defaults.max_failures, help="retries per trial")
+    add("--objective", default=defaults.objective, choices=["es_auc", "pareto", "constrained"],
+        help="es_auc: max validation ES-AUC; pareto: front over (AUC, ES-AUC); constrained: max "
+             "ES-AUC with AUC >= plain fusion's - --min-auc-drop")
+    add("--min-auc-drop", type=float, default=None, help="AUC floor below plain fusion (constrained; "
+        "also applied when choosing among the confirmed finalists)")
+    add("--finalists", type=int, default=defaults.finalists, help="configurations re-trained with "
+        "fresh seeds, plus the paper's point and plain fusion (0: skip)")
+    add("--confirm-seeds", type=int, default=defaults.confirm_seeds, help="seeds per finalist")
+    add("--register-name", default="", help="registered model name (default multifair-<dataset>-<attribute>)")
+    add("--no-figures", dest="figures", action="store_false", help="skip the sensitivity figures")
     add("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI or sqlite under --storage-path")
     add("--no-tracking", action="store_true", help="skip MLflow; fill it later with search.relog")
     add("--experiment", default="", help="MLflow experiment name")
@@ -114,8 +162,8 @@ def parse_args(dataset: str, attribute: str, baseline: dict | None, argv=None) -
 def main(dataset: str, attribute: str, baseline: dict | None = None, argv=None) -> int:
     from search.tracking import TrackingUnavailable
 
-    scfg = parse_args(dataset, attribute, baseline, argv)
     try:
+        scfg = parse_args(dataset, attribute, baseline, argv)
         outcome = run_search(scfg)
     except (StudyExists, TrackingUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -193,62 +241,87 @@ def max_concurrent(scfg: SearchConfig) -> int:
     return max(1, min(fits, scfg.num_samples))
 
 
-def make_searcher(scfg: SearchConfig):
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    if scfg.searcher == "random":
-        sampler = optuna.samplers.RandomSampler(seed=scfg.seed)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=scfg.seed, multivariate=True, constant_liar=True)
-    # metric/mode belong to TuneConfig only (stack.md); the paper's point is evaluated first.
-    return OptunaSearch(sampler=sampler, points_to_evaluate=[dict(scfg.baseline)])
-
-
-def make_scheduler(scfg: SearchConfig):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    if scfg.scheduler == "none":
-        return FIFOScheduler()
-    return ASHAScheduler(time_attr="training_iteration", max_t=scfg.max_epochs,
-                         grace_period=scfg.grace_period, reduction_factor=scfg.reduction_factor)
-
-
 def run_search(scfg: SearchConfig) -> SearchOutcome:
-    from ray import tune
-
-    from search import tracking
-    from search.trainable import train_trial
+    """Prepare (store, data, Ray) -> search -> summarise -> decide (confirm, test, register,
+    figures, report). Each stage is its own module."""
+    from search import study
+    from search.decide import decide
 
     started = time.time()
+    tracker, setup, cfg = prepare_study(scfg)
+    auc_floor = None
+    if scfg.objective == "constrained":
+        from search.objectives import reference_auc
+
+        setup["reference_auc"] = setup.get("reference_auc") or reference_auc(cfg)
+        auc_floor = setup["reference_auc"] - scfg.min_auc_drop
+        print(f"[search] plain fusion's validation AUC {setup['reference_auc']:.4f}: AUC floor "
+              f"{auc_floor:.4f}", flush=True)
+    if not scfg.resume:
+        study.write_study(scfg.study_dir, scfg.to_dict(), setup)
+    results, tracker = search_stage(scfg, setup, tracker, auc_floor)
+    confirming = scfg.finalists > 0
+    outcome = summarize_results(scfg, results, tracker, time.time() - started, test_best=not confirming)
+    if not outcome.interrupted and outcome.best is not None:
+        outcome.decision = decide(scfg, setup, outcome.trials, tracker, auc_floor)
+    outcome.wall_s = time.time() - started
+    if tracker is not None:
+        tracker.end_study("KILLED" if outcome.interrupted else "FINISHED",
+                          tags={"interrupted": str(outcome.interrupted).lower(),
+                                "trials_stopped_early": outcome.stopped_early,
+                                "trials_failed": outcome.failed,
+                                "best_trial_id": (outcome.best or {}).get("trial_id", ""),
+                                "chosen": _chosen_label(outcome)})
+    return outcome
+
+
+def _chosen_label(outcome) -> str:
+    return ((outcome.decision or {}).get("confirmation") or {}).get("choice", {}).get("label", "")
+
+
+def prepare_study(scfg: SearchConfig):
+    """Refuse to overwrite, open the tracking store, data, Ray; returns (tracker, setup, cfg)."""
+    from ray import tune
+
+    from search import study, tracking
+
     scfg.results_dir.mkdir(parents=True, exist_ok=True)
+    # Tune warns on every forced snapshot (num_to_keep=1 forces one per checkpoint): by design here
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     exists = tune.Tuner.can_restore(scfg.study_dir)
     if exists and not scfg.resume:
         raise StudyExists(f"a study named {scfg.name!r} already exists at {scfg.study_dir}: add "
                           "--resume to continue it, or pick another --name")
     if scfg.resume and not exists:
         raise StudyExists(f"nothing to resume at {scfg.study_dir}")
-
     tracker = None
     if not scfg.no_tracking:
         uri = scfg.tracking_uri or tracking.default_tracking_uri(scfg.results_dir)
         tracking.check_tracking_uri(uri)
         tracker = tracking.StudyTracker(uri, scfg.experiment, scfg.study_dir,
                                         artifact_root=str(scfg.results_dir / "mlartifacts"))
-
     synthetic = None if scfg.data_root else generate_data(scfg)
     cfg = base_config(scfg)
     from trainer.data import prepare
 
     prepared = prepare(cfg)   # audit + cache, once on this machine; trials find the cache built
     init_ray(scfg)
-
     if scfg.resume:
-        setup = read_study_file(scfg.study_dir)["setup"]   # the study's own constants, not today's flags
+        setup = study.read_study(scfg.study_dir)["setup"]   # the study's own constants, not today's flags
     else:
         setup = {"base": cfg.to_dict(), "synthetic": synthetic,
                  "test_hooks": {**scfg.test_hooks, "baseline": dict(scfg.baseline)}}
-        write_study_file(scfg, setup)
+    return tracker, setup, cfg
+
+
+def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor):
+    """The Optuna/ASHA Tune run (new or resumed); returns Tune's ResultGrid and the tracker
+    (a resumed study's own)."""
+    from ray import tune
+
+    from search import study
+    from search.trainable import train_trial
+
     trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup),
                                     {"cpu": scfg.cpus_per_trial, "gpu": scfg.gpus_per_trial})
     if scfg.resume:
@@ -257,73 +330,44 @@ def run_search(scfg: SearchConfig) -> SearchOutcome:
         callback = _find_callback(tuner)   # the study's own tracker (same store, same parent run)
         tracker = callback.tracker if callback else tracker
     if tracker is not None:
-        tracker.start_study(tags=study_tags(scfg), params=study_params(scfg))
+        from search.tracking import git_commit
+
+        tracker.start_study(tags=study.study_tags(scfg.to_dict(), git_commit()),
+                            params=study.study_params(scfg.to_dict()))
         tracker.log_card(prepared["card_path"])   # the dataset card: aggregate counts only
         print(f"[search] MLflow: {tracker.tracking_uri} experiment {tracker.experiment_id} "
               f"parent run {tracker.parent_run_id}", flush=True)
     if not scfg.resume:
-        tuner = _new_tuner(scfg, setup, trainable, tracker)
-
-    results = tuner.fit()
-    outcome = summarize_results(scfg, results, tracker, time.time() - started)
-    if tracker is not None:
-        tracker.end_study("KILLED" if outcome.interrupted else "FINISHED",
-                          tags={"interrupted": str(outcome.interrupted).lower(),
-                                "trials_stopped_early": outcome.stopped_early,
-                                "trials_failed": outcome.failed,
-                                "best_trial_id": (outcome.best or {}).get("trial_id", "")})
-    return outcome
+        tuner = _new_tuner(scfg, setup, trainable, tracker, auc_floor)
+    return tuner.fit(), tracker
 
 
-STUDY_FILE = "study.json"
-
-
-def write_study_file(scfg: SearchConfig, setup: dict) -> None:
-    """The study's search settings and trial constants, next to Tune's own state (relog and
-    resume read it; works for local folders and s3://)."""
-    import pyarrow.fs
-
-    from trainer.jsonout import dumps
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(scfg.study_dir)
-    fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(f"{path}/{STUDY_FILE}") as f:
-        f.write(dumps({"search": dataclasses.asdict(scfg), "setup": setup}, indent=1).encode())
-
-
-def read_study_file(study_dir: str) -> dict:
-    import json
-
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(study_dir)
-    with fs.open_input_stream(f"{path}/{STUDY_FILE}") as f:
-        return json.loads(f.read().decode())
-
-
-def _new_tuner(scfg, setup, trainable, tracker):
+def _new_tuner(scfg, setup, trainable, tracker, auc_floor):
     from ray import tune
 
+    from search import objectives, study
     from search.progress import ProgressCallback
     from search.space import param_space
-    from search.tracking import MLflowTrialCallback
-    from search.trainable import METRIC, MODE, trial_dirname
+    from search.tracking import MLflowTrialCallback, git_commit
+    from search.trainable import trial_dirname
 
     callbacks = [ProgressCallback(scfg.max_epochs)]
     if tracker is not None:
-        callbacks.append(MLflowTrialCallback(tracker, scfg.max_epochs, study_tags(scfg), setup["base"]))
+        tags = study.study_tags(scfg.to_dict(), git_commit())
+        callbacks.append(MLflowTrialCallback(tracker, scfg.max_epochs, tags, setup["base"]))
     return tune.Tuner(
         trainable, param_space=param_space(scfg.mode),
-        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=make_searcher(scfg),
-                                    scheduler=make_scheduler(scfg), num_samples=scfg.num_samples,
+        tune_config=tune.TuneConfig(**objectives.tune_metric(scfg),
+                                    search_alg=objectives.make_searcher(scfg, auc_floor),
+                                    scheduler=objectives.make_scheduler(scfg), num_samples=scfg.num_samples,
                                     max_concurrent_trials=max_concurrent(scfg),
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=scfg.name, storage_path=scfg.storage_path, callbacks=callbacks, verbose=scfg.verbose,
             failure_config=tune.FailureConfig(max_failures=scfg.max_failures),
             # the best epoch's checkpoint is kept (for the model) and Tune keeps the latest (resume)
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
-                                                    checkpoint_score_order=MODE)))
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=study.METRIC,
+                                                    checkpoint_score_order="max")))
 
 
 def _find_callback(tuner):
@@ -334,23 +378,3 @@ def _find_callback(tuner):
         if isinstance(cb, MLflowTrialCallback):
             return cb
     return None
-
-
-def study_tags(scfg: SearchConfig) -> dict[str, str]:
-    from search.tracking import git_commit
-
-    return {"dataset": scfg.dataset, "attribute": scfg.attribute, "mode": scfg.mode,
-            "seed": str(scfg.seed), "git_commit": git_commit(), "preset": scfg.preset,
-            "searcher": scfg.searcher, "scheduler": scfg.scheduler}
-
-
-def study_params(scfg: SearchConfig) -> dict[str, str]:
-    keep = ("num_samples", "max_epochs", "grace_period", "reduction_factor", "cpus_per_trial",
-            "gpus_per_trial", "max_failures", "seed", "searcher", "scheduler", "preset", "mode")
-    params = {k: str(getattr(scfg, k)) for k in keep}
-    params.update({f"range.{k}": f"[{r.low}, {r.high}]{' log' if r.log else ''}" for k, r in RANGES.items()
-                   if k in hyperparameters(scfg.mode)})
-    params.update({f"baseline.{k}": str(v) for k, v in scfg.baseline.items()})
-    return params
-
-

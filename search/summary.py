@@ -4,9 +4,10 @@ logged to MLflow, and the summary printed at the end."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from search import study
 from search.space import RANGES
 
 
@@ -22,49 +23,44 @@ class SearchOutcome:
     experiment_id: str | None
     parent_run_id: str | None
     best_run_id: str | None
+    trials: list = field(default_factory=list)      # search.study.trial_record dicts
+    decision: dict | None = None                    # search.decide: front, confirmation, test
 
 
 def select_best(trials: list[dict], max_epochs: int) -> dict | None:
     """Best validation ES-AUC (best epoch) among trials that trained all epochs; when none did,
-    among all trials (flagged full=False). The rule is search.analysis's deployment pick.
-    `trials`: dicts with trial_id, config, history (per-epoch result rows), status."""
-    from search.analysis import best_epoch, pick_deployment
-    from search.trainable import METRIC
-
-    records = [{**t, "rows": t["history"],
-                "history": {int(r.get("epoch", 0)): r[METRIC] for r in t["history"]
-                            if isinstance(r.get(METRIC), (int, float))}} for t in trials]
+    among all trials (flagged full=False). `trials`: search.study.trial_record dicts."""
     for full in (True, False):
-        pick = pick_deployment(records, max_epochs if full else 0)
-        if pick is None:
+        pool = study.full_length(trials, max_epochs if full else 0)
+        if not pool:
             continue
-        t = pick[0]
-        epoch, _ = best_epoch(t["history"])
-        row = next(r for r in t["rows"] if int(r.get("epoch", 0)) == epoch)
+        t = max(pool, key=lambda t: t["val"]["es_auc"])
         return {"trial_id": t["trial_id"], "config": {k: v for k, v in t["config"].items() if k in RANGES},
-                "val": {k: v for k, v in row.items() if k.startswith("val/")} | {METRIC: row[METRIC]},
-                "epoch": epoch, "full": full, "path": t.get("path")}
+                "val": t["val"], "epoch": t["best_epoch"], "full": full, "path": t.get("path")}
     return None
 
 
 def trials_from_results(results) -> list[dict]:
-    """Per trial: id, config, per-epoch history, epochs, status (FINISHED / FAILED / UNFINISHED)."""
+    """Per trial: search.study.trial_record plus path, Tune result and status (FINISHED /
+    FAILED / UNFINISHED)."""
     tune_status = {t.trial_id: t.status for t in getattr(results._experiment_analysis, "trials", [])}
     out = []
     for r in results:
         trial_id = Path(r.path).name.removeprefix("trial_")
         df = r.metrics_dataframe   # None for a trial that never reported
-        history = df.to_dict("records") if df is not None and len(df) else []
+        rows = df.to_dict("records") if df is not None and len(df) else []
         status = tune_status.get(trial_id, "ERROR" if r.error else "TERMINATED")
-        out.append({"trial_id": trial_id, "config": r.config, "history": history, "path": r.path,
-                    "epochs": max((int(h.get("epoch", 0)) for h in history), default=0),
-                    "status": {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(status, "UNFINISHED"),
-                    "result": r})
+        out.append(study.trial_record(
+            trial_id, r.config, rows, {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(status, "UNFINISHED"),
+            path=r.path, result=r))
     return out
 
 
-def summarize_results(scfg, results, tracker, wall_s) -> SearchOutcome:
-    from search.trainable import METRIC, MODE
+def summarize_results(scfg, results, tracker, wall_s, test_best: bool = True) -> SearchOutcome:
+    """Trial records, the best search trial, counts. With test_best (no confirmation stage) the
+    best trial's model is logged and scored on the test split; else search.decide does that for
+    the confirmed pick."""
+    METRIC, MODE = study.METRIC, "max"
 
     trials = trials_from_results(results)
     best = select_best(trials, scfg.max_epochs)
@@ -76,18 +72,18 @@ def summarize_results(scfg, results, tracker, wall_s) -> SearchOutcome:
     if best is not None:
         result = next(t["result"] for t in trials if t["trial_id"] == best["trial_id"])
         ckpt = result.get_best_checkpoint(METRIC, MODE) or result.checkpoint
-    if tracker is not None and best is not None:
+    if tracker is not None and best is not None and test_best:
         best_run_id = tracker._children.get(best["trial_id"]) or _lookup_child(tracker, best["trial_id"])
         if scfg.log_best_model and best_run_id and ckpt is not None:
             with ckpt.as_directory() as d:
                 tracker.log_model(best_run_id, d)
             tracker.client.set_tag(best_run_id, "best_trial", "true")
-    if best is not None and scfg.final_test and ckpt is not None:
+    if best is not None and scfg.final_test and ckpt is not None and test_best:
         best["test"] = final_test(ckpt, tracker, best_run_id)
     return SearchOutcome(results, best, stopped, failed, wall_s, interrupted,
                          tracker.tracking_uri if tracker else None,
                          tracker.experiment_id if tracker else None,
-                         tracker.parent_run_id if tracker else None, best_run_id)
+                         tracker.parent_run_id if tracker else None, best_run_id, trials)
 
 
 def final_test(ckpt, tracker, best_run_id) -> dict:
@@ -116,6 +112,44 @@ def _lookup_child(tracker, trial_id):
     return found[0].info.run_id if found else None
 
 
+AT_HALF = "  (threshold 0.5: 0 can mean no sample above 0.5)"
+
+
+def _ci(row: dict, key: str) -> str:
+    return f"{row[key]:+.4f} [{row[key + '_lo']:+.4f}, {row[key + '_hi']:+.4f}]"
+
+
+def print_decision(d: dict) -> None:
+    """The front, the confirmation and the paired test, a few lines each."""
+    front = d.get("front", [])
+    print(f"Pareto front (validation AUC, ES-AUC; full-length trials): {len(front)} trial(s)")
+    for t in front[:6]:
+        print(f"  {t['trial_id']:14s} auc {t['auc']:.4f}  es_auc {t['es_auc']:.4f}")
+    conf = d.get("confirmation")
+    if conf:
+        print(f"confirmation ({len(conf['seeds'])} fresh seeds each; mean ± sd of validation):")
+        for label, st in conf["stats"].items():
+            mark = "  <- chosen" if label == conf["choice"]["label"] else ""
+            print(f"  {label:22s} auc {st['auc']:.4f} ± {st['auc_std']:.4f}  "
+                  f"es_auc {st['es_auc']:.4f} ± {st['es_auc_std']:.4f}{mark}")
+        print(f"  rule: {conf['choice']['rule']}")
+        if conf["choice"]["fell_back_to_baseline"]:
+            print("  no MultiFair candidate cleared the rule: plain fusion is deployed")
+    test = d.get("test")
+    if test:
+        print(f"test split, once: chosen - plain fusion, paired bootstrap over {test['n_test']} samples "
+              f"({test['n_resamples']} resamples, 95% interval):")
+        for k in ("auc", "es_auc", "worst_group_auc"):
+            print(f"  {k:16s} chosen {test[k]['chosen']:.4f}  plain fusion {test[k]['baseline']:.4f}  "
+                  f"difference {_ci(test[k], 'diff')}")
+    for k, v in (d.get("thresholded") or {}).items():
+        print(f"  chosen run's {k} {v:.4f} (threshold chosen on validation)")
+    if d.get("registered"):
+        print(f"registered {d['registered']['uri']} (version {d['registered']['version']})")
+    if d.get("report"):
+        print(f"report: {d['report']}")
+
+
 def print_summary(scfg: SearchConfig, o: SearchOutcome) -> None:
     from search.tracking import ui_hint
 
@@ -133,21 +167,25 @@ def print_summary(scfg: SearchConfig, o: SearchOutcome) -> None:
         print("no trial produced a validation metric")
     else:
         scope = "among trials that trained all epochs" if o.best["full"] else "(no trial trained all epochs)"
-        print(f"best configuration {scope}: trial {o.best['trial_id']}, epoch {o.best['epoch']}")
+        one_seed = " (one seed; the confirmation below decides)" if o.decision and o.decision.get("confirmation") else ""
+        print(f"best configuration {scope}: trial {o.best['trial_id']}, epoch {o.best['epoch']}{one_seed}")
         for k, v in o.best["config"].items():
             print(f"  {k:10s} {v:.6g}")
         print("validation metrics:")
         for k, v in sorted(o.best["val"].items()):
-            print(f"  {k:24s} {v:.4f}")
+            print(f"  {k:30s} {v:.4f}{AT_HALF if k in ('val/dpd', 'val/deodds') else ''}")
         if o.best.get("test"):
             t = o.best["test"]
             print("test split (scored once, bootstrap mean ± std): " + ", ".join(
                 f"{k} {t[f'test/{k}']:.4f} ± {t.get(f'test/{k}_std', float('nan')):.4f}"
                 for k in ("auc", "es_auc", "dpd", "deodds") if f"test/{k}" in t))
+    if o.decision:
+        print_decision(o.decision)
     if o.tracking_uri:
         command, url = ui_hint(o.tracking_uri, o.experiment_id)
+        deployed = ((o.decision or {}).get("deployed_run") or {}).get("run_id") or o.best_run_id
         print(f"MLflow: experiment id {o.experiment_id}, parent run id {o.parent_run_id}, "
-              f"best trial run id {o.best_run_id}")
+              f"chosen run id {deployed}")
         print(f"open the UI:  {command}\n  runs table: {url}")
     else:
         print(f"MLflow was skipped: python -m search.relog --results {scfg.study_dir} --tracking-uri URI")

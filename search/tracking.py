@@ -7,6 +7,7 @@ hyperparameters and the configuration are logged, never patient content.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import subprocess
@@ -64,7 +65,8 @@ def ui_hint(uri: str, experiment_id: str) -> tuple[str, str]:
     else:
         server = "http://127.0.0.1:5000"
         command = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"  # loopback
-    return command, f"{server}/#/experiments/{experiment_id}/runs"
+    # the workflowType parameter lands a fresh browser on "Training runs", not GenAI (stack.md)
+    return command, f"{server}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 def git_commit() -> str:
@@ -88,8 +90,10 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
 
 
 def trial_params(config: dict, base: dict) -> dict[str, str]:
-    """Child-run params: the mode's searched hyperparameters plus the fixed configuration (base.*)."""
+    """Child-run params: the mode's searched hyperparameters plus the fixed configuration (base.*);
+    in the confirmation stage the candidate's mode and seed replace the base's."""
     params = {name: str(value) for name, value in config.items() if name in RANGES}
+    base = {**base, **{k: config[k] for k in ("mode", "seed") if k in config}}   # confirmation
     params.update(_flatten({k: v for k, v in base.items() if k not in params}, "base."))
     return params
 
@@ -141,6 +145,9 @@ class StudyTracker:
             self.experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id
+        # without it MLflow 3 opens the experiment on its GenAI overview (traces, tokens)
+        self.client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind",
+                                       "custom_model_development")
         found = self._search(f"tags.study_dir = '{self.study_dir}' and tags.run_kind = 'study'")
         if found:
             self.parent_run_id = found[0].info.run_id
@@ -164,8 +171,10 @@ class StudyTracker:
         self.client.set_terminated(self.parent_run_id, status=status)
 
     # -- children -------------------------------------------------------------
-    def child(self, trial_id: str, config: dict, tags: dict[str, str], base: dict) -> str:
-        """The child run of a trial: found by tag, created (with params) when absent."""
+    def child(self, trial_id: str, config: dict, tags: dict[str, str], base: dict,
+              run_name: str | None = None) -> str:
+        """The child run of a trial: found by tag, created (with params) when absent. Default
+        name: mode and trial id, e.g. `full-3f2a1_00004`."""
         if trial_id in self._children:
             return self._children[trial_id]
         found = self._search(f"tags.study_dir = '{self.study_dir}' and tags.trial_id = '{trial_id}'")
@@ -175,8 +184,9 @@ class StudyTracker:
             self._logged_step[run_id] = max((m.step for m in history), default=0)
         else:
             run = self.client.create_run(
-                self.experiment_id, run_name=f"trial_{trial_id}",
-                tags={**tags, "mlflow.parentRunId": self.parent_run_id, "run_kind": "trial",
+                self.experiment_id, run_name=run_name or f"{tags.get('mode', 'trial')}-{trial_id}",
+                tags={**tags, "mlflow.parentRunId": self.parent_run_id,
+                      "run_kind": tags.get("run_kind", "trial"),
                       "trial_id": trial_id, "study_dir": self.study_dir})
             run_id = run.info.run_id
             self._log_params(run_id, trial_params(config, base))
@@ -205,8 +215,9 @@ class StudyTracker:
             self.client.set_tag(run_id, k, str(v))
         self.client.set_terminated(run_id, status=status)
 
-    def log_model(self, run_id: str, checkpoint_dir: str) -> None:
-        """Log the trial's model weights (pickled module: the fused model takes a dict)."""
+    def log_model(self, run_id: str, checkpoint_dir: str, signature=None, metadata=None) -> str:
+        """Log the trial's model weights (pickled module: the fused model takes a dict); returns
+        the model URI. `metadata` (e.g. the trainer config) is stored in the MLmodel file."""
         import mlflow
         import mlflow.pytorch
         import torch
@@ -215,11 +226,21 @@ class StudyTracker:
 
         model = load_model(checkpoint_dir)
         mlflow.set_tracking_uri(self.tracking_uri)
+        # pickle is deliberate (the fused model takes a dict; stack.md): its warning is noise here
+        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
         with mlflow.start_run(run_id=run_id):
-            mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
-                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                                                       "multifair-tune"])
+            info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
+                                            signature=signature, metadata=metadata,
+                                            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                                              "multifair-tune"])
         self.client.set_tag(run_id, "model_logged", "true")
+        return info.model_uri
+
+    def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, path, artifact_path)
+
+    def log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, local_dir, artifact_path)
 
     # -- helpers --------------------------------------------------------------
     def _search(self, filter_string: str):
@@ -237,13 +258,23 @@ class StudyTracker:
 class MLflowTrialCallback(Callback):
     """Driver-side Tune callback: child run per trial under the study's parent run."""
 
-    def __init__(self, tracker: StudyTracker, max_epochs: int, trial_tags: dict[str, str], base: dict):
+    def __init__(self, tracker: StudyTracker, max_epochs: int, trial_tags: dict[str, str], base: dict,
+                 candidates: dict | None = None, stage: str = "confirm"):
         self.tracker, self.max_epochs, self.trial_tags, self.base = tracker, max_epochs, trial_tags, base
+        self.candidates = candidates or {}   # confirm / sweep stage: label -> hyperparameters + mode
+        self.stage = stage
         self.retries: dict[str, int] = {}
         self.epochs: dict[str, int] = {}
 
     def _run(self, trial) -> str:
-        return self.tracker.child(trial.trial_id, trial.config, self.trial_tags, self.base)
+        config, tags, name = trial.config, self.trial_tags, None
+        if "candidate" in config:     # confirm / sweep trial: `<stage>-<candidate>-seed<s>`
+            cand = self.candidates[config["candidate"]]
+            config = {**cand, "seed": config["seed"]}
+            tags = {**tags, "mode": cand["mode"], "seed": str(config["seed"]),
+                    "candidate": trial.config["candidate"]}
+            name = f"{self.stage}-{trial.config['candidate']}-seed{config['seed']}"
+        return self.tracker.child(trial.trial_id, config, tags, self.base, run_name=name)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run(trial)

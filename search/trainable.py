@@ -26,13 +26,22 @@ class DeliberateTrialFailure(RuntimeError):
     """Raised by the fail_baseline_trial test hook."""
 
 
+def resolve(config: dict, setup: dict) -> dict:
+    """A trial's hyperparameters: sampled (search), or a named candidate of the confirmation
+    stage ({"candidate": label, "seed": s} -> the candidate's hyperparameters, mode and seed)."""
+    if "candidate" in config:
+        return {**setup["candidates"][config["candidate"]], "seed": int(config["seed"])}
+    return dict(config)
+
+
 def trial_config(config: dict, base: dict):
-    """The TrainConfig of a trial: fixed base + the mode's sampled hyperparameters, test split
-    untouched."""
+    """The TrainConfig of a trial: fixed base + the mode's hyperparameters (+ mode and seed in the
+    confirmation stage), test split untouched."""
     from trainer.config import config_from_dict
 
     base = dict(base)
-    base.update({name: float(config[name]) for name in hyperparameters(base["mode"])})
+    base.update({k: config[k] for k in ("mode", "seed") if k in config})
+    base.update({name: float(config[name]) for name in RANGES if name in config})
     base["evaluate_test"] = False   # the test split is touched once, for the chosen config
     return config_from_dict(base)
 
@@ -72,6 +81,7 @@ def train_trial(config: dict, setup: dict) -> None:
 
     from trainer.loop import fit
 
+    config = resolve(config, setup)
     cfg = trial_config(config, setup["base"])
     ensure_data(cfg, setup.get("synthetic"))
     hooks = setup.get("test_hooks") or {}

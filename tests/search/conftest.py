@@ -44,7 +44,8 @@ def search_config(data_root):
                       num_samples=4, max_epochs=3, grace_period=1, reduction_factor=2,
                       max_concurrent=2, cpus_per_trial=1, max_failures=1,
                       storage_path=str(tmp_path / "results"), log_best_model=True, verbose=0,
-                      tracking_uri="sqlite:///" + str(tmp_path / "mlflow.db"))
+                      tracking_uri="sqlite:///" + str(tmp_path / "mlflow.db"),
+                      finalists=0, figures=False)   # the confirmation stage has its own test
         fields.update(kw)
         return SearchConfig(**fields)
 

@@ -94,7 +94,7 @@ def test_failing_trial_is_retried_then_failed_and_study_finishes(ray_session, se
 
 def run_script(folder: Path, *args, wait=True):
     cmd = [sys.executable, "fairvision_gender.py", "--local", "--num-cpus", "2", "--preset", "tiny",
-           "--cpus-per-trial", "1", *args]
+           "--cpus-per-trial", "1", "--finalists", "0", "--no-figures", *args]   # test_deploy has those
     proc = subprocess.Popen(cmd, cwd=folder, env=subprocess_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     if wait:

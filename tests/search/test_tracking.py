@@ -34,7 +34,7 @@ def test_default_tracking_uri_is_absolute_and_env_wins(tmp_path, monkeypatch):
     assert uri == f"sqlite:///{tmp_path}/results/mlflow.db" and uri.startswith("sqlite:////")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example:5000")
     assert default_tracking_uri(tmp_path) == "http://example:5000"
-    assert ui_hint("http://h:5000", "3")[1] == "http://h:5000/#/experiments/3/runs"
+    assert ui_hint("http://h:5000", "3")[1] == "http://h:5000/#/experiments/3?workflowType=machine_learning"
 
 
 def test_unreachable_server_stops_before_the_search(tmp_path, capsys):

@@ -1,0 +1,103 @@
+"""After the search: finalists -> confirmation (Tune) -> test split once (paired against plain
+fusion) -> registry -> figures -> report, all written through search.study and logged to the
+study's MLflow run. Returns the decision dict (also `decision.json` in the study folder)."""
+from __future__ import annotations
+
+import math
+
+from search import study as S
+
+THRESHOLDED = ("val/dpd_at_val_threshold", "val/deodds_at_val_threshold")
+
+
+def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | None) -> dict:
+    from search import confirm, objectives
+
+    search = scfg.to_dict()
+    full = S.full_length(trials, scfg.max_epochs)
+    front = objectives.front(full)
+    decision = {"objective": scfg.objective, "auc_floor_search": auc_floor,
+                "space": {k: str(v) for k, v in S.space_summary().items()},
+                "front": [{"trial_id": t["trial_id"], "auc": t["val"]["auc"], "es_auc": t["val"]["es_auc"],
+                           "params": t["params"]} for t in front]}
+    if scfg.data_root:
+        from search.report import data_fingerprint
+
+        decision["data_fingerprint"] = data_fingerprint(scfg.data_root)
+    if scfg.finalists > 0 and full:
+        finals = objectives.finalists(scfg, full, auc_floor, scfg.finalists)
+        conf = confirm.run_confirmation(scfg, setup, finals, tracker)
+        decision["confirmation"] = {k: conf[k] for k in ("candidates", "stats", "seeds", "choice")}
+        _test_and_register(scfg, conf, tracker, decision)
+    _figures_and_report(scfg, search, trials, full, tracker, decision)
+    S.write_json(scfg.study_dir, S.DECISION_FILE, decision)
+    return decision
+
+
+def _test_and_register(scfg, conf: dict, tracker, decision: dict) -> None:
+    from search.confirm import BASELINE, seed_run
+    from search.paired import run_paired_test
+
+    label = conf["choice"]["label"]
+    chosen, base = seed_run(conf, label), seed_run(conf, BASELINE)
+    if chosen is None or base is None:
+        return
+    decision["deployed_run"] = {"candidate": label, "seed": chosen["seed"], "run_id": chosen["run_id"]}
+    # thresholded fairness at the validation-chosen threshold, once the trainer reports it
+    decision["thresholded"] = {k: chosen["val"][k] for k in THRESHOLDED if k in chosen["val"]}
+    if label != BASELINE and scfg.final_test:   # --no-final-test: the driver cannot read the data
+        test = run_paired_test(base["checkpoint"], chosen["checkpoint"], n=1000, seed=scfg.seed)
+        decision["test"] = test
+        if tracker is not None:
+            _log_test(tracker, [chosen["run_id"], tracker.parent_run_id], test)
+    if tracker is not None and chosen["run_id"] and scfg.register_name:
+        tags = {**{f"hp.{k}": v for k, v in conf["candidates"][label].items()},
+                **{f"test.{k}": v for k, v in _flat_test(decision.get("test", {})).items()},
+                "data_fingerprint": decision.get("data_fingerprint", ""), "report": "report/report.html",
+                "study_run_id": tracker.parent_run_id}
+        from search.registry import register
+
+        with chosen["checkpoint"].as_directory() as d:
+            decision["registered"] = register(tracker, chosen["run_id"], d, scfg.register_name, tags)
+
+
+def _flat_test(test: dict) -> dict[str, float]:
+    out = {}
+    for key, row in test.items():
+        if isinstance(row, dict) and "diff" in row:
+            out[key] = row["chosen"]
+            out[f"{key}_lo"], out[f"{key}_hi"] = row["chosen_lo"], row["chosen_hi"]
+            out[f"{key}_baseline"] = row["baseline"]
+            out[f"{key}_diff"], out[f"{key}_diff_lo"], out[f"{key}_diff_hi"] = row["diff"], row["diff_lo"], row["diff_hi"]
+    return out
+
+
+def _log_test(tracker, run_ids, test: dict) -> None:
+    """test/<metric> (point value on the whole test split), _lo/_hi, and paired differences."""
+    metrics = {f"test/{k}": v for k, v in _flat_test(test).items() if math.isfinite(v)}
+    for run_id in filter(None, run_ids):
+        for k, v in metrics.items():
+            tracker.client.log_metric(run_id, k, float(v))
+
+
+def _figures_and_report(scfg, search, trials, full, tracker, decision) -> None:
+    from search.figures import search_figures
+    from search.report import render
+    from search.tracking import git_commit
+
+    out = S.local_dir(search)
+    decision["figures"] = {}
+    files = []
+    if scfg.figures:
+        fig = search_figures(trials, full, scfg.grace_period, out / "figures")
+        files = fig["files"]
+        decision["figures"] = {"epoch": fig["epoch"], "importance": fig["importance"],
+                               "files": [str(f) for f in files]}
+    report = out / "report.html"
+    report.write_text(render(search, decision, files, full, git_commit()))
+    decision["report"] = str(report)
+    if tracker is not None:
+        if files:
+            tracker.log_artifacts(tracker.parent_run_id, str(out / "figures"), "figures")
+        for run_id in filter(None, (tracker.parent_run_id, (decision.get("deployed_run") or {}).get("run_id"))):
+            tracker.log_artifact(run_id, str(report), "report")

@@ -1,0 +1,98 @@
+"""What the search optimises: `--objective es_auc | pareto | constrained`.
+
+- es_auc: maximise validation ES-AUC (single objective, as before).
+- pareto: Optuna multi-objective over validation (AUC, ES-AUC); the study's best_trials are the
+  Pareto front. metric/mode go to OptunaSearch and ASHA themselves, NOT to TuneConfig (which
+  would silently make the study single-objective, docs/stack.md).
+- constrained: maximise ES-AUC subject to AUC >= reference AUC - --min-auc-drop, with Optuna's
+  constraint support (Trial.set_constraint; OptunaSearch never calls it, hence the subclass).
+  The reference AUC is plain fusion's (`--mode baseline`, same data, same epochs) validation AUC,
+  measured once before the search.
+
+ASHA stops on ONE metric for every objective: validation ES-AUC. ES-AUC = AUC / (1 + sum of group
+gaps), so a trial with a poor AUC is also poor on ES-AUC and is stopped; stopping on AUC instead
+would keep the unfair trials the search exists to find alternatives to.
+"""
+from __future__ import annotations
+
+from ray.tune.search.optuna import OptunaSearch
+
+OBJECTIVES = ("es_auc", "pareto", "constrained")
+STOP_METRIC = "es_auc"
+
+
+class ConstrainedOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna the AUC floor: feasible when auc_floor - auc <= 0.
+    Like OptunaSearch's value, the result is the trial's LAST report (early for ASHA-stopped)."""
+
+    def __init__(self, *args, auc_floor: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.auc_floor = auc_floor
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        if result and not error and "auc" in result and trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_constraint("auc_floor", self.auc_floor - float(result["auc"]))
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def make_searcher(scfg, auc_floor: float | None = None) -> OptunaSearch:
+    import optuna
+
+    if scfg.searcher == "random":
+        sampler = optuna.samplers.RandomSampler(seed=scfg.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=scfg.seed, multivariate=True, constant_liar=True)
+    start = [dict(scfg.baseline)]     # the paper's point is evaluated first
+    if scfg.objective == "pareto":
+        return OptunaSearch(metric=["auc", "es_auc"], mode=["max", "max"], sampler=sampler,
+                            points_to_evaluate=start)
+    if scfg.objective == "constrained":
+        return ConstrainedOptunaSearch(sampler=sampler, points_to_evaluate=start, auc_floor=auc_floor)
+    return OptunaSearch(sampler=sampler, points_to_evaluate=start)
+
+
+def make_scheduler(scfg):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    multi = scfg.objective == "pareto"    # TuneConfig holds no metric then: the scheduler needs it
+    if scfg.scheduler == "none":
+        return FIFOScheduler()
+    kwargs = dict(metric=STOP_METRIC, mode="max") if multi else {}
+    return ASHAScheduler(time_attr="training_iteration", max_t=scfg.max_epochs,
+                         grace_period=scfg.grace_period, reduction_factor=scfg.reduction_factor, **kwargs)
+
+
+def tune_metric(scfg) -> dict:
+    """TuneConfig's metric/mode: none for pareto (they would override the searcher's lists)."""
+    return {} if scfg.objective == "pareto" else {"metric": STOP_METRIC, "mode": "max"}
+
+
+def reference_auc(cfg) -> float:
+    """Validation AUC of plain fusion (mode baseline) with the search's data and epochs, for the
+    constrained objective's floor. One fit on the driver, before the search."""
+    from trainer.loop import fit
+
+    result = fit(cfg.replace(mode="baseline", evaluate_test=False), progress=False)
+    return float(result["val"]["auc"])
+
+
+def front(trials: list[dict]) -> list[dict]:
+    """Non-dominated full-length trials in (val AUC, val ES-AUC), both maximised, by ES-AUC."""
+    pts = [(t, t["val"]["auc"], t["val"]["es_auc"]) for t in trials]
+    keep = [t for t, a, e in pts
+            if not any(a2 >= a and e2 >= e and (a2 > a or e2 > e) for _, a2, e2 in pts)]
+    return sorted(keep, key=lambda t: -t["val"]["es_auc"])
+
+
+def finalists(scfg, trials: list[dict], auc_floor: float | None, k: int) -> list[dict]:
+    """The top k full-length trials for the objective: the front first (pareto), the feasible
+    ones first (constrained), then by validation ES-AUC."""
+    by_score = sorted(trials, key=lambda t: -t["val"]["es_auc"])
+    if scfg.objective == "pareto":
+        first = front(trials)
+    elif scfg.objective == "constrained" and auc_floor is not None:
+        first = [t for t in by_score if t["val"]["auc"] >= auc_floor]
+    else:
+        first = by_score
+    ordered = first + [t for t in by_score if t not in first]
+    return ordered[:k]

@@ -1,0 +1,90 @@
+"""The test split, touched once: the chosen model against plain fusion, paired over test samples.
+
+Both models score the same test samples; each bootstrap resample draws sample indices once and
+evaluates BOTH models on them, so the interval is for the difference on the same patients
+(paired), not two independent intervals. Metrics: AUC, ES-AUC, worst-group AUC (the lowest group
+AUC, NaN when a resample leaves a group with one class). Intervals: 95% percentile intervals over
+`n` resamples (numpy Generator(seed)); undefined resamples are dropped and counted.
+The resample metrics are the trainer's vectorised ones (trainer.metrics, equal to
+evaluate_fairness on each resample); tests/search/test_paired.py checks them by brute force.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+KEYS = ("auc", "es_auc", "worst_group_auc")
+
+
+def _per_resample(y, p, g, weights, table) -> dict[str, np.ndarray]:
+    from trainer.metrics import _resample_metrics
+
+    m = _resample_metrics(y, p, g, weights, 0.5, table)
+    groups = np.stack([m[f"auc/{name}"] for _, name in table], axis=1)
+    worst = groups.min(axis=1)    # NaN when any group is undefined in the resample
+    return {"auc": m["auc"], "es_auc": m["es_auc"], "worst_group_auc": worst}
+
+
+def point_metrics(y, p, g, group_names=None) -> dict:
+    from trainer.metrics import evaluate_fairness
+
+    r = evaluate_fairness(y, p, g, group_names=group_names)
+    gauc = list(r["group_auc"].values())
+    return {"auc": r["auc"], "es_auc": r["es_auc"],
+            "worst_group_auc": math.nan if any(math.isnan(a) for a in gauc) else min(gauc),
+            "group_auc": r["group_auc"], "group_count": r["group_count"]}
+
+
+def paired_bootstrap(y, p_base, p_chosen, g, n: int = 1000, seed: int = 0, group_names=None) -> dict:
+    """{metric: {"baseline", "chosen", "diff" (point values), "diff_lo", "diff_hi",
+    "baseline_lo/hi", "chosen_lo/hi", "n_valid"}} with diff = chosen - baseline."""
+    from trainer.metrics import _check_inputs, _group_table
+
+    y0, pa, ga = _check_inputs(y, p_base, g, 0.5, group_names)
+    _, pb, _ = _check_inputs(y, p_chosen, g, 0.5, group_names)
+    size = len(y0)
+    draws = np.random.default_rng(seed).integers(0, size, size=(n, size))
+    offsets = (np.arange(n) * size)[:, None]
+    weights = np.bincount((draws + offsets).ravel(), minlength=n * size).reshape(n, size).astype(float)
+    table = _group_table(ga, group_names)
+    ra, rb = _per_resample(y0, pa, ga, weights, table), _per_resample(y0, pb, ga, weights, table)
+    pt_a, pt_b = point_metrics(y0, pa, ga, group_names), point_metrics(y0, pb, ga, group_names)
+    out = {"n_resamples": n, "n_test": size, "per_group": {"baseline": pt_a["group_auc"],
+                                                          "chosen": pt_b["group_auc"],
+                                                          "count": pt_a["group_count"]}}
+    for key in KEYS:
+        diff = rb[key] - ra[key]
+        ok = ~np.isnan(diff)
+        row = {"baseline": pt_a[key], "chosen": pt_b[key], "diff": pt_b[key] - pt_a[key],
+               "n_valid": int(ok.sum())}
+        for name, values in (("diff", diff), ("baseline", ra[key]), ("chosen", rb[key])):
+            v = values[~np.isnan(values)]
+            lo, hi = np.percentile(v, [2.5, 97.5]) if v.size else (math.nan, math.nan)
+            row[f"{name}_lo"], row[f"{name}_hi"] = float(lo), float(hi)
+        out[key] = row
+    return out
+
+
+def predict_test(checkpoint_dir: str, data_root: str | None = None):
+    """(labels, probabilities, group codes, group names) of a checkpoint's validation-chosen
+    weights on the test split (data_root: score another copy of the data)."""
+    from trainer.config import config_from_dict
+    from trainer.loop import Trainer, _checkpoint_weights
+
+    state = _checkpoint_weights(checkpoint_dir)
+    overrides = {"pretrained": False, **({"data_root": data_root} if data_root else {})}
+    trainer = Trainer(config_from_dict({**state["config"], **overrides}))
+    trainer.model.load_state_dict(state["model"])
+    y, p, g = trainer.predict("test")
+    return y, p, g, trainer.group_names
+
+
+def run_paired_test(base_ckpt, chosen_ckpt, n: int = 1000, seed: int = 0) -> dict:
+    """Score both models on the test split once and compare them (aggregates only)."""
+    with base_ckpt.as_directory() as d:
+        y, pa, g, names = predict_test(d)
+    with chosen_ckpt.as_directory() as d:
+        y2, pb, g2, _ = predict_test(d)
+    assert np.array_equal(y, y2) and np.array_equal(g, g2), "both models must see the same test split"
+    return paired_bootstrap(y, pa, pb, g, n=n, seed=seed, group_names=names)

@@ -1,0 +1,115 @@
+"""The chosen model in the MLflow model registry, and a scorer that uses it.
+
+Registered with a signature (the model's inputs after the trainer's transforms: one float array
+per modality; output: one logit per sample), its trainer configuration in the MLmodel metadata,
+tags (hyperparameters, test metrics, data fingerprint, report artifact) and the alias `champion`.
+
+    python -m search.registry --model models:/multifair-fairvision-race@champion \\
+        --tracking-uri URI --data-root /data/FairVision --split test --out predictions.csv
+
+scores a data folder in the released format and writes per-sample predictions to a LOCAL file
+only (never to MLflow); it prints aggregate metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _batches(cfg, split: str, model):
+    """(labels, groups, logits) batch by batch through the trainer's data path."""
+    import torch
+
+    from trainer.data import build_datasets
+    from trainer.data.transforms import batch_transform
+    from trainer.loop import _batches as batches
+
+    ds = build_datasets(cfg)[split]
+    for batch in batches(ds, torch.arange(len(ds)), cfg.batch_size * 2, False):
+        batch = batch_transform(batch, train=False, generator=None)
+        with torch.no_grad():
+            yield batch, model(batch).float()
+
+
+def signature(cfg, model):
+    from mlflow.models import infer_signature
+
+    batch, logits = next(_batches(cfg, "val", model))
+    inputs = {m: batch[m].numpy() for m in cfg.resolved_modalities()}
+    return infer_signature(inputs, logits.numpy())
+
+
+def register(tracker, run_id: str, checkpoint_dir: str, name: str, tags: dict[str, str]) -> dict:
+    """Log the model to `run_id` (signature, config), register it, tag it, alias it champion."""
+    from trainer.config import config_from_dict
+    from trainer.loop import _checkpoint_weights, load_model
+
+    cfg = config_from_dict({**_checkpoint_weights(checkpoint_dir)["config"], "pretrained": False})
+    sig = signature(cfg, load_model(checkpoint_dir))
+    model_uri = tracker.log_model(run_id, checkpoint_dir, signature=sig,
+                                  metadata={"trainer_config": cfg.to_dict()})
+    import mlflow
+
+    mlflow.set_tracking_uri(tracker.tracking_uri)
+    version = mlflow.register_model(model_uri, name, tags={k: str(v)[:5000] for k, v in tags.items()})
+    tracker.client.set_registered_model_alias(name, "champion", version.version)
+    tracker.client.set_tag(run_id, "registered_model", f"{name}/{version.version}")
+    return {"name": name, "version": version.version, "uri": f"models:/{name}@champion"}
+
+
+def score(model_uri: str, data_root: str, split: str, out: str) -> dict:
+    """Predictions of a registered model on one split of a data folder -> local CSV; returns the
+    aggregate metrics (AUC, ES-AUC, worst-group AUC)."""
+    import mlflow
+    import mlflow.pytorch
+
+    from search.paired import point_metrics
+    from trainer.config import ATTRIBUTES, canonical_attribute, config_from_dict
+
+    info = mlflow.models.get_model_info(model_uri)
+    cfg = config_from_dict({**info.metadata["trainer_config"], "data_root": data_root, "pretrained": False})
+    model = mlflow.pytorch.load_model(model_uri).eval()
+    ys, ps, gs = [], [], []
+    for batch, logits in _batches(cfg, split, model):
+        ys.append(batch["label"].numpy()); gs.append(batch["group"].numpy())
+        ps.append(logits.sigmoid().numpy())
+    y, p, g = np.concatenate(ys), np.concatenate(ps), np.concatenate(gs)
+    names = ATTRIBUTES[canonical_attribute(cfg.attribute)]
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "label", "group", "probability"])
+        for i, (yi, gi, pi) in enumerate(zip(y, g, p)):
+            w.writerow([i, int(yi), names.get(int(gi), "unknown"), f"{float(pi):.8f}"])
+    return point_metrics(y, p, g, group_names=names)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="score a data folder with a registered MultiFair model")
+    ap.add_argument("--model", required=True, help="e.g. models:/multifair-fairvision-race@champion")
+    ap.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI")
+    ap.add_argument("--data-root", required=True, help="a data folder in the released format")
+    ap.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ap.add_argument("--out", required=True, help="LOCAL csv for the per-sample predictions")
+    a = ap.parse_args(argv)
+    if a.out.startswith(("s3://", "gs://", "http://", "https://", "models:/", "runs:/")):
+        print(f"error: --out {a.out}: predictions are written to a local file only", file=sys.stderr)
+        return 2
+    if not Path(a.data_root).is_dir():
+        print(f"error: --data-root {a.data_root} is not a folder", file=sys.stderr)
+        return 2
+    import mlflow
+
+    if a.tracking_uri:
+        mlflow.set_tracking_uri(a.tracking_uri)
+    m = score(a.model, a.data_root, a.split, a.out)
+    print(f"{a.model} on {a.split}: auc {m['auc']:.4f}  es_auc {m['es_auc']:.4f}  "
+          f"worst-group auc {m['worst_group_auc']:.4f}  predictions -> {a.out} (local)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""One self-contained HTML deployment report per study: data fingerprint, code version, space and
+budget, the pick and why, validation (seeds) and test (paired bootstrap) figures with 95%
+intervals, the per-group table against plain fusion, the figures (PNG inlined; the Pareto front
+interactive, with ONE embedded copy of plotly.js so it opens on a network without internet),
+package versions. Aggregates only: no file names, no per-patient values.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import importlib.metadata
+import math
+import os
+from pathlib import Path
+
+PACKAGES = ("torch", "timm", "ray", "optuna", "mlflow", "numpy", "scikit-learn", "scipy", "plotly")
+
+
+def data_fingerprint(root: str) -> str:
+    """sha1 over (relative path, size) of every file under the data root: changes when the data
+    does; reveals no file name."""
+    h = hashlib.sha1()
+    for dirpath, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            p = Path(dirpath) / name
+            h.update(f"{p.relative_to(root)}\0{p.stat().st_size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def _f(v, digits=4) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _table(head: list[str], rows: list[list]) -> str:
+    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def _figures(files: list[Path], front_html: str) -> str:
+    parts = [front_html] if front_html else []
+    for png in (f for f in files if f.suffix == ".png"):
+        data = base64.b64encode(png.read_bytes()).decode()
+        parts.append(f"<figure><img src='data:image/png;base64,{data}' style='max-width:640px'>"
+                     f"<figcaption>{html.escape(png.stem)}</figcaption></figure>")
+    return "\n".join(parts)
+
+
+def _front_html(full: list[dict]) -> str:
+    if not full:
+        return ""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(x=[t["val"]["auc"] for t in full], y=[t["val"]["es_auc"] for t in full],
+                               mode="markers", text=[t["trial_id"] for t in full]))
+    fig.update_layout(title="Full-length search trials (hover: trial id)", xaxis_title="val AUC",
+                      yaxis_title="val ES-AUC", width=640, height=420)
+    return fig.to_html(include_plotlyjs=True, full_html=False)
+
+
+def render(search: dict, decision: dict, figure_files: list[Path], full: list[dict], commit: str) -> str:
+    conf, test = decision.get("confirmation", {}), decision.get("test", {})
+    choice = conf.get("choice", {})
+    label = choice.get("label", "n/a")
+    cand = conf.get("candidates", {}).get(label, {})
+    sections = [f"<h1>MultiFair deployment report: {html.escape(search['name'])}</h1>",
+                "<h2>Provenance</h2>", _table(["item", "value"], [
+                    ["dataset / attribute", f"{search['dataset']} / {search['attribute']}"],
+                    ["data fingerprint", decision.get("data_fingerprint", "n/a")],
+                    ["code version (git)", commit], ["objective", search.get("objective")],
+                    ["budget", f"{search['num_samples']} trials x {search['max_epochs']} epochs, ASHA "
+                               f"grace {search['grace_period']}, reduction {search['reduction_factor']}"],
+                    ["space", ", ".join(f"{k} {v}" for k, v in decision.get("space", {}).items())]]),
+                "<h2>Pareto front of the search (validation, best epoch, full-length trials)</h2>",
+                _table(["trial", "val AUC", "val ES-AUC"] + list(decision.get("space", {})),
+                       [[t["trial_id"], _f(t["auc"]), _f(t["es_auc"])] + [_f(t["params"][k], 4)
+                        for k in decision.get("space", {})] for t in decision.get("front", [])]),
+                "<h2>Confirmation (fresh seeds, validation)</h2>",
+                f"<p>Rule: {html.escape(choice.get('rule', 'n/a'))}. Chosen: <b>{html.escape(label)}</b> "
+                f"{html.escape(str({k: v for k, v in cand.items() if k != 'trial_id'}))}</p>",
+                _table(["candidate", "seeds", "val AUC mean ± sd", "val ES-AUC mean ± sd"],
+                       [[k, s["n_seeds"], f"{_f(s['auc'])} ± {_f(s['auc_std'])}",
+                         f"{_f(s['es_auc'])} ± {_f(s['es_auc_std'])}"] for k, s in conf.get("stats", {}).items()])]
+    vs = choice.get("vs_baseline_val") or {}
+    if vs:
+        sections.append(f"<p>Chosen - plain fusion on validation, paired by seed (n={vs['n_seeds']}, 95% t "
+                        f"interval): AUC {_f(vs['auc'])} [{_f(vs['auc_lo'])}, {_f(vs['auc_hi'])}], "
+                        f"ES-AUC {_f(vs['es_auc'])} [{_f(vs['es_auc_lo'])}, {_f(vs['es_auc_hi'])}]</p>")
+    if test:
+        sections += [f"<h2>Test split, scored once (n={test['n_test']}, {test['n_resamples']} paired "
+                     "bootstrap resamples, 95% percentile intervals)</h2>",
+                     _table(["metric", "plain fusion", "chosen", "chosen - plain fusion"],
+                            [[k, f"{_f(r['baseline'])} [{_f(r['baseline_lo'])}, {_f(r['baseline_hi'])}]",
+                              f"{_f(r['chosen'])} [{_f(r['chosen_lo'])}, {_f(r['chosen_hi'])}]",
+                              f"{_f(r['diff'])} [{_f(r['diff_lo'])}, {_f(r['diff_hi'])}]"]
+                             for k, r in test.items() if isinstance(r, dict) and "diff" in r]),
+                     "<h3>Per group (test AUC)</h3>",
+                     _table(["group", "n", "plain fusion", "chosen"],
+                            [[g, test["per_group"]["count"].get(g), _f(a), _f(test["per_group"]["chosen"].get(g))]
+                             for g, a in test["per_group"]["baseline"].items()])]
+        extra = decision.get("thresholded") or {}
+        if extra:   # present once the trainer reports thresholded fairness (science issue)
+            sections.append("<p>" + html.escape(", ".join(f"{k} {_f(v)}" for k, v in extra.items())) + "</p>")
+    if decision.get("registered"):
+        r = decision["registered"]
+        sections.append(f"<h2>Registry</h2><p>{html.escape(r['uri'])} (version {r['version']})</p>")
+    sections += ["<h2>Figures</h2>", _figures(figure_files, _front_html(full)),
+                 "<h2>Package versions</h2>", _table(["package", "version"], list(versions().items()))]
+    style = "body{font-family:sans-serif;max-width:980px;margin:auto}table{border-collapse:collapse}" \
+            "td,th{border:1px solid #bbb;padding:3px 8px}"
+    return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>" \
+           + "\n".join(sections) + "</body></html>"

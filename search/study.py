@@ -1,0 +1,144 @@
+"""The one owner of a study's results folder and metadata.
+
+A study lives at `<storage-path>/<name>/` (local folder or s3:// through pyarrow.fs): Tune's own
+state, one `trial_<id>/` per trial, `study.json` (the search settings and the trial constants)
+and, once the study ends, `decision.json` (front, confirmation, paired test, registry). Figures
+and the report are written to a LOCAL folder (`local_dir`), the study folder itself when it is
+local. runner, relog, analysis, summary, confirm and report read and write a study only here.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from search.space import RANGES
+from trainer.jsonout import dumps
+
+STUDY_FILE = "study.json"
+DECISION_FILE = "decision.json"
+METRIC = "es_auc"        # the plain key ASHA and Optuna read (validation ES-AUC)
+STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}   # others: interrupted -> KILLED
+REMOTE = ("s3://", "gs://")
+
+
+# -- files ----------------------------------------------------------------------------------
+def _fs(study_dir: str):
+    import pyarrow.fs
+
+    if not study_dir.startswith(REMOTE):
+        study_dir = str(Path(study_dir).resolve())
+    return pyarrow.fs.FileSystem.from_uri(study_dir)
+
+
+def write_json(study_dir: str, filename: str, obj: dict) -> None:
+    fs, path = _fs(study_dir)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{filename}") as f:
+        f.write(dumps(obj, indent=1, default=str).encode())   # strict: NaN -> null
+
+
+def read_json(study_dir: str, filename: str) -> dict:
+    fs, path = _fs(study_dir)
+    with fs.open_input_stream(f"{path}/{filename}") as f:
+        return json.loads(f.read().decode())
+
+
+def write_study(study_dir: str, search: dict, setup: dict) -> None:
+    """The study's search settings and trial constants, next to Tune's own state."""
+    write_json(study_dir, STUDY_FILE, {"search": search, "setup": setup})
+
+
+def read_study(study_dir: str) -> dict:
+    return read_json(study_dir, STUDY_FILE)
+
+
+def local_dir(search: dict) -> Path:
+    """Local folder for figures and the report: the study folder, or a mirror of its name under
+    the local results folder when the study lives in object storage."""
+    study_dir = f"{search['storage_path'].rstrip('/')}/{search['name']}"
+    if study_dir.startswith(REMOTE):
+        return Path("multifair-results").resolve() / search["name"]
+    return Path(study_dir)
+
+
+def space_summary(mode: str = "full") -> dict[str, str]:
+    """The searched ranges of a training method (search/space.py)."""
+    from search.space import hyperparameters
+
+    return {k: f"[{r.low}, {r.high}]{' log' if r.log else ''}" for k, r in RANGES.items()
+            if k in hyperparameters(mode)}
+
+
+# -- MLflow metadata of a study ---------------------------------------------------------------
+def study_tags(search: dict, commit: str) -> dict[str, str]:
+    return {"dataset": search["dataset"], "attribute": search["attribute"], "mode": search["mode"],
+            "seed": str(search["seed"]), "git_commit": commit, "preset": search["preset"],
+            "searcher": search["searcher"], "scheduler": search["scheduler"],
+            "objective": search.get("objective", "es_auc")}
+
+
+def study_params(search: dict) -> dict[str, str]:
+    keep = ("num_samples", "max_epochs", "grace_period", "reduction_factor", "cpus_per_trial",
+            "gpus_per_trial", "max_failures", "seed", "searcher", "scheduler", "preset", "mode",
+            "objective", "min_auc_drop", "finalists", "confirm_seeds")
+    params = {k: str(search[k]) for k in keep if k in search}
+    params.update({f"range.{k}": v for k, v in space_summary(search.get("mode", "full")).items()})
+    params.update({f"baseline.{k}": str(v) for k, v in search["baseline"].items()})
+    return params
+
+
+# -- trials -----------------------------------------------------------------------------------
+def read_trials(study_dir: str | Path) -> list[dict]:
+    """Every trial of a local study folder: id, config, per-epoch results, Tune status."""
+    study_dir = Path(study_dir)
+    statuses = {}
+    states = sorted(study_dir.glob("experiment_state-*.json"))
+    if states:
+        for json_state, _ in json.loads(states[-1].read_text())["trial_data"]:
+            state = json.loads(json_state)
+            statuses[state["trial_id"]] = state["status"]
+    trials = []
+    for params_file in sorted(study_dir.glob("*/params.json")):
+        folder = params_file.parent
+        result_file = folder / "result.json"
+        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()] \
+            if result_file.exists() else []
+        trial_id = rows[0]["trial_id"] if rows else folder.name.removeprefix("trial_")
+        status = statuses.get(trial_id, "ERROR" if (folder / "error.txt").exists() else "UNKNOWN")
+        trials.append({"trial_id": trial_id, "config": json.loads(params_file.read_text()),
+                       "results": rows, "tune_status": status, "path": str(folder)})
+    return trials
+
+
+def best_epoch(history: dict[int, float]) -> tuple[int, float] | None:
+    """(epoch, value) of a trial's best finite validation ES-AUC; the first epoch on ties (the
+    trainer keeps that epoch's weights: select_metric es_auc)."""
+    finite = [(e, v) for e, v in sorted(history.items()) if math.isfinite(v)]
+    return max(finite, key=lambda ev: ev[1]) if finite else None
+
+
+def trial_record(trial_id: str, config: dict, rows: list[dict], status: str, **extra) -> dict:
+    """One trial as every stage reads it: hyperparameters, ES-AUC history, and the validation
+    metrics of its best epoch (`val`: flat `val/...` keys plus es_auc and auc). A trial that
+    never started (interrupted study) has no config."""
+    config = config or {}
+    history = {int(r.get("epoch", 0)): float(r[METRIC]) for r in rows
+               if isinstance(r.get(METRIC), (int, float))}
+    curve = {int(r.get("epoch", 0)): (float(r["auc"]), float(r[METRIC])) for r in rows
+             if isinstance(r.get(METRIC), (int, float)) and isinstance(r.get("auc"), (int, float))}
+    best = best_epoch(history)
+    val = {}
+    if best is not None:
+        row = next(r for r in rows if int(r.get("epoch", 0)) == best[0])
+        val = {k: float(v) for k, v in row.items() if (k.startswith("val/") or k in ("es_auc", "auc"))
+               and isinstance(v, (int, float))}
+    return {"trial_id": trial_id, "params": {k: float(config[k]) for k in RANGES if k in config},
+            "config": config, "history": history, "curve": curve, "epochs": max(history, default=0),
+            "best_epoch": best[0] if best else None, "val": val, "status": status, **extra}
+
+
+def full_length(trials: list[dict], max_epochs: int) -> list[dict]:
+    """Trials that trained every epoch and have a validation score: the only ones whose values
+    compare (ASHA-stopped trials report epoch-1 or epoch-3 values)."""
+    return [t for t in trials if t["status"] != "FAILED" and t["epochs"] >= max_epochs and t["val"]]

@@ -1,0 +1,146 @@
+"""The deployment decision end to end (slow, about 2-4 minutes on 2 cores): a Pareto search, the
+confirmation stage, the paired test, figures, report, registry with alias champion, the scoring
+command, and the MLflow UI of a real `mlflow server` in headless Chromium."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def decided(ray_session, search_config, tmp_path_factory):
+    from search.runner import run_search
+
+    tmp = tmp_path_factory.mktemp("deploy")
+    scfg = search_config(tmp, num_samples=3, max_epochs=2, grace_period=1, objective="pareto",
+                         finalists=1, confirm_seeds=2, figures=True, register_name="multifair-test")
+    return scfg, run_search(scfg)
+
+
+def test_pareto_confirmation_paired_test_and_champion(decided):
+    from mlflow import MlflowClient
+
+    from search.study import DECISION_FILE, read_json
+
+    scfg, outcome = decided
+    d = outcome.decision
+    assert d["front"] and all(0 <= t["auc"] <= 1 for t in d["front"])
+    conf = d["confirmation"]
+    assert "baseline" in conf["candidates"] and "paper" in conf["candidates"]
+    assert all(s["n_seeds"] == 2 for s in conf["stats"].values())
+    label = conf["choice"]["label"]
+    assert label != "baseline" or conf["choice"]["fell_back_to_baseline"]
+    best = max((k for k in conf["stats"] if k != "baseline"), key=lambda k: conf["stats"][k]["es_auc"])
+    assert label == best                                         # the stated rule (no AUC floor)
+    assert read_json(scfg.study_dir, DECISION_FILE)["confirmation"]["choice"]["label"] == label
+
+    client = MlflowClient(scfg.tracking_uri)
+    exp = client.get_experiment_by_name(scfg.experiment)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    confirm = [r for r in runs if r.data.tags.get("run_kind") == "confirm"]
+    assert len(confirm) == 2 * len(conf["candidates"])
+    assert {r.info.run_name for r in confirm} == {f"confirm-{c}-seed{s}" for c in conf["candidates"]
+                                                  for s in conf["seeds"]}
+    trials = [r for r in runs if r.data.tags.get("run_kind") == "trial"]
+    assert all(r.info.run_name == f"full-{r.data.tags['trial_id']}" for r in trials)
+    parent = client.get_run(outcome.parent_run_id)
+    artifacts = {f.path for f in client.list_artifacts(parent.info.run_id, "figures")}
+    assert {"figures/pareto_front.png", "figures/pareto_front.html", "figures/slice_es_auc.png"} <= artifacts
+    assert [f.path for f in client.list_artifacts(parent.info.run_id, "report")] == ["report/report.html"]
+
+    test = d["test"]
+    assert test["auc"]["diff_lo"] <= test["auc"]["diff"] <= test["auc"]["diff_hi"]
+    version = client.get_model_version_by_alias("multifair-test", "champion")
+    assert version.run_id == d["deployed_run"]["run_id"]
+    assert float(version.tags["test.auc"]) == pytest.approx(test["auc"]["chosen"])
+    assert client.get_run(version.run_id).data.metrics["test/auc"] == pytest.approx(test["auc"]["chosen"])
+    report = Path(d["report"]).read_text()
+    assert "Pareto front" in report and "paired" in report and label in report
+
+
+def test_champion_scores_a_data_folder_to_a_local_file_with_the_logged_metrics(decided, data_root, tmp_path):
+    import mlflow
+
+    from search.registry import main
+    from trainer.metrics import roc_auc_score
+
+    scfg, outcome = decided
+    out = tmp_path / "predictions.csv"
+    mlflow.set_tracking_uri(scfg.tracking_uri)
+    assert main(["--model", "models:/multifair-test@champion", "--tracking-uri", scfg.tracking_uri,
+                 "--data-root", data_root, "--split", "test", "--out", str(out)]) == 0
+    rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
+    y = [int(r[1]) for r in rows]
+    p = [float(r[3]) for r in rows]
+    logged = outcome.decision["test"]["auc"]["chosen"]
+    assert roc_auc_score(y, p) == pytest.approx(logged, abs=1e-6)   # sklearn on the written file
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not shutil.which("chromedriver"), reason="needs Debian's chromium-driver")
+def test_mlflow_ui_in_a_real_browser_shows_trials_a_chart_and_a_figure(decided, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    scfg, outcome = decided
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", scfg.tracking_uri,
+         "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": ""})
+    url = f"http://127.0.0.1:{port}"
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000"):
+        opts.add_argument(arg)
+    driver = None
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+        wait = WebDriverWait(driver, 90)
+        exp = outcome.experiment_id
+        trial = outcome.trials[0]["trial_id"]
+        # the runs table of the training view; the trials are nested under the study row
+        driver.get(f"{url}/#/experiments/{exp}?workflowType=machine_learning")
+        expand = wait.until(lambda d: d.find_elements(
+            "css selector", "button[data-component-id*='runnamecellrenderer']"))
+        assert "fairvision-gender-full" in driver.page_source                # the study run
+        expand[0].click()
+        wait.until(lambda d: f"full-{trial}" in d.page_source)              # a trial run, by name
+        # a metric chart of the chosen run (per-epoch history)
+        child = outcome.decision["deployed_run"]["run_id"]
+        driver.get(f"{url}/#/experiments/{exp}/runs/{child}/model-metrics?workflowType=machine_learning")
+        box = wait.until(lambda d: d.find_elements("css selector", "input[placeholder='Search metric charts']"))
+        box[0].send_keys("es_auc")
+        wait.until(lambda d: d.find_elements("xpath", "//*[text()='es_auc']")
+                   and d.find_elements("css selector", "svg.main-svg"))
+        # a figure of the study run, rendered by the artifact viewer
+        parent = outcome.parent_run_id
+        driver.get(f"{url}/#/experiments/{exp}/runs/{parent}/artifacts/figures/pareto_front.png")
+        wait.until(lambda d: any((img.get_attribute("src") or "").startswith("blob:")
+                                 for img in d.find_elements("css selector", "img")))
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,0 +1,146 @@
+"""The paired bootstrap against plain fusion, checked by brute force (sklearn on every resample),
+the confirmation rule, the front, and the one-line refusals of bad search flags. Seconds."""
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from search.confirm import BASELINE, choose, candidate_stats
+from search.objectives import front
+from search.paired import paired_bootstrap
+from search.runner import main
+
+NAMES = {0: "female", 1: "male"}
+
+
+def brute_force(y, p, g, idx):
+    """AUC, ES-AUC and worst-group AUC of one resample, straight from the definitions."""
+    y, p, g = y[idx], p[idx], g[idx]
+    auc = roc_auc_score(y, p)
+    groups = []
+    for code in NAMES:
+        m = g == code
+        groups.append(roc_auc_score(y[m], p[m]) if 0 < y[m].sum() < m.sum() else math.nan)
+    defined = [a for a in groups if not math.isnan(a)]
+    es_auc = auc / (1 + sum(abs(a - auc) for a in defined)) if defined else math.nan
+    return auc, es_auc, min(groups) if len(defined) == len(groups) else math.nan
+
+
+def test_paired_bootstrap_equals_brute_force():
+    rng = np.random.default_rng(3)
+    n, resamples = 90, 150
+    y = rng.integers(0, 2, n)
+    g = rng.integers(0, 2, n)
+    p_base = np.clip(0.3 * y + rng.normal(0.35, 0.25, n), 0, 1).round(2)   # rounded: ties count 1/2
+    p_chosen = np.clip(0.45 * y + rng.normal(0.3, 0.2, n) - 0.1 * g, 0, 1)
+    out = paired_bootstrap(y, p_base, p_chosen, g, n=resamples, seed=7, group_names=NAMES)
+
+    draws = np.random.default_rng(7).integers(0, n, size=(resamples, n))   # the same resamples
+    a = np.array([brute_force(y, p_base, g, d) for d in draws])
+    b = np.array([brute_force(y, p_chosen, g, d) for d in draws])
+    for j, key in enumerate(("auc", "es_auc", "worst_group_auc")):
+        diff = b[:, j] - a[:, j]
+        diff = diff[~np.isnan(diff)]
+        assert out[key]["n_valid"] == len(diff)
+        lo, hi = np.percentile(diff, [2.5, 97.5])
+        assert out[key]["diff_lo"] == pytest.approx(lo, abs=1e-9)
+        assert out[key]["diff_hi"] == pytest.approx(hi, abs=1e-9)
+        whole = np.arange(n)
+        assert out[key]["diff"] == pytest.approx(brute_force(y, p_chosen, g, whole)[j]
+                                                 - brute_force(y, p_base, g, whole)[j], abs=1e-12)
+    assert out["auc"]["diff_lo"] < out["auc"]["diff"] < out["auc"]["diff_hi"]
+
+
+def _runs(values):
+    return [{"candidate": c, "seed": s, "val": {"auc": a, "es_auc": e}} for c, s, a, e in values]
+
+
+def test_choice_takes_mean_es_auc_under_the_auc_floor_and_reports_the_seed_paired_gap():
+    runs = _runs([(BASELINE, 1, 0.80, 0.70), (BASELINE, 2, 0.82, 0.72),
+                  ("a", 1, 0.70, 0.78), ("a", 2, 0.72, 0.80),      # fairest, but AUC far below
+                  ("b", 1, 0.81, 0.74), ("b", 2, 0.80, 0.77)])
+    stats = candidate_stats(runs)
+    assert stats["b"]["es_auc"] == pytest.approx(0.755) and stats["b"]["n_seeds"] == 2
+    assert choose(stats, runs, None)["label"] == "a"
+    pick = choose(stats, runs, 0.02)
+    assert pick["label"] == "b" and pick["auc_floor"] == pytest.approx(0.79)
+    assert pick["vs_baseline_val"]["es_auc"] == pytest.approx(((0.74 - 0.70) + (0.77 - 0.72)) / 2)
+    from scipy.stats import ttest_rel
+
+    ci = ttest_rel([0.74, 0.77], [0.70, 0.72]).confidence_interval(0.95)
+    assert pick["vs_baseline_val"]["es_auc_lo"] == pytest.approx(ci.low)
+    assert choose(stats, runs, 0.0)["fell_back_to_baseline"]
+
+
+def test_front_is_the_non_dominated_set():
+    trials = [{"trial_id": k, "val": {"auc": a, "es_auc": e}}
+              for k, a, e in [("p", 0.9, 0.6), ("q", 0.8, 0.7), ("r", 0.7, 0.65), ("s", 0.85, 0.7)]]
+    assert [t["trial_id"] for t in front(trials)] == ["s", "p"]
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--max-epochs", "1"], "--max-epochs 1"),
+    (["--objective", "constrained"], "--min-auc-drop"),
+    (["--confirm-seeds", "0"], "--confirm-seeds 0"),
+    (["--num-samples", "0"], "--num-samples 0"),
+])
+def test_bad_flags_are_refused_in_one_line(argv, flag, capsys, tmp_path):
+    assert main("fairvision", "race", argv=argv + ["--storage-path", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and flag in err
+    assert not list(tmp_path.iterdir())
+
+
+def _scfg(tmp_path, **kw):
+    from search.runner import SearchConfig
+
+    return SearchConfig("fairvision", "race", preset="tiny", storage_path=str(tmp_path), **kw)
+
+
+def test_pareto_searcher_keeps_two_directions_when_tune_sets_no_metric(tmp_path):
+    """TuneConfig gets no metric for pareto (it would silently make the study single-objective)."""
+    from search.objectives import make_searcher, tune_metric
+    from search.space import param_space
+
+    scfg = _scfg(tmp_path, objective="pareto")
+    assert tune_metric(scfg) == {}
+    searcher = make_searcher(scfg)
+    assert searcher.set_search_properties(None, None, param_space())
+    searcher.suggest("t1")
+    assert len(searcher._ot_study.directions) == 2
+    searcher.on_trial_complete("t1", {"auc": 0.8, "es_auc": 0.7})
+    assert searcher._ot_study.best_trials[0].values == [0.8, 0.7]
+
+
+def test_constrained_searcher_tells_optuna_the_auc_floor(tmp_path):
+    from search.objectives import make_searcher, tune_metric
+    from search.space import param_space
+
+    scfg = _scfg(tmp_path, objective="constrained", min_auc_drop=0.05)
+    searcher = make_searcher(scfg, auc_floor=0.75)
+    assert searcher.set_search_properties(**tune_metric(scfg), config=param_space())
+    for tid, auc, es in (("a", 0.70, 0.69), ("b", 0.80, 0.60)):
+        searcher.suggest(tid)
+        searcher.on_trial_complete(tid, {"auc": auc, "es_auc": es})
+    trials = searcher._ot_study.trials
+    assert [t.constraints["auc_floor"] for t in trials] == [pytest.approx(0.05), pytest.approx(-0.05)]
+    assert searcher._ot_study.best_trial.values == [0.60]     # the fairer trial is infeasible
+
+
+def test_sweep_moves_one_hyperparameter_at_a_time_and_trains_the_centre_once():
+    from search.space import HYPERPARAMETERS, RANGES
+    from search.sweep import summarise, sweep_candidates, sweep_values
+
+    centre = {"rho": 1.2, "lambda_gm": 0.15, "tau": 0.02, "delta": 0.6, "lambda_f": 0.6}
+    cands = sweep_candidates(centre, "full", sweep_values(centre, 3))
+    assert len(cands) == 1 + 5 * 3                       # 3 range points each, centre shared
+    for label, c in cands.items():
+        moved = [k for k in HYPERPARAMETERS if c[k] != centre[k]]
+        assert len(moved) == (label != "centre")
+        assert all(RANGES[k].low <= c[k] <= RANGES[k].high for k in HYPERPARAMETERS)
+    runs = [{"candidate": k, "seed": s, "val": {"auc": 0.7 + 0.01 * s, "es_auc": 0.6}}
+            for k in cands for s in (1, 2)]
+    summary = summarise(runs, cands)
+    assert [r["value"] for r in summary["delta"]] == sorted([0.05, 0.525, 1.0, 0.6])
+    assert summary["tau"][0]["auc_sd"] == pytest.approx(np.std([0.71, 0.72], ddof=1))
