@@ -71,7 +71,9 @@ class SearchConfig:
 
     @property
     def study_dir(self) -> str:
-        return f"{self.storage_path.rstrip('/')}/{self.name}"
+        # s3://bucket/p?endpoint_override=...: the study folder goes before the query options
+        base, sep, query = self.storage_path.partition("?")
+        return f"{base.rstrip('/')}/{self.name}{sep}{query}"
 
 
 # -- command line ---------------------------------------------------------------------------

@@ -71,9 +71,14 @@ def train_trial(config: dict, setup: dict) -> None:
 
     from trainer.loop import fit
 
+    import ray
+
     cfg = trial_config(config, setup["base"])
     ensure_data(cfg, setup.get("synthetic"))
     hooks = setup.get("test_hooks") or {}
+    # Where this attempt runs and the epoch it started at: the MLflow callback tags the run with
+    # its node(s) and counts epochs trained twice after a node loss (docs/search.md).
+    attempt = {"node_id": ray.get_runtime_context().get_node_id()}
 
     def on_epoch(report):
         # Test hook (documented in docs/search.md): make the baseline trial raise on every attempt.
@@ -82,7 +87,8 @@ def train_trial(config: dict, setup: dict) -> None:
             raise DeliberateTrialFailure(f"test hook: baseline trial fails at epoch {report.epoch}")
         with tempfile.TemporaryDirectory(prefix="multifair-ckpt-") as tmp:
             report.save_checkpoint(tmp)
-            tune.report(epoch_metrics(report), checkpoint=tune.Checkpoint.from_directory(tmp))
+            attempt.setdefault("attempt_start_epoch", report.epoch)
+            tune.report({**epoch_metrics(report), **attempt}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:

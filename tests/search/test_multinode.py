@@ -1,0 +1,123 @@
+"""Multi-node Ray on this host (head + worker raylets, tests/search/multinode.py) with the study on
+S3 (moto's server mode: a FAKE of AWS S3 started here). A worker node is lost mid-search and the
+driver is SIGKILLed then resumed; every trial finishes, one MLflow run each, no metric gaps or
+duplicates. Slow: about 1-2 minutes each on 2 cores."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.search.conftest import REPO, study_runs
+from tests.search.multinode import LocalCluster
+from tests.search.servers import FakeS3
+
+pytestmark = pytest.mark.slow
+EPOCHS = 4
+
+
+@pytest.fixture
+def fake_s3():
+    s3 = FakeS3()
+    yield s3
+    s3.close()
+
+
+@pytest.fixture
+def two_nodes(fake_s3, cache_dir):
+    """Head and one worker, 1 CPU each; AWS_* for the fake S3 reach every raylet's workers."""
+    cluster = LocalCluster({"head": {"num_cpus": 1}, "w1": {"num_cpus": 1}},
+                           env=fake_s3.env)
+    yield cluster
+    cluster.close()
+    assert cluster.alive() == [], "Ray processes left behind"
+
+
+def search_args(data_root, storage, db, samples):
+    return ["--data-root", data_root, "--preset", "tiny", "--num-samples", str(samples),
+            "--max-epochs", str(EPOCHS), "--grace-period", str(EPOCHS), "--max-concurrent", "2",
+            "--cpus-per-trial", "1", "--storage-path", storage, "--tracking-uri", db,
+            "--no-final-test", "--name", "mn"]
+
+
+def start_driver(cluster, args, log):
+    return subprocess.Popen([sys.executable, str(REPO / "search" / "fairvision_gender.py"), *args],
+                            env=cluster.driver_env(), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, cwd=log.name.rsplit("/", 1)[0])
+
+
+def wait_for(predicate, proc, timeout=240, what=""):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = predicate()
+        if found:
+            return found
+        assert proc.poll() is None, f"the search ended before {what}"
+        time.sleep(0.5)
+    raise TimeoutError(what)
+
+
+def runs(db):
+    try:
+        return study_runs(db)
+    except (IndexError, Exception):   # store not created yet
+        return None, [], []
+
+
+def check_complete(db, samples):
+    """One FINISHED run per trial, each with es_auc at steps 1..EPOCHS exactly once."""
+    client, parents, children = study_runs(db)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == samples
+    assert len({c.data.tags["trial_id"] for c in children}) == samples, "duplicate MLflow runs"
+    for c in children:
+        assert c.info.status == "FINISHED", c.data.tags
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "es_auc")]
+        assert sorted(steps) == list(range(1, EPOCHS + 1)), (c.data.tags["trial_id"], steps)
+    return children
+
+
+def test_multinode_worker_lost_trials_resume_on_survivor_from_checkpoint(two_nodes, fake_s3, data_root,
+                                                                         tmp_path):
+    db = "sqlite:///" + str(tmp_path / "mlflow.db")
+    w1 = two_nodes.node_ids["w1"]
+    with open(tmp_path / "driver.log", "w") as log:
+        proc = start_driver(two_nodes, search_args(data_root, fake_s3.uri("studies"), db, 4), log)
+
+    def trial_on_w1_mid_way():
+        client, _, children = runs(db)
+        for c in children:
+            if c.data.tags.get("ray_node_id") == w1 and c.info.status == "RUNNING":
+                done = len(client.get_metric_history(c.info.run_id, "es_auc"))
+                if 1 <= done <= EPOCHS - 2:
+                    return c.data.tags["trial_id"], done
+        return None
+
+    try:
+        lost_trial, done = wait_for(trial_on_w1_mid_way, proc, what="a trial on w1 reported an epoch")
+        two_nodes.remove("w1")
+        proc.wait(timeout=400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, (tmp_path / "driver.log").read_text()[-4000:]
+
+    children = check_complete(db, 4)
+    nodes = {n for c in children for n in c.data.tags["ray_nodes"].split(",")}
+    assert nodes == set(two_nodes.node_ids.values()), "trials ran on both nodes"
+    moved = {c.data.tags["trial_id"]: c.data.tags for c in children if "," in c.data.tags["ray_nodes"]}
+    assert lost_trial in moved
+    for tags in moved.values():
+        assert tags["ray_nodes"].split(",")[0] == w1 and tags["ray_node_id"] == two_nodes.node_ids["head"]
+        resumed_at = [int(e) for e in tags["resumed_at_epochs"].split(",")]
+        assert resumed_at[0] > 1, "resumed from epoch 1, not from its checkpoint"
+        repeated = int(tags.get("epochs_repeated", 0))
+        print(f"trial {tags['trial_id']}: lost on w1, resumed at epoch {resumed_at[0]}, "
+              f"epochs repeated {repeated}")
+        assert repeated <= 1
+    # its checkpoint of epoch `done` was on S3 before the node was lost
+    assert int(moved[lost_trial]["resumed_at_epochs"].split(",")[0]) >= done + 1
+    keys = fake_s3.keys("studies/mn/")
+    assert any("/checkpoint_" in k for k in keys) and any(k.endswith("study.json") for k in keys)
