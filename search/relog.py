@@ -40,9 +40,21 @@ def read_trials(study_dir: Path) -> list[dict]:
 
 
 def relog(study_dir: str | Path, tracking_uri: str, experiment: str | None = None) -> StudyTracker:
+    """Re-log a study folder; an s3:// (gs://) study is read through a temporary local copy."""
+    if "://" in str(study_dir):
+        import tempfile
+
+        import pyarrow.fs
+
+        with tempfile.TemporaryDirectory(prefix="multifair-relog-") as tmp:
+            pyarrow.fs.copy_files(str(study_dir), tmp)
+            return _relog(Path(tmp), tracking_uri, experiment)
+    return _relog(Path(study_dir).resolve(), tracking_uri, experiment)
+
+
+def _relog(study_dir: Path, tracking_uri: str, experiment: str | None) -> StudyTracker:
     from search.runner import STUDY_FILE, study_params, study_tags, SearchConfig
 
-    study_dir = Path(study_dir).resolve()
     study = json.loads((study_dir / STUDY_FILE).read_text())
     fields = {k: v for k, v in study["search"].items() if k in SearchConfig.__dataclass_fields__}
     fields["synthetic_sizes"] = tuple(fields.get("synthetic_sizes", (0, 0, 0)))
@@ -68,11 +80,13 @@ def relog(study_dir: str | Path, tracking_uri: str, experiment: str | None = Non
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--results", required=True, help="the study folder (<storage-path>/<name>)")
+    p.add_argument("--results", required=True,
+                   help="the study folder (<storage-path>/<name>), local or s3://bucket/path/<name>")
     p.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI or sqlite next to the study")
     p.add_argument("--experiment", default=None, help="default: the study's own experiment name")
     a = p.parse_args(argv)
-    uri = a.tracking_uri or default_tracking_uri(Path(a.results).resolve().parent)
+    local = "://" not in a.results
+    uri = a.tracking_uri or default_tracking_uri(Path(a.results).resolve().parent if local else ".")
     tracker = relog(a.results, uri, a.experiment)
     command, url = ui_hint(uri, tracker.experiment_id)
     print(f"re-logged {a.results} into {uri}: experiment {tracker.experiment_id}, "

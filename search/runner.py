@@ -241,6 +241,12 @@ def run_search(scfg: SearchConfig) -> SearchOutcome:
     from trainer.data import prepare
 
     prepare(cfg)   # once on this machine; trials find the cache built
+    import ray
+
+    if not ray.is_initialized():
+        from search.reaper import reap_ray_on_exit
+
+        reap_ray_on_exit()   # a SIGKILLed driver must not leave its embedded Ray's agents behind
     init_ray(scfg)
 
     if scfg.resume:

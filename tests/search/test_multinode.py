@@ -3,9 +3,11 @@ S3 (moto's server mode: a FAKE of AWS S3 started here). A worker node is lost mi
 driver is SIGKILLed then resumed; every trial finishes, one MLflow run each, no metric gaps or
 duplicates. Slow: about 1-2 minutes each on 2 cores."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -15,7 +17,8 @@ from tests.search.multinode import LocalCluster
 from tests.search.servers import FakeS3
 
 pytestmark = pytest.mark.slow
-EPOCHS = 4
+EPOCHS = 3
+SAMPLES = 3
 
 
 @pytest.fixture
@@ -35,16 +38,16 @@ def two_nodes(fake_s3, cache_dir):
     assert cluster.alive() == [], "Ray processes left behind"
 
 
-def search_args(data_root, storage, db, samples):
+def search_args(data_root, storage, db, samples=SAMPLES):
     return ["--data-root", data_root, "--preset", "tiny", "--num-samples", str(samples),
             "--max-epochs", str(EPOCHS), "--grace-period", str(EPOCHS), "--max-concurrent", "2",
             "--cpus-per-trial", "1", "--storage-path", storage, "--tracking-uri", db,
             "--no-final-test", "--name", "mn"]
 
 
-def start_driver(cluster, args, log):
+def start_driver(env, args, log):
     return subprocess.Popen([sys.executable, str(REPO / "search" / "fairvision_gender.py"), *args],
-                            env=cluster.driver_env(), stdout=log, stderr=subprocess.STDOUT,
+                            env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, cwd=log.name.rsplit("/", 1)[0])
 
 
@@ -66,7 +69,7 @@ def runs(db):
         return None, [], []
 
 
-def check_complete(db, samples):
+def check_complete(db, samples=SAMPLES):
     """One FINISHED run per trial, each with es_auc at steps 1..EPOCHS exactly once."""
     client, parents, children = study_runs(db)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -84,7 +87,7 @@ def test_multinode_worker_lost_trials_resume_on_survivor_from_checkpoint(two_nod
     db = "sqlite:///" + str(tmp_path / "mlflow.db")
     w1 = two_nodes.node_ids["w1"]
     with open(tmp_path / "driver.log", "w") as log:
-        proc = start_driver(two_nodes, search_args(data_root, fake_s3.uri("studies"), db, 4), log)
+        proc = start_driver(two_nodes.driver_env(), search_args(data_root, fake_s3.uri("studies"), db), log)
 
     def trial_on_w1_mid_way():
         client, _, children = runs(db)
@@ -104,7 +107,7 @@ def test_multinode_worker_lost_trials_resume_on_survivor_from_checkpoint(two_nod
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, (tmp_path / "driver.log").read_text()[-4000:]
 
-    children = check_complete(db, 4)
+    children = check_complete(db, SAMPLES)
     nodes = {n for c in children for n in c.data.tags["ray_nodes"].split(",")}
     assert nodes == set(two_nodes.node_ids.values()), "trials ran on both nodes"
     moved = {c.data.tags["trial_id"]: c.data.tags for c in children if "," in c.data.tags["ray_nodes"]}
@@ -121,3 +124,90 @@ def test_multinode_worker_lost_trials_resume_on_survivor_from_checkpoint(two_nod
     assert int(moved[lost_trial]["resumed_at_epochs"].split(",")[0]) >= done + 1
     keys = fake_s3.keys("studies/mn/")
     assert any("/checkpoint_" in k for k in keys) and any(k.endswith("study.json") for k in keys)
+
+
+def descendants(pid):
+    import psutil
+
+    return {p.pid: (p.create_time(), p.name()) for p in psutil.Process(pid).children(recursive=True)}
+
+
+def still_running(snapshot, wait=15):
+    """Processes of `snapshot` (pid -> (start time, name)) still running after `wait` seconds."""
+    import psutil
+
+    deadline = time.time() + wait
+    while True:
+        left = []
+        for pid, (created, _) in snapshot.items():
+            try:
+                p = psutil.Process(pid)
+                if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
+                    left.append(f"{pid} {p.name()}")
+            except psutil.NoSuchProcess:
+                pass
+        if not left or time.time() > deadline:
+            return left
+        time.sleep(1)
+
+
+def kill_when(proc, db, predicate, what):
+    """SIGKILL the driver (its pid only, as an OOM killer would) once `predicate(children)`."""
+    wait_for(lambda: predicate(runs(db)[2]), proc, what=what)
+    snapshot = descendants(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return snapshot
+
+
+def test_multinode_driver_sigkill_then_resume_no_rerun_no_duplicates(two_nodes, fake_s3, data_root,
+                                                                    tmp_path):
+    db = "sqlite:///" + str(tmp_path / "mlflow.db")
+    args = search_args(data_root, fake_s3.uri("studies"), db)
+    with open(tmp_path / "driver.log", "w") as log:
+        proc = start_driver(two_nodes.driver_env(), args, log)
+    try:
+        snapshot = kill_when(proc, db, lambda ch: any(c.info.status == "FINISHED" for c in ch),
+                             "a trial finished")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert still_running(snapshot) == [], "the killed driver left processes behind"
+    client, _, before = study_runs(db)
+    finished = {c.data.tags["trial_id"]: len(client.get_metric_history(c.info.run_id, "es_auc"))
+                for c in before if c.info.status == "FINISHED"}
+
+    with open(tmp_path / "resume.log", "w") as log:
+        proc = start_driver(two_nodes.driver_env(), [*args, "--resume"], log)
+        proc.wait(timeout=400)
+    assert proc.returncode == 0, (tmp_path / "resume.log").read_text()[-4000:]
+    children = check_complete(db)
+    for c in children:
+        tags = c.data.tags
+        repeated = int(tags.get("epochs_repeated", 0))
+        print(f"trial {tags['trial_id']}: finished before the kill {tags['trial_id'] in finished}, "
+              f"resumed at {tags.get('resumed_at_epochs', '-')}, epochs repeated {repeated}")
+        if tags["trial_id"] in finished:
+            assert repeated == 0 and "resumed_at_epochs" not in tags, "a finished trial ran again"
+
+
+def test_multinode_embedded_driver_sigkill_leaves_no_ray_processes(data_root, tmp_path, cache_dir):
+    """--local: the driver starts its own Ray; SIGKILL it mid-search, then nothing of it runs."""
+    from tests.search.multinode import node_env
+
+    db = "sqlite:///" + str(tmp_path / "mlflow.db")
+    raytmp = tempfile.mkdtemp(prefix="mf-ray-", dir="/tmp")   # socket paths < 107 bytes
+    env = node_env(raytmp)
+    args = [*search_args(data_root, str(tmp_path / "results"), db, samples=2), "--local", "--num-cpus", "1"]
+    with open(tmp_path / "driver.log", "w") as log:
+        proc = start_driver(env, args, log)
+    try:
+        snapshot = kill_when(proc, db, lambda ch: bool(ch), "a trial started")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    shutil.rmtree(raytmp, ignore_errors=True)
+    names = {name for _, name in snapshot.values()}
+    assert {"gcs_server", "raylet"} <= names, names   # it did start its own Ray
+    assert still_running(snapshot) == [], "the killed driver left Ray processes behind"
+
