@@ -223,6 +223,15 @@ class StudyTracker:
                                                        "multifair-tune"])
         self.client.set_tag(run_id, "model_logged", "true")
 
+    def finished_trial_ids(self) -> set[str]:
+        """Trials of this study whose run the driver ended as FINISHED (see search.resume)."""
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            return set()
+        runs = self.client.search_runs([exp.experiment_id], max_results=5000, filter_string=(
+            f"tags.study_dir = '{self.study_dir}' and tags.run_kind = 'trial' and attributes.status = 'FINISHED'"))
+        return {r.data.tags["trial_id"] for r in runs}
+
     # -- helpers --------------------------------------------------------------
     def _search(self, filter_string: str):
         return self.client.search_runs([self.experiment_id], filter_string=filter_string,
