@@ -259,10 +259,6 @@ def run_search(scfg: SearchConfig) -> SearchOutcome:
                                     {"cpu": scfg.cpus_per_trial, "gpu": scfg.gpus_per_trial})
     if scfg.resume:
         print(f"[search] resuming {scfg.study_dir}", flush=True)
-        if tracker is not None:
-            from search.resume import settle_finished_trials
-
-            settle_finished_trials(scfg.study_dir, tracker.finished_trial_ids())
         tuner = tune.Tuner.restore(scfg.study_dir, trainable, resume_errored=True)
         callback = _find_callback(tuner)   # the study's own tracker (same store, same parent run)
         tracker = callback.tracker if callback else tracker
@@ -332,7 +328,7 @@ def _new_tuner(scfg, setup, trainable, tracker):
             failure_config=tune.FailureConfig(max_failures=scfg.max_failures),
             # the best epoch's checkpoint is kept (for the model) and Tune keeps the latest (resume)
             # num_to_keep=2: a restored driver's snapshot may name the checkpoint before the
-            # latest; with 1 it could already be deleted (search/resume.py)
+            # latest; with 1 it could already be deleted (search/trainable.newest_checkpoint)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
                                                     checkpoint_score_order=MODE)))
 

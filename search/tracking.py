@@ -223,15 +223,6 @@ class StudyTracker:
                                                        "multifair-tune"])
         self.client.set_tag(run_id, "model_logged", "true")
 
-    def finished_trial_ids(self) -> set[str]:
-        """Trials of this study whose run the driver ended as FINISHED (see search.resume)."""
-        exp = self.client.get_experiment_by_name(self.experiment)
-        if exp is None:
-            return set()
-        runs = self.client.search_runs([exp.experiment_id], max_results=5000, filter_string=(
-            f"tags.study_dir = '{self.study_dir}' and tags.run_kind = 'trial' and attributes.status = 'FINISHED'"))
-        return {r.data.tags["trial_id"] for r in runs}
-
     # -- helpers --------------------------------------------------------------
     def _search(self, filter_string: str):
         return self.client.search_runs([self.experiment_id], filter_string=filter_string,
@@ -291,8 +282,10 @@ class MLflowTrialCallback(Callback):
         self.tracker.client.set_tag(self._run(trial), "retries", self.retries[trial.trial_id])
 
     def _epochs(self, trial) -> int:
-        last = trial.last_result or {}
-        return int(last.get("epoch", self.epochs.get(trial.trial_id, 0)))
+        # after a driver restore Tune's last result can predate epochs already logged
+        last = int((trial.last_result or {}).get("epoch", 0))
+        logged = self.tracker._logged_step.get(self.tracker._children.get(trial.trial_id), 0)
+        return max(last, self.epochs.get(trial.trial_id, 0), logged)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.tracker.end_trial(self._run(trial), "FINISHED", self._epochs(trial), self.max_epochs)

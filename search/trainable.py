@@ -65,6 +65,35 @@ def _is_baseline(config: dict, baseline: dict) -> bool:
     return bool(baseline) and all(math.isclose(config[k], v) for k, v in baseline.items())
 
 
+def newest_checkpoint(checkpoint):
+    """The trial's newest complete checkpoint on storage, which can be newer than the one Tune
+    restores: a SIGKILLed driver's last experiment snapshot (written at most every
+    TUNE_GLOBAL_CHECKPOINT_S) can lag the trial by an epoch or more, and a trial that finished
+    after it would train its last epochs again. A newer folder counts only if it holds every file
+    the restored one holds (a checkpoint cut off mid-upload is skipped)."""
+    if checkpoint is None:
+        return None
+    import posixpath
+
+    import pyarrow.fs
+    from ray import tune
+
+    fs, path = checkpoint.filesystem, checkpoint.path
+    parent, name = posixpath.split(path.rstrip("/"))
+    try:
+        listing = fs.get_file_info(pyarrow.fs.FileSelector(parent))
+        folders = sorted(i.base_name for i in listing if i.type == pyarrow.fs.FileType.Directory
+                         and i.base_name.startswith("checkpoint_") and i.base_name > name)
+        needed = {i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(path))}
+        for newer in reversed(folders):
+            have = {i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(f"{parent}/{newer}"))}
+            if needed <= have:
+                return tune.Checkpoint(path=f"{parent}/{newer}", filesystem=fs)
+    except OSError:
+        pass
+    return checkpoint
+
+
 def train_trial(config: dict, setup: dict) -> None:
     """The Tune function trainable (wrapped with tune.with_parameters(train_trial, setup=...))."""
     from ray import tune
@@ -90,7 +119,7 @@ def train_trial(config: dict, setup: dict) -> None:
             attempt.setdefault("attempt_start_epoch", report.epoch)
             tune.report({**epoch_metrics(report), **attempt}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    checkpoint = tune.get_checkpoint()
+    checkpoint = newest_checkpoint(tune.get_checkpoint())
     if checkpoint is None:
         fit(cfg, on_epoch=on_epoch, progress=False)
         return

@@ -114,7 +114,7 @@ def test_team_server_refuses_unauthenticated_and_enforces_permissions(team_serve
     from mlflow.server import get_app_client
 
     client_as(server.url, "alice")
-    get_app_client("basic-auth", tracking_uri=server.url).create_experiment_permission(exp, "bob", "EDIT")
+    get_app_client("basic-auth", tracking_uri=server.url).grant_user_permission("bob", "experiment", exp, "EDIT")
     client_as(server.url, "bob").log_metric(run, "x", 1.0)
     assert [m.value for m in client_as(server.url, "alice").get_metric_history(run, "x")] == [1.0]
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -63,9 +64,14 @@ def wait_for(predicate, proc, timeout=240, what=""):
 
 
 def runs(db):
+    """The study's runs, once the driver has created the store (two processes migrating one
+    fresh sqlite file at once break it: "No such constraint: 'uq_experiments_name'")."""
+    log = Path(db.removeprefix("sqlite:///")).parent / "driver.log"
+    if "[search] MLflow:" not in log.read_text():
+        return None, [], []
     try:
         return study_runs(db)
-    except (IndexError, Exception):   # store not created yet
+    except IndexError:   # no experiment yet
         return None, [], []
 
 
