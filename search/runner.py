@@ -326,11 +326,10 @@ def _new_tuner(scfg, setup, trainable, tracker):
         run_config=tune.RunConfig(
             name=scfg.name, storage_path=scfg.storage_path, callbacks=callbacks, verbose=scfg.verbose,
             failure_config=tune.FailureConfig(max_failures=scfg.max_failures),
-            # the best epoch's checkpoint is kept (for the model) and Tune keeps the latest (resume)
-            # num_to_keep=2: a restored driver's snapshot may name the checkpoint before the
-            # latest; with 1 it could already be deleted (search/trainable.newest_checkpoint)
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
-                                                    checkpoint_score_order=MODE)))
+            # The two most recent checkpoints: every checkpoint holds the best epoch's weights so
+            # far (trainer BEST_FILE), and a SIGKILLed driver's snapshot may name the one before
+            # the latest. Keeping by score instead deleted exactly that one (seen on S3).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
 
 
 def _find_callback(tuner):

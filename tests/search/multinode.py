@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -40,7 +41,7 @@ def node_env(tmpdir: str | Path, extra: dict | None = None) -> dict:
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")])),
                RAY_USAGE_STATS_ENABLED="0", TUNE_GLOBAL_CHECKPOINT_S="1",
                TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0")
-    for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "MLFLOW_TRACKING_URI"):
+    for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)   # nothing inherited from the calling process picks another Ray
     env.update(extra or {})
     return env
@@ -53,7 +54,13 @@ class LocalCluster:
                  timeout: float = 120):
         # short and private: Ray's socket paths must stay under 107 bytes
         self.tmpdir = Path(tempfile.mkdtemp(prefix="mf-ray-", dir="/tmp"))
-        self.env = node_env(self.tmpdir, env)
+        # Token authentication, as on a real cluster: a private token file, RAY_AUTH_MODE=token
+        # for every node and driver started from here (never ~/.ray/auth_token, shared by others).
+        self.token_path = self.tmpdir / "auth_token"
+        self.token_path.write_text(secrets.token_hex(32))
+        self.token_path.chmod(0o600)
+        self.env = node_env(self.tmpdir, {"RAY_AUTH_MODE": "token",
+                                          "RAY_AUTH_TOKEN_PATH": str(self.token_path), **(env or {})})
         spec = {"nodes": nodes, "port": free_port(), "dashboard": dashboard}
         self.proc = subprocess.Popen([sys.executable, __file__, json.dumps(spec)], env=self.env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -146,6 +153,8 @@ def _serve(spec: dict) -> None:
     cluster = Cluster(initialize_head=True, head_node_args=head_args)
     handles = {"head": cluster.head_node}
     for name, args in nodes.items():
+        if args.pop("own_temp_dir", False):   # Jobs: a node sharing the head's temp dir can
+            args["temp_dir"] = os.path.join(os.environ["RAY_TMPDIR"], name)   # delete job files
         handles[name] = cluster.add_node(node_ip_address="127.0.0.1", **args)
     cluster.wait_for_nodes()
     info = {"address": cluster.address, "node_ids": {n: h.node_id for n, h in handles.items()}}

@@ -217,3 +217,32 @@ def test_multinode_embedded_driver_sigkill_leaves_no_ray_processes(data_root, tm
     assert {"gcs_server", "raylet"} <= names, names   # it did start its own Ray
     assert still_running(snapshot) == [], "the killed driver left Ray processes behind"
 
+
+
+def test_multinode_ray_job_submit_working_dir(fake_s3, data_root, tmp_path, cache_dir):
+    """`ray job submit --working-dir <repo> -- python search/fairvision_gender.py ...` against a
+    token-authenticated two-node cluster whose nodes do NOT have the project on their path: the
+    driver and the trials import it from the uploaded working directory."""
+    cluster = LocalCluster({"head": {"num_cpus": 1}, "w1": {"num_cpus": 1, "own_temp_dir": True}},
+                           env={**fake_s3.env, "PYTHONPATH": ""}, dashboard=True)
+    try:
+        db = "sqlite:///" + str(tmp_path / "mlflow.db")
+        env = {k: v for k, v in cluster.driver_env().items() if k != "RAY_ADDRESS"}
+        ray_cli = str(Path(sys.executable).parent / "ray")
+        cmd = [ray_cli, "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(REPO),
+               "--", sys.executable, "search/fairvision_gender.py",
+               *search_args(data_root, fake_s3.uri("jobs"), db, samples=2)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+        assert out.returncode == 0 and "succeeded" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
+        _, parents, children = study_runs(db)
+        assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+        # node tags come from this branch's search/ (uploaded), not from any installed copy
+        nodes = {c.data.tags["ray_node_id"] for c in children}
+        assert nodes == set(cluster.node_ids.values()), "the job's trials ran on both nodes"
+        unauthenticated = subprocess.run([ray_cli, "job", "list", "--address", cluster.dashboard_url],
+                                         env={k: v for k, v in env.items() if not k.startswith("RAY_AUTH")},
+                                         capture_output=True, text=True, timeout=120)
+        assert unauthenticated.returncode != 0, "the Jobs API answered without the token"
+    finally:
+        cluster.close()
+        assert cluster.alive() == []
