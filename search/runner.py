@@ -259,6 +259,9 @@ def run_search(scfg: SearchConfig) -> SearchOutcome:
                                     {"cpu": scfg.cpus_per_trial, "gpu": scfg.gpus_per_trial})
     if scfg.resume:
         print(f"[search] resuming {scfg.study_dir}", flush=True)
+        from search.resume import repair_stale_checkpoints
+
+        repair_stale_checkpoints(scfg.study_dir)   # a killed driver's snapshot can lag its trials
         tuner = tune.Tuner.restore(scfg.study_dir, trainable, resume_errored=True)
         callback = _find_callback(tuner)   # the study's own tracker (same store, same parent run)
         tracker = callback.tracker if callback else tracker
