@@ -39,9 +39,9 @@ def two_nodes(fake_s3, cache_dir):
     assert cluster.alive() == [], "Ray processes left behind"
 
 
-def search_args(data_root, storage, db, samples=SAMPLES):
+def search_args(data_root, storage, db, samples=SAMPLES, epochs=EPOCHS):
     return ["--data-root", data_root, "--preset", "tiny", "--num-samples", str(samples),
-            "--max-epochs", str(EPOCHS), "--grace-period", str(EPOCHS), "--max-concurrent", "2",
+            "--max-epochs", str(epochs), "--grace-period", str(epochs), "--max-concurrent", "2",
             "--cpus-per-trial", "1", "--storage-path", storage, "--tracking-uri", db,
             "--no-final-test", "--name", "mn"]
 
@@ -204,7 +204,8 @@ def test_multinode_embedded_driver_sigkill_leaves_no_ray_processes(data_root, tm
     db = "sqlite:///" + str(tmp_path / "mlflow.db")
     raytmp = tempfile.mkdtemp(prefix="mf-ray-", dir="/tmp")   # socket paths < 107 bytes
     env = node_env(raytmp)
-    args = [*search_args(data_root, str(tmp_path / "results"), db, samples=2), "--local", "--num-cpus", "1"]
+    args = [*search_args(data_root, str(tmp_path / "results"), db, samples=2, epochs=2), "--local",
+            "--num-cpus", "1"]
     with open(tmp_path / "driver.log", "w") as log:
         proc = start_driver(env, args, log)
     try:
@@ -231,7 +232,7 @@ def test_multinode_ray_job_submit_working_dir(fake_s3, data_root, tmp_path, cach
         ray_cli = str(Path(sys.executable).parent / "ray")
         cmd = [ray_cli, "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(REPO),
                "--", sys.executable, "search/fairvision_gender.py",
-               *search_args(data_root, fake_s3.uri("jobs"), db, samples=2)]
+               *search_args(data_root, fake_s3.uri("jobs"), db, samples=2, epochs=1)]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
         assert out.returncode == 0 and "succeeded" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
         _, parents, children = study_runs(db)
