@@ -1,6 +1,6 @@
 """The team MLflow server (mlflow/serve.sh): PostgreSQL for runs and users, basic-auth, artifacts
 on S3 (moto's server mode: a FAKE of AWS S3 started here). One server for the module, started
-with the test settings of shared/docs/stack.md (one worker, no job workers). Slow: about 1-2 min."""
+with the test settings of shared/docs/stack.md (one worker, no job workers). Slow: about 3 min."""
 import json
 import os
 import shutil
