@@ -234,7 +234,12 @@ def test_multinode_ray_job_submit_working_dir(fake_s3, data_root, tmp_path, cach
         cmd = [ray_cli, "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(REPO),
                "--", sys.executable, "search/fairvision_gender.py",
                *search_args(data_root, fake_s3.uri("jobs"), db, samples=2, epochs=1)]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+        deadline = time.time() + 90
+        while True:   # the head's job agent registers a few seconds after the node is up
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+            if "No available agent to submit job" not in out.stderr or time.time() > deadline:
+                break
+            time.sleep(3)
         assert out.returncode == 0 and "succeeded" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
         _, parents, children = study_runs(db)
         assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
