@@ -15,11 +15,25 @@ from pathlib import Path
 from search import study as S
 from search.tracking import StudyTracker, check_tracking_uri, default_tracking_uri, git_commit, ui_hint
 
+
 def relog(study_dir: str | Path, tracking_uri: str, experiment: str | None = None) -> StudyTracker:
-    study_dir = Path(study_dir).resolve()
+    """Re-log a study folder; an s3:// (gs://) study is read through a temporary local copy."""
+    if "://" in str(study_dir):
+        import tempfile
+
+        import pyarrow.fs
+
+        with tempfile.TemporaryDirectory(prefix="multifair-relog-") as tmp:
+            pyarrow.fs.copy_files(str(study_dir), tmp)
+            return _relog(Path(tmp), tracking_uri, experiment)
+    return _relog(Path(study_dir).resolve(), tracking_uri, experiment)
+
+
+def _relog(study_dir: Path, tracking_uri: str, experiment: str | None) -> StudyTracker:
     study = S.read_study(str(study_dir))
     search = study["search"]
-    recorded = f"{search['storage_path'].rstrip('/')}/{search['name']}"   # runs are tagged with it
+    base, sep, query = search["storage_path"].partition("?")
+    recorded = f"{base.rstrip('/')}/{search['name']}{sep}{query}"   # runs are tagged with it
     check_tracking_uri(tracking_uri)
     tracker = StudyTracker(tracking_uri, experiment or search["experiment"], recorded,
                            artifact_root=str(study_dir.parent / "mlartifacts"))
@@ -43,11 +57,13 @@ def relog(study_dir: str | Path, tracking_uri: str, experiment: str | None = Non
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--results", required=True, help="the study folder (<storage-path>/<name>)")
+    p.add_argument("--results", required=True,
+                   help="the study folder (<storage-path>/<name>), local or s3://bucket/path/<name>")
     p.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI or sqlite next to the study")
     p.add_argument("--experiment", default=None, help="default: the study's own experiment name")
     a = p.parse_args(argv)
-    uri = a.tracking_uri or default_tracking_uri(Path(a.results).resolve().parent)
+    local = "://" not in a.results
+    uri = a.tracking_uri or default_tracking_uri(Path(a.results).resolve().parent if local else ".")
     tracker = relog(a.results, uri, a.experiment)
     command, url = ui_hint(uri, tracker.experiment_id)
     print(f"re-logged {a.results} into {uri}: experiment {tracker.experiment_id}, "

@@ -81,7 +81,9 @@ class SearchConfig:
 
     @property
     def study_dir(self) -> str:
-        return f"{self.storage_path.rstrip('/')}/{self.name}"
+        # s3://bucket/p?endpoint_override=...: the study folder goes before the query options
+        base, sep, query = self.storage_path.partition("?")
+        return f"{base.rstrip('/')}/{self.name}{sep}{query}"
 
 
 class BadFlag(ValueError):
@@ -305,6 +307,12 @@ def prepare_study(scfg: SearchConfig):
     from trainer.data import prepare
 
     prepared = prepare(cfg)   # audit + cache, once on this machine; trials find the cache built
+    import ray
+
+    if not ray.is_initialized():
+        from search.reaper import reap_ray_on_exit
+
+        reap_ray_on_exit()   # a SIGKILLed driver must not leave its embedded Ray's agents behind
     init_ray(scfg)
     if scfg.resume:
         setup = study.read_study(scfg.study_dir)["setup"]   # the study's own constants, not today's flags
@@ -326,6 +334,9 @@ def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor):
                                     {"cpu": scfg.cpus_per_trial, "gpu": scfg.gpus_per_trial})
     if scfg.resume:
         print(f"[search] resuming {scfg.study_dir}", flush=True)
+        from search.resume import repair_stale_checkpoints
+
+        repair_stale_checkpoints(scfg.study_dir)   # a killed driver's snapshot can lag its trials
         tuner = tune.Tuner.restore(scfg.study_dir, trainable, resume_errored=True)
         callback = _find_callback(tuner)   # the study's own tracker (same store, same parent run)
         tracker = callback.tracker if callback else tracker
@@ -365,9 +376,10 @@ def _new_tuner(scfg, setup, trainable, tracker, auc_floor):
         run_config=tune.RunConfig(
             name=scfg.name, storage_path=scfg.storage_path, callbacks=callbacks, verbose=scfg.verbose,
             failure_config=tune.FailureConfig(max_failures=scfg.max_failures),
-            # the best epoch's checkpoint is kept (for the model) and Tune keeps the latest (resume)
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=study.METRIC,
-                                                    checkpoint_score_order="max")))
+            # The two most recent checkpoints: every checkpoint holds the best epoch's weights so
+            # far (trainer BEST_FILE), and a SIGKILLed driver's snapshot may name the one before
+            # the latest. Keeping by score instead deleted exactly that one (seen on S3).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
 
 
 def _find_callback(tuner):

@@ -113,7 +113,10 @@ class StudyTracker:
 
     def __init__(self, tracking_uri: str, experiment: str, study_dir: str,
                  artifact_root: str | None = None):
-        self.tracking_uri, self.experiment, self.study_dir = tracking_uri, experiment, study_dir
+        # The study's identity in MLflow: its URI without query options (an s3:// storage path
+        # may carry ?endpoint_override=...; the same study reached another way stays one study).
+        self.tracking_uri, self.experiment = tracking_uri, experiment
+        self.study_dir = study_dir.split("?", 1)[0]
         self.artifact_root = artifact_root
         self._client = None
         self.experiment_id: str | None = None
@@ -122,8 +125,10 @@ class StudyTracker:
         self._logged_step: dict[str, int] = {}
 
     def __getstate__(self):   # Tune pickles callbacks into the experiment state
+        # Caches are not kept: a restored driver re-reads runs and logged steps from MLflow
+        # (the pickled snapshot lags behind what was logged before a SIGKILL).
         state = dict(self.__dict__)
-        state["_client"] = None
+        state.update(_client=None, _children={}, _logged_step={})
         return state
 
     @property
@@ -194,18 +199,20 @@ class StudyTracker:
         self._children[trial_id] = run_id
         return run_id
 
-    def log_epoch(self, run_id: str, result: dict) -> None:
-        """Log one epoch with step = epoch; epochs already logged are skipped (idempotent)."""
+    def log_epoch(self, run_id: str, result: dict) -> bool:
+        """Log one epoch with step = epoch; epochs already logged are skipped (idempotent).
+        Returns whether it was new."""
         from mlflow.entities import Metric
 
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         if step <= self._logged_step.get(run_id, 0):
-            return
+            return False
         ts = int(result.get("timestamp", time.time()) * 1000)
         metrics = [Metric(k, v, ts, step) for k, v in result_metrics(result).items()]
         for i in range(0, len(metrics), 900):
             self.client.log_batch(run_id, metrics=metrics[i:i + 900])
         self._logged_step[run_id] = step
+        return True
 
     def end_trial(self, run_id: str, status: str, epochs: int, max_epochs: int,
                   extra_tags: dict | None = None) -> None:
@@ -265,6 +272,7 @@ class MLflowTrialCallback(Callback):
         self.stage = stage
         self.retries: dict[str, int] = {}
         self.epochs: dict[str, int] = {}
+        self.placement: dict[str, dict] = {}   # trial_id -> nodes, resume epochs, epochs repeated
 
     def _run(self, trial) -> str:
         config, tags, name = trial.config, self.trial_tags, None
@@ -280,16 +288,40 @@ class MLflowTrialCallback(Callback):
         self._run(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.tracker.log_epoch(self._run(trial), result)
+        run_id = self._run(trial)
+        new = self.tracker.log_epoch(run_id, result)
         self.epochs[trial.trial_id] = int(result.get("epoch", result.get("training_iteration", 0)))
+        self._tag_placement(run_id, trial.trial_id, result, repeated=not new)
+
+    def _tag_placement(self, run_id: str, trial_id: str, result: dict, repeated: bool) -> None:
+        """Tags: the Ray node(s) the trial ran on, the epochs it resumed at after a lost node or
+        driver, and how many epochs it trained twice. Written only when they change."""
+        p = self.placement.setdefault(trial_id, {"nodes": [], "resumed_at": [], "repeated": 0})
+        node, start = result.get("node_id"), int(result.get("attempt_start_epoch", 1))
+        tags = {}
+        if node and node != p.get("last"):
+            tags["ray_node_id"] = p["last"] = node
+            if node not in p["nodes"]:
+                p["nodes"].append(node)
+                tags["ray_nodes"] = ",".join(p["nodes"])
+        if start > 1 and start not in p["resumed_at"]:
+            p["resumed_at"].append(start)
+            tags["resumed_at_epochs"] = ",".join(map(str, p["resumed_at"]))
+        if repeated:
+            p["repeated"] += 1
+            tags["epochs_repeated"] = p["repeated"]
+        for k, v in tags.items():
+            self.tracker.client.set_tag(run_id, k, str(v))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self.retries[trial.trial_id] = self.retries.get(trial.trial_id, 0) + 1
         self.tracker.client.set_tag(self._run(trial), "retries", self.retries[trial.trial_id])
 
     def _epochs(self, trial) -> int:
-        last = trial.last_result or {}
-        return int(last.get("epoch", self.epochs.get(trial.trial_id, 0)))
+        # after a driver restore Tune's last result can predate epochs already logged
+        last = int((trial.last_result or {}).get("epoch", 0))
+        logged = self.tracker._logged_step.get(self.tracker._children.get(trial.trial_id), 0)
+        return max(last, self.epochs.get(trial.trial_id, 0), logged)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.tracker.end_trial(self._run(trial), "FINISHED", self._epochs(trial), self.max_epochs)

@@ -75,8 +75,38 @@ def _is_baseline(config: dict, baseline: dict) -> bool:
     return bool(baseline) and all(math.isclose(config[k], v) for k, v in baseline.items())
 
 
+def newest_checkpoint(checkpoint):
+    """The trial's newest complete checkpoint on storage, which can be newer than the one Tune
+    restores: a SIGKILLed driver's last experiment snapshot (written at most every
+    TUNE_GLOBAL_CHECKPOINT_S) can lag the trial by an epoch or more, and a trial that finished
+    after it would train its last epochs again. A newer folder counts only if it holds every file
+    the restored one holds (a checkpoint cut off mid-upload is skipped)."""
+    if checkpoint is None:
+        return None
+    import posixpath
+
+    import pyarrow.fs
+    from ray import tune
+
+    fs, path = checkpoint.filesystem, checkpoint.path
+    parent, name = posixpath.split(path.rstrip("/"))
+    try:
+        listing = fs.get_file_info(pyarrow.fs.FileSelector(parent))
+        folders = sorted(i.base_name for i in listing if i.type == pyarrow.fs.FileType.Directory
+                         and i.base_name.startswith("checkpoint_") and i.base_name > name)
+        needed = {i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(path))}
+        for newer in reversed(folders):
+            have = {i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(f"{parent}/{newer}"))}
+            if needed <= have:
+                return tune.Checkpoint(path=f"{parent}/{newer}", filesystem=fs)
+    except OSError:
+        pass
+    return checkpoint
+
+
 def train_trial(config: dict, setup: dict) -> None:
     """The Tune function trainable (wrapped with tune.with_parameters(train_trial, setup=...))."""
+    import ray
     from ray import tune
 
     from trainer.loop import fit
@@ -85,6 +115,9 @@ def train_trial(config: dict, setup: dict) -> None:
     cfg = trial_config(config, setup["base"])
     ensure_data(cfg, setup.get("synthetic"))
     hooks = setup.get("test_hooks") or {}
+    # Where this attempt runs and the epoch it started at: the MLflow callback tags the run with
+    # its node(s) and counts epochs trained twice after a node loss (docs/search.md).
+    attempt = {"node_id": ray.get_runtime_context().get_node_id()}
 
     def on_epoch(report):
         # Test hook (documented in docs/search.md): make the baseline trial raise on every attempt.
@@ -93,9 +126,10 @@ def train_trial(config: dict, setup: dict) -> None:
             raise DeliberateTrialFailure(f"test hook: baseline trial fails at epoch {report.epoch}")
         with tempfile.TemporaryDirectory(prefix="multifair-ckpt-") as tmp:
             report.save_checkpoint(tmp)
-            tune.report(epoch_metrics(report), checkpoint=tune.Checkpoint.from_directory(tmp))
+            attempt.setdefault("attempt_start_epoch", report.epoch)
+            tune.report({**epoch_metrics(report), **attempt}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    checkpoint = tune.get_checkpoint()
+    checkpoint = newest_checkpoint(tune.get_checkpoint())
     if checkpoint is None:
         fit(cfg, on_epoch=on_epoch, progress=False)
         return

@@ -28,3 +28,12 @@ def test_cluster_yaml(name):
     assert "~/multifair-tune" in config["file_mounts"]
     if config["provider"]["type"] == "local":
         assert "available_node_types" not in config
+
+
+def test_jobs_runtime_env_pins_equal_pyproject():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    env = yaml.safe_load((REPO / "cluster" / "jobs" / "runtime_env.yaml").read_text())
+    assert env["working_dir"] == "."
+    assert env["pip"]["packages"] == project["dependencies"] + project["optional-dependencies"]["search"]

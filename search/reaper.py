@@ -1,0 +1,66 @@
+"""Leave no Ray processes behind when the search driver is killed.
+
+An embedded Ray (`--local`, or no cluster found) is started by the driver itself. Ray ties the
+GCS and raylet to the driver's life, but not the agents they spawn: a SIGKILLed driver left its
+`ray::DashboardAgent` and `ray::RuntimeEnvAgent` running, one pair per kill (seen with Ray
+2.60). SIGKILL cannot be caught, so a small watchdog process (this file run as a script, in its
+own session) records the driver's descendants every second and, once the driver is gone, kills
+those that are still running. It touches nothing else: only processes that descended from this
+driver, matched by pid and start time. Attached to a cluster the driver has no Ray descendants
+and the watchdog does nothing but wait.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+GRACE_S = 3.0   # after the driver is gone, let Ray's own shutdown go first
+
+
+def reap_ray_on_exit() -> subprocess.Popen | None:
+    """Start the watchdog for this process (call before ray.init)."""
+    try:
+        import psutil  # noqa: F401
+    except ImportError:   # the watchdog needs psutil; without it, warn and go on
+        print("[search] psutil missing: a killed driver may leave Ray agents running", file=sys.stderr)
+        return None
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), str(os.getpid())],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+
+
+def _watch(driver_pid: int, interval: float = 1.0) -> list[int]:
+    import psutil
+
+    try:
+        driver = psutil.Process(driver_pid)
+    except psutil.NoSuchProcess:
+        return []
+    seen: dict[int, float] = {}   # pid -> create_time (guards against pid reuse)
+    while True:
+        try:
+            for child in driver.children(recursive=True):
+                if child.pid != os.getpid():
+                    seen.setdefault(child.pid, child.create_time())
+            if driver.status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(interval)
+    time.sleep(GRACE_S)
+    killed = []
+    for pid, created in seen.items():
+        try:
+            proc = psutil.Process(pid)
+            if proc.create_time() == created:
+                proc.kill()
+                killed.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return killed
+
+
+if __name__ == "__main__":
+    _watch(int(sys.argv[1]))
