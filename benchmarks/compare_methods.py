@@ -161,7 +161,8 @@ def tuned_sets(args, method: str, attribute: str) -> list[str]:
                         num_cpus=args.workers, no_tracking=True, verbose=0,
                         storage_path=str(Path(args.out) / "search"), seed=TUNING_SEED,
                         name=f"{method.replace('@', '_').replace('+', '_')}-{attribute}",
-                        final_test=False, log_best_model=False, resume=False)
+                        final_test=False, log_best_model=False, resume=False,
+                        finalists=0, figures=False)
     outcome = run_search(scfg)
     best = (outcome.best or {}).get("config", {})
     return [f"{k}={v}" for k, v in best.items()]

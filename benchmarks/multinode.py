@@ -35,7 +35,7 @@ def search(cluster: LocalCluster, work: Path, args) -> float:
            "--num-samples", str(args.trials), "--max-epochs", str(args.epochs),
            "--grace-period", str(args.epochs), "--max-concurrent", "2", "--cpus-per-trial", "1",
            "--storage-path", str(work / "results"), "--tracking-uri", f"sqlite:///{work}/mlflow.db",
-           "--no-final-test", "--data-root", str(args.data)]
+           "--no-final-test", "--finalists", "0", "--no-figures", "--data-root", str(args.data)]
     start = time.perf_counter()
     out = subprocess.run(cmd, env=cluster.driver_env(), cwd=work, capture_output=True, text=True)
     if out.returncode != 0:

@@ -71,7 +71,7 @@ def test_embedded_search_listens_on_loopback_only_and_leaves_nothing(data_root, 
     cmd = [sys.executable, str(REPO / "search" / "fairvision_gender.py"), "--local",
            "--preset", "tiny", "--data-root", data_root, "--num-samples", "2", "--max-epochs", "1",
            "--grace-period", "1", "--max-concurrent", "2", "--cpus-per-trial", "1",
-           "--num-cpus", "2", "--no-tracking", "--no-final-test",
+           "--num-cpus", "2", "--no-tracking", "--no-final-test", "--finalists", "0", "--no-figures",
            "--storage-path", str(tmp_path / "results")]
     log = open(tmp_path / "search.log", "wb")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
