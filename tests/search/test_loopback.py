@@ -16,6 +16,7 @@ import urllib.request
 import uuid
 
 import psutil
+import pytest
 from search.tracking import ui_hint
 from tests.search.conftest import REPO, subprocess_env
 from tests.search.test_tracking import free_port
@@ -102,7 +103,8 @@ def test_embedded_search_listens_on_loopback_only_and_leaves_nothing(data_root, 
 def test_mlflow_server_script_and_ui_hint_default_to_loopback(tmp_path):
     assert "--host 127.0.0.1" in ui_hint("sqlite:////tmp/x.db", "1")[0]
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": "",
+    env = {**os.environ, "PYTHONPATH": "", "MLFLOW_WORKERS": "1",
+           "MLFLOW_AUTH_ADMIN_PASSWORD": uuid.uuid4().hex,        # serve.sh has no default
            "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
     script = ["bash", str(REPO / "mlflow" / "serve.sh"), str(tmp_path / "store"), str(port)]
     server = subprocess.Popen(script, env=env, stdout=subprocess.DEVNULL,      # no HOST argument
