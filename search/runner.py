@@ -319,6 +319,7 @@ def prepare_study(scfg: SearchConfig):
     else:
         setup = {"base": cfg.to_dict(), "synthetic": synthetic,
                  "test_hooks": {**scfg.test_hooks, "baseline": dict(scfg.baseline)}}
+    setup["card_path"] = str(prepared["card_path"])   # this machine's dataset card (counts only)
     return tracker, setup, cfg
 
 
@@ -345,7 +346,7 @@ def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor):
 
         tracker.start_study(tags=study.study_tags(scfg.to_dict(), git_commit()),
                             params=study.study_params(scfg.to_dict()))
-        tracker.log_card(prepared["card_path"])   # the dataset card: aggregate counts only
+        tracker.log_card(setup["card_path"])   # the dataset card: aggregate counts only
         print(f"[search] MLflow: {tracker.tracking_uri} experiment {tracker.experiment_id} "
               f"parent run {tracker.parent_run_id}", flush=True)
     if not scfg.resume:
