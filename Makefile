@@ -1,5 +1,5 @@
-# Everything installs into .venv on first use; only Python 3.11 and pip are needed.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# Everything installs into .venv on first use; only Python 3.11-3.13 and pip are needed (PYTHON=python3.13 make ... picks another).
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.13 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
