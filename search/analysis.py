@@ -15,7 +15,6 @@ its logged model is registered with alias `champion` (models:/NAME@champion).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 

@@ -11,7 +11,7 @@ import math
 import tempfile
 from pathlib import Path
 
-from search.space import hyperparameters
+from search.space import RANGES
 
 def trial_dirname(trial) -> str:
     """Short trial folder names (Tune's default spells out the whole config)."""
