@@ -57,9 +57,10 @@ def local_dir(search: dict) -> Path:
     """Local folder for figures and the report: the study folder, or a mirror of its name under
     the local results folder when the study lives in object storage."""
     study_dir = f"{search['storage_path'].rstrip('/')}/{search['name']}"
-    if study_dir.startswith(REMOTE):
-        return Path("multifair-results").resolve() / search["name"]
-    return Path(study_dir)
+    local = Path("multifair-results").resolve() / search["name"] if study_dir.startswith(REMOTE) \
+        else Path(study_dir)
+    local.mkdir(parents=True, exist_ok=True)   # a study on s3:// has no local folder yet
+    return local
 
 
 def space_summary(mode: str = "full") -> dict[str, str]:
