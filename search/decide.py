@@ -17,7 +17,7 @@ def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | No
     full = S.full_length(trials, scfg.max_epochs)
     front = objectives.front(full)
     decision = {"objective": scfg.objective, "auc_floor_search": auc_floor,
-                "space": {k: str(v) for k, v in S.space_summary().items()},
+                "space": {k: str(v) for k, v in S.space_summary(scfg.mode).items()},
                 "front": [{"trial_id": t["trial_id"], "auc": t["val"]["auc"], "es_auc": t["val"]["es_auc"],
                            "params": t["params"]} for t in front]}
     if scfg.data_root:

@@ -230,8 +230,9 @@ def test_json_output_has_null_for_undefined_values():
     result = {"best_epoch": 1, "val": {"auc": 0.8, "group_auc": {"asian": math.nan, "white": 0.7},
                                        "es_auc": np.float32(0.5)},
               "test": {"mean": {"dpd": float("inf")}}, "history": [],
-              "config": {k: 0 for k in ("dataset", "attribute", "mode", "modalities", "rho",
-                                        "lambda_gm", "tau", "delta", "lambda_f", "seed", "epochs")}}
+              "config": {**{k: 0 for k in ("dataset", "attribute", "modalities", "rho",
+                                           "lambda_gm", "tau", "delta", "lambda_f", "seed", "epochs")},
+                         "mode": "full", "modulation_target": "gradient"}}
     parsed = strict_loads(result_json(result))
     assert parsed["val"]["group_auc"] == {"asian": None, "white": 0.7}
     assert parsed["test"]["mean"]["dpd"] is None and parsed["val"]["es_auc"] == 0.5
