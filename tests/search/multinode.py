@@ -3,8 +3,8 @@
 `LocalCluster` starts a helper process (this file run as a script) that owns a
 `ray.cluster_utils.Cluster`: one head raylet and worker raylets, each a separate set of Ray
 processes, all bound to 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, see
-shared/docs/stack.md) with a private RAY_TMPDIR, so nothing here is found by another Ray's
-`address="auto"` and `ray stop` is never needed. The helper takes commands on stdin:
+shared/docs/stack.md) with a private RAY_TMPDIR, so another driver's auto-discovery never finds
+it and nothing here needs the machine-wide stop command. The helper takes commands on stdin:
 `remove NAME` (the node is lost: `Cluster.remove_node(allow_graceful=False)`, the cleanest node
 loss) and `shutdown`. Drivers are separate processes that attach with RAY_ADDRESS.
 
