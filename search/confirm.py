@@ -94,7 +94,7 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
         trial_id = r.path.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
         runs.append(trial_record(trial_id, r.config, rows, "FAILED" if r.error else "FINISHED",
                                  candidate=r.config["candidate"], seed=int(r.config["seed"]),
-                                 checkpoint=r.get_best_checkpoint(METRIC, "max") or r.checkpoint,
+                                 checkpoint=r.checkpoint,   # newest: holds the best weights so far
                                  run_id=tracker._children.get(trial_id) if tracker else None))
     return runs
 

@@ -60,7 +60,6 @@ def summarize_results(scfg, results, tracker, wall_s, test_best: bool = True) ->
     """Trial records, the best search trial, counts. With test_best (no confirmation stage) the
     best trial's model is logged and scored on the test split; else search.decide does that for
     the confirmed pick."""
-    METRIC, MODE = study.METRIC, "max"
 
     trials = trials_from_results(results)
     best = select_best(trials, scfg.max_epochs)
@@ -71,7 +70,10 @@ def summarize_results(scfg, results, tracker, wall_s, test_best: bool = True) ->
     best_run_id, ckpt = None, None
     if best is not None:
         result = next(t["result"] for t in trials if t["trial_id"] == best["trial_id"])
-        ckpt = result.get_best_checkpoint(METRIC, MODE) or result.checkpoint
+        # The newest checkpoint: each holds the validation-best weights so far (trainer
+        # BEST_FILE), while Tune's score-best record can name a folder that num_to_keep deleted
+        # before a driver restart (seen after SIGKILL + --resume on S3).
+        ckpt = result.checkpoint
     if tracker is not None and best is not None and test_best:
         best_run_id = tracker._children.get(best["trial_id"]) or _lookup_child(tracker, best["trial_id"])
         if scfg.log_best_model and best_run_id and ckpt is not None:
