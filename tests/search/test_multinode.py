@@ -231,7 +231,12 @@ def test_multinode_ray_job_submit_working_dir(fake_s3, data_root, tmp_path, cach
         db = "sqlite:///" + str(tmp_path / "mlflow.db")
         env = {k: v for k, v in cluster.driver_env().items() if k != "RAY_ADDRESS"}
         ray_cli = str(Path(sys.executable).parent / "ray")
-        cmd = [ray_cli, "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(REPO),
+        # the project as a user uploads it: the tracked tree, without a local .venv or results
+        # (a CI clone holds a 6 GB .venv, over the Jobs API's upload limit)
+        project = tmp_path / "project"
+        shutil.copytree(REPO, project, ignore=shutil.ignore_patterns(
+            ".venv", ".git", "results", "data", "multifair-results", "*.egg-info", "__pycache__"))
+        cmd = [ray_cli, "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(project),
                "--", sys.executable, "search/fairvision_gender.py",
                *search_args(data_root, fake_s3.uri("jobs"), db, samples=2, epochs=1)]
         deadline = time.time() + 90
