@@ -146,8 +146,11 @@ def _serve(spec: dict) -> None:
     from ray.cluster_utils import Cluster
 
     nodes = dict(spec["nodes"])
+    # every node's dashboard agent gets its own free port: Ray's default (52365) is taken by
+    # whichever node (or other Ray on this machine) binds first, and a head whose agent lost that
+    # race answers Jobs with "No available agent to submit job"
     head_args = dict(nodes.pop("head"), node_ip_address="127.0.0.1", gcs_server_port=spec["port"],
-                     include_dashboard=spec["dashboard"])
+                     include_dashboard=spec["dashboard"], dashboard_agent_listen_port=free_port())
     if spec["dashboard"]:
         head_args.update(dashboard_host="127.0.0.1", dashboard_port=free_port())
     cluster = Cluster(initialize_head=True, head_node_args=head_args)
@@ -155,7 +158,8 @@ def _serve(spec: dict) -> None:
     for name, args in nodes.items():
         if args.pop("own_temp_dir", False):   # Jobs: a node sharing the head's temp dir can
             args["temp_dir"] = os.path.join(os.environ["RAY_TMPDIR"], name)   # delete job files
-        handles[name] = cluster.add_node(node_ip_address="127.0.0.1", **args)
+        handles[name] = cluster.add_node(node_ip_address="127.0.0.1",
+                                         dashboard_agent_listen_port=free_port(), **args)
     cluster.wait_for_nodes()
     info = {"address": cluster.address, "node_ids": {n: h.node_id for n, h in handles.items()}}
     if spec["dashboard"]:
