@@ -81,7 +81,7 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
                                     "seed": tune.grid_search(seed_list)},
             tune_config=tune.TuneConfig(metric=METRIC, mode="max",   # no searcher: a plain grid
                                         max_concurrent_trials=min(n, _concurrency(scfg)),
-                                        trial_dirname_creator=trial_dirname),
+                                        trial_dirname_creator=trial_dirname, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=name, storage_path=scfg.storage_path, callbacks=callbacks, verbose=min(scfg.verbose, 1),
                 failure_config=tune.FailureConfig(max_failures=scfg.max_failures),

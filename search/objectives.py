@@ -58,7 +58,9 @@ def make_scheduler(scfg):
     if scfg.scheduler == "none":
         return FIFOScheduler()
     kwargs = dict(metric=STOP_METRIC, mode="max") if multi else {}
-    return ASHAScheduler(time_attr="training_iteration", max_t=scfg.max_epochs,
+    # time = the trainer's epoch, not Tune's report count: a trial resumed from an older checkpoint
+    # (or from scratch) reports its epochs again, and its rungs stay where its epochs are
+    return ASHAScheduler(time_attr="epoch", max_t=scfg.max_epochs,
                          grace_period=scfg.grace_period, reduction_factor=scfg.reduction_factor, **kwargs)
 
 

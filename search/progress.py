@@ -15,6 +15,10 @@ class ProgressCallback(Callback):
         self.max_epochs, self.every_s, self.label = max_epochs, every_s, label
         self.best = (-math.inf, None)
         self._last = 0.0
+        self.started: dict[str, float] = {}   # trial id -> wall clock when Tune started it
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started.setdefault(trial.trial_id, time.time())
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(METRIC)

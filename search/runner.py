@@ -227,7 +227,9 @@ def init_ray(scfg: SearchConfig) -> None:
                                  f"need RAY_AUTH_MODE=token; use --local for an embedded Ray)") from None
     from search.embedded_ray import init_local_ray
 
-    init_local_ray(scfg.num_cpus or os.cpu_count(), scfg.num_gpus if scfg.num_gpus >= 0 else None)
+    # every worker imports the trainer as it starts (search.trainable.preimport), off the trials' path
+    init_local_ray(scfg.num_cpus or os.cpu_count(), scfg.num_gpus if scfg.num_gpus >= 0 else None,
+                   runtime_env={"worker_process_setup_hook": "search.trainable.preimport"})
     print(f"[search] embedded Ray (loopback only): {ray.cluster_resources()}", flush=True)
 
 
@@ -250,7 +252,8 @@ def run_search(scfg: SearchConfig) -> SearchOutcome:
     from search.decide import decide
 
     started = time.time()
-    tracker, setup, cfg = prepare_study(scfg)
+    timings: dict[str, float] = {}
+    tracker, setup, cfg = prepare_study(scfg, timings)
     auc_floor = None
     if scfg.objective == "constrained":
         from search.objectives import reference_auc
@@ -261,12 +264,19 @@ def run_search(scfg: SearchConfig) -> SearchOutcome:
               f"{auc_floor:.4f}", flush=True)
     if not scfg.resume:
         study.write_study(scfg.study_dir, scfg.to_dict(), setup)
-    results, tracker = search_stage(scfg, setup, tracker, auc_floor)
+    clock = time.perf_counter()
+    results, tracker = search_stage(scfg, setup, tracker, auc_floor, timings)
+    timings["search_s"] = time.perf_counter() - clock
     confirming = scfg.finalists > 0
+    clock = time.perf_counter()
     outcome = summarize_results(scfg, results, tracker, time.time() - started, test_best=not confirming)
+    timings["summary_s"] = time.perf_counter() - clock   # incl. the best model logged when no confirmation
+    clock = time.perf_counter()
     if not outcome.interrupted and outcome.best is not None:
         outcome.decision = decide(scfg, setup, outcome.trials, tracker, auc_floor)
+    timings["decide_s"] = time.perf_counter() - clock
     outcome.wall_s = time.time() - started
+    outcome.timings = timings
     if tracker is not None:
         tracker.end_study("KILLED" if outcome.interrupted else "FINISHED",
                           tags={"interrupted": str(outcome.interrupted).lower(),
@@ -281,9 +291,13 @@ def _chosen_label(outcome) -> str:
     return ((outcome.decision or {}).get("confirmation") or {}).get("choice", {}).get("label", "")
 
 
-def prepare_study(scfg: SearchConfig):
-    """Refuse to overwrite, open the tracking store, data, Ray; returns (tracker, setup, cfg)."""
+def prepare_study(scfg: SearchConfig, timings: dict | None = None):
+    """Refuse to overwrite, open the tracking store, data, Ray; returns (tracker, setup, cfg).
+    `timings` receives the seconds of its stages (tracking_s, data_s, ray_start_s)."""
     from ray import tune
+
+    timings = {} if timings is None else timings
+    clock = time.perf_counter()
 
     from search import study, tracking
 
@@ -302,11 +316,15 @@ def prepare_study(scfg: SearchConfig):
         tracking.check_tracking_uri(uri)
         tracker = tracking.StudyTracker(uri, scfg.experiment, scfg.study_dir,
                                         artifact_root=str(scfg.results_dir / "mlartifacts"))
+    timings["tracking_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     synthetic = None if scfg.data_root else generate_data(scfg)
     cfg = base_config(scfg)
     from trainer.data import prepare
 
     prepared = prepare(cfg)   # audit + cache, once on this machine; trials find the cache built
+    timings["data_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     import ray
 
     if not ray.is_initialized():
@@ -314,6 +332,7 @@ def prepare_study(scfg: SearchConfig):
 
         reap_ray_on_exit()   # a SIGKILLed driver must not leave its embedded Ray's agents behind
     init_ray(scfg)
+    timings["ray_start_s"] = time.perf_counter() - clock
     if scfg.resume:
         setup = study.read_study(scfg.study_dir)["setup"]   # the study's own constants, not today's flags
     else:
@@ -323,9 +342,10 @@ def prepare_study(scfg: SearchConfig):
     return tracker, setup, cfg
 
 
-def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor):
+def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor, timings: dict | None = None):
     """The Optuna/ASHA Tune run (new or resumed); returns Tune's ResultGrid and the tracker
-    (a resumed study's own)."""
+    (a resumed study's own). `timings` receives the MLflow callback's seconds and when each trial
+    was started (benchmarks/search_vs_optuna.py)."""
     from ray import tune
 
     from search import study
@@ -351,7 +371,16 @@ def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor):
               f"parent run {tracker.parent_run_id}", flush=True)
     if not scfg.resume:
         tuner = _new_tuner(scfg, setup, trainable, tracker, auc_floor)
-    return tuner.fit(), tracker
+    results = tuner.fit()
+    if timings is not None:
+        from search.progress import ProgressCallback
+
+        for cb in tuner._local_tuner.get_run_config().callbacks or []:
+            if isinstance(cb, ProgressCallback):
+                timings["trial_started"] = dict(cb.started)
+            elif hasattr(cb, "seconds"):
+                timings["mlflow_callback_s"] = cb.seconds
+    return results, tracker
 
 
 def _new_tuner(scfg, setup, trainable, tracker, auc_floor):
@@ -373,7 +402,7 @@ def _new_tuner(scfg, setup, trainable, tracker, auc_floor):
                                     search_alg=objectives.make_searcher(scfg, auc_floor),
                                     scheduler=objectives.make_scheduler(scfg), num_samples=scfg.num_samples,
                                     max_concurrent_trials=max_concurrent(scfg),
-                                    trial_dirname_creator=trial_dirname),
+                                    trial_dirname_creator=trial_dirname, reuse_actors=True),
         run_config=tune.RunConfig(
             name=scfg.name, storage_path=scfg.storage_path, callbacks=callbacks, verbose=scfg.verbose,
             failure_config=tune.FailureConfig(max_failures=scfg.max_failures),

@@ -25,6 +25,7 @@ class SearchOutcome:
     best_run_id: str | None
     trials: list = field(default_factory=list)      # search.study.trial_record dicts
     decision: dict | None = None                    # search.decide: front, confirmation, test
+    timings: dict = field(default_factory=dict)     # seconds per stage (runner.run_search)
 
 
 def select_best(trials: list[dict], max_epochs: int) -> dict | None:

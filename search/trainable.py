@@ -8,7 +8,9 @@ through tune.with_parameters as `setup`: "base" (the fixed TrainConfig as a dict
 from __future__ import annotations
 
 import math
+import os
 import tempfile
+import time
 from pathlib import Path
 
 from search.space import RANGES
@@ -63,6 +65,37 @@ def ensure_data(cfg, synthetic: dict | None) -> None:
     prepare(cfg)
 
 
+# Fields of the trainer config that decide the prepared data (the memory-mapped cache entries).
+DATA_FIELDS = ("dataset", "data_root", "attribute", "modalities", "note_source", "image_size",
+               "oct_slices", "note_max_length", "note_encoder", "cache_dir", "allow_duplicates")
+_DATASETS: dict[tuple, dict] = {}   # this worker process's prepared splits, by DATA_FIELDS
+
+
+def datasets_for(cfg, synthetic: dict | None) -> dict:
+    """The splits of cfg's data, prepared once per worker process: a reused worker (Tune's
+    reuse_actors) hands the next trial the same read-only memory-mapped datasets instead of
+    auditing and opening the cache again. Every process on a node maps the same cache files, so
+    the pages are shared by the operating system. The datasets are never written to (the trainer
+    reads batches by index); each trial draws its own order from its own seed."""
+    key = tuple((name, str(getattr(cfg, name))) for name in DATA_FIELDS)
+    if key not in _DATASETS:
+        from trainer.data import build_datasets
+
+        ensure_data(cfg, synthetic)
+        _DATASETS.clear()   # one study's data per worker: a reused worker never holds two
+        _DATASETS[key] = build_datasets(cfg)
+    return _DATASETS[key]
+
+
+def preimport() -> None:
+    """Ray's worker_process_setup_hook for the embedded Ray: every worker imports the trainer and
+    timm (torch, torchvision: seconds on a laptop, the first model build otherwise) when it
+    starts, before a trial reaches it. transformers stays lazy: only note models need it."""
+    import timm  # noqa: F401
+
+    import trainer.loop  # noqa: F401
+
+
 def epoch_metrics(report) -> dict[str, float]:
     """Flat metrics of one epoch: namespaced trainer keys plus plain keys for the scheduler."""
     metrics = {k: float(v) for k, v in report.flat().items()}
@@ -106,32 +139,51 @@ def newest_checkpoint(checkpoint):
 
 def train_trial(config: dict, setup: dict) -> None:
     """The Tune function trainable (wrapped with tune.with_parameters(train_trial, setup=...))."""
+    entered = time.time()
     import ray
     from ray import tune
 
-    from trainer.loop import fit
+    started = time.perf_counter()
+    from trainer.loop import fit   # 0 s in a worker that has it imported (preimport, reuse)
 
+    imported = time.perf_counter()
     config = resolve(config, setup)
     cfg = trial_config(config, setup["base"])
-    ensure_data(cfg, setup.get("synthetic"))
+    datasets = datasets_for(cfg, setup.get("synthetic"))
     hooks = setup.get("test_hooks") or {}
     # Where this attempt runs and the epoch it started at: the MLflow callback tags the run with
-    # its node(s) and counts epochs trained twice after a node loss (docs/search.md).
-    attempt = {"node_id": ray.get_runtime_context().get_node_id()}
+    # its node(s) and counts epochs trained twice after a node loss (docs/search.md). cost/*: where
+    # the trial's seconds go (benchmarks/search_vs_optuna.py): entry is the wall clock at which the
+    # trial's code began (the driver knows when it started the trial), import and data its first
+    # steps, first_epoch includes building the model.
+    attempt = {"node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid(),
+               "cost/entry_time": entered, "cost/import_s": imported - started,
+               "cost/data_s": time.perf_counter() - imported}
+    clock = {"last": time.perf_counter()}
 
     def on_epoch(report):
         # Test hook (documented in docs/search.md): make the baseline trial raise on every attempt.
         if hooks.get("fail_baseline_trial") and _is_baseline(config, hooks.get("baseline", {})) \
                 and report.epoch >= hooks.get("fail_at_epoch", 1):
             raise DeliberateTrialFailure(f"test hook: baseline trial fails at epoch {report.epoch}")
+        now = time.perf_counter()
+        key = "cost/epoch_s" if "attempt_start_epoch" in attempt else "cost/first_epoch_s"
+        timing = {key: now - clock["last"], "cost/report_s": clock.pop("report", 0.0)}
+        attempt.setdefault("attempt_start_epoch", report.epoch)
         with tempfile.TemporaryDirectory(prefix="multifair-ckpt-") as tmp:
             report.save_checkpoint(tmp)
-            attempt.setdefault("attempt_start_epoch", report.epoch)
-            tune.report({**epoch_metrics(report), **attempt}, checkpoint=tune.Checkpoint.from_directory(tmp))
+            saved = time.perf_counter()
+            timing["cost/checkpoint_s"] = saved - now
+            tune.report({**epoch_metrics(report), **attempt, **timing},
+                        checkpoint=tune.Checkpoint.from_directory(tmp))
+        for first_only in ("cost/import_s", "cost/data_s", "cost/entry_time"):
+            attempt.pop(first_only, None)
+        clock["last"] = time.perf_counter()
+        clock["report"] = clock["last"] - saved   # Tune's report and upload: sent with the next
 
     checkpoint = newest_checkpoint(tune.get_checkpoint())
     if checkpoint is None:
-        fit(cfg, on_epoch=on_epoch, progress=False)
+        fit(cfg, on_epoch=on_epoch, progress=False, datasets=datasets)
         return
     with checkpoint.as_directory() as resume_dir:
-        fit(cfg, on_epoch=on_epoch, resume_from=resume_dir, progress=False)
+        fit(cfg, on_epoch=on_epoch, resume_from=resume_dir, progress=False, datasets=datasets)

@@ -1,0 +1,199 @@
+"""The search service's own cost, side by side with plain Optuna, in one run (issue 13).
+
+The same trainer, generated data, five-parameter space (MultiFair `full`), sampler (TPE, the
+same seed, the paper's point first) and budget (N trials, at most E epochs, successive halving
+with the same grace period and reduction factor, 2 at a time) through:
+  peer:    plain Optuna in this process (TPESampler + SuccessiveHalvingPruner, n_jobs=2) calling
+           trainer.loop.fit with the data prepared once;
+  service: run_search (embedded Ray on loopback, Tune + OptunaSearch + ASHA, MLflow sqlite store,
+           checkpoints, the chosen trial's test score and model logged; no confirmation stage).
+Prints both walls, the ratio, seconds per trained epoch and where the service's seconds go, from
+measurements: the stages of the driver (tracking store, data, Ray start, the Tune run, the closing
+summary with the test score and model logging) and, per trial, the time from Tune starting it to
+its code running, the trainer import, data, model build, per-epoch checkpoint and report, and the
+driver's MLflow callback.
+
+    python benchmarks/search_vs_optuna.py [--num-samples 12] [--max-epochs 4] [--sizes 192,96,96]
+        [--json out.json] [--skip-peer]
+
+Not a timed test: this machine is shared; run it on a quiet machine and read the ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+MODE = "full"
+CONCURRENCY = 2
+
+
+def make_data(out: Path, sizes: tuple[int, int, int], seed: int):
+    from search.runner import SearchConfig, base_config, generate_data
+    from trainer.data import build_datasets, prepare
+
+    # the service's own generator and base config, so both sides train the same thing
+    scfg = SearchConfig("fairvision", "gender", preset="tiny", mode=MODE, synthetic_sizes=sizes,
+                        storage_path=str(out), sets=[f"cache_dir={out}/cache"], seed=seed,
+                        finalists=0, figures=False)
+    generate_data(scfg)
+    cfg = base_config(scfg)
+    prepare(cfg)
+    return scfg.data_root, cfg, build_datasets(cfg)
+
+
+def run_peer(cfg, datasets, a) -> dict:
+    """Plain Optuna, one process, two threads: the least a search of this budget costs."""
+    import optuna
+
+    from search.space import baseline_point, optuna_distributions
+    from search.trainable import trial_config
+    from trainer.loop import fit
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=a.seed, multivariate=True, constant_liar=True)
+    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=a.grace_period,
+                                                    reduction_factor=a.reduction_factor)
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    study.enqueue_trial(baseline_point("fairvision", "gender", MODE, "tiny"))
+    dists = optuna_distributions()
+    epoch_s, lock = [], threading.Lock()
+
+    def objective(trial):
+        params = {name: trial.suggest_float(name, d.low, d.high, log=d.log) for name, d in dists.items()}
+        cfg_t = trial_config(params, {**cfg.to_dict(), "epochs": a.max_epochs})
+        best = {"v": float("-inf")}
+        clock = {"t": time.perf_counter()}
+
+        def on_epoch(report):
+            with lock:
+                epoch_s.append(time.perf_counter() - clock["t"])
+            best["v"] = max(best["v"], float(report.val["es_auc"]))
+            trial.report(float(report.val["es_auc"]), report.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+            clock["t"] = time.perf_counter()
+
+        fit(cfg_t, on_epoch=on_epoch, progress=False, datasets=datasets)
+        return best["v"]
+
+    started = time.perf_counter()
+    study.optimize(objective, n_trials=a.num_samples, n_jobs=CONCURRENCY)
+    wall = time.perf_counter() - started
+    return {"wall_s": wall, "epochs": len(epoch_s), "epoch_s_sum": sum(epoch_s),
+            "epoch_s_median": statistics.median(epoch_s), "trials": len(study.trials),
+            "best_es_auc": study.best_value}
+
+
+def run_service(data_root: str, out: Path, a) -> dict:
+    from search.runner import SearchConfig, run_search
+
+    scfg = SearchConfig("fairvision", "gender", preset="tiny", mode=MODE, local=True,
+                        num_cpus=CONCURRENCY, num_samples=a.num_samples, max_epochs=a.max_epochs,
+                        grace_period=a.grace_period, reduction_factor=a.reduction_factor,
+                        max_concurrent=CONCURRENCY, cpus_per_trial=1, verbose=0, data_root=data_root,
+                        storage_path=str(out / "service"), sets=[f"cache_dir={out}/cache"],
+                        seed=a.seed, finalists=0, figures=False,
+                        tracking_uri="sqlite:///" + str(out / "mlflow.db"))
+    started = time.perf_counter()
+    outcome = run_search(scfg)
+    wall = time.perf_counter() - started
+    rows = []   # one per trial: its results, epoch by epoch
+    for r in outcome.results:
+        df = r.metrics_dataframe
+        rows.append(df.to_dict("records") if df is not None else [])
+    return {"wall_s": wall, "timings": outcome.timings, "rows": rows,
+            "best_es_auc": (outcome.best or {}).get("val", {}).get("es_auc")}
+
+
+def breakdown(service: dict) -> dict:
+    t, rows = service["timings"], [r for r in service["rows"] if r]
+    first = [r[0] for r in rows]
+    started = t.get("trial_started", {})
+    latency = [f["cost/entry_time"] - started[f["trial_id"]] for f in first
+               if f.get("trial_id") in started and "cost/entry_time" in f]
+    epochs = [x.get("cost/epoch_s") for r in rows for x in r if x.get("cost/epoch_s") == x.get("cost/epoch_s")
+              and x.get("cost/epoch_s") is not None]
+    median_epoch = statistics.median(epochs) if epochs else 0.0
+    model = [max(0.0, f["cost/first_epoch_s"] - median_epoch) for f in first if "cost/first_epoch_s" in f]
+    col = lambda key: [x[key] for r in rows for x in r if x.get(key) == x.get(key) and key in x]  # noqa: E731
+    n_epochs = sum(len(r) for r in rows)
+    return {
+        "trials": len(rows), "epochs": n_epochs, "epoch_s_median": median_epoch,
+        "workers": len({x.get("worker_pid") for r in rows for x in r}),
+        "driver": {k: t.get(k, 0.0) for k in ("tracking_s", "data_s", "ray_start_s", "search_s",
+                                              "summary_s", "decide_s")},
+        "per_trial": {
+            "start_latency_s": statistics.mean(latency) if latency else float("nan"),
+            "import_s": statistics.mean(col("cost/import_s") or [0.0]),
+            "data_s": statistics.mean(col("cost/data_s") or [0.0]),
+            "model_build_s": statistics.mean(model or [0.0]),
+            "checkpoint_s_per_epoch": statistics.mean(col("cost/checkpoint_s") or [0.0]),
+            "report_s_per_epoch": statistics.mean(col("cost/report_s") or [0.0]),
+            "mlflow_callback_s": t.get("mlflow_callback_s", 0.0) / max(len(rows), 1),
+        },
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--num-samples", type=int, default=12)
+    p.add_argument("--max-epochs", type=int, default=4)
+    p.add_argument("--grace-period", type=int, default=2)      # the service's defaults
+    p.add_argument("--reduction-factor", type=int, default=3)
+    p.add_argument("--sizes", default="192,96,96")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="")
+    p.add_argument("--json", default="")
+    p.add_argument("--skip-peer", action="store_true")
+    a = p.parse_args()
+    out = Path(a.out or tempfile.mkdtemp(prefix="search-vs-optuna-"))
+    sizes = tuple(int(x) for x in a.sizes.split(","))
+    data_root, cfg, datasets = make_data(out, sizes, a.seed)
+    peer = None if a.skip_peer else run_peer(cfg, datasets, a)
+    service = run_service(data_root, out, a)
+    b = breakdown(service)
+    d, pt = b["driver"], b["per_trial"]
+    print(f"\n== search vs plain Optuna: {a.num_samples} trials, <= {a.max_epochs} epochs, successive "
+          f"halving (grace {a.grace_period}, factor {a.reduction_factor}), {CONCURRENCY} at a time, "
+          f"data {a.sizes}, {os.cpu_count()} cores ==")
+    if peer:
+        print(f"plain Optuna (one process)   wall {peer['wall_s']:6.1f} s   {peer['epochs']} epochs, "
+              f"{peer['epoch_s_median']:.2f} s/epoch (median)   best val ES-AUC {peer['best_es_auc']:.4f}")
+    print(f"service (embedded Ray/Tune)  wall {service['wall_s']:6.1f} s   {b['epochs']} epochs, "
+          f"{b['epoch_s_median']:.2f} s/epoch (median)   best val ES-AUC "
+          f"{service['best_es_auc'] if service['best_es_auc'] is None else round(service['best_es_auc'], 4)}"
+          f"   trials ran in {b['workers']} worker process(es)")
+    if peer:
+        closing = d["summary_s"] + d["decide_s"]
+        print(f"ratio service / peer: {service['wall_s'] / peer['wall_s']:.2f}x   (search stage only, "
+              f"without Ray start and the closing test/model logging: "
+              f"{d['search_s'] / peer['wall_s']:.2f}x; goal <= 3x)   closing stage {closing:.1f} s")
+    print("where the service's seconds go (driver):")
+    for k, v in d.items():
+        print(f"  {k:<14} {v:6.2f} s")
+    print("per trial (mean):")
+    for k, v in pt.items():
+        print(f"  {k:<24} {v:6.3f} s")
+    compute = b["epochs"] * b["epoch_s_median"]
+    overhead = (d["search_s"] * CONCURRENCY - compute) / max(b["trials"], 1)
+    print(f"per-trial overhead in the Tune run: (search_s x {CONCURRENCY} - epochs x median epoch) / "
+          f"trials = {overhead:.2f} s (goal <= 0.5 s)")
+    if peer:
+        peer_over = (peer["wall_s"] * CONCURRENCY - peer["epochs"] * peer["epoch_s_median"]) / peer["trials"]
+        print(f"  the same for the peer: {peer_over:.2f} s (model build, threads sharing {os.cpu_count()} cores)")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"args": vars(a), "peer": peer, "breakdown": b,
+                                            "service_wall_s": service["wall_s"]}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
