@@ -16,6 +16,7 @@ class ProgressCallback(Callback):
         self.best = (-math.inf, None)
         self._last = 0.0
         self.started: dict[str, float] = {}   # trial id -> wall clock when Tune started it
+        self.ended: dict[str, float] = {}     # ... when it completed, was stopped or failed
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started.setdefault(trial.trial_id, time.time())
@@ -28,9 +29,11 @@ class ProgressCallback(Callback):
             self._print(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended[trial.trial_id] = time.time()
         self._print(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.ended[trial.trial_id] = time.time()
         self._print(trials)
 
     def on_experiment_end(self, trials, **info):

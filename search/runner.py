@@ -264,7 +264,7 @@ def run_search(scfg: SearchConfig) -> SearchOutcome:
               f"{auc_floor:.4f}", flush=True)
     if not scfg.resume:
         study.write_study(scfg.study_dir, scfg.to_dict(), setup)
-    clock = time.perf_counter()
+    clock, timings["search_started"] = time.perf_counter(), time.time()
     results, tracker = search_stage(scfg, setup, tracker, auc_floor, timings)
     timings["search_s"] = time.perf_counter() - clock
     confirming = scfg.finalists > 0
@@ -317,22 +317,32 @@ def prepare_study(scfg: SearchConfig, timings: dict | None = None):
         tracker = tracking.StudyTracker(uri, scfg.experiment, scfg.study_dir,
                                         artifact_root=str(scfg.results_dir / "mlartifacts"))
     timings["tracking_s"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    synthetic = None if scfg.data_root else generate_data(scfg)
-    cfg = base_config(scfg)
-    from trainer.data import prepare
-
-    prepared = prepare(cfg)   # audit + cache, once on this machine; trials find the cache built
-    timings["data_s"] = time.perf_counter() - clock
-    clock = time.perf_counter()
     import ray
 
-    if not ray.is_initialized():
+    started_here = not ray.is_initialized()
+    if started_here:
         from search.reaper import reap_ray_on_exit
 
         reap_ray_on_exit()   # a SIGKILLed driver must not leave its embedded Ray's agents behind
-    init_ray(scfg)
-    timings["ray_start_s"] = time.perf_counter() - clock
+    # Ray starts (seconds of process launches and waiting) while other threads generate and audit
+    # the data and open the tracking store (importing mlflow, creating a new store's tables);
+    # ray.init stays on the main thread (it installs the SIGTERM handler there)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2, thread_name_prefix="multifair-prepare") as pool:
+        data = pool.submit(_prepare_data, scfg)
+        store = pool.submit(tracker.open) if tracker is not None else None   # import + migrations
+        clock = time.perf_counter()
+        init_ray(scfg)
+        timings["ray_start_s"] = time.perf_counter() - clock
+        try:
+            synthetic, cfg, prepared, timings["data_s"] = data.result()
+            if store is not None:
+                timings["tracking_s"] += store.result()
+        except BaseException:
+            if started_here:
+                ray.shutdown()   # bad data: refuse it without leaving this study's Ray behind
+            raise
     if scfg.resume:
         setup = study.read_study(scfg.study_dir)["setup"]   # the study's own constants, not today's flags
     else:
@@ -340,6 +350,17 @@ def prepare_study(scfg: SearchConfig, timings: dict | None = None):
                  "test_hooks": {**scfg.test_hooks, "baseline": dict(scfg.baseline)}}
     setup["card_path"] = str(prepared["card_path"])   # this machine's dataset card (counts only)
     return tracker, setup, cfg
+
+
+def _prepare_data(scfg: SearchConfig):
+    """Generated data if no --data-root, the base config, the audited cache (trials find it built):
+    (synthetic spec, cfg, prepare() summary, seconds)."""
+    from trainer.data import prepare
+
+    clock = time.perf_counter()
+    synthetic = None if scfg.data_root else generate_data(scfg)
+    cfg = base_config(scfg)
+    return synthetic, cfg, prepare(cfg), time.perf_counter() - clock
 
 
 def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor, timings: dict | None = None):
@@ -361,6 +382,7 @@ def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor, timings: d
         tuner = tune.Tuner.restore(scfg.study_dir, trainable, resume_errored=True)
         callback = _find_callback(tuner)   # the study's own tracker (same store, same parent run)
         tracker = callback.tracker if callback else tracker
+    clock = time.perf_counter()
     if tracker is not None:
         from search.tracking import git_commit
 
@@ -369,15 +391,19 @@ def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor, timings: d
         tracker.log_card(setup["card_path"])   # the dataset card: aggregate counts only
         print(f"[search] MLflow: {tracker.tracking_uri} experiment {tracker.experiment_id} "
               f"parent run {tracker.parent_run_id}", flush=True)
+    if timings is not None:
+        timings["mlflow_start_s"] = time.perf_counter() - clock   # store, experiment, parent run
     if not scfg.resume:
         tuner = _new_tuner(scfg, setup, trainable, tracker, auc_floor)
+    if timings is not None:
+        timings["tune_started"] = time.time()
     results = tuner.fit()
     if timings is not None:
         from search.progress import ProgressCallback
 
         for cb in tuner._local_tuner.get_run_config().callbacks or []:
             if isinstance(cb, ProgressCallback):
-                timings["trial_started"] = dict(cb.started)
+                timings["trial_started"], timings["trial_ended"] = dict(cb.started), dict(cb.ended)
             elif hasattr(cb, "seconds"):
                 timings["mlflow_callback_s"] = cb.seconds
     return results, tracker

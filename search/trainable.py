@@ -96,12 +96,54 @@ def preimport() -> None:
     import trainer.loop  # noqa: F401
 
 
+def _match_threads_to_cpus() -> None:
+    """torch's intra-op threads = this trial's CPUs. Ray sets OMP_NUM_THREADS for the trial's
+    actor, but a worker that imported torch earlier (preimport, a reused worker) keeps the pool
+    it started with: measured here, two 1-CPU trials whose torch ran 2 threads each on 2 cores
+    trained 4x slower per epoch (oversubscribed OpenMP threads spin)."""
+    import ray
+    import torch
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    threads = max(1, int(cpus))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def epoch_metrics(report) -> dict[str, float]:
     """Flat metrics of one epoch: namespaced trainer keys plus plain keys for the scheduler."""
     metrics = {k: float(v) for k, v in report.flat().items()}
     metrics.update(epoch=report.epoch, es_auc=float(report.val["es_auc"]),
                    auc=float(report.val["auc"]))
     return metrics
+
+
+def asha_rungs(grace_period: int, reduction_factor: int, max_epochs: int) -> list[int]:
+    """The epochs at which ASHA may stop a trial (Ray's one-bracket milestones, below max_t)."""
+    if grace_period >= max_epochs:
+        return []
+    n = int(math.log(max_epochs / grace_period) / math.log(reduction_factor) + 1)
+    return sorted(r for r in (grace_period * reduction_factor ** k for k in range(n)) if r < max_epochs)
+
+
+def checkpoint_policy(every: int, rungs: list[int] = ()) -> dict:
+    """What a trial writes (setup["checkpoints"]): see checkpoint_kind."""
+    return {"every": int(every), "rungs": sorted(int(r) for r in rungs)}
+
+
+def checkpoint_kind(epoch: int, max_epochs: int, policy: dict | None) -> str | None:
+    """"resume" (best model + exact-resume state), "best" (best model only) or None (no
+    checkpoint) after `epoch`. The resume state (weights, both AdamW optimisers, RNG: about 2 GiB
+    at the paper preset) is written every `every` epochs, never after the last one; the best
+    model (weights only, bf16) at every epoch where the trial may end: ASHA's rungs (a trial it
+    stops never needs its resume state again) and the last epoch. Older studies (no policy):
+    resume state every epoch, as they were written."""
+    policy = policy or {"every": 1, "rungs": []}
+    if epoch < max_epochs and policy["every"] > 0 and epoch % policy["every"] == 0:
+        return "resume"
+    if epoch >= max_epochs or epoch in policy["rungs"]:
+        return "best"
+    return None
 
 
 def _is_baseline(config: dict, baseline: dict) -> bool:
@@ -147,6 +189,7 @@ def train_trial(config: dict, setup: dict) -> None:
     from trainer.loop import fit   # 0 s in a worker that has it imported (preimport, reuse)
 
     imported = time.perf_counter()
+    _match_threads_to_cpus()
     config = resolve(config, setup)
     cfg = trial_config(config, setup["base"])
     datasets = datasets_for(cfg, setup.get("synthetic"))
