@@ -7,6 +7,7 @@ hyperparameters and the configuration are logged, never patient content.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -312,6 +313,10 @@ class MLflowTrialCallback(Callback):
     @_timed
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run(trial)
+        if result.get("replay"):   # a resumed trial's earlier epochs: log those never logged
+            for earlier in json.loads(result["replay"]):
+                self.tracker.log_epoch(run_id, {**earlier, "es_auc": earlier["val/es_auc"],
+                                                "auc": earlier["val/auc"]})
         new = self.tracker.log_epoch(run_id, result)
         self.epochs[trial.trial_id] = int(result.get("epoch", result.get("training_iteration", 0)))
         self._tag_placement(run_id, trial.trial_id, result, repeated=not new)

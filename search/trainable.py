@@ -7,6 +7,7 @@ through tune.with_parameters as `setup`: "base" (the fixed TrainConfig as a dict
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -217,7 +218,14 @@ def train_trial(config: dict, setup: dict) -> None:
             report.save_checkpoint(tmp)
             saved = time.perf_counter()
             timing["cost/checkpoint_s"] = saved - now
-            tune.report({**epoch_metrics(report), **attempt, **timing},
+            replay = {}
+            if resumed and "attempt_start_epoch" not in replayed:
+                # the epochs before the checkpoint, for the MLflow callback to log any that a
+                # killed driver never did (one JSON string, first report after a resume only)
+                replayed["attempt_start_epoch"] = report.epoch
+                earlier = [h for h in report.history if h["epoch"] < report.epoch]
+                replay = {"replay": json.dumps(earlier)} if earlier else {}
+            tune.report({**epoch_metrics(report), **attempt, **timing, **replay},
                         checkpoint=tune.Checkpoint.from_directory(tmp))
         for first_only in ("cost/import_s", "cost/data_s", "cost/entry_time"):
             attempt.pop(first_only, None)
@@ -225,6 +233,7 @@ def train_trial(config: dict, setup: dict) -> None:
         clock["report"] = clock["last"] - saved   # Tune's report and upload: sent with the next
 
     checkpoint = newest_checkpoint(tune.get_checkpoint())
+    resumed, replayed = checkpoint is not None, {}
     if checkpoint is None:
         fit(cfg, on_epoch=on_epoch, progress=False, datasets=datasets)
         return

@@ -98,6 +98,7 @@ class EpochReport:
     train: dict
     is_best: bool
     save_checkpoint: Callable[[str | Path], Path] = field(repr=False)
+    history: list = field(default_factory=list, repr=False)   # flat() of every epoch so far
 
     def flat(self) -> dict[str, float]:
         out = {f"train/{k}": float(v) for k, v in self.train.items()
@@ -285,7 +286,8 @@ def fit(cfg: TrainConfig, on_epoch: Callable[[EpochReport], None] | None = None,
             trainer.best = {"epoch": trainer.epoch, "score": float(score), "val": val}
             trainer.best_weights = {k: v.detach().cpu().clone()
                                     for k, v in trainer.model.state_dict().items()}
-        report = EpochReport(trainer.epoch, val, train_stats, is_best, trainer.save_checkpoint)
+        report = EpochReport(trainer.epoch, val, train_stats, is_best, trainer.save_checkpoint,
+                             trainer.history)
         trainer.history.append(report.flat())
         if on_epoch is not None:
             on_epoch(report)

@@ -76,3 +76,36 @@ def test_relog_into_a_real_mlflow_server(study, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_resumed_trial_replays_epochs_a_killed_driver_never_logged(tmp_path):
+    """A driver killed between Tune receiving epoch 2 and MLflow logging it: the trial resumes
+    from its epoch-2 checkpoint and its first report carries the earlier epochs; the callback
+    logs the missing one, once, and nothing twice."""
+    import json
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+
+    from search.tracking import MLflowTrialCallback, StudyTracker
+
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    tracker = StudyTracker(uri, "multifair-replay", str(tmp_path / "study"),
+                           artifact_root=str(tmp_path / "artifacts"))
+    tracker.start_study(tags={}, params={})
+    callback = MLflowTrialCallback(tracker, max_epochs=3, trial_tags={}, base={})
+    trial = SimpleNamespace(trial_id="t1", config={"rho": 1.0}, last_result={})   # Tune's Trial fields read
+
+    def epoch(e):
+        return {"epoch": e, "val/es_auc": 0.5 + e / 10, "val/auc": 0.6 + e / 10,
+                "es_auc": 0.5 + e / 10, "auc": 0.6 + e / 10}
+
+    callback.on_trial_start(0, [], trial)
+    callback.on_trial_result(0, [], trial, epoch(1))
+    # epoch 2 reached Tune and its checkpoint, never MLflow; the resumed attempt reports epoch 3
+    callback.on_trial_result(0, [], trial, {**epoch(3), "replay": json.dumps([epoch(1), epoch(2)])})
+    run_id = tracker._children["t1"]
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(run_id, "es_auc")]
+    assert sorted(steps) == [1, 2, 3]
+    values = {m.step: m.value for m in MlflowClient(uri).get_metric_history(run_id, "val/auc")}
+    assert values[2] == pytest.approx(0.8)
