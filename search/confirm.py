@@ -58,10 +58,11 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     from search.progress import ProgressCallback
     from search.study import METRIC
     from search.tracking import MLflowTrialCallback
-    from search.trainable import train_trial, trial_dirname
+    from search.trainable import checkpoint_policy, model_checkpoint, train_trial, trial_dirname
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")   # runner.py
-    setup = {**setup, "candidates": cands}
+    every = (setup.get("checkpoints") or {}).get("every", scfg.checkpoint_every)
+    setup = {**setup, "candidates": cands, "checkpoints": checkpoint_policy(every)}   # no rungs here
     trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup),
                                     {"cpu": scfg.cpus_per_trial, "gpu": scfg.gpus_per_trial})
     name = f"{scfg.name}-{stage}"
@@ -85,8 +86,8 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
             run_config=tune.RunConfig(
                 name=name, storage_path=scfg.storage_path, callbacks=callbacks, verbose=min(scfg.verbose, 1),
                 failure_config=tune.FailureConfig(max_failures=scfg.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
-                                                        checkpoint_score_order="max")))
+                # the newest two (as the search): the last epoch's holds the best model
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
     runs = []
     for r in tuner.fit():
         df = r.metrics_dataframe
@@ -94,7 +95,7 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
         trial_id = r.path.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
         runs.append(trial_record(trial_id, r.config, rows, "FAILED" if r.error else "FINISHED",
                                  candidate=r.config["candidate"], seed=int(r.config["seed"]),
-                                 checkpoint=r.checkpoint,   # newest: holds the best weights so far
+                                 checkpoint=model_checkpoint(r.checkpoint),   # holds the best weights
                                  run_id=tracker._children.get(trial_id) if tracker else None))
     return runs
 

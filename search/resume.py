@@ -22,8 +22,9 @@ def _exists(fs, path: str) -> bool:
     return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
 
-def newest_complete(fs, trial_dir: str, required: str = "state.pt") -> str | None:
-    """The newest checkpoint_* folder of a trial that holds the trainer's state file."""
+def newest_complete(fs, trial_dir: str, required: str = "checkpoint.json") -> str | None:
+    """The newest checkpoint_* folder of a trial that holds `required` (the trainer's manifest,
+    written last; the trainable then picks the newest folder it can resume from)."""
     import pyarrow.fs
 
     infos = fs.get_file_info(pyarrow.fs.FileSelector(trial_dir, allow_not_found=True))

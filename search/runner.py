@@ -36,6 +36,7 @@ class SearchConfig:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_failures: int = 2
+    checkpoint_every: int = 5      # exact-resume state every K epochs (0: never); best model at rungs and the end
     tracking_uri: str = ""         # "" -> MLFLOW_TRACKING_URI or sqlite under the results folder
     no_tracking: bool = False
     experiment: str = ""           # "" -> multifair-<dataset>-<attribute>
@@ -113,6 +114,8 @@ def check(scfg: SearchConfig) -> None:
     need(scfg.confirm_seeds >= 1, f"--confirm-seeds {scfg.confirm_seeds}: give at least 1 seed (2+ for intervals)")
     need(scfg.cpus_per_trial > 0, f"--cpus-per-trial {scfg.cpus_per_trial}: must be positive")
     need(scfg.max_failures >= 0, f"--max-failures {scfg.max_failures}: must be 0 or more")
+    need(scfg.checkpoint_every >= 0, f"--checkpoint-every {scfg.checkpoint_every}: give 0 (no resume "
+         "state) or a number of epochs")
 
 
 # -- command line ---------------------------------------------------------------------------
@@ -133,6 +136,10 @@ def parse_args(dataset: str, attribute: str, baseline: dict | None, argv=None) -
     add("--cpus-per-trial", type=float, default=defaults.cpus_per_trial)
     add("--gpus-per-trial", type=float, default=defaults.gpus_per_trial, help="fractions allowed")
     add("--max-failures", type=int, default=defaults.max_failures, help="retries per trial")
+    add("--checkpoint-every", type=int, default=defaults.checkpoint_every, metavar="K",
+        help="write the exact-resume state (weights + optimiser, ~2 GiB at the paper preset) every K "
+             "epochs; a failed or resumed trial repeats at most K-1 epochs. The best model (weights "
+             "only, bf16) is kept at ASHA's rungs and the last epoch. 0: never (a lost trial starts over)")
     add("--objective", default=defaults.objective, choices=["es_auc", "pareto", "constrained"],
         help="es_auc: max validation ES-AUC; pareto: front over (AUC, ES-AUC); constrained: max "
              "ES-AUC with AUC >= plain fusion's - --min-auc-drop")
@@ -346,8 +353,13 @@ def prepare_study(scfg: SearchConfig, timings: dict | None = None):
     if scfg.resume:
         setup = study.read_study(scfg.study_dir)["setup"]   # the study's own constants, not today's flags
     else:
+        from search.trainable import asha_rungs, checkpoint_policy
+
+        rungs = asha_rungs(scfg.grace_period, scfg.reduction_factor, scfg.max_epochs) \
+            if scfg.scheduler == "asha" else []
         setup = {"base": cfg.to_dict(), "synthetic": synthetic,
-                 "test_hooks": {**scfg.test_hooks, "baseline": dict(scfg.baseline)}}
+                 "test_hooks": {**scfg.test_hooks, "baseline": dict(scfg.baseline)},
+                 "checkpoints": checkpoint_policy(scfg.checkpoint_every, rungs)}
     setup["card_path"] = str(prepared["card_path"])   # this machine's dataset card (counts only)
     return tracker, setup, cfg
 

@@ -74,7 +74,9 @@ def summarize_results(scfg, results, tracker, wall_s, test_best: bool = True) ->
         # The newest checkpoint: each holds the validation-best weights so far (trainer
         # BEST_FILE), while Tune's score-best record can name a folder that num_to_keep deleted
         # before a driver restart (seen after SIGKILL + --resume on S3).
-        ckpt = result.checkpoint
+        from search.trainable import model_checkpoint
+
+        ckpt = model_checkpoint(result.checkpoint)
     if tracker is not None and best is not None and test_best:
         best_run_id = tracker._children.get(best["trial_id"]) or _lookup_child(tracker, best["trial_id"])
         if scfg.log_best_model and best_run_id and ckpt is not None:

@@ -97,6 +97,12 @@ def preimport() -> None:
     import trainer.loop  # noqa: F401
 
 
+def _history_metrics(entry: dict) -> dict:
+    """A trainer history entry (EpochReport.flat(), null for undefined) as an epoch's result."""
+    flat = {k: (float("nan") if v is None else v) for k, v in entry.items()}
+    return {**flat, "es_auc": flat["val/es_auc"], "auc": flat["val/auc"]}
+
+
 def _match_threads_to_cpus() -> None:
     """torch's intra-op threads = this trial's CPUs. Ray sets OMP_NUM_THREADS for the trial's
     actor, but a worker that imported torch earlier (preimport, a reused worker) keeps the pool
@@ -151,33 +157,48 @@ def _is_baseline(config: dict, baseline: dict) -> bool:
     return bool(baseline) and all(math.isclose(config[k], v) for k, v in baseline.items())
 
 
-def newest_checkpoint(checkpoint):
-    """The trial's newest complete checkpoint on storage, which can be newer than the one Tune
-    restores: a SIGKILLed driver's last experiment snapshot (written at most every
-    TUNE_GLOBAL_CHECKPOINT_S) can lag the trial by an epoch or more, and a trial that finished
-    after it would train its last epochs again. A newer folder counts only if it holds every file
-    the restored one holds (a checkpoint cut off mid-upload is skipped)."""
+def newest_checkpoint(checkpoint, need_state: bool = True):
+    """(checkpoint, manifest) of the trial's newest complete checkpoint folder on storage, with
+    exact-resume state if `need_state`; (None, None) when there is none. It can be newer than the
+    one Tune restores (a SIGKILLed driver's last experiment snapshot, written at most every
+    TUNE_GLOBAL_CHECKPOINT_S, can lag the trial by epochs) or older (Tune's newest may hold the
+    best model only: trainer/checkpoint.py). Complete = the manifest exists and every file it
+    lists has its size, so a folder cut off mid-upload is skipped."""
     if checkpoint is None:
-        return None
+        return None, None
     import posixpath
 
     import pyarrow.fs
     from ray import tune
 
+    from trainer.checkpoint import MANIFEST, complete, resumable
+
     fs, path = checkpoint.filesystem, checkpoint.path
-    parent, name = posixpath.split(path.rstrip("/"))
+    parent = posixpath.dirname(path.rstrip("/"))
     try:
         listing = fs.get_file_info(pyarrow.fs.FileSelector(parent))
-        folders = sorted(i.base_name for i in listing if i.type == pyarrow.fs.FileType.Directory
-                         and i.base_name.startswith("checkpoint_") and i.base_name > name)
-        needed = {i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(path))}
-        for newer in reversed(folders):
-            have = {i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(f"{parent}/{newer}"))}
-            if needed <= have:
-                return tune.Checkpoint(path=f"{parent}/{newer}", filesystem=fs)
-    except OSError:
+        folders = sorted((i.base_name for i in listing if i.type == pyarrow.fs.FileType.Directory
+                          and i.base_name.startswith("checkpoint_")), reverse=True)
+        for name in folders:
+            folder = f"{parent}/{name}"
+            sizes = {i.base_name: i.size for i in fs.get_file_info(pyarrow.fs.FileSelector(folder))
+                     if i.type == pyarrow.fs.FileType.File}
+            if MANIFEST not in sizes:
+                continue
+            with fs.open_input_stream(f"{folder}/{MANIFEST}") as f:
+                manifest = json.loads(f.read().decode())
+            if complete(manifest, sizes) and (resumable(manifest) or not need_state):
+                return tune.Checkpoint(path=folder, filesystem=fs), manifest
+    except (OSError, ValueError):
         pass
-    return checkpoint
+    return None, None
+
+
+def model_checkpoint(checkpoint):
+    """The folder holding a trial's final best model: its newest complete checkpoint (each holds
+    the validation-best weights so far), or `checkpoint` itself where storage cannot be listed."""
+    newest, _ = newest_checkpoint(checkpoint, need_state=False)
+    return newest or checkpoint
 
 
 def train_trial(config: dict, setup: dict) -> None:
@@ -214,8 +235,10 @@ def train_trial(config: dict, setup: dict) -> None:
         key = "cost/epoch_s" if "attempt_start_epoch" in attempt else "cost/first_epoch_s"
         timing = {key: now - clock["last"], "cost/report_s": clock.pop("report", 0.0)}
         attempt.setdefault("attempt_start_epoch", report.epoch)
+        kind = checkpoint_kind(report.epoch, cfg.epochs, setup.get("checkpoints"))
         with tempfile.TemporaryDirectory(prefix="multifair-ckpt-") as tmp:
-            report.save_checkpoint(tmp)
+            if kind is not None:
+                report.save_checkpoint(tmp, resume=kind == "resume")
             saved = time.perf_counter()
             timing["cost/checkpoint_s"] = saved - now
             replay = {}
@@ -226,13 +249,22 @@ def train_trial(config: dict, setup: dict) -> None:
                 earlier = [h for h in report.history if h["epoch"] < report.epoch]
                 replay = {"replay": json.dumps(earlier)} if earlier else {}
             tune.report({**epoch_metrics(report), **attempt, **timing, **replay},
-                        checkpoint=tune.Checkpoint.from_directory(tmp))
+                        checkpoint=tune.Checkpoint.from_directory(tmp) if kind else None)
         for first_only in ("cost/import_s", "cost/data_s", "cost/entry_time"):
             attempt.pop(first_only, None)
         clock["last"] = time.perf_counter()
         clock["report"] = clock["last"] - saved   # Tune's report and upload: sent with the next
 
-    checkpoint = newest_checkpoint(tune.get_checkpoint())
+    restored = tune.get_checkpoint()
+    _, latest = newest_checkpoint(restored, need_state=False)
+    if latest and latest["epoch"] >= cfg.epochs and latest.get("history"):
+        # it had finished; the driver died before hearing so: report its last epoch (and the
+        # earlier ones for MLflow), train nothing
+        history = latest["history"]
+        tune.report({**_history_metrics(history[-1]), **attempt,
+                     "replay": json.dumps(history[:-1])})
+        return
+    checkpoint, _ = newest_checkpoint(restored, need_state=True)
     resumed, replayed = checkpoint is not None, {}
     if checkpoint is None:
         fit(cfg, on_epoch=on_epoch, progress=False, datasets=datasets)

@@ -106,6 +106,7 @@ class TrainConfig:
     bootstrap: int = 100
     evaluate_test: bool = True
     threshold: float = 0.5
+    best_model_dtype: str = "bfloat16"      # the kept best model (weights only): bfloat16 | float16 | float32
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------
@@ -175,6 +176,8 @@ class TrainConfig:
             bad("threshold", "must be in (0, 1)")
         if self.select_metric not in ("es_auc", "auc"):
             bad("select_metric", "choose es_auc or auc")
+        if self.best_model_dtype not in ("bfloat16", "float16", "float32"):
+            bad("best_model_dtype", "choose bfloat16, float16 or float32")
         return self
 
     def _validate_methods(self, bad, method) -> None:

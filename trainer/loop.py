@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from trainer.checkpoint import (BEST_FILE, STATE_FILE, as_kept, checkpoint_weights,  # noqa: F401
+                                load_best, load_state, write_checkpoint)
 from trainer.config import ATTRIBUTES, TrainConfig, config_from_dict
 from trainer.data import build_datasets
 from trainer.data.transforms import batch_transform
@@ -29,7 +31,6 @@ from trainer.models import build_classifiers, build_model, load_tokenizer
 from trainer.methods import create_method
 from trainer.reliance import flat_reliance, modality_reliance
 
-STATE_FILE, BEST_FILE = "state.pt", "best_model.pt"
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -236,20 +237,13 @@ class Trainer:
                         "python": random.getstate(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
 
-    def save_checkpoint(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        torch.save(self.state_dict(), directory / STATE_FILE)
-        if self.best_weights is not None:
-            torch.save({"config": self.cfg.to_dict(), "epoch": self.best["epoch"],
-                        "model": self.best_weights}, directory / BEST_FILE)
-        return directory
+    def save_checkpoint(self, directory: str | Path, resume: bool = True) -> Path:
+        """The kept best model (weights only, cfg.best_model_dtype) and, with `resume`, the exact
+        training state; trainer/checkpoint.py describes the folder."""
+        return write_checkpoint(self, directory, resume)
 
     def load_checkpoint(self, directory: str | Path) -> None:
-        path = Path(directory) / STATE_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"resume: no {STATE_FILE} in checkpoint directory {directory}")
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = load_state(directory, self.device)
         self.model.load_state_dict(state["model"])
         self.classifiers.load_state_dict(state["classifiers"])
         self.opt.load_state_dict(state["opt"]); self.clf_opt.load_state_dict(state["clf_opt"])
@@ -260,10 +254,9 @@ class Trainer:
         random.setstate(rng["python"])
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-        best_path = Path(directory) / BEST_FILE
-        if best_path.is_file():
-            self.best_weights = torch.load(best_path, map_location="cpu",
-                                           weights_only=False)["model"]
+        # the kept best model as stored (bf16 by default): the weights a later checkpoint keeps
+        # and the final test scores; training itself resumes from the exact fp32 state
+        self.best_weights = load_best(directory)
 
 
 def _is_better(score: float, best: float) -> bool:
@@ -314,7 +307,8 @@ def _score_test(trainer: Trainer) -> dict:
 def _finish(trainer: Trainer) -> dict:
     test = None
     if trainer.cfg.evaluate_test and trainer.best_weights is not None:
-        trainer.model.load_state_dict(trainer.best_weights)      # the validation-chosen epoch
+        # the validation-chosen epoch, as the kept best model holds it (cfg.best_model_dtype)
+        trainer.model.load_state_dict(as_kept(trainer.best_weights, trainer.cfg.best_model_dtype))
         test = _score_test(trainer)
     return {"best_epoch": trainer.best["epoch"], "val": trainer.best["val"], "test": test,
             "history": trainer.history, "config": trainer.cfg.to_dict()}
@@ -322,9 +316,7 @@ def _finish(trainer: Trainer) -> dict:
 
 def _checkpoint_weights(checkpoint_dir: str | Path, best: bool = True) -> dict:
     """{"config", "model", "epoch", ...} of a checkpoint: the validation-best weights when saved."""
-    directory = Path(checkpoint_dir)
-    path = directory / (BEST_FILE if best and (directory / BEST_FILE).is_file() else STATE_FILE)
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return checkpoint_weights(checkpoint_dir, best)
 
 
 def load_model(checkpoint_dir: str | Path, best: bool = True) -> nn.Module:

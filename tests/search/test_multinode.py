@@ -44,7 +44,8 @@ def search_args(data_root, storage, db, samples=SAMPLES, epochs=EPOCHS):
     return ["--data-root", data_root, "--preset", "tiny", "--num-samples", str(samples),
             "--max-epochs", str(epochs), "--grace-period", str(epochs), "--max-concurrent", "2",
             "--cpus-per-trial", "1", "--storage-path", storage, "--tracking-uri", db,
-            "--no-final-test", "--finalists", "0", "--no-figures", "--name", "mn"]
+            "--no-final-test", "--finalists", "0", "--no-figures", "--name", "mn",
+            "--checkpoint-every", "1"]   # resume state every epoch: a lost trial repeats <= 1
 
 
 def start_driver(env, args, log):

@@ -1,0 +1,111 @@
+"""Checkpoint folders (trainer/checkpoint.py): best model only or with exact-resume state, a
+manifest that tells complete folders, exact resume, the kept model's dtype."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainer.checkpoint import (BEST_FILE, MANIFEST, STATE_FILE, NotResumable, folder_complete,
+                                read_manifest)
+from trainer.config import make_config
+from trainer.data.synthetic import synthesize
+from trainer.loop import Trainer, evaluate_checkpoint, fit, load_model
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return synthesize("fairvision", tmp_path_factory.mktemp("fv"), n_train=96, n_val=48,
+                      n_test=48, seed=4)
+
+
+def _cfg(root, **kw):
+    kw.setdefault("epochs", 2)
+    kw.setdefault("bootstrap", 0)
+    return make_config("fairvision", "gender", preset="tiny", data_root=str(root), **kw)
+
+
+def _trained(root, **kw):
+    """A Trainer after one epoch, its weights kept as the best (as fit() keeps them)."""
+    trainer = Trainer(_cfg(root, **kw))
+    trainer.train_epoch(progress=False)
+    val = trainer.evaluate("val")
+    trainer.best = {"epoch": trainer.epoch, "score": float(val["es_auc"]), "val": val}
+    trainer.best_weights = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+    return trainer
+
+
+def test_manifest_lists_exactly_what_was_written(root, tmp_path):
+    trainer = _trained(root)
+    full = trainer.save_checkpoint(tmp_path / "full")
+    best_only = trainer.save_checkpoint(tmp_path / "best", resume=False)
+    for folder, expected in ((full, {BEST_FILE, STATE_FILE}), (best_only, {BEST_FILE})):
+        manifest = read_manifest(folder)
+        on_disk = {p.name: p.stat().st_size for p in folder.iterdir() if p.name != MANIFEST}
+        assert manifest["files"] == on_disk and set(on_disk) == expected
+        assert manifest["resume"] == (STATE_FILE in expected) and manifest["epoch"] == 1
+        assert folder_complete(folder)
+        json.loads((folder / MANIFEST).read_text())   # strict JSON
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_best_model_is_the_best_weights_cast_to_the_dtype(root, tmp_path, dtype):
+    trainer = _trained(root, best_model_dtype=dtype)
+    folder = trainer.save_checkpoint(tmp_path, resume=False)
+    stored = load_file(str(folder / BEST_FILE))
+    target = getattr(torch, dtype)
+    assert set(stored) == set(trainer.best_weights)
+    for name, tensor in trainer.best_weights.items():
+        expected = tensor.to(target) if tensor.is_floating_point() else tensor
+        assert stored[name].dtype == expected.dtype and torch.equal(stored[name], expected), name
+    # bf16 halves the bytes of fp32 weights (the manifest's sizes are the files')
+    floats = sum(t.numel() for t in trainer.best_weights.values() if t.is_floating_point())
+    assert read_manifest(folder)["files"][BEST_FILE] >= floats * target.itemsize
+
+
+def test_bad_dtype_is_refused_naming_the_field(root):
+    with pytest.raises(ValueError, match="best_model_dtype"):
+        _cfg(root, best_model_dtype="int8").validate()
+
+
+def test_best_only_folder_loads_the_model_but_refuses_resume(root, tmp_path):
+    trainer = _trained(root)
+    folder = trainer.save_checkpoint(tmp_path, resume=False)
+    model = load_model(folder)
+    kept = load_file(str(folder / BEST_FILE))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, kept[name].float() if kept[name].is_floating_point() else kept[name])
+    assert evaluate_checkpoint(folder, bootstrap=0)["point"]["auc"] > 0
+    with pytest.raises(NotResumable, match="best model only"):
+        Trainer(_cfg(root)).load_checkpoint(folder)
+
+
+def test_incomplete_folders_are_told_apart(root, tmp_path):
+    trainer = _trained(root)
+    cut = trainer.save_checkpoint(tmp_path / "cut")
+    with open(cut / STATE_FILE, "r+b") as f:   # an upload cut off midway
+        f.truncate(10)
+    assert not folder_complete(cut)
+    missing = trainer.save_checkpoint(tmp_path / "missing")
+    (missing / BEST_FILE).unlink()
+    assert not folder_complete(missing)
+    no_manifest = trainer.save_checkpoint(tmp_path / "nomanifest")
+    (no_manifest / MANIFEST).unlink()
+    assert not folder_complete(no_manifest)
+
+
+def test_resume_from_any_epoch_equals_the_uninterrupted_fit(root, tmp_path):
+    """Exact resume, also when the best epoch came before the checkpoint: the kept best model is
+    rounded to bf16 and fit() scores the test split with those weights either way."""
+    cfg = _cfg(root, epochs=3, bootstrap=0)
+    saved = {}
+
+    def keep(report):
+        saved[report.epoch] = report.save_checkpoint(tmp_path / f"e{report.epoch}")
+
+    straight = fit(cfg, on_epoch=keep, progress=False)
+    for epoch in (1, 2):
+        resumed = fit(cfg, resume_from=saved[epoch], progress=False)
+        assert resumed["history"] == straight["history"], epoch
+        assert resumed["best_epoch"] == straight["best_epoch"]
+        assert resumed["test"]["point"] == straight["test"]["point"], epoch
