@@ -231,6 +231,14 @@ def train_trial(config: dict, setup: dict) -> None:
         if hooks.get("fail_baseline_trial") and _is_baseline(config, hooks.get("baseline", {})) \
                 and report.epoch >= hooks.get("fail_at_epoch", 1):
             raise DeliberateTrialFailure(f"test hook: baseline trial fails at epoch {report.epoch}")
+        if hooks.get("kill_baseline_once_at_epoch") == report.epoch and not resumed \
+                and _is_baseline(config, hooks.get("baseline", {})):
+            # Test hook: the worker dies as an OOM kill would, after training this epoch and before
+            # reporting it; Tune retries the trial on a new worker, which resumes from the
+            # previous epoch's checkpoint.
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
         now = time.perf_counter()
         key = "cost/epoch_s" if "attempt_start_epoch" in attempt else "cost/first_epoch_s"
         timing = {key: now - clock["last"], "cost/report_s": clock.pop("report", 0.0)}

@@ -116,13 +116,15 @@ def test_entry_script_copied_alone_into_an_empty_folder(tmp_path):
 def test_resume_after_interrupt_does_not_repeat_finished_trials(ray_session, search_config, data_root,
                                                                  tmp_path):
     shutil.copy(REPO / "search" / "fairvision_gender.py", tmp_path)
-    args = ["--num-samples", "4", "--max-epochs", "2", "--max-concurrent", "1", "--data-root", data_root,
+    # enough work left after the first finished trial for the interrupt to land mid-search
+    # (reused workers train 2-epoch trials in about a second each)
+    args = ["--num-samples", "8", "--max-epochs", "3", "--max-concurrent", "1", "--data-root", data_root,
             "--storage-path", str(tmp_path / "results"), "--tracking-uri", "sqlite:///" + str(tmp_path / "mlflow.db")]
     proc = run_script(tmp_path, *args, wait=False)
     study_dir = tmp_path / "results" / "fairvision-gender-full"
     deadline = time.time() + 300
     def first_trial_done():
-        return any(len(p.read_text().splitlines()) >= 2 for p in study_dir.glob("trial_*/result.json"))
+        return any(len(p.read_text().splitlines()) >= 3 for p in study_dir.glob("trial_*/result.json"))
 
     while not first_trial_done() and time.time() < deadline:
         time.sleep(0.5)
@@ -131,16 +133,16 @@ def test_resume_after_interrupt_does_not_repeat_finished_trials(ray_session, sea
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "INTERRUPTED" in out, out[-3000:]
     before = {p.parent.name: len(p.read_text().splitlines()) for p in study_dir.glob("trial_*/result.json")}
-    finished = {name for name, n in before.items() if n == 2}
+    finished = {name for name, n in before.items() if n == 3}
     assert finished, before
 
-    scfg = search_config(tmp_path, num_samples=4, max_epochs=2, max_concurrent=1,
+    scfg = search_config(tmp_path, num_samples=8, max_epochs=3, max_concurrent=1,
                          storage_path=str(tmp_path / "results"), resume=True,
                          tracking_uri="sqlite:///" + str(tmp_path / "mlflow.db"))
     outcome = run_search(scfg)
-    assert not outcome.interrupted and len(outcome.results) == 4
+    assert not outcome.interrupted and len(outcome.results) == 8
     after = {p.parent.name: len(p.read_text().splitlines()) for p in study_dir.glob("trial_*/result.json")}
-    assert all(after[name] == 2 for name in finished), "a finished trial ran again"
+    assert all(after[name] == 3 for name in finished), "a finished trial ran again"
     _, parents, children = study_runs(scfg.tracking_uri)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(c.data.tags["trial_id"] for c in children) == sorted(n.removeprefix("trial_") for n in after)
@@ -162,3 +164,37 @@ def test_analysis_importance_and_champion(study, tmp_path):
 
     version = MlflowClient(scfg.tracking_uri).get_model_version_by_alias("multifair-test", "champion")
     assert version.run_id == outcome.best_run_id
+
+
+def test_killed_trial_resumes_exactly(ray_session, search_config, tmp_path):
+    """The baseline trial's worker is SIGKILLed while in epoch 3 (as an OOM kill would); Tune
+    retries it on a new worker, which resumes from the epoch-2 checkpoint: every epoch's
+    validation figures equal those of an uninterrupted fit of the same configuration here."""
+    import torch
+
+    from search.runner import base_config
+    from trainer.loop import fit
+
+    scfg = search_config(tmp_path, num_samples=1, max_epochs=4, max_failures=1, scheduler="none",
+                         checkpoint_every=1, log_best_model=False, final_test=False,
+                         test_hooks={"kill_baseline_once_at_epoch": 3})
+    outcome = run_search(scfg)
+    assert outcome.failed == 0 and not outcome.interrupted
+    rows = outcome.results[0].metrics_dataframe.to_dict("records")
+    by_epoch = {int(r["epoch"]): r for r in rows}      # epochs reported twice: the later one
+    assert sorted(by_epoch) == [1, 2, 3, 4]
+    resumed_at = {int(r["attempt_start_epoch"]) for r in rows}
+    assert resumed_at == {1, 3}, f"attempts started at epochs {resumed_at}: not resumed from epoch 2"
+    _, _, children = study_runs(scfg.tracking_uri)
+    assert children[0].data.tags.get("retries") == "1"
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # as the 1-CPU trial: the same float summation order
+    try:
+        straight = fit(base_config(scfg).replace(evaluate_test=False), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    keys = ["val/auc", "val/es_auc", "val/dpd", "train/loss"]
+    for entry in straight["history"]:
+        got = by_epoch[int(entry["epoch"])]
+        assert [got[k] for k in keys] == pytest.approx([entry[k] for k in keys], rel=1e-6), entry["epoch"]
