@@ -410,6 +410,15 @@ def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor, timings: d
     if timings is not None:
         timings["tune_started"] = time.time()
     results = tuner.fit()
+    if scfg.resume and tracker is not None:
+        from pathlib import PurePosixPath
+
+        held = {PurePosixPath(r.path.split("?")[0]).name.removeprefix("trial_") for r in results}
+        lost = tracker.close_lost_trials(held)
+        if lost:
+            print(f"[search] resume: trial(s) {', '.join(lost)} had started after the killed "
+                  f"driver's last snapshot; their MLflow runs are marked lost_at_driver_restart",
+                  flush=True)
     if timings is not None:
         from search.progress import ProgressCallback
 

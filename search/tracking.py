@@ -258,6 +258,21 @@ class StudyTracker:
         self.client.log_artifacts(run_id, local_dir, artifact_path)
 
     # -- helpers --------------------------------------------------------------
+    def close_lost_trials(self, trial_ids: set[str]) -> list[str]:
+        """Runs of this study's search whose trial the study does not hold: a trial a killed
+        driver started after its last experiment snapshot, which the restored study never ran
+        again (it samples a new one). Ended as KILLED with tag lost_at_driver_restart=true, so
+        the experiment keeps one live run per trial of the study. Returns their trial ids."""
+        runs = self.client.search_runs(
+            [self.experiment_id], max_results=5000,
+            filter_string=f"tags.study_dir = '{self.study_dir}' and tags.run_kind = 'trial'")
+        lost = [r for r in runs if r.data.tags.get("trial_id") not in trial_ids]
+        for r in lost:
+            self.client.set_tag(r.info.run_id, "lost_at_driver_restart", "true")
+            if r.info.status == "RUNNING":
+                self.client.set_terminated(r.info.run_id, "KILLED")
+        return [r.data.tags.get("trial_id") for r in lost]
+
     def _search(self, filter_string: str):
         return self.client.search_runs([self.experiment_id], filter_string=filter_string,
                                        max_results=10)
@@ -319,7 +334,10 @@ class MLflowTrialCallback(Callback):
                                                 "auc": earlier["val/auc"]})
         new = self.tracker.log_epoch(run_id, result)
         self.epochs[trial.trial_id] = int(result.get("epoch", result.get("training_iteration", 0)))
-        self._tag_placement(run_id, trial.trial_id, result, repeated=not new)
+        # an epoch reported again without training (a finished trial whose end the driver
+        # missed) is not an epoch trained twice
+        self._tag_placement(run_id, trial.trial_id, result,
+                            repeated=not new and not result.get("reported_again"))
 
     def _tag_placement(self, run_id: str, trial_id: str, result: dict, repeated: bool) -> None:
         """Tags: the Ray node(s) the trial ran on, the epochs it resumed at after a lost node or
@@ -338,6 +356,8 @@ class MLflowTrialCallback(Callback):
         if repeated:
             p["repeated"] += 1
             tags["epochs_repeated"] = p["repeated"]
+        if result.get("reported_again") and not p.get("again"):
+            p["again"] = tags["end_reported_again"] = "true"   # finished; its end reached us late
         for k, v in tags.items():
             self.tracker.client.set_tag(run_id, k, str(v))
 

@@ -269,8 +269,8 @@ def train_trial(config: dict, setup: dict) -> None:
         # it had finished; the driver died before hearing so: report its last epoch (and the
         # earlier ones for MLflow), train nothing
         history = latest["history"]
-        tune.report({**_history_metrics(history[-1]), **attempt,
-                     "replay": json.dumps(history[:-1])})
+        last = _history_metrics(history[-1])
+        tune.report({**last, **attempt, "reported_again": 1, "replay": json.dumps(history[:-1])})
         return
     checkpoint, _ = newest_checkpoint(restored, need_state=True)
     resumed, replayed = checkpoint is not None, {}

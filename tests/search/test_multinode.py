@@ -19,7 +19,7 @@ from tests.search.multinode import LocalCluster
 from tests.search.servers import FakeS3
 
 pytestmark = pytest.mark.slow
-EPOCHS = 3
+EPOCHS = 5   # reused workers train an epoch in well under a second: time to lose a node mid-trial
 SAMPLES = 3
 
 
@@ -81,6 +81,11 @@ def check_complete(db, samples=SAMPLES):
     """One FINISHED run per trial, each with es_auc at steps 1..EPOCHS exactly once."""
     client, parents, children = study_runs(db)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    lost = [c for c in children if c.data.tags.get("lost_at_driver_restart") == "true"]
+    # a trial started after the killed driver's last snapshot: the study samples another in its
+    # place; its run is kept, ended as KILLED and tagged, and is not one of the study's trials
+    assert all(c.info.status == "KILLED" for c in lost)
+    children = [c for c in children if c not in lost]
     assert len(children) == samples
     assert len({c.data.tags["trial_id"] for c in children}) == samples, "duplicate MLflow runs"
     for c in children:
@@ -102,7 +107,7 @@ def test_multinode_worker_lost_trials_resume_on_survivor_from_checkpoint(two_nod
         for c in children:
             if c.data.tags.get("ray_node_id") == w1 and c.info.status == "RUNNING":
                 done = len(client.get_metric_history(c.info.run_id, "es_auc"))
-                if 1 <= done <= EPOCHS - 2:
+                if 1 <= done <= 2:
                     return c.data.tags["trial_id"], done
         return None
 
@@ -122,6 +127,10 @@ def test_multinode_worker_lost_trials_resume_on_survivor_from_checkpoint(two_nod
     assert lost_trial in moved
     for tags in moved.values():
         assert tags["ray_nodes"].split(",")[0] == w1 and tags["ray_node_id"] == two_nodes.node_ids["head"]
+        if tags["trial_id"] != lost_trial and "resumed_at_epochs" not in tags:
+            # it had trained every epoch on w1; only its end reached the driver from the head
+            assert tags.get("end_reported_again") == "true" and "epochs_repeated" not in tags, tags
+            continue
         resumed_at = [int(e) for e in tags["resumed_at_epochs"].split(",")]
         assert resumed_at[0] > 1, "resumed from epoch 1, not from its checkpoint"
         repeated = int(tags.get("epochs_repeated", 0))
