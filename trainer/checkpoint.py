@@ -73,6 +73,7 @@ def write_checkpoint(trainer, directory: str | Path, resume: bool = True) -> Pat
     best = trainer.best or {}
     manifest = {"format": FORMAT, "epoch": trainer.epoch, "best_epoch": best.get("epoch"),
                 "best_score": best.get("score"), "best_dtype": cfg.best_model_dtype,
+                "best_threshold_val": (best.get("val") or {}).get("threshold_val"),
                 "resume": resume, "config": cfg.to_dict(), "history": trainer.history,
                 "files": {name: (directory / name).stat().st_size for name in written}}
     tmp = directory / (MANIFEST + ".tmp")
@@ -137,7 +138,8 @@ def checkpoint_weights(directory: str | Path, best: bool = True) -> dict:
     if weights is not None:
         if manifest is None:
             raise FileNotFoundError(f"{directory}: {BEST_FILE} without its {MANIFEST}")
-        return {"config": manifest["config"], "epoch": manifest["best_epoch"], "model": weights}
+        return {"config": manifest["config"], "epoch": manifest["best_epoch"], "model": weights,
+                "threshold_val": manifest.get("best_threshold_val")}
     state = load_state(directory, "cpu")
     return {"config": state["config"], "epoch": state["epoch"], "model": state["model"],
             "best": state.get("best")}

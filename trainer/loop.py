@@ -335,6 +335,8 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, **overrides) -> dict:
     cfg = config_from_dict({**state["config"], **overrides, "pretrained": False})
     trainer = Trainer(cfg)
     trainer.model.load_state_dict(state["model"])
+    if state.get("threshold_val") is not None:   # the chosen epoch's, kept: scored as fit() scores
+        trainer.best["val"] = {"threshold_val": state["threshold_val"]}
     return {"epoch": state.get("epoch", state.get("best", {}).get("epoch")), **_score_test(trainer)}
 
 

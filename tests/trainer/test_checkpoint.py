@@ -109,3 +109,15 @@ def test_resume_from_any_epoch_equals_the_uninterrupted_fit(root, tmp_path):
         assert resumed["history"] == straight["history"], epoch
         assert resumed["best_epoch"] == straight["best_epoch"]
         assert resumed["test"]["point"] == straight["test"]["point"], epoch
+
+
+def test_evaluate_checkpoint_gives_the_fit_s_own_test_figures(root, tmp_path):
+    """The model a checkpoint hands on, scored by evaluate_checkpoint, gives exactly the test
+    figures fit() reported (the same rounded weights, the chosen epoch's validation threshold)."""
+    cfg = _cfg(root, epochs=2)
+    saved = {}
+    result = fit(cfg, on_epoch=lambda r: saved.__setitem__("dir", r.save_checkpoint(tmp_path, resume=False)),
+                 progress=False)
+    scored = evaluate_checkpoint(saved["dir"])
+    assert scored["epoch"] == result["best_epoch"]
+    assert scored["point"] == result["test"]["point"]
