@@ -29,7 +29,7 @@ from trainer.jsonout import dumps
 from trainer.metrics import at_val_threshold, bootstrap_fairness, evaluate_fairness
 from trainer.models import build_classifiers, build_model, load_tokenizer
 from trainer.methods import create_method
-from trainer.reliance import flat_reliance, modality_reliance
+from trainer.reliance import encode_split, flat_reliance, fused_probs, modality_reliance
 
 
 
@@ -217,15 +217,24 @@ class Trainer:
             labels.append(batch["label"].cpu()); groups.append(batch["group"].cpu())
         return (torch.cat(labels).numpy(), torch.cat(probs).numpy(), torch.cat(groups).numpy())
 
+    def predict_encoded(self, split: str):
+        """(labels, probabilities, groups, encoded) of a split from ONE encoder pass: the
+        probabilities are the fusion of the encoded features (model(batch) = fuse(encode(batch))),
+        and `encoded` serves modality reliance, which only re-runs the fusion."""
+        self.model.eval(); self.method.eval()
+        encoded = encode_split(self, split)
+        features, y, g = encoded
+        return y, fused_probs(self, features), g, encoded
+
     def evaluate(self, split: str, threshold_val: float | None = None) -> dict:
         """Metrics at cfg.threshold, at the validation-chosen threshold (chosen on these
         predictions when threshold_val is None) and modality reliance."""
-        y, p, g = self.predict(split)
+        y, p, g, encoded = self.predict_encoded(split)
         check_predictions(p, split, self.epoch)
         out = evaluate_fairness(y, p, g, threshold=self.cfg.threshold,
                                 group_names=self.group_names)
         out.update(at_val_threshold(y, p, g, threshold_val, self.group_names))
-        return {**out, "reliance": modality_reliance(self, split)}
+        return {**out, "reliance": modality_reliance(self, split, encoded=encoded, probs=p)}
 
     # --- checkpointing ----------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -290,13 +299,13 @@ def fit(cfg: TrainConfig, on_epoch: Callable[[EpochReport], None] | None = None,
 def _score_test(trainer: Trainer) -> dict:
     """Point metrics and cfg.bootstrap resamples (mean, std) on the test split."""
     cfg = trainer.cfg
-    y, p, g = trainer.predict("test")
+    y, p, g, encoded = trainer.predict_encoded("test")
     val = trainer.best.get("val") or {}
     threshold_val = (val["threshold_val"] if "threshold_val" in val   # chosen epoch's, on val
                      else trainer.evaluate("val")["threshold_val"])
     point = {**evaluate_fairness(y, p, g, cfg.threshold, trainer.group_names),
              **at_val_threshold(y, p, g, threshold_val, trainer.group_names),
-             "reliance": modality_reliance(trainer, "test")}
+             "reliance": modality_reliance(trainer, "test", encoded=encoded, probs=p)}
     if not cfg.bootstrap:                                       # bootstrap=0: point only
         return {"point": point}
     return {"point": point,

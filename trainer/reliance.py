@@ -53,17 +53,19 @@ def fused_probs(trainer, features: dict, modality: str | None = None,
     return torch.cat(out).numpy()
 
 
-def modality_reliance(trainer, split: str, n_permutations: int = N_PERMUTATIONS) -> dict:
+def modality_reliance(trainer, split: str, n_permutations: int = N_PERMUTATIONS,
+                      encoded: tuple | None = None, probs: np.ndarray | None = None) -> dict:
     """{modality: {"auc": drop, "es_auc": drop}}, mean over n_permutations (seeded by cfg.seed,
-    so the same permutations every epoch)."""
-    features, y, g = encode_split(trainer, split)
+    so the same permutations every epoch). `encoded` (encode_split's result) and `probs` (its
+    unpermuted fusion) when the caller has them already: no second encoder pass."""
+    features, y, g = encoded if encoded is not None else encode_split(trainer, split)
     names = trainer.group_names
 
     def score(p):
         m = evaluate_fairness(y, p, g, group_names=names)
         return np.array([m["auc"], m["es_auc"]])
 
-    base, out = score(fused_probs(trainer, features)), {}
+    base, out = score(fused_probs(trainer, features) if probs is None else probs), {}
     gen = torch.Generator().manual_seed(trainer.cfg.seed)
     for m in features:
         perms = [torch.randperm(len(y), generator=gen) for _ in range(n_permutations)]

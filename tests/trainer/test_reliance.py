@@ -58,6 +58,17 @@ def test_reliance_names_the_informative_modality(oct_only, tmp_path):
     assert test["threshold_val"] == res["val"]["threshold_val"]
 
 
+def test_one_encoder_pass_predicts_exactly_what_the_model_does(oct_only, tmp_path):
+    """evaluate() encodes a split once and fuses the features (reliance reuses them): the
+    probabilities are model(batch)'s, bit for bit on the CPU, in the same sample order."""
+    trainer = Trainer(_cfg(oct_only, tmp_path))
+    trainer.train_epoch(progress=False)
+    for split in ("val", "test"):
+        y, p, g = trainer.predict(split)
+        y2, p2, g2, _ = trainer.predict_encoded(split)
+        assert np.array_equal(p, p2) and np.array_equal(y, y2) and np.array_equal(g, g2)
+
+
 def test_validation_threshold_is_the_prevalence_rule(oct_only, tmp_path):
     trainer = Trainer(_cfg(oct_only, tmp_path))
     trainer.train_epoch(progress=False)
