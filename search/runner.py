@@ -61,8 +61,15 @@ class SearchConfig:
     test_hooks: dict = field(default_factory=dict)             # see docs/search.md
 
     def __post_init__(self):
-        self.baseline = self.baseline or baseline_point(self.dataset, self.attribute, self.mode,
-                                                        self.preset)
+        from search.space import hyperparameters
+
+        # The entry scripts pass the paper's point, MultiFair's five; a method that searches
+        # other hyperparameters (--mode ogm_ge: ogm_alpha) starts from its own default instead.
+        names = hyperparameters(self.mode)
+        if self.baseline and set(names) <= set(self.baseline):
+            self.baseline = {k: float(self.baseline[k]) for k in names}
+        else:
+            self.baseline = baseline_point(self.dataset, self.attribute, self.mode, self.preset)
         self.experiment = self.experiment or f"multifair-{self.dataset}-{self.attribute}"
         self.name = self.name or f"{self.dataset}-{self.attribute}-{self.mode}"
         if not self.storage_path.startswith(("s3://", "gs://")):

@@ -1,5 +1,6 @@
-"""The paper's one-at-a-time sensitivity sweeps (MultiFair, Figs. 4-5): each of the five
-hyperparameters is moved across its range while the other four stay at the chosen point, each
+"""The paper's one-at-a-time sensitivity sweeps (MultiFair, Figs. 4-5): each searched
+hyperparameter of the study's method (`--mode`: MultiFair's five, or a comparison method's own,
+search/space.py) is moved across its range while the others stay at the chosen point, each
 value trained with several seeds, as one Tune run (it spreads over a cluster); validation AUC and
 ES-AUC are plotted against the value with mean ± sd error bars.
 
@@ -18,12 +19,13 @@ import sys
 import numpy as np
 
 from search import study as S
-from search.space import HYPERPARAMETERS, RANGES
+from search.space import HYPERPARAMETERS, RANGES, hyperparameters
 
 
-def sweep_values(centre: dict[str, float], points: int) -> dict[str, list[float]]:
+def sweep_values(centre: dict[str, float], points: int,
+                 names: tuple[str, ...] = HYPERPARAMETERS) -> dict[str, list[float]]:
     out = {}
-    for k in HYPERPARAMETERS:
+    for k in names:
         r = RANGES[k]
         grid = np.geomspace(r.low, r.high, points) if r.log else np.linspace(r.low, r.high, points)
         out[k] = sorted({round(float(v), 6) for v in grid} | {round(centre[k], 6)})
@@ -31,7 +33,7 @@ def sweep_values(centre: dict[str, float], points: int) -> dict[str, list[float]
 
 
 def sweep_candidates(centre: dict, mode: str, values: dict[str, list[float]]) -> dict[str, dict]:
-    """label -> configuration; the centre is trained once and shared by all five sweeps."""
+    """label -> configuration; the centre is trained once and shared by every sweep."""
     cands = {"centre": {**centre, "mode": mode, "swept": None}}
     for k, vs in values.items():
         for v in vs:
@@ -40,9 +42,10 @@ def sweep_candidates(centre: dict, mode: str, values: dict[str, list[float]]) ->
     return cands
 
 
-def summarise(runs: list[dict], cands: dict) -> dict[str, list[dict]]:
+def summarise(runs: list[dict], cands: dict,
+              names: tuple[str, ...] = HYPERPARAMETERS) -> dict[str, list[dict]]:
     """Per hyperparameter: [{value, auc, auc_sd, es_auc, es_auc_sd, n}] ordered by value."""
-    out = {k: [] for k in HYPERPARAMETERS}
+    out = {k: [] for k in names}
     for label, c in cands.items():
         mine = [r["val"] for r in runs if r["candidate"] == label and r["val"]]
         if not mine:
@@ -51,7 +54,7 @@ def summarise(runs: list[dict], cands: dict) -> dict[str, list[dict]]:
         for key in ("auc", "es_auc"):
             v = np.array([m[key] for m in mine])
             row[key], row[f"{key}_sd"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-        for k in ([c["swept"]] if c["swept"] else HYPERPARAMETERS):   # the centre is on every sweep
+        for k in ([c["swept"]] if c["swept"] else names):   # the centre is on every sweep
             out[k].append({**row, "value": c[k]})
     return {k: sorted(v, key=lambda r: r["value"]) for k, v in out.items()}
 
@@ -64,9 +67,12 @@ def plot(summary: dict, centre: dict, out_dir) -> list:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig, axes = plt.subplots(1, len(HYPERPARAMETERS), figsize=(3.2 * len(HYPERPARAMETERS), 3), sharey=True)
-    pfig = make_subplots(rows=1, cols=len(HYPERPARAMETERS), subplot_titles=HYPERPARAMETERS, shared_yaxes=True)
-    for i, (k, ax) in enumerate(zip(HYPERPARAMETERS, axes)):
+    names = list(summary)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * max(len(names), 2), 3), sharey=True,
+                             squeeze=False)
+    axes = axes[0]
+    pfig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True)
+    for i, (k, ax) in enumerate(zip(names, axes)):
         rows = summary[k]
         x = [r["value"] for r in rows]
         for key, color in (("auc", "tab:blue"), ("es_auc", "tab:orange")):
@@ -110,13 +116,14 @@ def main(argv=None) -> int:
     scfg = SearchConfig(**{k: v for k, v in search.items() if k in SearchConfig.__dataclass_fields__
                            and k not in ("synthetic_sizes", "local", "num_cpus", "resume")},
                        local=True, num_cpus=a.num_cpus)
+    names = hyperparameters(scfg.mode)   # the study's method: what its search tuned
     try:
         decision = S.read_json(a.results, S.DECISION_FILE)
         label = decision["confirmation"]["choice"]["label"]
-        centre = {k: float(decision["confirmation"]["candidates"][label][k]) for k in HYPERPARAMETERS}
+        centre = {k: float(decision["confirmation"]["candidates"][label][k]) for k in names}
     except (OSError, KeyError):
-        centre = dict(scfg.baseline)
-    cands = sweep_candidates(centre, scfg.mode, sweep_values(centre, a.points))
+        centre = {k: float(scfg.baseline[k]) for k in names}
+    cands = sweep_candidates(centre, scfg.mode, sweep_values(centre, a.points, names))
     tracker = None
     if not scfg.no_tracking:
         uri = scfg.tracking_uri or default_tracking_uri(scfg.results_dir)
@@ -126,7 +133,7 @@ def main(argv=None) -> int:
     from search.confirm import grid_run
 
     runs = grid_run(scfg, st["setup"], cands, [scfg.seed + 100 + i for i in range(a.seeds)], "sweep", tracker)
-    summary = summarise(runs, cands)
+    summary = summarise(runs, cands, names)
     files = plot(summary, centre, S.local_dir(search) / "figures")
     S.write_json(a.results, "sweep.json", {"centre": centre, "summary": summary})
     if tracker is not None:
