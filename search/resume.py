@@ -22,17 +22,6 @@ def _exists(fs, path: str) -> bool:
     return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
 
-def newest_complete(fs, trial_dir: str, required: str = "checkpoint.json") -> str | None:
-    """The newest checkpoint_* folder of a trial that holds `required` (the trainer's manifest,
-    written last; the trainable then picks the newest folder it can resume from)."""
-    import pyarrow.fs
-
-    infos = fs.get_file_info(pyarrow.fs.FileSelector(trial_dir, allow_not_found=True))
-    folders = sorted((i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
-                      and posixpath.basename(i.path).startswith("checkpoint_")), reverse=True)
-    return next((f for f in folders if _exists(fs, f"{f}/{required}")), None)
-
-
 def _newest_state(fs, path: str) -> str | None:
     import pyarrow.fs
 
@@ -54,7 +43,10 @@ def _repair(manager) -> bool:
     if _exists(fs, path):
         return False
     kept = [r for r in manager._checkpoint_results if r.checkpoint and _exists(fs, r.checkpoint.path)]
-    found = newest_complete(fs, posixpath.dirname(path.rstrip("/")))
+    from search.trainable import newest_checkpoint
+
+    newest, _ = newest_checkpoint(latest.checkpoint, need_state=False)   # complete folders only
+    found = newest.path if newest is not None else None
     replacement = None
     if found is not None:
         replacement = next((r for r in kept if r.checkpoint.path == found), None) or \

@@ -157,26 +157,24 @@ def _is_baseline(config: dict, baseline: dict) -> bool:
     return bool(baseline) and all(math.isclose(config[k], v) for k, v in baseline.items())
 
 
-def newest_checkpoint(checkpoint, need_state: bool = True):
-    """(checkpoint, manifest) of the trial's newest complete checkpoint folder on storage, with
-    exact-resume state if `need_state`; (None, None) when there is none. It can be newer than the
-    one Tune restores (a SIGKILLed driver's last experiment snapshot, written at most every
-    TUNE_GLOBAL_CHECKPOINT_S, can lag the trial by epochs) or older (Tune's newest may hold the
-    best model only: trainer/checkpoint.py). Complete = the manifest exists and every file it
-    lists has its size, so a folder cut off mid-upload is skipped."""
+def complete_checkpoints(checkpoint):
+    """(checkpoint, manifest) of every complete checkpoint folder of the trial that `checkpoint`
+    (present or already deleted) belongs to, newest first, listed once from storage. Complete =
+    the manifest (trainer/checkpoint.py) exists and every file it lists has its size, so a folder
+    cut off mid-upload is skipped. Nothing where storage cannot be listed."""
     if checkpoint is None:
-        return None, None
+        return
     import posixpath
 
     import pyarrow.fs
     from ray import tune
 
-    from trainer.checkpoint import MANIFEST, complete, resumable
+    from trainer.checkpoint import MANIFEST, complete
 
-    fs, path = checkpoint.filesystem, checkpoint.path
-    parent = posixpath.dirname(path.rstrip("/"))
+    fs = checkpoint.filesystem
+    parent = posixpath.dirname(checkpoint.path.rstrip("/"))
     try:
-        listing = fs.get_file_info(pyarrow.fs.FileSelector(parent))
+        listing = fs.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True))
         folders = sorted((i.base_name for i in listing if i.type == pyarrow.fs.FileType.Directory
                           and i.base_name.startswith("checkpoint_")), reverse=True)
         for name in folders:
@@ -187,11 +185,22 @@ def newest_checkpoint(checkpoint, need_state: bool = True):
                 continue
             with fs.open_input_stream(f"{folder}/{MANIFEST}") as f:
                 manifest = json.loads(f.read().decode())
-            if complete(manifest, sizes) and (resumable(manifest) or not need_state):
-                return tune.Checkpoint(path=folder, filesystem=fs), manifest
+            if complete(manifest, sizes):
+                yield tune.Checkpoint(path=folder, filesystem=fs), manifest
     except (OSError, ValueError):
-        pass
-    return None, None
+        return
+
+
+def newest_checkpoint(checkpoint, need_state: bool = True):
+    """(checkpoint, manifest) of the trial's newest complete checkpoint folder on storage, with
+    exact-resume state if `need_state`; (None, None) when there is none. It can be newer than the
+    one Tune restores (a SIGKILLed driver's last experiment snapshot, written at most every
+    TUNE_GLOBAL_CHECKPOINT_S, can lag the trial by epochs) or older (Tune's newest may hold the
+    best model only: trainer/checkpoint.py)."""
+    from trainer.checkpoint import resumable
+
+    return next(((c, m) for c, m in complete_checkpoints(checkpoint)
+                 if resumable(m) or not need_state), (None, None))
 
 
 def model_checkpoint(checkpoint):
@@ -240,7 +249,8 @@ def train_trial(config: dict, setup: dict) -> None:
 
             os.kill(os.getpid(), signal.SIGKILL)
         now = time.perf_counter()
-        key = "cost/epoch_s" if "attempt_start_epoch" in attempt else "cost/first_epoch_s"
+        first = "attempt_start_epoch" not in attempt   # this attempt's first report
+        key = "cost/first_epoch_s" if first else "cost/epoch_s"
         timing = {key: now - clock["last"], "cost/report_s": clock.pop("report", 0.0)}
         attempt.setdefault("attempt_start_epoch", report.epoch)
         kind = checkpoint_kind(report.epoch, cfg.epochs, setup.get("checkpoints"))
@@ -250,10 +260,9 @@ def train_trial(config: dict, setup: dict) -> None:
             saved = time.perf_counter()
             timing["cost/checkpoint_s"] = saved - now
             replay = {}
-            if resumed and "attempt_start_epoch" not in replayed:
+            if resumed and first:
                 # the epochs before the checkpoint, for the MLflow callback to log any that a
                 # killed driver never did (one JSON string, first report after a resume only)
-                replayed["attempt_start_epoch"] = report.epoch
                 earlier = [h for h in report.history if h["epoch"] < report.epoch]
                 replay = {"replay": json.dumps(earlier)} if earlier else {}
             tune.report({**epoch_metrics(report), **attempt, **timing, **replay},
@@ -263,8 +272,10 @@ def train_trial(config: dict, setup: dict) -> None:
         clock["last"] = time.perf_counter()
         clock["report"] = clock["last"] - saved   # Tune's report and upload: sent with the next
 
-    restored = tune.get_checkpoint()
-    _, latest = newest_checkpoint(restored, need_state=False)
+    from trainer.checkpoint import resumable
+
+    found = list(complete_checkpoints(tune.get_checkpoint()))   # newest first, one listing
+    latest = found[0][1] if found else None
     if latest and latest["epoch"] >= cfg.epochs and latest.get("history"):
         # it had finished; the driver died before hearing so: report its last epoch (and the
         # earlier ones for MLflow), train nothing
@@ -272,8 +283,8 @@ def train_trial(config: dict, setup: dict) -> None:
         last = _history_metrics(history[-1])
         tune.report({**last, **attempt, "reported_again": 1, "replay": json.dumps(history[:-1])})
         return
-    checkpoint, _ = newest_checkpoint(restored, need_state=True)
-    resumed, replayed = checkpoint is not None, {}
+    checkpoint = next((c for c, m in found if resumable(m)), None)
+    resumed = checkpoint is not None
     if checkpoint is None:
         fit(cfg, on_epoch=on_epoch, progress=False, datasets=datasets)
         return
