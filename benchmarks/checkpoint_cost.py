@@ -11,8 +11,11 @@ Per checkpoint it prints bytes and median write time (3 writes) of: the exact-re
 fp32 best model every epoch), Tune's persist (a copy of the folder to the storage path) and the
 read-back. Then, for ASHA's expected trial lengths (a fraction 1/rf of the trials passes each
 rung), bytes written per trial-epoch and checkpoint seconds per epoch under the policy for
-K = 1, 2, 3, 5, 10, against the old policy; seconds are also given as a share of a 9 s epoch (the
-GPU estimate in the GPU issue: an assumption until the GPU benchmark runs there).
+K = 1, 2, 3, 5, 10, against the old policy: as the training thread would pay them writing
+synchronously, and as it pays them now that the search writes in the background (the snapshot,
+the part of a write that outlasts the next epoch, and the trial's last write). Seconds are also
+given as a share of a 9 s epoch (--epoch-seconds; the GPU estimate in the GPU issue: an assumption
+until the GPU benchmark runs there).
 """
 from __future__ import annotations
 
@@ -97,6 +100,12 @@ def measure(trainer, where: Path) -> dict:
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(full, target)
     m["persist_full_s"] = timed(persist)
+    # the search writes in the background (search/trainable.py BackgroundReporter): the training
+    # thread pays for the snapshot, a memory copy of the state (the best weights are shared)
+    m["snapshot_resume_s"] = timed(lambda: trainer.snapshot(resume=True))
+    m["snapshot_best_s"] = timed(lambda: trainer.snapshot(resume=False))
+    m["persist_best_s"] = timed(lambda: (shutil.rmtree(where / "storage-best", ignore_errors=True),
+                                         shutil.copytree(where / "best-bfloat16", where / "storage-best")))
     m["read_state_s"] = timed(lambda: load_state(full, "cpu"), reps=1)
     m["read_best_s"] = timed(lambda: load_best(full), reps=1)
     m["params"] = sum(p.numel() for p in trainer.model.parameters())
@@ -118,27 +127,40 @@ def trial_lengths(grace: int, rf: int, max_epochs: int) -> list[tuple[int, float
     return out + [(max_epochs, p)]
 
 
-def policy_cost(m: dict, every: int, grace: int, rf: int, max_epochs: int,
-                old: bool = False) -> tuple[float, float]:
-    """(bytes per trial-epoch, checkpoint seconds per trial-epoch) in expectation."""
+def policy_cost(m: dict, every: int, grace: int, rf: int, max_epochs: int, old: bool = False,
+                epoch_s: float = GPU_EPOCH_S) -> tuple[float, float, float]:
+    """(bytes per trial-epoch, training-thread checkpoint seconds per trial-epoch written on the
+    training thread, the same written in the background), in expectation over ASHA's trial
+    lengths. Background: the thread pays the snapshot, plus whatever of the write and Tune's
+    copy to storage is not done when the next epoch ends (one epoch in flight at most), plus the
+    whole last write (the trial ends only once Tune has its last report)."""
     from search.trainable import checkpoint_kind, checkpoint_policy
 
     policy = checkpoint_policy(every, rungs(grace, rf, max_epochs))
     sizes = {"resume": m["state_bytes"] + m["best_bfloat16_bytes"], "best": m["best_bfloat16_bytes"]}
     # written locally, then copied to storage by Tune: both count as time
-    per_byte = (m["full_s"] + m["persist_full_s"]) / sizes["resume"]
-    exp_bytes = exp_epochs = 0.0
+    sync = {"resume": m["full_s"] + m["persist_full_s"],
+            "best": m["best_bfloat16_s"] + m["persist_best_s"]}
+    snap = {"resume": m["snapshot_resume_s"], "best": m["snapshot_best_s"]}
+    exp_bytes = exp_sync = exp_async = exp_epochs = 0.0
     for length, prob in trial_lengths(grace, rf, max_epochs):
-        written = 0.0
+        written = on_thread = in_background = 0.0
         for e in range(1, length + 1):
             if old:
                 written += m["old_bytes"]
-            else:
-                kind = checkpoint_kind(e, max_epochs, policy)
-                written += sizes[kind] if kind else 0
+                on_thread += (m["old_s"] + m["persist_full_s"] * m["old_bytes"] / sizes["resume"])
+                continue
+            kind = checkpoint_kind(e, max_epochs, policy)
+            if kind:
+                written += sizes[kind]
+                on_thread += sync[kind]
+                late = sync[kind] if e == length else max(0.0, sync[kind] - epoch_s)
+                in_background += snap[kind] + late
         exp_bytes += prob * written
+        exp_sync += prob * on_thread
+        exp_async += prob * (on_thread if old else in_background)
         exp_epochs += prob * length
-    return exp_bytes / exp_epochs, exp_bytes / exp_epochs * per_byte
+    return exp_bytes / exp_epochs, exp_sync / exp_epochs, exp_async / exp_epochs
 
 
 def main() -> None:
@@ -149,6 +171,8 @@ def main() -> None:
     p.add_argument("--reduction-factor", type=int, default=3)
     p.add_argument("--checkpoint-every", type=int, default=5)
     p.add_argument("--dir", default="", help="where to write (default: a temporary folder)")
+    p.add_argument("--epoch-seconds", type=float, default=GPU_EPOCH_S,
+                   help="an epoch's length, for the shares (default: the GPU estimate, 9 s)")
     p.add_argument("--json", default="")
     a = p.parse_args()
     torch.manual_seed(0)
@@ -168,19 +192,26 @@ def main() -> None:
     for name, size, secs in rows:
         print(f"  {name:<58} {size / GIB:6.3f} GiB  {secs:6.2f} s  ({size / max(secs, 1e-9) / 1e9:.2f} GB/s)")
     print(f"  Tune's persist of a resume checkpoint (copy to local storage)     {m['persist_full_s']:6.2f} s")
+    print(f"  snapshot on the training thread (background writes): resume {m['snapshot_resume_s']:.2f} s, "
+          f"best only {m['snapshot_best_s']:.3f} s")
     print(f"  read back: state {m['read_state_s']:.2f} s, best model {m['read_best_s']:.2f} s")
     lengths = trial_lengths(a.grace_period, a.reduction_factor, a.max_epochs)
     print(f"\n== per trial-epoch, ASHA grace {a.grace_period}, factor {a.reduction_factor}, max "
           f"{a.max_epochs} epochs (rungs {rungs(a.grace_period, a.reduction_factor, a.max_epochs)}; "
           f"trial lengths {', '.join(f'{n} ep: {q:.0%}' for n, q in lengths)}) ==")
-    print(f"  {'policy':<34} {'GiB / trial-epoch':>18} {'ckpt s / epoch':>15} {'% of a 9 s epoch':>17}")
+    print(f"  {'':<34} {'':>18} {'written on the training thread':>31} {'in the background (now)':>26}")
+    print(f"  {'policy':<34} {'GiB / trial-epoch':>18} {'s / epoch':>12} {'% of ' + format(a.epoch_seconds, 'g') + ' s':>18} "
+          f"{'s / epoch':>12} {'% of ' + format(a.epoch_seconds, 'g') + ' s':>13}")
     table = {}
     for label, every, old in [("old: state + fp32 best every epoch", 1, True)] + \
             [(f"--checkpoint-every {k}", k, False) for k in (1, 2, 3, 5, 10, 0)]:
-        size, secs = policy_cost(m, every, a.grace_period, a.reduction_factor, a.max_epochs, old)
-        table[label] = {"gib_per_trial_epoch": size / GIB, "checkpoint_s_per_epoch": secs}
+        size, secs, bg = policy_cost(m, every, a.grace_period, a.reduction_factor, a.max_epochs, old,
+                                     a.epoch_seconds)
+        table[label] = {"gib_per_trial_epoch": size / GIB, "checkpoint_s_per_epoch_sync": secs,
+                        "checkpoint_s_per_epoch_background": bg}
         mark = "  <- default" if not old and every == a.checkpoint_every else ""
-        print(f"  {label:<34} {size / GIB:18.3f} {secs:15.2f} {100 * secs / GPU_EPOCH_S:16.1f}%{mark}")
+        print(f"  {label:<34} {size / GIB:18.3f} {secs:12.2f} {100 * secs / a.epoch_seconds:17.1f}% "
+              f"{bg:12.2f} {100 * bg / a.epoch_seconds:12.1f}%{mark}")
     print("  (goals: <= 0.4 GiB per trial-epoch, checkpoint time <= 5% of an epoch; seconds scale with "
           "this disk's speed: measure on the cluster's storage with --dir)")
     if a.json:

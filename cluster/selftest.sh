@@ -113,14 +113,37 @@ T_UP=$((SECONDS - START))
 
 say "ray submit $YAML search/fairvision_gender.py (storage $RESULTS)"
 SUB_LOG=$LOG.submit
-"$RAY" submit "$YAML" search/fairvision_gender.py -- --preset tiny --num-samples 3 --max-epochs 2 \
-    --grace-period 1 --cpus-per-trial 1 --storage-path "$RESULTS" 2>&1 | tee "$SUB_LOG" >> "$LOG" \
+# the whole decision: Pareto search, 2 finalists + the paper's point + plain fusion confirmed
+# with 2 seeds each (one more Tune run on the cluster), the paired test, figures, report
+"$RAY" submit "$YAML" search/fairvision_gender.py -- --preset tiny --num-samples 4 --max-epochs 2 \
+    --grace-period 1 --cpus-per-trial 1 --storage-path "$RESULTS" --name selftest \
+    --objective pareto --finalists 2 --confirm-seeds 2 2>&1 | tee "$SUB_LOG" >> "$LOG" \
     || fail "ray submit failed"
 T_SUB=$((SECONDS - START - T_UP))
 grep -q 'attached to the running Ray cluster' "$SUB_LOG" || fail "the script did not attach to the cluster"
 grep -q 'embedded Ray' "$SUB_LOG" && fail "the script started an embedded Ray"
 grep -q 'MultiFair search finished' "$SUB_LOG" || fail "no 'MultiFair search finished' summary"
-grep -qE '^trials: 3 ' "$SUB_LOG" || fail "summary does not report 3 trials"
+grep -qE '^trials: 4 ' "$SUB_LOG" || fail "summary does not report 4 trials"
+grep -q '^confirmation (2 fresh seeds each' "$SUB_LOG" || fail "no confirmation stage in the summary"
+grep -q '^test split, once: chosen - plain fusion, paired bootstrap' "$SUB_LOG" || fail "no paired test"
+[ -s "$RESULTS/selftest/decision.json" ] && [ -s "$RESULTS/selftest/report.html" ] \
+    || fail "no decision.json / report.html in $RESULTS/selftest"
+# the confirmation runs ran side by side on the cluster: their [start, end] intervals overlap
+"$REPO/.venv/bin/python" - "$RESULTS/selftest-confirm" <<'PY' 2>&1 | tee -a "$LOG" >&2 || fail "confirmation runs did not run in parallel"
+import glob, json, sys
+spans = []
+for f in glob.glob(sys.argv[1] + "/trial_*/result.json"):
+    rows = [json.loads(line) for line in open(f) if line.strip()]
+    start = min(r["cost/entry_time"] for r in rows if "cost/entry_time" in r)
+    spans.append((start, max(r["timestamp"] for r in rows) + 1))
+events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+running = peak = 0
+for _, step in events:
+    running += step
+    peak = max(peak, running)
+print(f"confirmation runs: {len(spans)}, at most {peak} at once")
+sys.exit(0 if len(spans) >= 6 and peak >= 2 else 1)
+PY
 say "seen: $(grep -o 'attached to the running Ray cluster.*' "$SUB_LOG" | cut -c1-160)"
 sed -n '/=== MultiFair search finished ===/,/^trials:/p' "$SUB_LOG" | tee -a "$LOG" >&2
 say "ray up + setup: ${T_UP} s; ray submit (search): ${T_SUB} s"

@@ -23,6 +23,7 @@ from search.study import full_length, trial_record
 
 BASELINE = "baseline"
 PAPER = "paper"
+CONFIRM = "confirm"   # the stage: Tune folder <study>-confirm, run_kind tag, run names
 
 
 def candidates(scfg, finals: list[dict]) -> dict[str, dict]:
@@ -43,7 +44,7 @@ def seeds(scfg) -> list[int]:
 def run_confirmation(scfg, setup: dict, finals: list[dict], tracker) -> dict:
     """The Tune run over candidates x seeds; returns {"candidates", "runs", "stats", "choice"}."""
     cands = candidates(scfg, finals)
-    runs = grid_run(scfg, setup, cands, seeds(scfg), "confirm", tracker)
+    runs = grid_run(scfg, setup, cands, seeds(scfg), CONFIRM, tracker)
     done = full_length(runs, scfg.max_epochs)
     stats = candidate_stats(done)
     return {"candidates": cands, "runs": runs, "stats": stats, "seeds": seeds(scfg),

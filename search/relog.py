@@ -5,7 +5,10 @@
 
 Ray's results folder is the source of truth (study.json, experiment_state-*.json, and per
 trial params.json + result.json). Runs are found by their tags (study_dir, trial_id), so running
-the command twice, or after a search that logged live, adds only what is missing.
+the command twice, or after a search that logged live, adds only what is missing. The
+confirmation stage's runs (the sibling Tune folder `<study>-confirm`, its candidates from the
+study's decision.json) are re-logged the same way, named and tagged as the live search names them
+(`confirm-<candidate>-seed<s>`, run_kind confirm).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import argparse
 from pathlib import Path
 
 from search import study as S
+from search.confirm import CONFIRM
 from search.tracking import StudyTracker, check_tracking_uri, default_tracking_uri, git_commit, ui_hint
 
 
@@ -24,8 +28,13 @@ def relog(study_dir: str | Path, tracking_uri: str, experiment: str | None = Non
         import pyarrow.fs
 
         with tempfile.TemporaryDirectory(prefix="multifair-relog-") as tmp:
-            pyarrow.fs.copy_files(str(study_dir), tmp)
-            return _relog(Path(tmp), tracking_uri, experiment)
+            name = str(study_dir).rstrip("/").rsplit("/", 1)[-1]
+            local = Path(tmp) / name
+            pyarrow.fs.copy_files(str(study_dir), str(local))
+            fs, path = pyarrow.fs.FileSystem.from_uri(f"{str(study_dir).rstrip('/')}-{CONFIRM}")
+            if fs.get_file_info(path).type == pyarrow.fs.FileType.Directory:
+                pyarrow.fs.copy_files(path, str(local) + f"-{CONFIRM}", source_filesystem=fs)
+            return _relog(local, tracking_uri, experiment)
     return _relog(Path(study_dir).resolve(), tracking_uri, experiment)
 
 
@@ -40,19 +49,56 @@ def _relog(study_dir: Path, tracking_uri: str, experiment: str | None) -> StudyT
     commit = git_commit()
     tracker.start_study(tags=S.study_tags(search, commit), params=S.study_params(search))
     tags = {**S.study_tags(search, commit), "relogged": "true"}
-    max_epochs = int(search["max_epochs"])
+    max_epochs, base = int(search["max_epochs"]), study["setup"]["base"]
     stopped = failed = 0
     for t in S.read_trials(study_dir):
-        run_id = tracker.child(t["trial_id"], t["config"], tags, study["setup"]["base"])
-        for row in t["results"]:
-            tracker.log_epoch(run_id, row)
-        epochs = max((int(r.get("epoch", 0)) for r in t["results"]), default=0)
-        status = S.STATUS.get(t["tune_status"], "KILLED")
-        tracker.end_trial(run_id, status, epochs, max_epochs)
+        status, epochs = _log_trial(tracker, t, t["config"], tags, base, max_epochs)
         stopped += status == "FINISHED" and epochs < max_epochs
         failed += status == "FAILED"
-    tracker.end_study("FINISHED", tags={"trials_stopped_early": stopped, "trials_failed": failed})
+    confirmed = _relog_confirmation(tracker, study_dir, search, tags, base, max_epochs)
+    tracker.end_study("FINISHED", tags={"trials_stopped_early": stopped, "trials_failed": failed,
+                                        **({"confirmation_runs": confirmed} if confirmed else {})})
     return tracker
+
+
+def _log_trial(tracker, t: dict, config: dict, tags: dict, base: dict, max_epochs: int,
+               run_name: str | None = None) -> tuple[str, int]:
+    run_id = tracker.child(t["trial_id"], config, tags, base, run_name=run_name)
+    for row in t["results"]:
+        tracker.log_epoch(run_id, row)
+    epochs = max((int(r.get("epoch", 0)) for r in t["results"]), default=0)
+    status = S.STATUS.get(t["tune_status"], "KILLED")
+    tracker.end_trial(run_id, status, epochs, max_epochs)
+    return status, epochs
+
+
+def _relog_confirmation(tracker, study_dir: Path, search: dict, tags: dict, base: dict,
+                        max_epochs: int) -> int:
+    """The confirmation stage's runs, as search.confirm.grid_run's MLflow callback logs them;
+    the number re-logged (0 when the study had no confirmation stage)."""
+    folder = study_dir.parent / f"{study_dir.name}-{CONFIRM}"
+    try:
+        decision = S.read_json(str(study_dir), S.DECISION_FILE)
+    except (FileNotFoundError, OSError):
+        decision = {}
+    cands = (decision.get("confirmation") or {}).get("candidates") or {}
+    if not folder.is_dir() or not cands:
+        return 0
+    stage_tags = {**tags, "run_kind": CONFIRM, "stage": CONFIRM, "dataset": search["dataset"],
+                  "attribute": search["attribute"]}
+    n = 0
+    for t in S.read_trials(folder):
+        label, seed = t["config"].get("candidate"), t["config"].get("seed")
+        if label not in cands:
+            raise ValueError(f"{folder / Path(t['path']).name}: candidate {label!r} is not among "
+                             f"{S.DECISION_FILE}'s confirmation candidates {sorted(cands)}")
+        cand = cands[label]
+        config = {**cand, "seed": seed}
+        run_tags = {**stage_tags, "mode": cand["mode"], "seed": str(seed), "candidate": label}
+        _log_trial(tracker, t, config, run_tags, base, max_epochs,
+                   run_name=f"{CONFIRM}-{label}-seed{seed}")
+        n += 1
+    return n
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,7 @@
-"""One Tune trial = one trainer fit. Reports once per epoch with a checkpoint, resumes from the
-last checkpoint when Tune retries or restores the trial.
+"""One Tune trial = one trainer fit. Reports once per epoch (with a checkpoint where the policy
+asks for one: checkpoint_kind), written and handed to Tune off the training thread
+(BackgroundReporter); resumes from the newest complete checkpoint when Tune retries or restores
+the trial.
 
 The trial's config holds only the five hyperparameters (sampled by Optuna). The constants come
 through tune.with_parameters as `setup`: "base" (the fixed TrainConfig as a dict), "synthetic"
@@ -11,6 +13,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -210,6 +213,72 @@ def model_checkpoint(checkpoint):
     return newest or checkpoint
 
 
+class BackgroundReporter:
+    """Writes an epoch's checkpoint and hands the epoch to Tune on a thread of its own, while
+    the training thread goes on with the next epoch. The training thread pays only for the
+    snapshot (a memory copy of the weights and optimiser moments: trainer/checkpoint.py); the
+    file writes and Tune's copy of the folder to storage (synchronous inside tune.report, ~2x the
+    write) overlap training. At most one epoch is in flight: submit() and wait() first let the
+    previous one finish, so reports reach Tune in order and a slow store slows training down
+    rather than piling up snapshots in memory.
+
+    Stopping: Tune stops a trial (ASHA, the end of the search) by ending the report it is
+    waiting in (Ray's session raises SystemExit(0) in the reporting thread). That is noticed
+    here, and check() (called after every optimiser step) or wait() ends the training thread
+    the same way, so a stopped trial ends within one step and its worker can be reused."""
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.stopped = False
+        self.last_cost: dict[str, float] = {}   # the previous write's seconds, sent with the next
+
+    def submit(self, metrics: dict, snap) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(metrics, snap), daemon=True,
+                                        name="multifair-checkpoint-report")
+        self._thread.start()
+
+    def _run(self, metrics: dict, snap) -> None:
+        from ray import tune
+
+        from trainer.checkpoint import write_snapshot
+
+        started = time.perf_counter()
+        try:
+            with tempfile.TemporaryDirectory(prefix="multifair-ckpt-") as tmp:
+                if snap is not None:
+                    write_snapshot(snap, tmp)
+                written = time.perf_counter()
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp) if snap else None)
+            self.last_cost = {"cost/write_s": written - started,
+                              "cost/persist_and_wait_s": time.perf_counter() - written}
+        except SystemExit:
+            self.stopped = True          # Tune stopped the trial while this report waited
+        except BaseException as error:   # noqa: BLE001 - re-raised on the training thread
+            self._error = error
+
+    def check(self) -> None:
+        """End the training thread if Tune has stopped the trial (cheap: called every step)."""
+        if self.stopped:
+            raise SystemExit(0)
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        self.check()
+
+    def close(self) -> None:
+        """Let an epoch in flight reach Tune even when training raised (the error follows)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
 def train_trial(config: dict, setup: dict) -> None:
     """The Tune function trainable (wrapped with tune.with_parameters(train_trial, setup=...))."""
     entered = time.time()
@@ -233,13 +302,25 @@ def train_trial(config: dict, setup: dict) -> None:
     attempt = {"node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid(),
                "cost/entry_time": entered, "cost/import_s": imported - started,
                "cost/data_s": time.perf_counter() - imported}
-    clock = {"last": time.perf_counter()}
+    clock = {"last": time.perf_counter(), "epoch": 0}
+    reporter = BackgroundReporter()
+
+    def on_step():
+        # Test hook: steps after epoch k take `seconds` each (a long epoch, in which a stop must
+        # still end the trial within a step)
+        slow = hooks.get("slow_steps_after_epoch")
+        if slow and clock["epoch"] >= slow[0]:
+            time.sleep(slow[1])
+        reporter.check()
 
     def on_epoch(report):
         # Test hook (documented in docs/search.md): make the baseline trial raise on every attempt.
         if hooks.get("fail_baseline_trial") and _is_baseline(config, hooks.get("baseline", {})) \
                 and report.epoch >= hooks.get("fail_at_epoch", 1):
             raise DeliberateTrialFailure(f"test hook: baseline trial fails at epoch {report.epoch}")
+        now = time.perf_counter()
+        reporter.wait()   # the previous epoch's checkpoint written and its report taken by Tune
+        waited = time.perf_counter()
         if hooks.get("kill_baseline_once_at_epoch") == report.epoch and not resumed \
                 and _is_baseline(config, hooks.get("baseline", {})):
             # Test hook: the worker dies as an OOM kill would, after training this epoch and before
@@ -248,29 +329,25 @@ def train_trial(config: dict, setup: dict) -> None:
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
-        now = time.perf_counter()
         first = "attempt_start_epoch" not in attempt   # this attempt's first report
         key = "cost/first_epoch_s" if first else "cost/epoch_s"
-        timing = {key: now - clock["last"], "cost/report_s": clock.pop("report", 0.0)}
+        timing = {key: now - clock["last"], "cost/report_s": waited - now, **reporter.last_cost}
         attempt.setdefault("attempt_start_epoch", report.epoch)
         kind = checkpoint_kind(report.epoch, cfg.epochs, setup.get("checkpoints"))
-        with tempfile.TemporaryDirectory(prefix="multifair-ckpt-") as tmp:
-            if kind is not None:
-                report.save_checkpoint(tmp, resume=kind == "resume")
-            saved = time.perf_counter()
-            timing["cost/checkpoint_s"] = saved - now
-            replay = {}
-            if resumed and first:
-                # the epochs before the checkpoint, for the MLflow callback to log any that a
-                # killed driver never did (one JSON string, first report after a resume only)
-                earlier = [h for h in report.history if h["epoch"] < report.epoch]
-                replay = {"replay": json.dumps(earlier)} if earlier else {}
-            tune.report({**epoch_metrics(report), **attempt, **timing, **replay},
-                        checkpoint=tune.Checkpoint.from_directory(tmp) if kind else None)
+        snap = report.snapshot(resume=kind == "resume") if kind is not None else None
+        timing["cost/checkpoint_s"] = time.perf_counter() - waited
+        replay = {}
+        if resumed and first:
+            # the epochs before the checkpoint, for the MLflow callback to log any that a killed
+            # driver never did (one JSON string, first report after a resume only)
+            earlier = [h for h in report.history if h["epoch"] < report.epoch]
+            replay = {"replay": json.dumps(earlier)} if earlier else {}
+        reporter.submit({**epoch_metrics(report), **attempt, **timing, **replay}, snap)
         for first_only in ("cost/import_s", "cost/data_s", "cost/entry_time"):
             attempt.pop(first_only, None)
-        clock["last"] = time.perf_counter()
-        clock["report"] = clock["last"] - saved   # Tune's report and upload: sent with the next
+        if report.epoch >= cfg.epochs:
+            reporter.wait()   # the last report: the trial ends only once Tune has it
+        clock["last"], clock["epoch"] = time.perf_counter(), report.epoch
 
     from trainer.checkpoint import resumable
 
@@ -285,8 +362,13 @@ def train_trial(config: dict, setup: dict) -> None:
         return
     checkpoint = next((c for c, m in found if resumable(m)), None)
     resumed = checkpoint is not None
-    if checkpoint is None:
-        fit(cfg, on_epoch=on_epoch, progress=False, datasets=datasets)
-        return
-    with checkpoint.as_directory() as resume_dir:
-        fit(cfg, on_epoch=on_epoch, resume_from=resume_dir, progress=False, datasets=datasets)
+    try:
+        if checkpoint is None:
+            fit(cfg, on_epoch=on_epoch, progress=False, datasets=datasets, on_step=on_step)
+            return
+        with checkpoint.as_directory() as resume_dir:
+            fit(cfg, on_epoch=on_epoch, resume_from=resume_dir, progress=False, datasets=datasets,
+                on_step=on_step)
+    finally:
+        reporter.close()
+

@@ -18,8 +18,10 @@ figures and the model logged to MLflow all come from the same rounded weights.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -55,31 +57,77 @@ def as_kept(weights: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Ten
     return {k: (v.to(target).to(v.dtype) if v.is_floating_point() else v) for k, v in weights.items()}
 
 
-def write_checkpoint(trainer, directory: str | Path, resume: bool = True) -> Path:
-    """Write `trainer`'s checkpoint into `directory` (see the module docstring)."""
+@dataclass
+class Snapshot:
+    """What a checkpoint folder holds, frozen at one epoch: write_snapshot() turns it into files.
+    Taken on the training thread (snapshot()), it can be written on another while training goes
+    on (the search writes and reports it in the background: search/trainable.py)."""
+    config: dict
+    dtype: str
+    epoch: int
+    best: dict
+    history: list
+    best_weights: dict[str, torch.Tensor] | None   # never modified in place (fit replaces it)
+    state: dict | None                             # Trainer.state_dict(), or None: best only
+
+
+def _copied(obj):
+    """obj with every tensor copied to its own CPU memory (from a GPU: one device-to-host copy),
+    so later optimiser steps cannot change it."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _copied(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_copied(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def snapshot(trainer, resume: bool = True, copy_tensors: bool = True) -> Snapshot:
+    """The trainer's checkpoint as of now. With copy_tensors (the default) the weights and the
+    optimisers' moments are copied (at the paper preset ~2 GiB, a memory copy: what the training
+    thread pays for a checkpoint written in the background); the kept best weights are shared,
+    since fit() replaces them rather than changing them."""
+    state = trainer.state_dict() if resume else None
+    if state is not None and copy_tensors:
+        state = _copied(state)
+    return Snapshot(config=trainer.cfg.to_dict(), dtype=trainer.cfg.best_model_dtype,
+                    epoch=trainer.epoch, best=copy.deepcopy(trainer.best),
+                    history=copy.deepcopy(trainer.history), best_weights=trainer.best_weights,
+                    state=state)
+
+
+def write_snapshot(snap: Snapshot, directory: str | Path) -> Path:
+    """Write a Snapshot into `directory` (see the module docstring); the manifest goes last."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    cfg, written = trainer.cfg, []
+    written = []
     for stale in (BEST_FILE, STATE_FILE, MANIFEST):   # a reused folder: nothing of an older one
         (directory / stale).unlink(missing_ok=True)
-    if trainer.best_weights is not None:
-        save_file(best_tensors(trainer.best_weights, cfg.best_model_dtype), str(directory / BEST_FILE))
+    if snap.best_weights is not None:
+        save_file(best_tensors(snap.best_weights, snap.dtype), str(directory / BEST_FILE))
         written.append(BEST_FILE)
-    if resume:
-        torch.save(trainer.state_dict(), directory / STATE_FILE)
+    if snap.state is not None:
+        torch.save(snap.state, directory / STATE_FILE)
         written.append(STATE_FILE)
-    best = trainer.best or {}
-    manifest = {"format": FORMAT, "epoch": trainer.epoch, "best_epoch": best.get("epoch"),
-                "best_score": best.get("score"), "best_dtype": cfg.best_model_dtype,
+    best = snap.best or {}
+    manifest = {"format": FORMAT, "epoch": snap.epoch, "best_epoch": best.get("epoch"),
+                "best_score": best.get("score"), "best_dtype": snap.dtype,
                 "best_threshold_val": (best.get("val") or {}).get("threshold_val"),
-                "resume": resume, "config": cfg.to_dict(), "history": trainer.history,
+                "resume": snap.state is not None, "config": snap.config, "history": snap.history,
                 "files": {name: (directory / name).stat().st_size for name in written}}
     tmp = directory / (MANIFEST + ".tmp")
     tmp.write_text(dumps(manifest))
     os.replace(tmp, directory / MANIFEST)
     return directory
+
+
+def write_checkpoint(trainer, directory: str | Path, resume: bool = True) -> Path:
+    """Write `trainer`'s checkpoint into `directory` now, on this thread (see the module
+    docstring)."""
+    return write_snapshot(snapshot(trainer, resume, copy_tensors=False), directory)
 
 
 def read_manifest(directory: str | Path) -> dict | None:

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from trainer.checkpoint import (BEST_FILE, STATE_FILE, as_kept, checkpoint_weights,  # noqa: F401
-                                load_best, load_state, write_checkpoint)
+                                load_best, load_state, snapshot, write_checkpoint)
 from trainer.config import ATTRIBUTES, TrainConfig, config_from_dict
 from trainer.data import build_datasets
 from trainer.data.transforms import batch_transform
@@ -100,6 +100,9 @@ class EpochReport:
     is_best: bool
     save_checkpoint: Callable[[str | Path], Path] = field(repr=False)
     history: list = field(default_factory=list, repr=False)   # flat() of every epoch so far
+    # snapshot(resume=True): the checkpoint as of this epoch, to be written later or on another
+    # thread (trainer.checkpoint.write_snapshot)
+    snapshot: Callable[..., object] | None = field(default=None, repr=False)
 
     def flat(self) -> dict[str, float]:
         out = {f"train/{k}": float(v) for k, v in self.train.items()
@@ -178,7 +181,8 @@ class Trainer:
                 group["lr"] = self.cfg.lr * float(scale[i])
 
     # --- one training epoch ---------------------------------------------------------------
-    def train_epoch(self, progress: bool = True) -> dict[str, float]:
+    def train_epoch(self, progress: bool = True,
+                    on_step: Callable[[], None] | None = None) -> dict[str, float]:
         cfg = self.cfg
         self.model.train(); self.classifiers.train(); self.method.train()
         self.method.begin_epoch(self.model, self.epoch)                        # stage schedules
@@ -195,6 +199,8 @@ class Trainer:
         watch = FiniteWatch()                                    # divergence: one sync per epoch
         for batch in bar:
             out = self.train_step(batch, aug)
+            if on_step is not None:     # e.g. the search ends a trial that Tune stopped
+                on_step()
             watch.add(out)
             for k, v in out.items():                                              # log (no sync)
                 if v.ndim == 0:
@@ -251,6 +257,10 @@ class Trainer:
         training state; trainer/checkpoint.py describes the folder."""
         return write_checkpoint(self, directory, resume)
 
+    def snapshot(self, resume: bool = True):
+        """The checkpoint as of now, copied off the live tensors (trainer/checkpoint.py)."""
+        return snapshot(self, resume)
+
     def load_checkpoint(self, directory: str | Path) -> None:
         state = load_state(directory, self.device)
         self.model.load_state_dict(state["model"])
@@ -274,13 +284,14 @@ def _is_better(score: float, best: float) -> bool:
 
 def fit(cfg: TrainConfig, on_epoch: Callable[[EpochReport], None] | None = None,
         resume_from: str | Path | None = None, progress: bool = True,
-        datasets: dict | None = None) -> dict:
-    """Train cfg.epochs epochs (continuing from `resume_from` if given); see docs/architecture.md."""
+        datasets: dict | None = None, on_step: Callable[[], None] | None = None) -> dict:
+    """Train cfg.epochs epochs (continuing from `resume_from` if given); see docs/architecture.md.
+    on_step() is called after every optimiser step (it may raise to end the fit)."""
     trainer = Trainer(cfg, datasets=datasets)
     if resume_from:
         trainer.load_checkpoint(resume_from)
     while trainer.epoch < cfg.epochs:
-        train_stats = trainer.train_epoch(progress=progress)
+        train_stats = trainer.train_epoch(progress=progress, on_step=on_step)
         val = trainer.evaluate("val")
         score = val[cfg.select_metric]
         is_best = _is_better(score, trainer.best["score"])
@@ -289,7 +300,7 @@ def fit(cfg: TrainConfig, on_epoch: Callable[[EpochReport], None] | None = None,
             trainer.best_weights = {k: v.detach().cpu().clone()
                                     for k, v in trainer.model.state_dict().items()}
         report = EpochReport(trainer.epoch, val, train_stats, is_best, trainer.save_checkpoint,
-                             trainer.history)
+                             trainer.history, trainer.snapshot)
         trainer.history.append(report.flat())
         if on_epoch is not None:
             on_epoch(report)

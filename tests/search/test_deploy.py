@@ -67,6 +67,42 @@ def test_pareto_confirmation_paired_test_and_champion(decided):
     assert "Pareto front" in report and "paired" in report and label in report
 
 
+def test_relog_rebuilds_the_confirmation_runs_as_the_live_search_logged_them(decided, tmp_path):
+    """A store that lost the study (or never had it: --no-tracking, a cluster without the
+    server) gets the confirmation runs back from the results folders: the same names, tags,
+    params and per-epoch histories as logged live; a second relog adds nothing."""
+    from mlflow import MlflowClient
+
+    from search.relog import relog
+
+    scfg, outcome = decided
+
+    def confirm_runs(uri):
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(scfg.experiment)
+        runs = client.search_runs([exp.experiment_id], max_results=200)
+        return client, {r.info.run_name: r for r in runs if r.data.tags.get("run_kind") == "confirm"}
+
+    live_client, live = confirm_runs(scfg.tracking_uri)
+    uri = "sqlite:///" + str(tmp_path / "relog.db")
+    for _ in range(2):
+        relog(scfg.study_dir, uri)
+        client, got = confirm_runs(uri)
+        assert set(got) == set(live) and len(got) == 2 * len(outcome.decision["confirmation"]["candidates"])
+    for name, run in got.items():
+        ref = live[name]
+        for tag in ("candidate", "seed", "mode", "stage", "trial_id", "epochs_trained"):
+            assert run.data.tags[tag] == ref.data.tags[tag], (name, tag)
+        assert run.data.params == ref.data.params, name
+        assert run.info.status == ref.info.status == "FINISHED"
+        history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val/es_auc")]
+        assert sorted(history) == sorted((m.step, m.value) for m in
+                                         live_client.get_metric_history(ref.info.run_id, "val/es_auc"))
+    parent = [r for r in client.search_runs([client.get_experiment_by_name(scfg.experiment).experiment_id])
+              if r.data.tags.get("run_kind") == "study"]
+    assert len(parent) == 1 and parent[0].data.tags["confirmation_runs"] == str(len(live))
+
+
 def test_champion_scores_a_data_folder_to_a_local_file_with_the_logged_metrics(decided, data_root, tmp_path):
     import mlflow
 

@@ -45,3 +45,39 @@ def test_reused_worker_trains_exactly_like_a_fresh_process(ray_session, data_roo
         torch.set_num_threads(threads)
     expected = [[row[k] for k in keys] for row in fresh["history"]]
     np.testing.assert_allclose(first, np.array(expected), rtol=1e-6, atol=1e-7)
+
+
+def test_a_stopped_trial_ends_and_hands_its_worker_on(ray_session, data_root, cache_dir, tmp_path):
+    """Checkpoints are written and reported on a second thread while the next epoch trains
+    (search.trainable.BackgroundReporter). A trial that Tune stops (here a stopper at epoch 2 of 4,
+    the way ASHA stops one at a rung) must end although its training thread is already in epoch
+    3: each trial reports exactly epochs 1-2, in order, its epoch-2 checkpoint is complete on
+    storage, and all trials run in one worker (a training thread that did not end within Tune's
+    reset timeout would cost a new worker per trial)."""
+    from ray import tune
+
+    from search.trainable import checkpoint_policy, complete_checkpoints, train_trial
+    from trainer.config import make_config
+
+    base = make_config("fairvision", "gender", preset="tiny", data_root=data_root, epochs=4,
+                       batch_size=8, mode="full", evaluate_test=False).to_dict()
+    # steps after epoch 2 take 0.6 s each: a training thread that ran on to the end of epoch 3
+    # (12 steps, 7 s) would outlast Tune's 2 s reset timeout by far; one that ends after the
+    # step in which the stop came needs at most 0.6 s
+    hooks = {"slow_steps_after_epoch": [2, 0.6]}
+    setup = {"base": base, "synthetic": None, "test_hooks": hooks, "checkpoints": checkpoint_policy(1)}
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(train_trial, setup=setup), {"cpu": 1}),
+        param_space={**HYPER, "seed": tune.grid_search([0, 1, 2])},
+        tune_config=tune.TuneConfig(metric="es_auc", mode="max", max_concurrent_trials=1,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(name="stopped", storage_path=str(tmp_path / "results"),
+                                  stop={"epoch": 2}, verbose=0))
+    results = list(tuner.fit())
+    assert len(results) == 3 and not any(r.error for r in results)
+    for r in results:
+        assert list(r.metrics_dataframe["epoch"]) == [1, 2]
+        newest = next(complete_checkpoints(r.checkpoint))
+        assert newest[1]["epoch"] == 2 and newest[1]["resume"]
+    pids = {int(p) for r in results for p in r.metrics_dataframe["worker_pid"]}
+    assert len(pids) == 1, f"stopped trials did not hand their worker on: {pids}"

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from trainer.checkpoint import (BEST_FILE, MANIFEST, STATE_FILE, NotResumable, folder_complete,
-                                read_manifest)
+                                read_manifest, write_snapshot)
 from trainer.config import make_config
 from trainer.data.synthetic import synthesize
 from trainer.loop import Trainer, evaluate_checkpoint, fit, load_model
@@ -109,6 +109,42 @@ def test_resume_from_any_epoch_equals_the_uninterrupted_fit(root, tmp_path):
         assert resumed["history"] == straight["history"], epoch
         assert resumed["best_epoch"] == straight["best_epoch"]
         assert resumed["test"]["point"] == straight["test"]["point"], epoch
+
+
+def test_a_snapshot_written_after_training_went_on_is_the_epoch_s_checkpoint(root, tmp_path):
+    """The search writes an epoch's checkpoint on another thread while the next epoch trains: a
+    snapshot taken at epoch 1 and written only after the fit ended holds exactly what a
+    synchronous write at epoch 1 holds, and resuming from it equals the uninterrupted fit. (The
+    check is not blind: the live weights moved on after the snapshot.)"""
+    cfg = _cfg(root, epochs=3)
+    held = {}
+
+    def keep(report):
+        if report.epoch == 1:
+            held["snap"] = report.snapshot(resume=True)
+            held["sync"] = report.save_checkpoint(tmp_path / "sync")
+        held["last"] = report.snapshot(resume=True)
+
+    straight = fit(cfg, on_epoch=keep, progress=False)
+    late = write_snapshot(held["snap"], tmp_path / "late")
+    a, b = torch.load(held["sync"] / STATE_FILE, weights_only=False), \
+        torch.load(late / STATE_FILE, weights_only=False)
+    assert b["epoch"] == 1 and b["history"] == a["history"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for group in ("opt", "clf_opt"):
+        for pid, moments in a[group]["state"].items():
+            for key, value in moments.items():
+                assert torch.equal(value, b[group]["state"][pid][key]), (group, pid, key)
+    assert load_file(str(late / BEST_FILE)).keys() == load_file(str(held["sync"] / BEST_FILE)).keys()
+    manifest = {k: v for k, v in read_manifest(late).items() if k != "files"}
+    assert manifest == {k: v for k, v in read_manifest(held["sync"]).items() if k != "files"}
+    moved = held["last"].state["model"]
+    assert held["last"].epoch == 3
+    assert any(not torch.equal(moved[k], v) for k, v in b["model"].items())
+    resumed = fit(cfg, resume_from=late, progress=False)
+    assert resumed["history"] == straight["history"]
+    assert resumed["test"]["point"] == straight["test"]["point"]
 
 
 def test_evaluate_checkpoint_gives_the_fit_s_own_test_figures(root, tmp_path):
