@@ -155,13 +155,17 @@ def tuned_sets(args, method: str, attribute: str) -> list[str]:
     mode, _, mods = method.partition("@")
     root = Path(args.out) / f"data-seed{TUNING_SEED}"
     sets = list(args.set) + ([f"modalities={mods.replace('+', ',')}"] if mods else [])
+    name = f"{method.replace('@', '_').replace('+', '_')}-{attribute}"
+    storage = Path(args.out) / "search"
+    # a search this output folder already holds (an earlier, interrupted run of this command)
+    # is resumed: finished, it returns its trials at once; cut off, it runs the rest
     scfg = SearchConfig("fairvision", attribute, mode=mode, preset=args.preset,
                         data_root=str(root), sets=sets, num_samples=args.tune,
                         max_epochs=args.epochs, grace_period=1, local=True,
                         num_cpus=args.workers, no_tracking=True, verbose=0,
-                        storage_path=str(Path(args.out) / "search"), seed=TUNING_SEED,
-                        name=f"{method.replace('@', '_').replace('+', '_')}-{attribute}",
-                        final_test=False, log_best_model=False, resume=False,
+                        storage_path=str(storage), seed=TUNING_SEED, name=name,
+                        final_test=False, log_best_model=False,
+                        resume=(storage / name / "study.json").is_file(),
                         finalists=0, figures=False)
     outcome = run_search(scfg)
     best = (outcome.best or {}).get("config", {})

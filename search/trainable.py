@@ -213,6 +213,9 @@ def model_checkpoint(checkpoint):
     return newest or checkpoint
 
 
+THREAD_TIMEOUT_S = 600   # see train_trial: at most one epoch's evaluation, with a wide margin
+
+
 class BackgroundReporter:
     """Writes an epoch's checkpoint and hands the epoch to Tune on a thread of its own, while
     the training thread goes on with the next epoch. The training thread pays only for the
@@ -225,7 +228,9 @@ class BackgroundReporter:
     Stopping: Tune stops a trial (ASHA, the end of the search) by ending the report it is
     waiting in (Ray's session raises SystemExit(0) in the reporting thread). That is noticed
     here, and check() (called after every optimiser step) or wait() ends the training thread
-    the same way, so a stopped trial ends within one step and its worker can be reused."""
+    the same way, so a stopped trial ends within one step (or, stopped during an evaluation, when
+    the evaluation ends: train_trial raises Tune's thread timeout for that) and its worker can be
+    reused."""
 
     def __init__(self):
         self._thread: threading.Thread | None = None
@@ -290,6 +295,11 @@ def train_trial(config: dict, setup: dict) -> None:
 
     imported = time.perf_counter()
     _match_threads_to_cpus()
+    # Tune waits this long for a stopped trial's thread before it reuses the worker, 2 s by
+    # default, and fails the NEXT trial when the thread is still running. With reports sent from
+    # a second thread, a stop can come while this thread evaluates an epoch (no step boundary to
+    # notice it at until the evaluation ends): allow for that (read by Tune in this process).
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(THREAD_TIMEOUT_S))
     config = resolve(config, setup)
     cfg = trial_config(config, setup["base"])
     datasets = datasets_for(cfg, setup.get("synthetic"))
@@ -307,10 +317,13 @@ def train_trial(config: dict, setup: dict) -> None:
 
     def on_step():
         # Test hook: steps after epoch k take `seconds` each (a long epoch, in which a stop must
-        # still end the trial within a step)
+        # still end the trial within a step), each noted in the file slow_steps_log if given
         slow = hooks.get("slow_steps_after_epoch")
         if slow and clock["epoch"] >= slow[0]:
             time.sleep(slow[1])
+            if hooks.get("slow_steps_log"):
+                with open(hooks["slow_steps_log"], "a") as log:
+                    log.write(f"{os.getpid()} {clock['epoch'] + 1}\n")
         reporter.check()
 
     def on_epoch(report):

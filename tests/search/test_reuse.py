@@ -61,10 +61,11 @@ def test_a_stopped_trial_ends_and_hands_its_worker_on(ray_session, data_root, ca
 
     base = make_config("fairvision", "gender", preset="tiny", data_root=data_root, epochs=4,
                        batch_size=8, mode="full", evaluate_test=False).to_dict()
-    # steps after epoch 2 take 0.6 s each: a training thread that ran on to the end of epoch 3
-    # (12 steps, 7 s) would outlast Tune's 2 s reset timeout by far; one that ends after the
-    # step in which the stop came needs at most 0.6 s
-    hooks = {"slow_steps_after_epoch": [2, 0.6]}
+    # steps after epoch 2 take 0.6 s each and are noted in a file: a training thread that ran on
+    # to the end of epoch 3 would take 12 of them; one that ends after the step in which the
+    # stop came takes one (two when the stop is slow to arrive)
+    log = tmp_path / "slow_steps.log"
+    hooks = {"slow_steps_after_epoch": [2, 0.6], "slow_steps_log": str(log)}
     setup = {"base": base, "synthetic": None, "test_hooks": hooks, "checkpoints": checkpoint_policy(1)}
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(train_trial, setup=setup), {"cpu": 1}),
@@ -81,3 +82,6 @@ def test_a_stopped_trial_ends_and_hands_its_worker_on(ray_session, data_root, ca
         assert newest[1]["epoch"] == 2 and newest[1]["resume"]
     pids = {int(p) for r in results for p in r.metrics_dataframe["worker_pid"]}
     assert len(pids) == 1, f"stopped trials did not hand their worker on: {pids}"
+    slow = log.read_text().split("\n")[:-1]
+    # (the last trial may be ended with its worker, before its first slow step is noted)
+    assert 1 <= len(slow) <= 6, f"{len(slow)} steps of epoch 3 ran after the stops (3 trials): {slow}"
