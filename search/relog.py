@@ -17,7 +17,8 @@ from pathlib import Path
 
 from search import study as S
 from search.confirm import CONFIRM
-from search.tracking import StudyTracker, check_tracking_uri, default_tracking_uri, git_commit, ui_hint
+from search.tracking import (StudyTracker, check_tracking_uri, default_tracking_uri, git_commit,
+                             stage_run, ui_hint)
 
 
 def relog(study_dir: str | Path, tracking_uri: str, experiment: str | None = None) -> StudyTracker:
@@ -92,11 +93,8 @@ def _relog_confirmation(tracker, study_dir: Path, search: dict, tags: dict, base
         if label not in cands:
             raise ValueError(f"{folder / Path(t['path']).name}: candidate {label!r} is not among "
                              f"{S.DECISION_FILE}'s confirmation candidates {sorted(cands)}")
-        cand = cands[label]
-        config = {**cand, "seed": seed}
-        run_tags = {**stage_tags, "mode": cand["mode"], "seed": str(seed), "candidate": label}
-        _log_trial(tracker, t, config, run_tags, base, max_epochs,
-                   run_name=f"{CONFIRM}-{label}-seed{seed}")
+        config, run_tags, name = stage_run(CONFIRM, label, cands[label], seed, stage_tags)
+        _log_trial(tracker, t, config, run_tags, base, max_epochs, run_name=name)
         n += 1
     return n
 

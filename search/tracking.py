@@ -299,6 +299,14 @@ def _timed(method):
     return wrapper
 
 
+def stage_run(stage: str, label: str, cand: dict, seed, tags: dict) -> tuple[dict, dict, str]:
+    """(config, tags, run name) of a confirm / sweep run: the candidate's hyperparameters and
+    mode with its seed, named `<stage>-<candidate>-seed<s>` (live callback and relog alike)."""
+    return ({**cand, "seed": seed},
+            {**tags, "mode": cand["mode"], "seed": str(seed), "candidate": label},
+            f"{stage}-{label}-seed{seed}")
+
+
 class MLflowTrialCallback(Callback):
     """Driver-side Tune callback: child run per trial under the study's parent run."""
 
@@ -314,11 +322,8 @@ class MLflowTrialCallback(Callback):
     def _run(self, trial) -> str:
         config, tags, name = trial.config, self.trial_tags, None
         if "candidate" in config:     # confirm / sweep trial: `<stage>-<candidate>-seed<s>`
-            cand = self.candidates[config["candidate"]]
-            config = {**cand, "seed": config["seed"]}
-            tags = {**tags, "mode": cand["mode"], "seed": str(config["seed"]),
-                    "candidate": trial.config["candidate"]}
-            name = f"{self.stage}-{trial.config['candidate']}-seed{config['seed']}"
+            config, tags, name = stage_run(self.stage, config["candidate"],
+                                           self.candidates[config["candidate"]], config["seed"], tags)
         return self.tracker.child(trial.trial_id, config, tags, self.base, run_name=name)
 
     @_timed
