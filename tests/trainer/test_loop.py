@@ -163,3 +163,15 @@ def test_worker_processes_read_the_same_batches(fv_root, cache_dir):
     inline = fit(cfg, progress=False)
     workers = fit(cfg.replace(num_workers=2), progress=False)
     assert inline["history"] == workers["history"]
+
+
+def test_compiled_encoders_keep_checkpoint_keys_and_optimiser_defaults(fv_root, cache_dir):
+    """compile_encoders compiles in place (checkpoints stay loadable by an eager model); the
+    fused AdamW is asked for on CUDA only (the CPU keeps torch's default implementation)."""
+    from trainer.loop import Trainer
+    eager = Trainer(_cfg(fv_root, cache_dir, modalities="slo,oct"))
+    compiled = Trainer(_cfg(fv_root, cache_dir, modalities="slo,oct", compile_encoders=True))
+    assert list(compiled.model.state_dict()) == list(eager.model.state_dict())
+    assert all(enc._compiled_call_impl is not None for enc in compiled.model.encoders.values())
+    assert all(enc._compiled_call_impl is None for enc in eager.model.encoders.values())
+    assert eager.opt.defaults.get("fused") in (None, False)
