@@ -127,8 +127,10 @@ def test_a_snapshot_written_after_training_went_on_is_the_epoch_s_checkpoint(roo
 
     straight = fit(cfg, on_epoch=keep, progress=False)
     late = write_snapshot(held["snap"], tmp_path / "late")
-    a, b = torch.load(held["sync"] / STATE_FILE, weights_only=False), \
-        torch.load(late / STATE_FILE, weights_only=False)
+    # map_location: the synchronous write stores the live (possibly CUDA) tensors, a snapshot
+    # stores CPU copies; both load onto any device through load_state
+    a, b = torch.load(held["sync"] / STATE_FILE, weights_only=False, map_location="cpu"), \
+        torch.load(late / STATE_FILE, weights_only=False, map_location="cpu")
     assert b["epoch"] == 1 and b["history"] == a["history"]
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name

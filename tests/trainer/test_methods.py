@@ -218,7 +218,7 @@ def test_update_target_scales_each_encoders_lr_by_exactly_its_factor(root, cache
     batch = trainer.data["train"].get_batch(list(range(16)))
     scaled, out = _deltas(trainer, batch, unit_lr=False)
     plain, _ = _deltas(trainer, batch, unit_lr=True)
-    assert not torch.allclose(out["scale"], torch.ones(2))
+    assert not torch.allclose(out["scale"], torch.ones(2, device=out["scale"].device))
     for n in scaled:
         factor = out["scale"][MODS.index(n.split(".")[1])].item() if n.startswith("encoders.") else 1.0
         torch.testing.assert_close(scaled[n], plain[n] * factor, rtol=1e-4, atol=3e-7, msg=n)  # fp32 rounding of p_new - p_old
