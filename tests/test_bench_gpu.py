@@ -1,0 +1,47 @@
+"""benchmarks/bench_gpu.py on the CPU at tiny sizes: the sections run, the FLOP count is torch's,
+a failing method is recorded instead of ending the run, and the projection follows its inputs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import bench_gpu
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_run_writes_every_section_and_counts_flops(tmp_path):
+    out = tmp_path / "gpu.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--quick",
+                    "--sections", "env,modes,ladder,epoch", "--modes", "baseline,full,nonsense",
+                    "--ladder-modes", "baseline", "--out", str(out)],
+                   check=True, cwd=tmp_path, capture_output=True, timeout=600)
+    data = json.loads(out.read_text())
+    assert data["sections_done"] == ["env", "data", "modes", "ladder", "epoch", "projection"]
+    modes = data["modes"]
+    assert "mode='nonsense'" in modes["nonsense"]["error"]        # recorded, the run went on
+    for mode in ("baseline", "full"):
+        assert modes[mode]["flops_per_step"] > 0 and modes[mode]["median_s"] > 0
+    assert modes["baseline"]["ratio_to_baseline"] == 1.0
+    # same encoders, same batch: MultiFair's extras are a rounding error in FLOPs
+    assert modes["full"]["flops_per_step"] == pytest.approx(modes["baseline"]["flops_per_step"],
+                                                            rel=0.02)
+    rows = data["ladder"]["baseline"]["rows"]
+    assert [r["label"] for r in rows][:2] == ["fp32, explicit attention, foreach AdamW",
+                                              "+ bf16 autocast"]
+    assert data["epoch"]["train_samples"] == 24 * 8
+
+
+def test_projection_scales_with_trials_and_epoch_share():
+    data = {"modes": {"baseline": {"samples_per_s": 300.0}},
+            "epoch": {"workers_0": {"samples_per_s": 200.0}}}
+    p = bench_gpu.projection(data, trials=10, epochs=4, n_train=2000, n_val=900, gpus=2,
+                             epoch_fraction=(0.5,))
+    epoch_s = 2000 / 200 + 900 / (3 * 300)                      # 10 s train + 1 s validation
+    assert p["epoch_s"] == pytest.approx(epoch_s)
+    assert p["fraction_0.5"]["gpu_hours"] == pytest.approx(10 * 4 * 0.5 * epoch_s / 3600)
+    assert p["fraction_0.5"]["wall_minutes"] == pytest.approx(10 * 4 * 0.5 * epoch_s / 2 / 60)
