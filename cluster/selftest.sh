@@ -125,7 +125,7 @@ grep -q 'embedded Ray' "$SUB_LOG" && fail "the script started an embedded Ray"
 grep -q 'MultiFair search finished' "$SUB_LOG" || fail "no 'MultiFair search finished' summary"
 grep -qE '^trials: 4 ' "$SUB_LOG" || fail "summary does not report 4 trials"
 grep -q '^confirmation (2 fresh seeds each' "$SUB_LOG" || fail "no confirmation stage in the summary"
-grep -q '^test split, once: chosen - plain fusion, paired bootstrap' "$SUB_LOG" || fail "no paired test"
+grep -qE '^test split, once: (chosen|best candidate \(not deployed\)) - plain fusion, paired bootstrap' "$SUB_LOG" || fail "no paired test"
 [ -s "$RESULTS/selftest/decision.json" ] && [ -s "$RESULTS/selftest/report.html" ] \
     || fail "no decision.json / report.html in $RESULTS/selftest"
 # the confirmation runs ran side by side on the cluster: their [start, end] intervals overlap

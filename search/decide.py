@@ -38,21 +38,28 @@ def _test_and_register(scfg, conf: dict, tracker, decision: dict) -> None:
     from search.confirm import BASELINE, seed_run
     from search.paired import run_paired_test
 
-    label = conf["choice"]["label"]
+    choice = conf["choice"]
+    label = choice["label"]
+    # the MultiFair candidate scored against plain fusion: the deployed one, or (plain fusion
+    # deployed) the best candidate, so the decision always shows the comparison it rests on
+    compared = label if label != BASELINE else choice.get("best_candidate")
     chosen, base = seed_run(conf, label), seed_run(conf, BASELINE)
     if chosen is None or base is None:
         return
     decision["deployed_run"] = {"candidate": label, "seed": chosen["seed"], "run_id": chosen["run_id"]}
     # thresholded fairness at the validation-chosen threshold, once the trainer reports it
     decision["thresholded"] = {k: chosen["val"][k] for k in THRESHOLDED if k in chosen["val"]}
-    if label != BASELINE and scfg.final_test:   # --no-final-test: the driver cannot read the data
-        test = run_paired_test(base["checkpoint"], chosen["checkpoint"], n=1000, seed=scfg.seed)
+    other = seed_run(conf, compared) if compared else None
+    side = "chosen" if label != BASELINE else "baseline"      # the deployed model's column
+    if other is not None and scfg.final_test:   # --no-final-test: the driver cannot read the data
+        test = run_paired_test(base["checkpoint"], other["checkpoint"], n=1000, seed=scfg.seed)
+        test.update(candidate=compared, deployed=label)
         decision["test"] = test
         if tracker is not None:
-            _log_test(tracker, [chosen["run_id"], tracker.parent_run_id], test)
+            _log_test(tracker, [chosen["run_id"], tracker.parent_run_id], test, side)
     if tracker is not None and chosen["run_id"] and scfg.register_name:
         tags = {**{f"hp.{k}": v for k, v in conf["candidates"][label].items()},
-                **{f"test.{k}": v for k, v in _flat_test(decision.get("test", {})).items()},
+                **{f"test.{k}": v for k, v in _flat_test(decision.get("test", {}), side).items()},
                 "data_fingerprint": decision.get("data_fingerprint", ""), "report": "report/report.html",
                 "study_run_id": tracker.parent_run_id}
         from search.registry import register
@@ -61,20 +68,23 @@ def _test_and_register(scfg, conf: dict, tracker, decision: dict) -> None:
             decision["registered"] = register(tracker, chosen["run_id"], d, scfg.register_name, tags)
 
 
-def _flat_test(test: dict) -> dict[str, float]:
+def _flat_test(test: dict, side: str = "chosen") -> dict[str, float]:
+    """test/<metric> (and _lo/_hi) = the DEPLOYED model's figures (`side`: "chosen" for the
+    MultiFair candidate, "baseline" when plain fusion is deployed); _baseline = plain fusion's;
+    _diff = candidate - plain fusion."""
     out = {}
     for key, row in test.items():
         if isinstance(row, dict) and "diff" in row:
-            out[key] = row["chosen"]
-            out[f"{key}_lo"], out[f"{key}_hi"] = row["chosen_lo"], row["chosen_hi"]
+            out[key] = row[side]
+            out[f"{key}_lo"], out[f"{key}_hi"] = row[f"{side}_lo"], row[f"{side}_hi"]
             out[f"{key}_baseline"] = row["baseline"]
             out[f"{key}_diff"], out[f"{key}_diff_lo"], out[f"{key}_diff_hi"] = row["diff"], row["diff_lo"], row["diff_hi"]
     return out
 
 
-def _log_test(tracker, run_ids, test: dict) -> None:
+def _log_test(tracker, run_ids, test: dict, side: str = "chosen") -> None:
     """test/<metric> (point value on the whole test split), _lo/_hi, and paired differences."""
-    metrics = {f"test/{k}": v for k, v in _flat_test(test).items() if math.isfinite(v)}
+    metrics = {f"test/{k}": v for k, v in _flat_test(test, side).items() if math.isfinite(v)}
     for run_id in filter(None, run_ids):
         for k, v in metrics.items():
             tracker.client.log_metric(run_id, k, float(v))

@@ -94,19 +94,24 @@ def render(search: dict, decision: dict, figure_files: list[Path], full: list[di
                          f"{_f(s['es_auc'])} ± {_f(s['es_auc_std'])}"] for k, s in conf.get("stats", {}).items()])]
     vs = choice.get("vs_baseline_val") or {}
     if vs:
-        sections.append(f"<p>Chosen - plain fusion on validation, paired by seed (n={vs['n_seeds']}, 95% t "
+        best = html.escape(str(choice.get("best_candidate") or label))
+        verdict = ("<p><b>No MultiFair candidate beat plain fusion under the rule: plain fusion is "
+                   "deployed.</b></p>" if choice.get("fell_back_to_baseline") else "")
+        sections.append(f"{verdict}<p>Best candidate ({best}) - plain fusion on validation, paired by seed (n={vs['n_seeds']}, 95% t "
                         f"interval): AUC {_f(vs['auc'])} [{_f(vs['auc_lo'])}, {_f(vs['auc_hi'])}], "
                         f"ES-AUC {_f(vs['es_auc'])} [{_f(vs['es_auc_lo'])}, {_f(vs['es_auc_hi'])}]</p>")
     if test:
         sections += [f"<h2>Test split, scored once (n={test['n_test']}, {test['n_resamples']} paired "
                      "bootstrap resamples, 95% percentile intervals)</h2>",
-                     _table(["metric", "plain fusion", "chosen", "chosen - plain fusion"],
+                     f"<p>Candidate scored: {html.escape(str(test.get('candidate', label)))}; deployed: "
+                     f"{html.escape(str(test.get('deployed', label)))}.</p>",
+                     _table(["metric", "plain fusion", "candidate", "candidate - plain fusion"],
                             [[k, f"{_f(r['baseline'])} [{_f(r['baseline_lo'])}, {_f(r['baseline_hi'])}]",
                               f"{_f(r['chosen'])} [{_f(r['chosen_lo'])}, {_f(r['chosen_hi'])}]",
                               f"{_f(r['diff'])} [{_f(r['diff_lo'])}, {_f(r['diff_hi'])}]"]
                              for k, r in test.items() if isinstance(r, dict) and "diff" in r]),
                      "<h3>Per group (test AUC)</h3>",
-                     _table(["group", "n", "plain fusion", "chosen"],
+                     _table(["group", "n", "plain fusion", "candidate"],
                             [[g, test["per_group"]["count"].get(g), _f(a), _f(test["per_group"]["chosen"].get(g))]
                              for g, a in test["per_group"]["baseline"].items()])]
         extra = decision.get("thresholded") or {}

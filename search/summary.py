@@ -138,17 +138,22 @@ def print_decision(d: dict) -> None:
             print(f"  {label:22s} auc {st['auc']:.4f} ± {st['auc_std']:.4f}  "
                   f"es_auc {st['es_auc']:.4f} ± {st['es_auc_std']:.4f}{mark}")
         print(f"  rule: {conf['choice']['rule']}")
+        vs = conf["choice"].get("vs_baseline_val") or {}
+        if vs.get("n_seeds"):
+            print(f"  best candidate - plain fusion, validation, paired by seed: "
+                  f"es_auc {_ci(vs, 'es_auc')}  auc {_ci(vs, 'auc')}")
         if conf["choice"]["fell_back_to_baseline"]:
-            print("  no MultiFair candidate cleared the rule: plain fusion is deployed")
+            print("  no MultiFair candidate beat plain fusion under the rule: plain fusion is deployed")
     test = d.get("test")
     if test:
-        print(f"test split, once: chosen - plain fusion, paired bootstrap over {test['n_test']} samples "
+        name = "chosen" if test.get("deployed", "") != "baseline" else "best candidate (not deployed)"
+        print(f"test split, once: {name} - plain fusion, paired bootstrap over {test['n_test']} samples "
               f"({test['n_resamples']} resamples, 95% interval):")
         for k in ("auc", "es_auc", "worst_group_auc"):
-            print(f"  {k:16s} chosen {test[k]['chosen']:.4f}  plain fusion {test[k]['baseline']:.4f}  "
-                  f"difference {_ci(test[k], 'diff')}")
+            print(f"  {k:16s} {name.split(' (')[0]} {test[k]['chosen']:.4f}  plain fusion "
+                  f"{test[k]['baseline']:.4f}  difference {_ci(test[k], 'diff')}")
     for k, v in (d.get("thresholded") or {}).items():
-        print(f"  chosen run's {k} {v:.4f} (threshold chosen on validation)")
+        print(f"  deployed run's {k} {v:.4f} (threshold chosen on validation)")
     if d.get("registered"):
         print(f"registered {d['registered']['uri']} (version {d['registered']['version']})")
     if d.get("report"):

@@ -37,9 +37,11 @@ def test_pareto_confirmation_paired_test_and_champion(decided):
     assert "baseline" in conf["candidates"] and "paper" in conf["candidates"]
     assert all(s["n_seeds"] == 2 for s in conf["stats"].values())
     label = conf["choice"]["label"]
-    assert label != "baseline" or conf["choice"]["fell_back_to_baseline"]
     best = max((k for k in conf["stats"] if k != "baseline"), key=lambda k: conf["stats"][k]["es_auc"])
-    assert label == best                                         # the stated rule (no AUC floor)
+    beats = conf["stats"][best]["es_auc"] > conf["stats"]["baseline"]["es_auc"]
+    assert label == (best if beats else "baseline")              # the stated rule (no AUC floor)
+    assert conf["choice"]["fell_back_to_baseline"] == (not beats)
+    assert conf["choice"]["best_candidate"] == best
     assert read_json(scfg.study_dir, DECISION_FILE)["confirmation"]["choice"]["label"] == label
 
     client = MlflowClient(scfg.tracking_uri)
@@ -57,12 +59,14 @@ def test_pareto_confirmation_paired_test_and_champion(decided):
     assert {"figures/pareto_front.png", "figures/pareto_front.html", "figures/slice_es_auc.png"} <= artifacts
     assert [f.path for f in client.list_artifacts(parent.info.run_id, "report")] == ["report/report.html"]
 
-    test = d["test"]
+    test = d["test"]                      # the best candidate against plain fusion, either way
+    assert test["candidate"] == best and test["deployed"] == label
     assert test["auc"]["diff_lo"] <= test["auc"]["diff"] <= test["auc"]["diff_hi"]
+    side = "chosen" if beats else "baseline"                     # the deployed model's figures
     version = client.get_model_version_by_alias("multifair-test", "champion")
     assert version.run_id == d["deployed_run"]["run_id"]
-    assert float(version.tags["test.auc"]) == pytest.approx(test["auc"]["chosen"])
-    assert client.get_run(version.run_id).data.metrics["test/auc"] == pytest.approx(test["auc"]["chosen"])
+    assert float(version.tags["test.auc"]) == pytest.approx(test["auc"][side])
+    assert client.get_run(version.run_id).data.metrics["test/auc"] == pytest.approx(test["auc"][side])
     report = Path(d["report"]).read_text()
     assert "Pareto front" in report and "paired" in report and label in report
 
@@ -117,7 +121,8 @@ def test_champion_scores_a_data_folder_to_a_local_file_with_the_logged_metrics(d
     rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
     y = [int(r[1]) for r in rows]
     p = [float(r[3]) for r in rows]
-    logged = outcome.decision["test"]["auc"]["chosen"]
+    test = outcome.decision["test"]       # the deployed model's column: candidate or plain fusion
+    logged = test["auc"]["chosen" if test["deployed"] != "baseline" else "baseline"]
     assert roc_auc_score(y, p) == pytest.approx(logged, abs=1e-6)   # sklearn on the written file
 
 

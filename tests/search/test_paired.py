@@ -73,6 +73,22 @@ def test_choice_takes_mean_es_auc_under_the_auc_floor_and_reports_the_seed_paire
     assert choose(stats, runs, 0.0)["fell_back_to_baseline"]
 
 
+def test_plain_fusion_is_deployed_when_no_candidate_beats_its_mean_es_auc():
+    """The best candidate (by mean validation ES-AUC) is deployed only above plain fusion's mean;
+    below it the decision falls back, and still names the best candidate and its paired gap."""
+    runs = _runs([(BASELINE, 1, 0.80, 0.76), (BASELINE, 2, 0.82, 0.78),
+                  ("a", 1, 0.78, 0.70), ("a", 2, 0.79, 0.74),
+                  ("b", 1, 0.81, 0.75), ("b", 2, 0.80, 0.76)])
+    pick = choose(candidate_stats(runs), runs, None)
+    assert pick["label"] == BASELINE and pick["fell_back_to_baseline"]
+    assert pick["best_candidate"] == "b"
+    assert pick["vs_baseline_val"]["es_auc"] == pytest.approx(((0.75 - 0.76) + (0.76 - 0.78)) / 2)
+    assert "above plain fusion" in pick["rule"]
+    # one seed pair better is not enough: the rule reads the means
+    runs[4]["val"]["es_auc"] = 0.80                          # b: 0.80, 0.76 -> mean 0.78 > 0.77
+    assert choose(candidate_stats(runs), runs, None)["label"] == "b"
+
+
 def test_front_is_the_non_dominated_set():
     trials = [{"trial_id": k, "val": {"auc": a, "es_auc": e}}
               for k, a, e in [("p", 0.9, 0.6), ("q", 0.8, 0.7), ("r", 0.7, 0.65), ("s", 0.85, 0.7)]]
