@@ -300,6 +300,10 @@ def train_trial(config: dict, setup: dict) -> None:
     # a second thread, a stop can come while this thread evaluates an epoch (no step boundary to
     # notice it at until the evaluation ends): allow for that (read by Tune in this process).
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(THREAD_TIMEOUT_S))
+    # Ray Train logs "Checkpoint successfully created at ..." per report at INFO; forwarded to
+    # the driver, these lines trail the closing summary and say nothing the results folder doesn't
+    import logging
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     config = resolve(config, setup)
     cfg = trial_config(config, setup["base"])
     datasets = datasets_for(cfg, setup.get("synthetic"))
