@@ -98,13 +98,8 @@ def set_attention(trainer, fused: bool) -> int:
 
 
 def set_optimizers(trainer, fused: bool) -> None:
-    from trainer.loop import _param_groups
-    cfg, cuda = trainer.cfg, trainer.device.type == "cuda"
-    kw = dict(fused=True) if fused and cuda else dict(foreach=True)
-    trainer.opt = torch.optim.AdamW(_param_groups(trainer.model), lr=cfg.lr,
-                                    weight_decay=cfg.weight_decay, **kw)
-    trainer.clf_opt = torch.optim.AdamW(trainer.classifiers.parameters(), lr=cfg.classifier_lr,
-                                        weight_decay=cfg.classifier_weight_decay, **kw)
+    """Fused AdamW, or torch's default (foreach on CUDA), as the trainer builds them."""
+    trainer.build_optimizers(fused)
 
 
 def set_autocast(trainer, bf16: bool) -> None:

@@ -141,17 +141,22 @@ class Trainer:
         if cfg.compile_encoders:     # in place: state_dict keys (checkpoints) do not change
             for encoder in self.model.encoders.values():
                 encoder.compile()
-        # fused AdamW: one kernel per step on CUDA (README "The trainer on a GPU")
-        fused = dict(fused=True) if cfg.fused_optimizer and self.device.type == "cuda" else {}
-        self.opt = torch.optim.AdamW(_param_groups(self.model), lr=cfg.lr,
-                                     weight_decay=cfg.weight_decay, **fused)
-        self.clf_opt = torch.optim.AdamW(self.classifiers.parameters(), lr=cfg.classifier_lr,
-                                         weight_decay=cfg.classifier_weight_decay, **fused)
+        self.build_optimizers(cfg.fused_optimizer)
         self.epoch, self.history = 0, []
         self.best = {"epoch": 0, "score": -float("inf"), "val": None}
         self.best_weights: dict | None = None
         amp = cfg.amp and self.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext
+
+    def build_optimizers(self, fused: bool) -> None:
+        """AdamW for the model (one group per encoder) and for the modality classifiers; `fused`:
+        one kernel per step on CUDA (README "The trainer on a GPU"), torch's default elsewhere."""
+        cfg = self.cfg
+        kw = dict(fused=True) if fused and self.device.type == "cuda" else {}
+        self.opt = torch.optim.AdamW(_param_groups(self.model), lr=cfg.lr,
+                                     weight_decay=cfg.weight_decay, **kw)
+        self.clf_opt = torch.optim.AdamW(self.classifiers.parameters(), lr=cfg.classifier_lr,
+                                         weight_decay=cfg.classifier_weight_decay, **kw)
 
     def train_step(self, batch: dict, generator: torch.Generator | None) -> dict:
         """One step of the method on a collated batch; returns the step contract dict (tensors)."""
