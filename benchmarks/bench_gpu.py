@@ -97,17 +97,6 @@ def set_attention(trainer, fused: bool) -> int:
     return n
 
 
-def set_optimizers(trainer, fused: bool) -> None:
-    """Fused AdamW, or torch's default (foreach on CUDA), as the trainer builds them."""
-    trainer.build_optimizers(fused)
-
-
-def set_autocast(trainer, bf16: bool) -> None:
-    from contextlib import nullcontext
-    on = bf16 and trainer.device.type == "cuda"
-    trainer.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on else nullcontext
-
-
 def time_steps(trainer, batch, warmup: int, steps: int) -> dict:
     device = trainer.device
     trainer.model.train(); trainer.classifiers.train(); trainer.method.train()
@@ -157,8 +146,8 @@ def count_syncs(trainer, batch) -> int | None:
     return sum("synchroniz" in str(w.message).lower() for w in caught)
 
 
-def free(trainer) -> None:
-    del trainer
+def release() -> None:
+    """Give the memory of a trainer whose last reference the caller dropped back to the GPU."""
     import gc
     gc.collect()
     if torch.cuda.is_available():
@@ -208,7 +197,7 @@ def section_modes(args, root, cache, datasets, batch, peak) -> dict:
         except Exception as exc:          # one method failing must not lose the others' figures
             out[mode] = {"error": f"{type(exc).__name__}: {exc}"}
             log(f"mode {mode}: FAILED {out[mode]['error']}")
-            free(None)
+            release()
     base = out.get("baseline", {}).get("median_s")
     if base:
         for mode, r in out.items():
@@ -233,7 +222,8 @@ def one_mode(args, root, cache, datasets, batch, peak, mode) -> dict:
     r["params_m"] = sum(p.numel() for p in trainer.model.parameters()) / 1e6
     log(f"mode {mode}: {r['median_s'] * 1e3:.1f} ms/step, {r['samples_per_s']:.0f} samples/s, "
         f"{r['achieved_tflops']:.0f} TFLOP/s, peak {r.get('peak_gpu_gib', 0):.1f} GiB")
-    free(trainer)
+    del trainer
+    release()
     return r
 
 
@@ -271,20 +261,21 @@ def section_ladder(args, root, cache, datasets, batch, peak) -> dict:
             log(f"ladder {mode} {label}: {r['median_s'] * 1e3:.1f} ms/step, "
                 f"{r['achieved_tflops']:.0f} TFLOP/s, peak {r.get('peak_gpu_gib', 0):.1f} GiB")
 
-        set_autocast(trainer, False); set_attention(trainer, False); set_optimizers(trainer, False)
+        trainer.set_amp(False); set_attention(trainer, False); trainer.build_optimizers(False)
         measure("fp32, explicit attention, foreach AdamW")
-        set_autocast(trainer, True)
+        trainer.set_amp(True)
         measure("+ bf16 autocast")
         set_attention(trainer, True)
         measure("+ SDPA attention")
-        set_optimizers(trainer, True)
+        trainer.build_optimizers(True)
         measure("+ fused AdamW")
         with per_slice_backbone():
             measure("(OCT slices one at a time instead of batched)", side=True)
         out.setdefault("host_copy", host_copy(trainer, batch))
         syncs = count_syncs(trainer, batch)
         out[mode] = {"flops_per_step": flops, "rows": rows, "syncs_per_step": syncs}
-        free(trainer)
+        del trainer
+        release()
     return out
 
 
@@ -310,7 +301,8 @@ def section_compile(args, root, cache, datasets, batch, peak, deadline) -> dict:
             row["compiled" if compiled else "eager"] = r
             log(f"compile {mode} {'compiled' if compiled else 'eager'}: first step {first:.1f} s,"
                 f" then {r['median_s'] * 1e3:.1f} ms/step")
-            free(trainer)
+            del trainer
+            release()
         row["speedup"] = row["eager"]["median_s"] / row["compiled"]["median_s"]
         row["break_even_steps"] = ((row["compiled"]["first_step_s"] - row["eager"]["first_step_s"])
                                    / max(row["eager"]["median_s"] - row["compiled"]["median_s"],
@@ -365,7 +357,8 @@ def section_epoch(args, root, cache, datasets, step_samples_per_s) -> dict:
         out[f"workers_{workers}"] = {"epoch_s": s, "samples_per_s": steps * cfg.batch_size / s}
         log(f"epoch, {workers} loader workers: {s:.2f} s, "
             f"{steps * cfg.batch_size / s:.0f} samples/s")
-        free(trainer)
+        del trainer
+        release()
     return out
 
 

@@ -146,11 +146,13 @@ def print_decision(d: dict) -> None:
             print("  no MultiFair candidate beat plain fusion under the rule: plain fusion is deployed")
     test = d.get("test")
     if test:
-        name = "chosen" if test.get("deployed", "") != "baseline" else "best candidate (not deployed)"
-        print(f"test split, once: {name} - plain fusion, paired bootstrap over {test['n_test']} samples "
-              f"({test['n_resamples']} resamples, 95% interval):")
+        deployed = test.get("deployed", "") != "baseline"
+        name = "chosen" if deployed else "best candidate"
+        print(f"test split, once: {name}{'' if deployed else ' (not deployed)'} - plain fusion, "
+              f"paired bootstrap over {test['n_test']} samples ({test['n_resamples']} resamples, "
+              "95% interval):")
         for k in ("auc", "es_auc", "worst_group_auc"):
-            print(f"  {k:16s} {name.split(' (')[0]} {test[k]['chosen']:.4f}  plain fusion "
+            print(f"  {k:16s} {name} {test[k]['chosen']:.4f}  plain fusion "
                   f"{test[k]['baseline']:.4f}  difference {_ci(test[k], 'diff')}")
     for k, v in (d.get("thresholded") or {}).items():
         print(f"  deployed run's {k} {v:.4f} (threshold chosen on validation)")

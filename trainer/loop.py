@@ -145,8 +145,12 @@ class Trainer:
         self.epoch, self.history = 0, []
         self.best = {"epoch": 0, "score": -float("inf"), "val": None}
         self.best_weights: dict | None = None
-        amp = cfg.amp and self.device.type == "cuda"
-        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext
+        self.set_amp(cfg.amp)
+
+    def set_amp(self, on: bool) -> None:
+        """bf16 autocast for forward passes (CUDA only; a no-op context elsewhere)."""
+        on = on and self.device.type == "cuda"
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on else nullcontext
 
     def build_optimizers(self, fused: bool) -> None:
         """AdamW for the model (one group per encoder) and for the modality classifiers; `fused`:
