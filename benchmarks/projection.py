@@ -199,7 +199,8 @@ def markdown(result: dict) -> str:
     lines = [
         f"# Projection: {args['trials']} trials x {args['epochs']} epochs, FairVision at the paper's sizes",
         "",
-        f"From [{BENCH_LINK}]({'../../' + BENCH_LINK}) (H200) by `python benchmarks/projection.py`. "
+        f"From [{BENCH_LINK}](bench-gpu-h200.json) (H200) by `python benchmarks/projection.py` "
+        "([projection.py](../projection.py)). "
         "Ranges: fast = the GPU at its compute ratio to the H200 and trials in random order; "
         "slow = its bandwidth ratio and improving trials (more pass ASHA's rungs). Minutes.",
         "",
