@@ -68,7 +68,8 @@ OPTIONS = [   # (label, instance type, nodes)
     ("4 x g6e.12xlarge (16 L40S 48 GB), aws-gpu.yaml's maximum", "g6e.12xlarge", 4),
 ]
 PREPARATION_PLACEHOLDER = ("PLACEHOLDER (issue 20 item 2): the cluster's Ray preparation job, once it lands: "
-                           "samples/s per core x cores, then each node pulls the shards")
+                           "rerun with --prepare-rate (its measured samples/s per core) and --prepare-cores; "
+                           "each node then pulls the shards instead of building the cache")
 
 
 def slowdown(gpu: str) -> tuple[float, float]:
@@ -152,13 +153,13 @@ def option_row(args, bench: dict, base: dict, label: str, itype: str, nodes: int
                         "confirm_waves": waves, "confirm_s": confirm_s, "test_s": test_s}
     row["stages"] = stages
     node_start = [sum(ASSUMED[k][0][j] for k in ("boot_s", "setup_s", "image_pull_s")) for j in (0, 1)]
-    prep = base["cache_build_per_node_s"]
+    prep = base["preparation_s"]
     fast, slow = stages["fast"], stages["slow"]
     row["total_wall_s"] = [
         node_start[0] + prep + fast["search"]["random"]["makespan_s"][1] + fast["confirm_s"] + fast["test_s"],
         node_start[1] + prep + slow["search"]["improving"]["makespan_s"][1] + slow["confirm_s"] + slow["test_s"]]
     row["gpu_hours_billed"] = [gpus * (w + 60 * args.idle_timeout_min) / 3600 for w in row["total_wall_s"]]
-    row["cache_build_gpu_idle_h"] = gpus * prep / 3600
+    row["preparation_gpu_idle_h"] = gpus * prep / 3600
     return row
 
 
@@ -172,13 +173,20 @@ def base_figures(bench: dict, args) -> dict:
     cache_rate = bench["data"]["cache_build_samples_per_s"]
     bytes_per_sample = bench["ladder"]["host_copy"]["cached_bytes"] / bench["args"]["batch_size"]
     samples = args.n_train + args.n_val + args.n_test
+    cache_gb = samples * bytes_per_sample / 1e9
+    if args.prepare_rate:     # the cluster's preparation job, then every node pulls the shards
+        preparation_s = samples / (args.prepare_rate * args.prepare_cores) + cache_gb / args.pull_gb_per_s
+    else:                     # today: each node builds its own cache in one process, all at once
+        preparation_s = samples / cache_rate
     return {
         "epoch_s": p["epoch_s"], "bench_gpu_projection": p,
         "trial_start_s": build + FIGURES["trial_overhead_s"][0],
         "model_build_s": build,
         "cache_build_samples_per_s": cache_rate,
         "cache_build_per_node_s": samples / cache_rate,
-        "cache_gb": samples * bytes_per_sample / 1e9,
+        "cache_gb": cache_gb,
+        "preparation": "cluster job + shard pull" if args.prepare_rate else "each node builds its cache",
+        "preparation_s": preparation_s,
         "test_forward_s": args.n_test / (3 * step),
         "bootstrap_s": FIGURES["bootstrap_s_per_320"][0] * args.n_test / 320,
     }
@@ -204,7 +212,7 @@ def markdown(result: dict) -> str:
         "Ranges: fast = the GPU at its compute ratio to the H200 and trials in random order; "
         "slow = its bandwidth ratio and improving trials (more pass ASHA's rungs). Minutes.",
         "",
-        "| option | GPUs | epoch (s) | node start* | cache build (today) | search (ASHA, incl. tail) | "
+        f"| option | GPUs | epoch (s) | node start* | data ({base['preparation']}) | search (ASHA, incl. tail) | "
         "tail | confirmation | test | **total** | GPU-hours billed |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -212,7 +220,7 @@ def markdown(result: dict) -> str:
         f, s = r["stages"]["fast"], r["stages"]["slow"]
         lines.append(
             f"| {r['option']} | {r['gpus']} | {span(f['epoch_s'], s['epoch_s'], lambda x: f'{x:.0f}')} | "
-            f"{span(*node)} | {minutes(base['cache_build_per_node_s'])} | "
+            f"{span(*node)} | {minutes(base['preparation_s'])} | "
             f"{span(f['search']['random']['makespan_s'][1], s['search']['improving']['makespan_s'][1])} | "
             f"{span(f['search']['random']['tail_s'], s['search']['improving']['tail_s'])} | "
             f"{span(f['confirm_s'], s['confirm_s'])} ({f['confirm_runs']} runs, {f['confirm_waves']} wave"
@@ -242,7 +250,10 @@ def markdown(result: dict) -> str:
         f"{args['n_train'] + args['n_val'] + args['n_test']:,} samples, on every node, every time a node "
         f"is replaced, while the node's GPUs wait (cache {base['cache_gb']:.1f} GB, about "
         f"{base['cache_gb'] * 1e3 / (args['n_train'] + args['n_val'] + args['n_test']):.2f} MB a sample).",
-        f"- {PREPARATION_PLACEHOLDER}.",
+        (f"- Data preparation in this table: the cluster's job at {args['prepare_rate']} samples/s per core "
+         f"x {args['prepare_cores']} cores, then each node pulls {base['cache_gb']:.1f} GB at "
+         f"{args['pull_gb_per_s']} GB/s (assumed): {minutes(base['preparation_s'])} min."
+         if args["prepare_rate"] else f"- {PREPARATION_PLACEHOLDER}."),
         f"- Confirmation: (finalists {args['finalists']} + paper point + plain fusion) x "
         f"{args['confirm_seeds']} seeds = full {args['epochs']}-epoch trainings, in waves of one per GPU.",
         f"- Test: the chosen model and plain fusion over {args['n_test']:,} test samples on a GPU "
@@ -276,6 +287,11 @@ def main() -> None:
     p.add_argument("--confirm-seeds", type=int, default=3)
     p.add_argument("--seeds", type=int, default=20, help="simulation seeds per order")
     p.add_argument("--idle-timeout-min", type=int, default=10)
+    p.add_argument("--prepare-rate", type=float, default=0.0,
+                   help="samples/s per core of the cluster's preparation job (0: today, one cache per node)")
+    p.add_argument("--prepare-cores", type=int, default=64)
+    p.add_argument("--pull-gb-per-s", type=float, default=1.0,
+                   help="a node's shard download from object storage (assumed, not measured)")
     args = p.parse_args()
     bench = json.loads(Path(args.bench).read_text())
     table = json.loads((REPO / "cluster" / "gpu_memory.json").read_text())

@@ -55,3 +55,17 @@ def test_projection_stages_follow_the_measured_figures(tmp_path):
     search = fast["search"]["random"]
     assert search["makespan_s"][1] >= search["trial_epochs"] * fast["epoch_s"] / 8
     assert "PLACEHOLDER" in out.with_suffix(".md").read_text()
+
+
+def test_preparation_today_per_node_and_with_the_cluster_job():
+    import argparse
+    bench = json.loads((ROOT / "benchmarks" / "results" / "bench-gpu-h200.json").read_text())
+    args = argparse.Namespace(trials=100, epochs=10, n_train=6000, n_val=1000, n_test=3000,
+                              prepare_rate=0.0, prepare_cores=64, pull_gb_per_s=1.0)
+    today = projection.base_figures(bench, args)
+    assert today["preparation_s"] == pytest.approx(10_000 / 10.568, rel=1e-3)    # ~16 min a node
+    args.prepare_rate = 2.0
+    job = projection.base_figures(bench, args)
+    # 10,000 samples over 128 samples/s, then the cache (1.05 MB a sample) at 1 GB/s
+    assert job["preparation_s"] == pytest.approx(10_000 / 128 + job["cache_gb"] / 1.0)
+    assert job["cache_gb"] == pytest.approx(10_000 * 33_718_272 / 32 / 1e9)
