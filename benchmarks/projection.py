@@ -134,7 +134,7 @@ def search_stage(args, epoch_s: float, start_s: float, gpus: int) -> dict:
     return out
 
 
-def option_row(args, bench: dict, base: dict, label: str, itype: str, nodes: int, table: dict) -> dict:
+def option_row(args, base: dict, label: str, itype: str, nodes: int, table: dict) -> dict:
     entry = table["instance_types"][itype]
     gpus = nodes * entry["count"]
     lo, hi = slowdown(entry["gpu"])
@@ -299,7 +299,7 @@ def main() -> None:
     result = {"args": {k: v for k, v in vars(args).items() if k not in ("bench", "out")},
               "source": BENCH_LINK, "figures": FIGURES, "assumed": ASSUMED, "base": base,
               "preparation_after_item_2": PREPARATION_PLACEHOLDER,
-              "options": [option_row(args, bench, base, *o, table) for o in OPTIONS]}
+              "options": [option_row(args, base, *o, table) for o in OPTIONS]}
     md = markdown(result)
     print(md)
     if args.out:
