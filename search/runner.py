@@ -48,7 +48,7 @@ class SearchConfig:
     num_cpus: int = 0              # with --local; 0 -> all of this machine's
     num_gpus: int = -1             # with --local; -1 -> detect
     searcher: str = "tpe"          # tpe | random (benchmarks)
-    scheduler: str = "asha"        # asha | none (benchmarks)
+    scheduler: str = "asha"        # asha (MO-ASHA for pareto/constrained) | asha_es_auc | none (benchmarks)
     log_best_model: bool = True
     final_test: bool = True        # score the chosen trial's model on the test split, once
     objective: str = "es_auc"      # es_auc | pareto | constrained (search/objectives.py)
@@ -112,6 +112,8 @@ def check(scfg: SearchConfig) -> None:
          f"--max-epochs {scfg.max_epochs} is below the ASHA --grace-period {scfg.grace_period}: "
          f"raise --max-epochs or pass --grace-period {scfg.max_epochs}")
     need(scfg.reduction_factor >= 2, f"--reduction-factor {scfg.reduction_factor}: must be 2 or more")
+    need(scfg.scheduler in ("asha", "asha_es_auc", "none"),
+         f"scheduler {scfg.scheduler!r}: choose asha, asha_es_auc or none")
     need(scfg.objective in OBJECTIVES, f"--objective {scfg.objective}: choose one of {', '.join(OBJECTIVES)}")
     need(scfg.objective != "constrained" or scfg.min_auc_drop is not None,
          "--objective constrained needs --min-auc-drop X (AUC may fall at most X below plain fusion's)")
@@ -363,7 +365,7 @@ def prepare_study(scfg: SearchConfig, timings: dict | None = None):
         from search.trainable import asha_rungs, checkpoint_policy
 
         rungs = asha_rungs(scfg.grace_period, scfg.reduction_factor, scfg.max_epochs) \
-            if scfg.scheduler == "asha" else []
+            if scfg.scheduler != "none" else []
         setup = {"base": cfg.to_dict(), "synthetic": synthetic,
                  "test_hooks": {**scfg.test_hooks, "baseline": dict(scfg.baseline)},
                  "checkpoints": checkpoint_policy(scfg.checkpoint_every, rungs)}
