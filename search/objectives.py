@@ -23,13 +23,28 @@ OBJECTIVES = ("es_auc", "pareto", "constrained")
 STOP_METRIC = "es_auc"
 
 
-class ConstrainedOptunaSearch(OptunaSearch):
+class WarmOptunaSearch(OptunaSearch):
+    """OptunaSearch whose study starts with an earlier study's trials (`--warm-start`,
+    search/warm_start.py), added once when the study is created (a resumed search unpickles the
+    study with them already in)."""
+
+    def __init__(self, *args, warm_trials=(), **kwargs):
+        self.warm_trials = list(warm_trials)
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        if getattr(self, "warm_trials", None):
+            self._ot_study.add_trials(self.warm_trials)
+
+
+class ConstrainedOptunaSearch(WarmOptunaSearch):
     """OptunaSearch that tells Optuna the AUC floor: feasible when auc_floor - auc <= 0.
     Like OptunaSearch's value, the result is the trial's LAST report (early for ASHA-stopped)."""
 
     def __init__(self, *args, auc_floor: float, **kwargs):
-        super().__init__(*args, **kwargs)
         self.auc_floor = auc_floor
+        super().__init__(*args, **kwargs)
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         if result and not error and "auc" in result and trial_id in self._ot_trials:
@@ -45,12 +60,18 @@ def make_searcher(scfg, auc_floor: float | None = None) -> OptunaSearch:
     else:
         sampler = optuna.samplers.TPESampler(seed=scfg.seed, multivariate=True, constant_liar=True)
     start = [dict(scfg.baseline)]     # the paper's point is evaluated first
+    warm = []
+    if scfg.warm_start:
+        from search import warm_start
+
+        warm = warm_start.optuna_trials(warm_start.load(scfg), scfg.mode, scfg.objective, auc_floor)
     if scfg.objective == "pareto":
-        return OptunaSearch(metric=["auc", "es_auc"], mode=["max", "max"], sampler=sampler,
-                            points_to_evaluate=start)
+        return WarmOptunaSearch(metric=["auc", "es_auc"], mode=["max", "max"], sampler=sampler,
+                                points_to_evaluate=start, warm_trials=warm)
     if scfg.objective == "constrained":
-        return ConstrainedOptunaSearch(sampler=sampler, points_to_evaluate=start, auc_floor=auc_floor)
-    return OptunaSearch(sampler=sampler, points_to_evaluate=start)
+        return ConstrainedOptunaSearch(sampler=sampler, points_to_evaluate=start, auc_floor=auc_floor,
+                                       warm_trials=warm)
+    return WarmOptunaSearch(sampler=sampler, points_to_evaluate=start, warm_trials=warm)
 
 
 def make_scheduler(scfg):

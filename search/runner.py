@@ -57,6 +57,7 @@ class SearchConfig:
     confirm_seeds: int = 3
     register_name: str = ""        # "" -> multifair-<dataset>-<attribute>
     figures: bool = True
+    warm_start: str = ""           # an earlier study folder or MLflow experiment (search/warm_start.py)
     verbose: int = 1
     test_hooks: dict = field(default_factory=dict)             # see docs/search.md
 
@@ -157,6 +158,9 @@ def parse_args(dataset: str, attribute: str, baseline: dict | None, argv=None) -
     add("--finalists", type=int, default=defaults.finalists, help="configurations re-trained with "
         "fresh seeds, plus the paper's point and plain fusion (0: skip)")
     add("--confirm-seeds", type=int, default=defaults.confirm_seeds, help="seeds per finalist")
+    add("--warm-start", default="", metavar="STUDY_OR_EXPERIMENT",
+        help="seed the sampler with an earlier study's trials (same --mode and kind of --objective; "
+             "another attribute or site is fine): its folder or its MLflow experiment name")
     add("--register-name", default="", help="registered model name (default multifair-<dataset>-<attribute>)")
     add("--no-figures", dest="figures", action="store_false", help="skip the sensitivity figures")
     add("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI or sqlite under --storage-path")
@@ -269,6 +273,11 @@ def run_search(scfg: SearchConfig) -> SearchOutcome:
 
     started = time.time()
     timings: dict[str, float] = {}
+    if scfg.warm_start and not scfg.resume:     # refuse another space or objective before any work
+        from search import warm_start
+
+        print(f"[search] warm start: {len(warm_start.load(scfg))} trials of {scfg.warm_start} "
+              "seed the sampler", flush=True)
     tracker, setup, cfg = prepare_study(scfg, timings)
     auc_floor = None
     if scfg.objective == "constrained":
