@@ -68,13 +68,20 @@ def nsga_order(points: np.ndarray) -> list[int]:
     return order
 
 
-def promotes(recorded: dict[str, tuple], trial_id: str, eta: float) -> bool:
+def promotes(recorded: dict[str, tuple], trial_id: str, eta: float, keep_front: bool = False) -> bool:
     """MO-ASHA's decision for `trial_id`, whose result is already in `recorded` (trial id ->
-    objective vector, maximised, in arrival order): in the first ceil(n / eta) of nsga_order."""
+    objective vector, maximised, in arrival order): in the first ceil(n / eta) of nsga_order, or
+    equal to a point that is (ties go on together, as they do under ASHA's cutoff). keep_front:
+    also every point of the rung's first front (the safer variant, measured in
+    benchmarks/search_quality.py)."""
     ids = list(recorded)
-    order = nsga_order(np.array([recorded[i] for i in ids], dtype=float))
-    keep = max(1, math.ceil(len(ids) / eta))
-    return ids.index(trial_id) in order[:keep]
+    points = np.array([recorded[i] for i in ids], dtype=float)
+    order = nsga_order(points)
+    keep = set(order[:max(1, math.ceil(len(ids) / eta))])
+    if keep_front:
+        keep |= set(nondominated_fronts(points)[0])
+    me = ids.index(trial_id)
+    return me in keep or any((points[k] == points[me]).all() for k in keep)
 
 
 class MOASHAScheduler(FIFOScheduler):
@@ -86,7 +93,8 @@ class MOASHAScheduler(FIFOScheduler):
     promoted, the results recorded at that rung then) for tests and reports."""
 
     def __init__(self, metrics=("auc", "es_auc"), modes=("max", "max"), time_attr: str = "epoch",
-                 max_t: int = 10, grace_period: int = 1, reduction_factor: float = 3):
+                 max_t: int = 10, grace_period: int = 1, reduction_factor: float = 3,
+                 keep_front: bool = False):
         if not (0 < grace_period <= max_t) or reduction_factor <= 1 or len(metrics) != len(modes):
             raise ValueError(f"MO-ASHA: need 0 < grace_period ({grace_period}) <= max_t ({max_t}), "
                              f"reduction_factor > 1 ({reduction_factor}) and one mode per metric")
@@ -95,6 +103,7 @@ class MOASHAScheduler(FIFOScheduler):
         self.time_attr, self.max_t, self.eta = time_attr, max_t, reduction_factor
         n_rungs = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
         self.rungs = {grace_period * reduction_factor ** k: {} for k in range(n_rungs)}
+        self.keep_front = keep_front
         self.decisions: list[dict] = []
         self.num_stopped = 0
 
@@ -121,7 +130,7 @@ class MOASHAScheduler(FIFOScheduler):
             if any(math.isnan(v) for v in values):
                 return TrialScheduler.CONTINUE      # an undefined metric is not evidence
             recorded[trial_id] = values
-            keep = promotes(recorded, trial_id, self.eta)
+            keep = promotes(recorded, trial_id, self.eta, getattr(self, "keep_front", False))
             self.decisions.append({"trial_id": trial_id, "rung": milestone, "promoted": keep,
                                    "recorded": dict(recorded)})
             return TrialScheduler.CONTINUE if keep else TrialScheduler.STOP

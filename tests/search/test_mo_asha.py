@@ -115,3 +115,12 @@ def test_a_real_pareto_search_stops_by_the_rule(ray_session, search_config, tmp_
         if not d["promoted"]:
             assert epochs[d["trial_id"]] == d["rung"], (d, epochs)    # stopped right at the rung
     assert outcome.stopped_early == sum(not d["promoted"] for d in sched.decisions)
+
+
+def test_keep_front_variant_and_ties():
+    """keep_front also promotes every point of the rung's first front: t3 (a trade-off point,
+    stopped by the default) goes on. Equal points go on together, as under ASHA's cutoff."""
+    sched = MOASHAScheduler(max_t=9, grace_period=1, reduction_factor=3, keep_front=True)
+    assert _feed(sched, RUNG)[:3] == [CONTINUE, STOP, CONTINUE]
+    recorded = {"a": (0.8, 0.7), "b": (0.5, 0.5), "c": (0.8, 0.7)}
+    assert promotes(recorded, "a", 3) and promotes(recorded, "c", 3) and not promotes(recorded, "b", 3)
