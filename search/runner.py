@@ -48,7 +48,7 @@ class SearchConfig:
     num_cpus: int = 0              # with --local; 0 -> all of this machine's
     num_gpus: int = -1             # with --local; -1 -> detect
     searcher: str = "tpe"          # tpe | random (benchmarks)
-    scheduler: str = "asha"        # asha | none (benchmarks)
+    scheduler: str = "asha"        # asha (MO-ASHA for pareto/constrained) | asha_es_auc | none (benchmarks)
     log_best_model: bool = True
     final_test: bool = True        # score the chosen trial's model on the test split, once
     objective: str = "es_auc"      # es_auc | pareto | constrained (search/objectives.py)
@@ -57,6 +57,7 @@ class SearchConfig:
     confirm_seeds: int = 3
     register_name: str = ""        # "" -> multifair-<dataset>-<attribute>
     figures: bool = True
+    warm_start: str = ""           # an earlier study folder or MLflow experiment (search/warm_start.py)
     verbose: int = 1
     test_hooks: dict = field(default_factory=dict)             # see docs/search.md
 
@@ -112,6 +113,8 @@ def check(scfg: SearchConfig) -> None:
          f"--max-epochs {scfg.max_epochs} is below the ASHA --grace-period {scfg.grace_period}: "
          f"raise --max-epochs or pass --grace-period {scfg.max_epochs}")
     need(scfg.reduction_factor >= 2, f"--reduction-factor {scfg.reduction_factor}: must be 2 or more")
+    need(scfg.scheduler in ("asha", "asha_es_auc", "none"),
+         f"scheduler {scfg.scheduler!r}: choose asha, asha_es_auc or none")
     need(scfg.objective in OBJECTIVES, f"--objective {scfg.objective}: choose one of {', '.join(OBJECTIVES)}")
     need(scfg.objective != "constrained" or scfg.min_auc_drop is not None,
          "--objective constrained needs --min-auc-drop X (AUC may fall at most X below plain fusion's)")
@@ -155,6 +158,9 @@ def parse_args(dataset: str, attribute: str, baseline: dict | None, argv=None) -
     add("--finalists", type=int, default=defaults.finalists, help="configurations re-trained with "
         "fresh seeds, plus the paper's point and plain fusion (0: skip)")
     add("--confirm-seeds", type=int, default=defaults.confirm_seeds, help="seeds per finalist")
+    add("--warm-start", default="", metavar="STUDY_OR_EXPERIMENT",
+        help="seed the sampler with an earlier study's trials (same --mode and kind of --objective; "
+             "another attribute or site is fine): its folder or its MLflow experiment name")
     add("--register-name", default="", help="registered model name (default multifair-<dataset>-<attribute>)")
     add("--no-figures", dest="figures", action="store_false", help="skip the sensitivity figures")
     add("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI or sqlite under --storage-path")
@@ -267,6 +273,11 @@ def run_search(scfg: SearchConfig) -> SearchOutcome:
 
     started = time.time()
     timings: dict[str, float] = {}
+    if scfg.warm_start and not scfg.resume:     # refuse another space or objective before any work
+        from search import warm_start
+
+        print(f"[search] warm start: {len(warm_start.load(scfg))} trials of {scfg.warm_start} "
+              "seed the sampler", flush=True)
     tracker, setup, cfg = prepare_study(scfg, timings)
     auc_floor = None
     if scfg.objective == "constrained":
@@ -363,7 +374,7 @@ def prepare_study(scfg: SearchConfig, timings: dict | None = None):
         from search.trainable import asha_rungs, checkpoint_policy
 
         rungs = asha_rungs(scfg.grace_period, scfg.reduction_factor, scfg.max_epochs) \
-            if scfg.scheduler == "asha" else []
+            if scfg.scheduler != "none" else []
         setup = {"base": cfg.to_dict(), "synthetic": synthetic,
                  "test_hooks": {**scfg.test_hooks, "baseline": dict(scfg.baseline)},
                  "checkpoints": checkpoint_policy(scfg.checkpoint_every, rungs)}

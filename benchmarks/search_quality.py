@@ -1,0 +1,429 @@
+"""The search's own value: validation hypervolume of the (AUC, ES-AUC) front against epochs trained,
+for random search, TPE + ES-AUC ASHA (the service before MO-ASHA), TPE + MO-ASHA (today's
+`--objective pareto`) and full-fidelity TPE (the reference); the share of the reference front
+each stopping rule would have stopped (safe pruning); and what `--warm-start` saves.
+
+Two phases, so the expensive part is done once and every search is replayed on it (a tabular
+benchmark, as HPOBench / Syne Tune's blackbox repository do):
+
+  table   trains every configuration of a fixed design (a scrambled Sobol sample of MultiFair's
+          five hyperparameters, plus the paper's point) for every seed, all epochs, on generated
+          data; records each epoch's validation (AUC, ES-AUC) and the test split's figures at the
+          epoch the trainer keeps. Trainer only (no Ray), --workers processes.
+  replay  runs each search method as the service would, on a simulated cluster of --workers
+          slots where one epoch takes one time unit: the REAL samplers (Optuna TPESampler
+          multivariate + constant_liar, RandomSampler) ask for a configuration, the nearest design
+          point (unit cube, log axes where the range is log) answers with a seed's recorded curve,
+          and the REAL schedulers (Ray's ASHAScheduler on ES-AUC, search.mo_asha.MOASHAScheduler)
+          decide at every epoch; a stopped or finished trial is told to Optuna with its last
+          report, as OptunaSearch does. Every method gets the same epoch budget.
+
+    python benchmarks/search_quality.py table --attribute gender --configs 32 --seeds 2 \\
+        --epochs 6 --out results/sq-gender.json
+    python benchmarks/search_quality.py replay --table results/sq-gender.json \\
+        --warm-table results/sq-race.json --runs 10 --out benchmarks/results/search-quality.json
+
+Figures: hypervolume with the fixed reference point (AUC 0.5, ES-AUC 0.25) of the front of the
+full-length trials (validation, best epoch, as search.objectives.front); test hypervolume of the
+same trials' test figures; paired over runs (same run seed for every method).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+REF = (0.5, 0.25)            # hypervolume reference point: chance AUC, a poor ES-AUC
+HP = ("rho", "lambda_gm", "tau", "delta", "lambda_f")
+
+
+# -- the design and its coordinates ----------------------------------------------------------
+def unit(params: dict) -> np.ndarray:
+    """A configuration in the unit cube (log axes where the range is log)."""
+    from search.space import RANGES
+
+    out = []
+    for k in HP:
+        r, v = RANGES[k], params[k]
+        lo, hi, v = (math.log(r.low), math.log(r.high), math.log(v)) if r.log else (r.low, r.high, v)
+        out.append((v - lo) / (hi - lo))
+    return np.array(out)
+
+
+def from_unit(u) -> dict:
+    from search.space import RANGES
+
+    out = {}
+    for k, x in zip(HP, u):
+        r = RANGES[k]
+        out[k] = float(math.exp(math.log(r.low) + x * (math.log(r.high) - math.log(r.low)))
+                       if r.log else r.low + x * (r.high - r.low))
+    return out
+
+
+def design(n: int, attribute: str, seed: int = 0) -> list[dict]:
+    from scipy.stats import qmc
+
+    from search.space import baseline_point
+
+    pts = qmc.Sobol(len(HP), scramble=True, seed=seed).random(n - 1)
+    return [baseline_point("fairvision", attribute)] + [from_unit(u) for u in pts]
+
+
+# -- phase 1: the table ----------------------------------------------------------------------
+def _fit(job: dict) -> dict:
+    import torch
+
+    from trainer.config import make_config
+    from trainer.loop import fit
+
+    torch.set_num_threads(1)
+    cfg = make_config("fairvision", job["attribute"], preset="tiny", data_root=job["root"], mode="full",
+                      seed=job["seed"], epochs=job["epochs"], bootstrap=0, cache_dir=job["cache"],
+                      **job["params"])
+    curve = []
+    res = fit(cfg, on_epoch=lambda r: curve.append((float(r.val["auc"]), float(r.val["es_auc"]))),
+              progress=False)
+    test = res["test"]["point"]
+    return {"config": job["config"], "seed": job["seed"], "curve": curve, "best_epoch": res["best_epoch"],
+            "test": (float(test["auc"]), float(test["es_auc"]))}
+
+
+def table(a) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    from trainer.data.synthetic import synthesize
+
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    n_train, n_val, n_test = map(int, a.sizes.split(","))
+    root = Path(a.work) / f"fv-{n_train}-{n_val}-{n_test}-s{a.data_seed}"
+    if not root.exists():
+        synthesize("fairvision", root, n_train, n_val, n_test, seed=a.data_seed)
+    configs = design(a.configs, a.attribute)
+    done = json.loads(out.read_text()) if out.exists() else {"entries": []}
+    have = {(e["config"], e["seed"]) for e in done["entries"]}
+    jobs = [{"config": i, "params": p, "seed": s, "attribute": a.attribute, "epochs": a.epochs,
+             "root": str(root), "cache": str(Path(a.work) / "cache")}
+            for s in range(a.seeds) for i, p in enumerate(configs) if (i, s) not in have]
+    meta = {"command": " ".join(sys.argv), "attribute": a.attribute, "sizes": [n_train, n_val, n_test],
+            "data_seed": a.data_seed, "epochs": a.epochs, "seeds": a.seeds, "preset": "tiny",
+            "configs": configs, "versions": _versions()}
+    started = time.perf_counter()
+    with ProcessPoolExecutor(a.workers) as pool:
+        for i, entry in enumerate(pool.map(_fit, jobs), 1):
+            done["entries"].append(entry)
+            done.update(meta, seconds=done.get("seconds", 0) + time.perf_counter() - started)
+            started = time.perf_counter()
+            out.write_text(json.dumps(done))          # after every fit: an interrupted table resumes
+            print(f"[table] {i}/{len(jobs)} config {entry['config']} seed {entry['seed']}: "
+                  f"final val ES-AUC {entry['curve'][-1][1]:.3f}", flush=True)
+    print(json.dumps(noise(done)))
+
+
+def _versions() -> dict:
+    import optuna
+    import torch
+
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "optuna": optuna.__version__}
+
+
+def noise(tab: dict) -> dict:
+    """Spread of one setting over seeds against the spread across settings (final-epoch and
+    best-epoch validation ES-AUC): hyperparameters matter when the second is the larger."""
+    by = {}
+    for e in tab["entries"]:
+        by.setdefault(e["config"], []).append(max(v for _, v in e["curve"]))
+    full = [v for v in by.values() if len(v) >= 2]
+    within = float(np.sqrt(np.mean([np.var(v, ddof=1) for v in full]))) if full else math.nan
+    across = float(np.std([np.mean(v) for v in by.values()], ddof=1))
+    return {"sd_within_setting_over_seeds": within, "sd_across_settings": across,
+            "ratio_across_to_within": across / within if within else math.nan, "settings": len(by)}
+
+
+# -- hypervolume and fronts ------------------------------------------------------------------
+def front(points: list[tuple]) -> list[int]:
+    return [i for i, (a, e) in enumerate(points)
+            if not any(a2 >= a and e2 >= e and (a2 > a or e2 > e) for a2, e2 in points)]
+
+
+def hypervolume(points, ref=REF) -> float:
+    """Area dominated by `points` (both maximised) above `ref`."""
+    pts = sorted({(a, e) for a, e in points if a > ref[0] and e > ref[1]}, reverse=True)
+    area, top = 0.0, ref[1]
+    for a, e in pts:                    # by AUC descending: each adds a strip above the best ES-AUC so far
+        if e > top:
+            area += (a - ref[0]) * (e - top)
+            top = e
+    return area
+
+
+# -- phase 2: replaying a search on the table ------------------------------------------------
+class Table:
+    def __init__(self, tab: dict):
+        self.configs = tab["configs"]
+        self.units = np.array([unit(c) for c in self.configs])
+        self.epochs = tab["epochs"]
+        self.entries = {}
+        for e in tab["entries"]:
+            self.entries.setdefault(e["config"], []).append(e)
+
+    def nearest(self, params: dict) -> int:
+        return int(np.argmin(((self.units - unit(params)) ** 2).sum(1)))
+
+
+METHODS = {   # name: (sampler, scheduler)
+    "random": ("random", "none"),
+    "tpe+asha_es_auc": ("tpe", "asha_es_auc"),
+    "tpe+mo_asha": ("tpe", "mo_asha"),
+    "tpe+mo_asha_front": ("tpe", "mo_asha_front"),
+    "tpe_full": ("tpe", "none"),
+}
+
+
+STOPPING = ("random", "tpe+asha_es_auc", "tpe+mo_asha", "tpe+mo_asha_front")
+RULES = ("asha_es_auc", "mo_asha", "mo_asha_front")
+
+
+def _scheduler(kind: str, epochs: int, grace: int, eta: int):
+    from ray.tune.schedulers import ASHAScheduler
+
+    from search.mo_asha import MOASHAScheduler
+
+    if kind == "asha_es_auc":
+        return ASHAScheduler(time_attr="epoch", metric="es_auc", mode="max", max_t=epochs,
+                             grace_period=grace, reduction_factor=eta)
+    if kind.startswith("mo_asha"):
+        return MOASHAScheduler(max_t=epochs, grace_period=grace, reduction_factor=eta,
+                               keep_front=kind == "mo_asha_front")
+    return None
+
+
+def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int = 4, grace: int = 1,
+             eta: int = 3, warm: list | None = None, log: list | None = None) -> dict:
+    """One search on the table until `budget` epochs are trained. Returns the anytime curve
+    [(epochs, val hypervolume)], the trials, and the final front's val and test hypervolume."""
+    import optuna
+    from ray.tune.schedulers import TrialScheduler
+
+    from search.space import optuna_distributions
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler_kind, sched_kind = METHODS[method]
+    sampler = (optuna.samplers.RandomSampler(seed=run_seed) if sampler_kind == "random" else
+               optuna.samplers.TPESampler(seed=run_seed, multivariate=True, constant_liar=True))
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
+    if warm:
+        study.add_trials(warm)
+    dists = optuna_distributions(HP)
+    sched = _scheduler(sched_kind, tab.epochs, grace, eta)
+    rng = np.random.default_rng(run_seed)
+    running, trials, curve, spent = {}, [], [], 0
+    n = 0
+
+    def start():
+        nonlocal n
+        ot = study.ask(dists)
+        cfg = tab.nearest(ot.params)
+        entry = tab.entries[cfg][int(rng.integers(len(tab.entries[cfg])))]
+        t = SimpleNamespace(trial_id=f"t{n}", ot=ot, cfg=cfg, entry=entry, epoch=0, status="RUNNING")
+        n += 1
+        if sched is not None and hasattr(sched, "on_trial_add"):
+            sched.on_trial_add(None, t)
+        trials.append(t)
+        return t
+
+    slots = [start() for _ in range(workers)]
+    while spent < budget:
+        # every running trial trains one epoch per time unit; results arrive in slot order
+        for i, t in enumerate(slots):
+            if spent >= budget:
+                break
+            t.epoch += 1
+            spent += 1
+            auc, es = t.entry["curve"][t.epoch - 1]
+            if log is not None:
+                log.append((t.trial_id, t.epoch, auc, es))
+            action = (sched.on_trial_result(None, t, {"epoch": t.epoch, "auc": auc, "es_auc": es})
+                      if sched is not None else TrialScheduler.CONTINUE)
+            if t.epoch >= tab.epochs or action == TrialScheduler.STOP:
+                t.status = "FULL" if t.epoch >= tab.epochs else "STOPPED"
+                study.tell(t.ot, [auc, es])         # the last report, as OptunaSearch
+                slots[i] = start()
+            curve.append((spent, hypervolume(_val_points(trials))))
+    full = [t for t in trials if t.status == "FULL"]
+    f = front(_val_points(full)) if full else []
+    return {"curve": curve, "trials": trials, "front": [full[i] for i in f],
+            "val_hv": curve[-1][1] if curve else 0.0,
+            "test_hv": hypervolume([tuple(full[i].entry["test"]) for i in f])}
+
+
+def _best(t) -> tuple:
+    """A full-length trial's validation point: its best-ES-AUC epoch (the model kept)."""
+    return max(t.entry["curve"], key=lambda p: p[1])
+
+
+def _val_points(trials) -> list[tuple]:
+    return [_best(t) for t in trials if t.status == "FULL"]
+
+
+def epochs_to(curve, target) -> float:
+    return next((e for e, hv in curve if hv >= target - 1e-12), math.inf)
+
+
+def shadow_stops(log: list, trials: list, kind: str, epochs: int, grace: int, eta: int) -> set:
+    """Replay a stopping rule on the reference run's curves (every trial trained fully), in the
+    order the results arrived; the trials it would have stopped."""
+    from ray.tune.schedulers import TrialScheduler
+
+    sched, stopped, seen = _scheduler(kind, epochs, grace, eta), set(), set()
+    for tid, epoch, auc, es in log:
+        t = SimpleNamespace(trial_id=tid)
+        if tid not in seen and hasattr(sched, "on_trial_add"):
+            sched.on_trial_add(None, t)
+        seen.add(tid)
+        if tid in stopped or epoch >= epochs:
+            continue
+        if sched.on_trial_result(None, t, {"epoch": epoch, "auc": auc, "es_auc": es}) == TrialScheduler.STOP:
+            stopped.add(tid)
+    return stopped
+
+
+def paired(x, y) -> dict:
+    """Mean of y - x over runs with a 95% t interval (scipy.stats.ttest_rel)."""
+    from scipy.stats import ttest_rel
+
+    d = np.asarray(y, float) - np.asarray(x, float)
+    out = {"mean": float(d.mean()), "lo": math.nan, "hi": math.nan, "n": len(d)}
+    if len(d) >= 2 and np.ptp(d) > 0:
+        ci = ttest_rel(y, x).confidence_interval(0.95)
+        out.update(lo=float(ci.low), hi=float(ci.high))
+    return out
+
+
+def replay(a) -> None:
+    tab_raw = json.loads(Path(a.table).read_text())
+    tab = Table(tab_raw)
+    ref_budget = a.ref_trials * tab.epochs
+    share = a.budget_share
+    out = {"command": " ".join(sys.argv), "table": a.table, "table_meta": {k: tab_raw[k] for k in
+           ("attribute", "sizes", "data_seed", "epochs", "seeds", "preset", "versions") if k in tab_raw},
+           "noise": noise(tab_raw), "reference_point": REF, "workers": a.workers, "grace": a.grace,
+           "eta": a.eta, "reference_budget_epochs": ref_budget, "budget_share": share, "runs": []}
+    for r in range(a.runs):
+        log = []
+        ref = simulate(tab, "tpe_full", ref_budget, r, a.workers, a.grace, a.eta, log=log)
+        row = {"seed": r, "tpe_full": {"val_hv": ref["val_hv"], "test_hv": ref["test_hv"],
+                                       "epochs": ref_budget}}
+        for m in STOPPING:
+            res = simulate(tab, m, int(ref_budget * share), r, a.workers, a.grace, a.eta)
+            row[m] = {"val_hv": res["val_hv"], "test_hv": res["test_hv"], "epochs": int(ref_budget * share),
+                      "share_of_reference_hv": res["val_hv"] / ref["val_hv"] if ref["val_hv"] else math.nan,
+                      "epochs_to_95pct_reference": epochs_to(res["curve"], 0.95 * ref["val_hv"]),
+                      "curve": res["curve"][:: max(1, len(res["curve"]) // 40)]}
+        # the same epoch budget for random search and for TPE at full fidelity, for the curve
+        ref_front = {t.trial_id for t in ref["front"]}
+        row["safe_pruning"] = {}
+        for kind in RULES:
+            stops = shadow_stops(log, ref["trials"], kind, tab.epochs, a.grace, a.eta)
+            row["safe_pruning"][kind] = {"front": len(ref_front), "stopped": len(ref_front & stops),
+                                         "survives": 1 - len(ref_front & stops) / max(1, len(ref_front))}
+        row["tpe_full"]["curve"] = ref["curve"][:: max(1, len(ref["curve"]) // 40)]
+        if a.warm_table:
+            row["warm_start"] = warm_saving(a, tab, r)
+        out["runs"].append(row)
+        print(f"[replay] run {r}: " + ", ".join(f"{m} {row[m]['val_hv']:.4f}" for m in
+                                               ("tpe_full",) + STOPPING), flush=True)
+    out["summary"] = summarize(out)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=1, default=lambda v: None if v != v else v))
+    print(json.dumps(out["summary"], indent=1))
+
+
+def warm_saving(a, cold_tab: Table, r: int) -> dict:
+    """Epochs a TPE + MO-ASHA search on the --warm-table data needs to reach its cold search's
+    final hypervolume, cold vs seeded with the trials of a TPE + MO-ASHA search on the --table
+    data (another attribute or site), as search/warm_start.py seeds Optuna."""
+    import optuna
+
+    from search.space import optuna_distributions
+
+    target_tab = Table(json.loads(Path(a.warm_table).read_text()))
+    budget = int(a.ref_trials * target_tab.epochs * a.budget_share)
+    first = simulate(cold_tab, "tpe+mo_asha", budget, 1000 + r, a.workers, a.grace, a.eta)
+    dists = optuna_distributions(HP)
+    warm = [optuna.trial.create_trial(params=t.ot.params, distributions=dists,
+                                      values=list(t.entry["curve"][t.epoch - 1]))
+            for t in first["trials"] if t.epoch > 0 and t.status != "RUNNING"]
+    cold = simulate(target_tab, "tpe+mo_asha", budget, r, a.workers, a.grace, a.eta)
+    hot = simulate(target_tab, "tpe+mo_asha", budget, r, a.workers, a.grace, a.eta, warm=warm)
+    target = cold["val_hv"]
+    return {"cold_val_hv": cold["val_hv"], "warm_val_hv": hot["val_hv"], "seed_trials": len(warm),
+            "cold_epochs_to_cold_final": epochs_to(cold["curve"], target),
+            "warm_epochs_to_cold_final": epochs_to(hot["curve"], target)}
+
+
+def summarize(out: dict) -> dict:
+    runs = out["runs"]
+    ref = [r["tpe_full"]["val_hv"] for r in runs]
+    s = {"runs": len(runs), "reference_val_hv_mean": float(np.mean(ref)),
+         "reference_test_hv_mean": float(np.mean([r["tpe_full"]["test_hv"] for r in runs]))}
+    for m in STOPPING:
+        share = [r[m]["share_of_reference_hv"] for r in runs]
+        s[m] = {"epochs_share_of_reference": out["budget_share"],
+                "val_hv_share_of_reference_mean": float(np.mean(share)),
+                "val_hv_vs_reference": paired(ref, [r[m]["val_hv"] for r in runs]),
+                "test_hv_vs_reference": paired([r["tpe_full"]["test_hv"] for r in runs],
+                                               [r[m]["test_hv"] for r in runs]),
+                "runs_reaching_95pct": int(sum(v >= 0.95 for v in share))}
+    s["mo_vs_es_auc_asha_val_hv"] = paired([r["tpe+asha_es_auc"]["val_hv"] for r in runs],
+                                           [r["tpe+mo_asha"]["val_hv"] for r in runs])
+    for kind in RULES:
+        s[f"front_survives_{kind}"] = float(np.mean([r["safe_pruning"][kind]["survives"] for r in runs]))
+    if runs and "warm_start" in runs[0]:
+        w = [r["warm_start"] for r in runs]
+        s["warm_start"] = {"cold_epochs_mean": float(np.mean([x["cold_epochs_to_cold_final"] for x in w])),
+                           "warm_epochs_mean": float(np.mean([min(x["warm_epochs_to_cold_final"], 1e9) for x in w])),
+                           "warm_reaches_cold_final": int(sum(math.isfinite(x["warm_epochs_to_cold_final"]) for x in w)),
+                           "val_hv_warm_minus_cold": paired([x["cold_val_hv"] for x in w],
+                                                            [x["warm_val_hv"] for x in w])}
+    return s
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="phase", required=True)
+    t = sub.add_parser("table")
+    t.add_argument("--attribute", default="gender")
+    t.add_argument("--configs", type=int, default=32)
+    t.add_argument("--seeds", type=int, default=2)
+    t.add_argument("--epochs", type=int, default=6)
+    t.add_argument("--sizes", default="384,192,192")
+    t.add_argument("--data-seed", type=int, default=0)
+    t.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    t.add_argument("--work", default="results/search-quality")
+    t.add_argument("--out", required=True)
+    r = sub.add_parser("replay")
+    r.add_argument("--table", required=True)
+    r.add_argument("--warm-table", default="")
+    r.add_argument("--runs", type=int, default=10)
+    r.add_argument("--ref-trials", type=int, default=24, help="trials of the full-fidelity reference")
+    r.add_argument("--budget-share", type=float, default=0.25, help="epochs of the others / reference's")
+    r.add_argument("--workers", type=int, default=4)
+    r.add_argument("--grace", type=int, default=1)
+    r.add_argument("--eta", type=int, default=3)
+    r.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    table(a) if a.phase == "table" else replay(a)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main()

@@ -1,0 +1,59 @@
+"""benchmarks/search_quality.py: the hypervolume against a count of grid cells, and a replay on a
+hand-made table whose budgets and bookkeeping can be checked by hand. Seconds."""
+import itertools
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import search_quality as sq  # noqa: E402
+
+
+def test_hypervolume_counts_the_dominated_grid_cells():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        pts = [tuple(x) for x in rng.integers(50, 100, size=(6, 2)) / 100]
+        cells = sum(any(a >= (i + 1) / 100 and e >= (j + 1) / 100 for a, e in pts)
+                    for i, j in itertools.product(range(50, 100), range(25, 100)))
+        assert sq.hypervolume(pts) == pytest.approx(cells * 1e-4)
+
+
+def _table(epochs=4, n=12):
+    """Configurations whose curve rises to a level set by rho (so TPE has something to find)."""
+    configs = sq.design(n, "gender")
+    entries = []
+    for i, c in enumerate(configs):
+        for s in range(2):
+            level = 0.6 + 0.3 * (c["rho"] - 0.5) / 1.5 + 0.01 * s
+            curve = [(0.55 + (level - 0.55) * (e + 1) / epochs, 0.4 + (level - 0.6) * (e + 1) / epochs)
+                     for e in range(epochs)]
+            entries.append({"config": i, "seed": s, "curve": curve, "best_epoch": epochs,
+                            "test": curve[-1]})
+    return {"configs": configs, "epochs": epochs, "entries": entries}
+
+
+def test_replay_respects_budgets_and_trains_the_reference_fully():
+    tab = sq.Table(_table())
+    log = []
+    ref = sq.simulate(tab, "tpe_full", 8 * 4, 0, workers=2, log=log)
+    assert [c[0] for c in ref["curve"]] == list(range(1, 33))
+    assert sum(t.status == "FULL" for t in ref["trials"]) == 8          # 8 trials x 4 epochs
+    assert len(log) == 32 and ref["val_hv"] == pytest.approx(sq.hypervolume(sq._val_points(ref["trials"])))
+    asha = sq.simulate(tab, "tpe+mo_asha", 16, 0, workers=2)
+    assert asha["curve"][-1][0] == 16 and any(t.status == "STOPPED" for t in asha["trials"])
+    stops = sq.shadow_stops(log, ref["trials"], "mo_asha", 4, 1, 3)
+    assert stops and stops <= {t.trial_id for t in ref["trials"]}
+
+
+def test_replay_command_writes_the_summary(tmp_path):
+    import json
+
+    (tmp_path / "t.json").write_text(json.dumps(_table()))
+    sq.main(["replay", "--table", str(tmp_path / "t.json"), "--warm-table", str(tmp_path / "t.json"),
+             "--runs", "2", "--ref-trials", "8", "--out", str(tmp_path / "r.json")])
+    out = json.loads((tmp_path / "r.json").read_text())
+    assert out["summary"]["runs"] == 2 and 0 <= out["summary"]["front_survives_mo_asha"] <= 1
+    assert math.isfinite(out["summary"]["warm_start"]["cold_epochs_mean"])
