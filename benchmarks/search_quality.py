@@ -168,15 +168,15 @@ def hypervolume(points, ref=REF) -> float:
 # -- phase 2: replaying a search on the table ------------------------------------------------
 class Table:
     def __init__(self, tab: dict):
-        self.configs = tab["configs"]
-        self.units = np.array([unit(c) for c in self.configs])
         self.epochs = tab["epochs"]
         self.entries = {}
         for e in tab["entries"]:
             self.entries.setdefault(e["config"], []).append(e)
+        self.ids = sorted(self.entries)          # a table cut short: only the trained configurations
+        self.units = np.array([unit(tab["configs"][i]) for i in self.ids])
 
     def nearest(self, params: dict) -> int:
-        return int(np.argmin(((self.units - unit(params)) ** 2).sum(1)))
+        return self.ids[int(np.argmin(((self.units - unit(params)) ** 2).sum(1)))]
 
 
 METHODS = {   # name: (sampler, scheduler)
