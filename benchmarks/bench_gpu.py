@@ -1,7 +1,7 @@
 """The trainer at the paper's sizes on one GPU: throughput, FLOP utilisation, memory, the effect of
 each speed-up, trials per GPU. Trainer only (torch, timm; no Ray, MLflow or Optuna), so it runs on
 a bare GPU machine. Writes one JSON (--out) after every section, so a run cut short keeps what it
-measured; README "The trainer on a GPU" cites it.
+measured; docs/results.md, section 1, cites it.
 
 Sizes (the paper's): ViT-B/16 SLO encoder and ViT-B/16 OCT slice backbone (random init, the same
 compute as pretrained), 224 px, 1 SLO image + 10 OCT slices per sample, batch 32, FairVision
