@@ -54,3 +54,17 @@ def test_readme_is_a_front_door():
     assert any(line.startswith("make demo ") for line in lines[:6])
     assert any(line.startswith("make test ") for line in lines[:6])
     assert (ROOT / ".ci" / "run").read_text().rstrip().endswith("make test")
+
+
+@pytest.mark.parametrize("name", ["compare-race-cnn-8ep", "compare-race-cnn-8ep-tuned",
+                                  "compare-gender-cnn-8ep", "compare-gender-cnn-8ep-tuned"])
+def test_results_tables_are_the_committed_runs(name):
+    """docs/results.md's comparison tables are `compare_methods.py --render FILE --brief` of the
+    committed JSON, cell for cell."""
+    import json
+
+    from benchmarks import compare_methods as cm
+
+    data = json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
+    table = "\n".join(ln for ln in cm.report(data, brief=True).splitlines() if ln.startswith("|"))
+    assert table in (ROOT / "docs" / "results.md").read_text()
