@@ -464,7 +464,8 @@ def asha_share(path=ASHA_SHARE, epochs: int = 10, grace: int = 2, factor: int = 
 
 
 def projection(data: dict, trials: int = 100, epochs: int = 10, n_train: int = 6000,
-               n_val: int = 1000, gpus: int = 8, epoch_fraction=None, share_file=ASHA_SHARE) -> dict:
+               n_val: int = 1000, gpus: int = 8, epoch_fraction=None,
+               share_file=ASHA_SHARE) -> dict:
     """A search at full FairVision size on one node of `gpus` GPUs, one trial per GPU, from the
     measured figures: training at the epoch section's rate (steps + loading from the cache),
     validation as a forward pass (a third of a training step's FLOPs per sample), and ASHA's share

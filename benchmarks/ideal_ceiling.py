@@ -2,7 +2,8 @@
 SLO, both) on N generated FairVision samples' latents (no images rendered), for race and gender.
 docs/data.md, "The known answer", cites its output.
 
-    python benchmarks/ideal_ceiling.py --n 60000 --seed 1 --json benchmarks/results/ideal-ceiling-60k.json
+    python benchmarks/ideal_ceiling.py --n 60000 --seed 1 \
+        --json benchmarks/results/ideal-ceiling-60k.json
 """
 from __future__ import annotations
 
