@@ -1,7 +1,7 @@
 """The trainer at the paper's sizes on one GPU: throughput, FLOP utilisation, memory, the effect of
 each speed-up, trials per GPU. Trainer only (torch, timm; no Ray, MLflow or Optuna), so it runs on
 a bare GPU machine. Writes one JSON (--out) after every section, so a run cut short keeps what it
-measured; README "The trainer on a GPU" cites it.
+measured; docs/results.md, section 1, cites it.
 
 Sizes (the paper's): ViT-B/16 SLO encoder and ViT-B/16 OCT slice backbone (random init, the same
 compute as pretrained), 224 px, 1 SLO image + 10 OCT slices per sample, batch 32, FairVision
@@ -24,6 +24,7 @@ Sections, in order (a section is skipped when --budget-s would be exceeded):
 
     python benchmarks/bench_gpu.py --out results/gpu.json            # on the GPU machine
     python benchmarks/bench_gpu.py --quick --out /tmp/gpu-quick.json # CPU smoke run, tiny sizes
+    python benchmarks/bench_gpu.py --project benchmarks/results/bench-gpu-h200.json  # projection
 """
 from __future__ import annotations
 
@@ -445,23 +446,47 @@ def section_share(args, work: Path) -> dict:
     return out
 
 
+ASHA_SHARE = Path(__file__).resolve().parent / "results" / "asha-share-100x10-g2f3.json"
+
+
+def asha_share(path=ASHA_SHARE, epochs: int = 10, grace: int = 2, factor: int = 3) -> dict:
+    """ASHA's share of the trials' epochs, measured by benchmarks/asha_share.py with the same
+    max epochs, grace period and reduction factor as the projection (a share measured with
+    another schedule says nothing about this one: refused)."""
+    r = json.loads(Path(path).read_text())
+    got = (r["args"]["max_epochs"], r["args"]["grace_period"], r["args"]["reduction_factor"])
+    if got != (epochs, grace, factor):
+        raise ValueError(f"{path}: ASHA share measured with max_epochs, grace, factor = {got}, "
+                         f"the projection needs {(epochs, grace, factor)}")
+    return {"measured": r["asha_epoch_share"], "synchronous": r["synchronous_share"],
+            "source": os.path.relpath(Path(path).resolve(), ASHA_SHARE.parents[2]),
+            "trials": r["trials"]}
+
+
 def projection(data: dict, trials: int = 100, epochs: int = 10, n_train: int = 6000,
-               n_val: int = 1000, gpus: int = 8, epoch_fraction=(0.38, 0.56)) -> dict:
+               n_val: int = 1000, gpus: int = 8, epoch_fraction=None,
+               share_file=ASHA_SHARE) -> dict:
     """A search at full FairVision size on one node of `gpus` GPUs, one trial per GPU, from the
     measured figures: training at the epoch section's rate (steps + loading from the cache),
-    validation as a forward pass (a third of a training step's FLOPs per sample), ASHA's share
-    of the trials' epochs as measured on the CPU (README: search_efficiency, 27-40 of 72 epochs)."""
+    validation as a forward pass (a third of a training step's FLOPs per sample), and ASHA's share
+    of the trials' epochs (grace 2, factor 3, the service's defaults) read from `share_file`
+    (benchmarks/asha_share.py: the measured share, and the synchronous successive-halving
+    arithmetic beside it), unless epoch_fraction gives the shares."""
+    share = None
+    if epoch_fraction is None:
+        share = asha_share(share_file, epochs)
+        epoch_fraction = (share["synchronous"], share["measured"])
     train_rate = (data.get("epoch", {}).get("workers_0", {}).get("samples_per_s")
                   or data["modes"]["baseline"]["samples_per_s"])
     epoch_s = n_train / train_rate + n_val / (3 * data["modes"]["baseline"]["samples_per_s"])
     out = {"assumptions": dict(trials=trials, epochs=epochs, n_train=n_train, n_val=n_val,
                                gpus=gpus, epoch_fraction=list(epoch_fraction),
-                               train_samples_per_s=train_rate),
+                               train_samples_per_s=train_rate, asha_share=share),
            "epoch_s": epoch_s}
     for f in epoch_fraction:
         gpu_s = trials * epochs * f * epoch_s
-        out[f"fraction_{f}"] = {"trial_epochs": trials * epochs * f, "gpu_hours": gpu_s / 3600,
-                                "wall_minutes": gpu_s / gpus / 60}
+        out[f"fraction_{f:.3g}"] = {"trial_epochs": trials * epochs * f, "gpu_hours": gpu_s / 3600,
+                                    "wall_minutes": gpu_s / gpus / 60}
     return out
 
 
@@ -489,6 +514,8 @@ def main() -> None:
     p.add_argument("--budget-s", type=float, default=480.0, help="skip sections past this")
     p.add_argument("--workdir")
     p.add_argument("--project", metavar="JSON", help="only print the projection from a result")
+    p.add_argument("--asha-share", default=str(ASHA_SHARE), metavar="JSON",
+                   help="ASHA's epoch share for the projection (benchmarks/asha_share.py --json)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker-ready", help=argparse.SUPPRESS)
     p.add_argument("--worker-go", help=argparse.SUPPRESS)
@@ -497,7 +524,8 @@ def main() -> None:
     if args.worker:
         return worker_main(args)
     if args.project:
-        return print(dumps(projection(json.loads(Path(args.project).read_text())), indent=2))
+        return print(dumps(projection(json.loads(Path(args.project).read_text()),
+                                      share_file=args.asha_share), indent=2))
     if args.quick:
         args.encoder, args.image_size, args.oct_slices, args.batch_size = "tiny_vit", 32, 4, 8
         args.steps, args.warmup, args.n_train, args.seconds = 3, 1, 24, 2.0
@@ -552,7 +580,10 @@ def main() -> None:
         if not workdir_given:
             shutil.rmtree(work, ignore_errors=True)
     if "median_s" in report.data.get("modes", {}).get("baseline", {}):
-        report.put("projection", projection(report.data))
+        try:
+            report.put("projection", projection(report.data, share_file=args.asha_share))
+        except (OSError, ValueError, KeyError) as exc:   # the measured figures are kept
+            report.put("projection", {"error": f"{type(exc).__name__}: {exc}"})
     log(f"done: {args.out}")
 
 

@@ -16,10 +16,12 @@ separate tuning dataset (seed 1000) and then fits every seed at that method's be
 
     python benchmarks/compare_methods.py --methods baseline,modality,fairness,full \\
         --seeds 0 1 2 3 4 --epochs 6 --out results/compare
+    python benchmarks/compare_methods.py --render results/compare/compare.json [--brief]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -230,33 +232,64 @@ def verdict_lines(rows, attribute, methods) -> list[str]:
             for line in out]
 
 
-def table(rows, attribute, methods) -> str:
+def mean_std(values, scale=100) -> str:
+    """Mean ± std over seeds, std with ddof=1 (the sample std: ddof=0 reads about 11% small at
+    n = 5); one seed: the mean alone; NaN entries (an undefined figure) left out."""
+    v = np.array(values, dtype=float) * scale
+    v = v[~np.isnan(v)]
+    if not len(v):
+        return ""
+    return f"{v.mean():.1f}" if len(v) < 2 else f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
+
+
+BRIEF = ("method", "AUC", "ES-AUC", "worst AUC", "reliance oct", "reliance slo",
+         "Δ ES-AUC [95% CI]", "Δ worst AUC [95% CI]", "gap closed", "verdict", "chosen setting")
+
+
+def table(rows, attribute, methods, columns=None, settings=None) -> str:
+    """Markdown table, one row per method; `columns` keeps those headers only (in table order);
+    `settings` ({method: ["key=value", ...]}, a tuned run's choices) adds "chosen setting"."""
     groups = list(ATTRIBUTES[attribute].values())
     mods = sorted({k.split("/")[1] for r in rows for k in r if k.startswith("reliance/")})
     head = (["method", "AUC", "ES-AUC"] + [f"AUC {g}" for g in groups] + ["worst AUC"]
             + [f"reliance {m}" for m in mods] + ["DPD@thr", "DEOdds@thr", "Δ ES-AUC [95% CI]",
-                                                 "Δ worst AUC [95% CI]", "gap closed", "verdict", "s/fit"])
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+                                                 "Δ worst AUC [95% CI]", "gap closed", "verdict", "s/fit"]
+            + (["chosen setting"] if settings else []))
+    keep = [i for i, h in enumerate(head) if columns is None or h in columns]
+    lines = ["| " + " | ".join(head[i] for i in keep) + " |", "|---" * len(keep) + "|"]
     for method in methods:
         sel = [r for r in rows if r["attribute"] == attribute and r["method"] == method
                and "auc" in r]
         if not sel:
             continue
         def cell(k, scale=100):
-            v = np.array([r.get(k, np.nan) for r in sel], dtype=float) * scale
-            return "" if np.isnan(v).all() else f"{np.nanmean(v):.1f} ± {np.nanstd(v):.1f}"
+            return mean_std([r.get(k, np.nan) for r in sel], scale)
         d_es, d_w = (paired(rows, attribute, method, k) for k in ("es_auc", "worst_auc"))
         ref = method == "baseline" or method.startswith("ideal")
         fmt = lambda d: ("" if ref or np.isnan(d[0])  # noqa: E731
                          else f"{100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}]")
         gap = gap_closed(rows, attribute, method)
-        lines.append("| " + " | ".join(
-            [method, cell("auc"), cell("es_auc")] + [cell(f"auc/{g}") for g in groups]
-            + [cell("worst_auc")] + [cell(f"reliance/{m}") for m in mods]
-            + [cell("dpd_at_val_threshold"), cell("deodds_at_val_threshold"), fmt(d_es), fmt(d_w),
-               "" if method.startswith("ideal") or np.isnan(gap) else f"{gap:.2f}",
-               "" if ref else verdict(d_es), cell("seconds", 1)]) + " |")
+        cells = ([method, cell("auc"), cell("es_auc")] + [cell(f"auc/{g}") for g in groups]
+                 + [cell("worst_auc")] + [cell(f"reliance/{m}") for m in mods]
+                 + [cell("dpd_at_val_threshold"), cell("deodds_at_val_threshold"), fmt(d_es),
+                    fmt(d_w), "" if method.startswith("ideal") or np.isnan(gap) else f"{gap:.2f}",
+                    "" if ref else verdict(d_es), cell("seconds", 1)]
+                 + ([_setting(settings.get(method, []))] if settings else []))
+        lines.append("| " + " | ".join(cells[i] for i in keep) + " |")
     return "\n".join(lines)
+
+
+def _setting(sets: list[str]) -> str:
+    """"key=value, ..." with 3 significant digits, as the docs print a tuned method's choice."""
+    out = []
+    for s in sets:
+        key, _, value = s.partition("=")
+        try:
+            value = f"{float(value):.3g}"
+        except ValueError:
+            pass
+        out.append(f"{key}={value}")
+    return ", ".join(out)
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -310,38 +343,61 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2, help="fits in parallel (processes)")
     p.add_argument("--no-logreg", action="store_true")
     p.add_argument("--out", default="results/compare")
+    p.add_argument("--render", metavar="JSON",
+                   help="only print the report of an earlier run's compare.json (no training)")
+    p.add_argument("--brief", action="store_true",
+                   help="with --render: the docs' columns and each tuned method's setting")
     args = p.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
     args.methods += [f"baseline@{m}" for m in args.modalities.split(",") if m]
     if "baseline" not in args.methods:
         p.error("--methods must include baseline (the paired reference)")
+    if args.render:
+        print(report(json.loads(Path(args.render).read_text()), brief=args.brief))
+        return 0
     Path(args.out).mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     rows, sets = run(args)
-    order = (["ideal oct", "ideal slo", "ideal all"] + args.methods
-             + ["logreg slo", "logreg oct", "logreg late fusion"])
-    report = [f"# Method comparison ({len(args.seeds)} seeds: {args.seeds}; "
-              f"{args.n_train}/{args.n_val}/{args.n_test}; preset {args.preset}; "
-              f"{args.epochs} epochs{'; tuned: ' + str(args.tune) + ' trials' if args.tune else ''})",
-              "Percent, mean ± std over seeds; Δ = paired (same seed) difference to baseline with "
-              "95% t interval; reliance = drop in test AUC with that modality permuted; "
-              "DPD/DEOdds at the validation-prevalence threshold.", ""]
-    for attribute in args.attributes:
-        report += [f"## {attribute}", "", table(rows, attribute, order), "",
-                   *verdict_lines(rows, attribute, order), ""]
-    errors = sorted({f"{r['method']}: {r['error']}" for r in rows if "error" in r})
-    report += [f"- not run: {e}" for e in errors]
-    if args.tune:
-        report += [f"- search ({args.tune} trials) {k}: {v:.0f} s" for k, v in args.tune_seconds.items()]
-    report += [f"total wall time {time.perf_counter() - t0:.0f} s"]
-    text = "\n".join(report)
+    data = {"args": {k: v for k, v in vars(args).items()},
+            "tuned_sets": {f"{m}|{a}": s for (m, a), s in sets.items()},
+            "rows": rows, "total_seconds": time.perf_counter() - t0}
+    text = report(data)
     print(text)
     (Path(args.out) / "compare.md").write_text(text + "\n")
-    (Path(args.out) / "compare.json").write_text(dumps(
-        {"args": {k: v for k, v in vars(args).items()}, "tuned_sets": {f"{m}|{a}": s for (m, a), s
-                                                                      in sets.items()},
-         "rows": rows}, indent=1))
+    (Path(args.out) / "compare.json").write_text(dumps(data, indent=1))
     return 0
+
+
+def report(data: dict, brief: bool = False) -> str:
+    """The Markdown report of one run, from what its compare.json holds (so a committed result
+    re-renders without training: --render). brief: the columns the docs show, plus each tuned
+    method's chosen setting."""
+    args, rows = data["args"], data["rows"]
+    seeds, tune = args["seeds"], args.get("tune", 0)
+    order = (["ideal oct", "ideal slo", "ideal all"] + args["methods"]
+             + ["logreg slo", "logreg oct", "logreg late fusion"])
+    out = [f"# Method comparison ({len(seeds)} seeds: {seeds}; "
+           f"{args['n_train']}/{args['n_val']}/{args['n_test']}; preset {args['preset']}; "
+           f"{args['epochs']} epochs{'; tuned: ' + str(tune) + ' trials' if tune else ''})",
+           "Percent, mean ± std over seeds (sample std, ddof=1); Δ = paired (same seed) difference "
+           "to baseline with 95% t interval; reliance = drop in test AUC with that modality "
+           "permuted; DPD/DEOdds at the validation-prevalence threshold.", ""]
+    for attribute in args["attributes"]:
+        settings = ({k.split("|")[0]: v for k, v in data.get("tuned_sets", {}).items()
+                     if k.endswith(f"|{attribute}")} if brief and tune else None)
+        out += [f"## {attribute}", "", table(rows, attribute, order, BRIEF if brief else None,
+                                             settings), ""]
+        if not brief:
+            out += [*verdict_lines(rows, attribute, order), ""]
+    if brief:
+        return "\n".join(out).rstrip()
+    errors = sorted({f"{r['method']}: {r['error']}" for r in rows if "error" in r})
+    out += [f"- not run: {e}" for e in errors]
+    out += [f"- search ({tune} trials) {k}: {v:.0f} s"
+            for k, v in (args.get("tune_seconds") or {}).items()]
+    if "total_seconds" in data:
+        out.append(f"total wall time {data['total_seconds']:.0f} s")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

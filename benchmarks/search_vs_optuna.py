@@ -15,6 +15,7 @@ driver's MLflow callback.
 
     python benchmarks/search_vs_optuna.py [--num-samples 12] [--max-epochs 4] [--sizes 192,96,96]
         [--json out.json] [--skip-peer]
+    python benchmarks/search_vs_optuna.py --from-json benchmarks/results/search-vs-optuna-12x4.json
 
 Not a timed test: this machine is shared; run it on a quiet machine and read the ratios.
 """
@@ -173,6 +174,60 @@ def breakdown(service: dict) -> dict:
     }
 
 
+def overhead(b: dict) -> dict:
+    """The per-trial overhead of the Tune run, measured one way: trial-slot seconds of the run
+    (search_s x concurrency) minus the trials' epoch seconds (epochs x median epoch), per trial.
+    Split into the set-up before the first trial starts (Tune's set-up, the MLflow study run, the
+    trial workers importing torch: a fixed cost of the search, spread over its trials here) and
+    the rest: every per-trial cost (start latency, model build, report and checkpoint, scheduling
+    gaps, the driver's MLflow logging while slots wait) and the tail of the last trials."""
+    slots = b["driver"]["search_s"] * CONCURRENCY
+    compute = b["epochs"] * b["epoch_s_median"]
+    trials = max(b["trials"], 1)
+    setup = b["first_trial_start_s"] * CONCURRENCY / trials
+    total = (slots - compute) / trials
+    return {"per_trial_s": total, "setup_per_trial_s": setup, "per_trial_after_setup_s": total - setup}
+
+
+def summary(a: dict, peer: dict | None, service_wall: float, b: dict, best=None) -> list[str]:
+    """The benchmark's closing lines, from what its JSON holds (--from-json re-prints them)."""
+    d, pt, o = b["driver"], b["per_trial"], overhead(b)
+    out = [f"== search vs plain Optuna: {a['num_samples']} trials, <= {a['max_epochs']} epochs, "
+           f"successive halving (grace {a['grace_period']}, factor {a['reduction_factor']}), "
+           f"{CONCURRENCY} at a time, data {a['sizes']} =="]
+    if peer:
+        out.append(f"plain Optuna (one process)   wall {peer['wall_s']:6.1f} s   {peer['epochs']} "
+                   f"epochs, {peer['epoch_s_median']:.2f} s/epoch (median)   best val ES-AUC "
+                   f"{peer['best_es_auc']:.4f}")
+    out.append(f"service (embedded Ray/Tune)  wall {service_wall:6.1f} s   {b['epochs']} epochs, "
+               f"{b['epoch_s_median']:.2f} s/epoch (median)"
+               + (f"   best val ES-AUC {best:.4f}" if best is not None else "")
+               + f"   trials ran in {b['workers']} worker process(es)")
+    if peer:
+        closing = d["summary_s"] + d["decide_s"]
+        out.append(f"ratio service / peer: {service_wall / peer['wall_s']:.2f}x   (search stage "
+                   f"only, without Ray start and the closing test/model logging: "
+                   f"{d['search_s'] / peer['wall_s']:.2f}x; goal <= 3x)   closing stage {closing:.1f} s")
+    out.append("where the service's seconds go (driver):")
+    out += [f"  {k:<14} {v:6.2f} s" for k, v in d.items()]
+    out.append("per trial (mean; parts of the overhead below, not added to it):")
+    out += [f"  {k:<24} {v:6.3f} s" for k, v in pt.items()]
+    out.append(f"Tune run: first trial started at {b['first_trial_start_s']:.1f} s (MLflow study run "
+               f"{b['mlflow_start_s']:.1f} s, Tune set-up to the first trial "
+               f"{b['tune_to_first_trial_s']:.1f} s), last ended at {b['last_trial_end_s']:.1f} s "
+               f"of {d['search_s']:.1f} s")
+    out.append(f"per-trial overhead of the Tune run: (search_s x {CONCURRENCY} - epochs x median "
+               f"epoch) / trials = {o['per_trial_s']:.2f} s, of which set-up before the first "
+               f"trial {o['setup_per_trial_s']:.2f} s (paid once per search) and "
+               f"{o['per_trial_after_setup_s']:.2f} s per trial after it (incl. the driver's "
+               f"MLflow logging; goal <= 0.5 s)")
+    if peer:
+        peer_over = (peer["wall_s"] * CONCURRENCY - peer["epochs"] * peer["epoch_s_median"]) / peer["trials"]
+        out.append(f"  the same for the peer: {peer_over:.2f} s (model build, threads sharing "
+                   f"the cores)")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--num-samples", type=int, default=12)
@@ -184,50 +239,27 @@ def main() -> None:
     p.add_argument("--out", default="")
     p.add_argument("--json", default="")
     p.add_argument("--skip-peer", action="store_true")
+    p.add_argument("--from-json", metavar="JSON",
+                   help="only re-print the closing lines of an earlier run's --json output")
     a = p.parse_args()
+    if a.from_json:
+        r = json.loads(Path(a.from_json).read_text())
+        print("\n".join(summary(r["args"], r["peer"], r["service_wall_s"], r["breakdown"],
+                               r.get("service_best_es_auc"))))
+        return
     out = Path(a.out or tempfile.mkdtemp(prefix="search-vs-optuna-"))
     sizes = tuple(int(x) for x in a.sizes.split(","))
     data_root, cfg, datasets = make_data(out, sizes, a.seed)
     peer = None if a.skip_peer else run_peer(cfg, datasets, a)
     service = run_service(data_root, out, a)
     b = breakdown(service)
-    d, pt = b["driver"], b["per_trial"]
-    print(f"\n== search vs plain Optuna: {a.num_samples} trials, <= {a.max_epochs} epochs, successive "
-          f"halving (grace {a.grace_period}, factor {a.reduction_factor}), {CONCURRENCY} at a time, "
-          f"data {a.sizes}, {os.cpu_count()} cores ==")
-    if peer:
-        print(f"plain Optuna (one process)   wall {peer['wall_s']:6.1f} s   {peer['epochs']} epochs, "
-              f"{peer['epoch_s_median']:.2f} s/epoch (median)   best val ES-AUC {peer['best_es_auc']:.4f}")
-    print(f"service (embedded Ray/Tune)  wall {service['wall_s']:6.1f} s   {b['epochs']} epochs, "
-          f"{b['epoch_s_median']:.2f} s/epoch (median)   best val ES-AUC "
-          f"{service['best_es_auc'] if service['best_es_auc'] is None else round(service['best_es_auc'], 4)}"
-          f"   trials ran in {b['workers']} worker process(es)")
-    if peer:
-        closing = d["summary_s"] + d["decide_s"]
-        print(f"ratio service / peer: {service['wall_s'] / peer['wall_s']:.2f}x   (search stage only, "
-              f"without Ray start and the closing test/model logging: "
-              f"{d['search_s'] / peer['wall_s']:.2f}x; goal <= 3x)   closing stage {closing:.1f} s")
-    print("where the service's seconds go (driver):")
-    for k, v in d.items():
-        print(f"  {k:<14} {v:6.2f} s")
-    print("per trial (mean):")
-    for k, v in pt.items():
-        print(f"  {k:<24} {v:6.3f} s")
-    compute = b["epochs"] * b["epoch_s_median"]
-    overhead = (d["search_s"] * CONCURRENCY - compute) / max(b["trials"], 1)
-    print(f"Tune run: first trial started at {b['first_trial_start_s']:.1f} s (MLflow study run "
-          f"{b['mlflow_start_s']:.1f} s, Tune set-up to the first trial {b['tune_to_first_trial_s']:.1f} s), "
-          f"last ended at {b['last_trial_end_s']:.1f} s of {d['search_s']:.1f} s")
-    print(f"idle trial slots per trial (scheduling, sampling, the last trials' tail): "
-          f"{b['idle_slot_s_per_trial']:.2f} s")
-    print(f"per-trial overhead in the Tune run: (search_s x {CONCURRENCY} - epochs x median epoch) / "
-          f"trials = {overhead:.2f} s (goal <= 0.5 s)")
-    if peer:
-        peer_over = (peer["wall_s"] * CONCURRENCY - peer["epochs"] * peer["epoch_s_median"]) / peer["trials"]
-        print(f"  the same for the peer: {peer_over:.2f} s (model build, threads sharing {os.cpu_count()} cores)")
+    print("\n" + "\n".join(summary(vars(a), peer, service["wall_s"], b, service["best_es_auc"])))
     if a.json:
-        Path(a.json).write_text(json.dumps({"args": vars(a), "peer": peer, "breakdown": b,
-                                            "service_wall_s": service["wall_s"]}, indent=1, default=str))
+        Path(a.json).write_text(json.dumps({"args": vars(a), "cores": os.cpu_count(), "peer": peer,
+                                            "breakdown": b, "overhead": overhead(b),
+                                            "service_wall_s": service["wall_s"],
+                                            "service_best_es_auc": service["best_es_auc"]},
+                                           indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -45,3 +45,36 @@ def test_projection_scales_with_trials_and_epoch_share():
     assert p["epoch_s"] == pytest.approx(epoch_s)
     assert p["fraction_0.5"]["gpu_hours"] == pytest.approx(10 * 4 * 0.5 * epoch_s / 3600)
     assert p["fraction_0.5"]["wall_minutes"] == pytest.approx(10 * 4 * 0.5 * epoch_s / 2 / 60)
+
+
+def _share_file(tmp_path, epochs=10, grace=2, factor=3, measured=0.45, sync=0.384):
+    path = tmp_path / "share.json"
+    path.write_text(json.dumps({"args": {"max_epochs": epochs, "grace_period": grace,
+                                         "reduction_factor": factor},
+                                "asha_epoch_share": measured, "synchronous_share": sync,
+                                "trials": 100}))
+    return path
+
+
+def test_projection_reads_its_asha_share_from_the_measurement(tmp_path):
+    data = {"modes": {"baseline": {"samples_per_s": 300.0}},
+            "epoch": {"workers_0": {"samples_per_s": 200.0}}}
+    p = bench_gpu.projection(data, share_file=_share_file(tmp_path))
+    assert p["assumptions"]["epoch_fraction"] == [0.384, 0.45]
+    assert p["fraction_0.45"]["trial_epochs"] == pytest.approx(100 * 10 * 0.45)
+    # a share measured with another schedule is refused, naming the file and both schedules
+    with pytest.raises(ValueError, match=r"share\.json.*\(10, 1, 2\).*\(10, 2, 3\)"):
+        bench_gpu.projection(data, share_file=_share_file(tmp_path, grace=1, factor=2))
+
+
+def test_committed_asha_share_matches_the_rung_arithmetic():
+    from benchmarks.asha_share import synchronous_share
+
+    r = json.loads(bench_gpu.ASHA_SHARE.read_text())
+    a = r["args"]
+    assert (a["max_epochs"], a["grace_period"], a["reduction_factor"]) == (10, 2, 3)
+    assert r["epochs_trained"] == sum(r["epochs_per_trial"])
+    assert r["asha_epoch_share"] == pytest.approx(r["epochs_trained"] / (a["num_samples"] * 10))
+    # 100 trials: 100 x 2 epochs, ceil(100/3) = 34 go on to 6, ceil(34/3) = 12 to 10
+    assert synchronous_share(100, 10, 2, 3) == pytest.approx((100 * 2 + 34 * 4 + 12 * 4) / 1000)
+    assert r["synchronous_share"] == pytest.approx(synchronous_share(a["num_samples"], 10, 2, 3))

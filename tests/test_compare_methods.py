@@ -38,3 +38,43 @@ def test_gap_closed_hand_worked():
     rows = _rows([0.04, 0.05, 0.06])
     assert cm.gap_closed(rows, "race", "m") == pytest.approx((0.76 - 0.60) / (0.80 - 0.60))
     assert "| m |" in cm.table(rows, "race", ["baseline", "m"])
+
+
+def test_std_over_seeds_is_the_sample_std():
+    import statistics
+
+    values = [0.70, 0.74, 0.69, 0.80, 0.72]
+    rows = [{"seed": s, "attribute": "race", "method": "baseline", "auc": v, "es_auc": v,
+             "worst_auc": v} for s, v in enumerate(values)]
+    line = next(ln for ln in cm.table(rows, "race", ["baseline"]).splitlines()
+                if ln.startswith("| baseline"))
+    pct = [100 * v for v in values]
+    assert f"{statistics.mean(pct):.1f} ± {statistics.stdev(pct):.1f}" in line   # ddof=1
+    assert cm.mean_std([0.5]) == "50.0"                     # one seed: no spread to report
+    assert cm.mean_std([0.5, float("nan"), 0.7]) == f"60.0 ± {statistics.stdev([50, 70]):.1f}"
+
+
+def test_committed_reports_rerender_from_their_json():
+    """Every committed compare-*.md is what --render makes of the .json beside it, so a figure
+    in the docs traces to the raw rows through one command."""
+    import json
+    from pathlib import Path
+
+    results = Path(cm.__file__).resolve().parent / "results"
+    pairs = sorted(results.glob("compare-*.json"))
+    assert pairs
+    for path in pairs:
+        md = path.with_suffix(".md").read_text()
+        assert cm.report(json.loads(path.read_text())) + "\n" == md, path.name
+
+
+def test_brief_report_adds_each_tuned_setting():
+    rows = _rows([0.04, 0.05, 0.06])
+    data = {"args": {"seeds": [0, 1, 2], "tune": 8, "methods": ["baseline", "m"],
+                     "attributes": ["race"], "n_train": 1, "n_val": 1, "n_test": 1,
+                     "preset": "tiny", "epochs": 8},
+            "tuned_sets": {"m|race": ["lr=0.000156475", "mode_x=abc"], "baseline|race": []},
+            "rows": rows}
+    text = cm.report(data, brief=True)
+    assert "| chosen setting |" in text and "lr=0.000156, mode_x=abc |" in text
+    assert "DPD@thr" not in text
