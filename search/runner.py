@@ -139,7 +139,8 @@ def parse_args(dataset: str, attribute: str, baseline: dict | None, argv=None) -
     add("--max-epochs", type=int, default=defaults.max_epochs)
     add("--grace-period", type=int, default=defaults.grace_period, help="ASHA: first rung (epochs)")
     add("--reduction-factor", type=int, default=defaults.reduction_factor)
-    add("--max-concurrent", type=int, default=0, help="0: as many as the resources hold")
+    add("--max-concurrent", type=int, default=0, help="0: as many as the cluster holds at its largest "
+        "(an autoscaler's maximum size, else the nodes present; docs/scaling.md)")
     add("--cpus-per-trial", type=float, default=defaults.cpus_per_trial)
     add("--gpus-per-trial", type=float, default=defaults.gpus_per_trial, help="fractions allowed")
     add("--max-failures", type=int, default=defaults.max_failures, help="retries per trial")
@@ -248,15 +249,10 @@ def init_ray(scfg: SearchConfig) -> None:
 
 
 def max_concurrent(scfg: SearchConfig) -> int:
-    if scfg.max_concurrent > 0:
-        return scfg.max_concurrent
-    import ray
+    """Trials at once: --max-concurrent, else what the cluster can become (search/cluster_size.py)."""
+    from search.cluster_size import trial_concurrency
 
-    res = ray.cluster_resources()
-    fits = int(res.get("CPU", 1) // max(scfg.cpus_per_trial, 1e-9))
-    if scfg.gpus_per_trial > 0:
-        fits = min(fits, int(res.get("GPU", 0) / scfg.gpus_per_trial + 1e-9))
-    return max(1, min(fits, scfg.num_samples))
+    return trial_concurrency(scfg, scfg.num_samples)
 
 
 def run_search(scfg: SearchConfig) -> SearchOutcome:
@@ -318,6 +314,7 @@ def prepare_study(scfg: SearchConfig, timings: dict | None = None):
     scfg.results_dir.mkdir(parents=True, exist_ok=True)
     # Tune warns on every forced snapshot (num_to_keep=1 forces one per checkpoint): by design here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    study.check_storage(scfg.storage_path)   # one line, not pyarrow's traceback, before anything starts
     exists = tune.Tuner.can_restore(scfg.study_dir)
     if exists and not scfg.resume:
         raise StudyExists(f"a study named {scfg.name!r} already exists at {scfg.study_dir}: add "
@@ -350,6 +347,9 @@ def prepare_study(scfg: SearchConfig, timings: dict | None = None):
         init_ray(scfg)
         timings["ray_start_s"] = time.perf_counter() - clock
         try:
+            from search.cluster_size import check_room
+
+            check_room(scfg)   # a trial nothing can hold would wait forever: refuse it now
             synthetic, cfg, prepared, timings["data_s"] = data.result()
             if store is not None:
                 timings["tracking_s"] += store.result()
@@ -412,11 +412,15 @@ def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor, timings: d
               f"parent run {tracker.parent_run_id}", flush=True)
     if timings is not None:
         timings["mlflow_start_s"] = time.perf_counter() - clock   # store, experiment, parent run
+    from search.cluster_size import reserved
+
+    slots = max_concurrent(scfg)
     if not scfg.resume:
-        tuner = _new_tuner(scfg, setup, trainable, tracker, auc_floor)
+        tuner = _new_tuner(scfg, setup, trainable, tracker, auc_floor, slots)
     if timings is not None:
         timings["tune_started"] = time.time()
-    results = tuner.fit()
+    with reserved(scfg, slots):   # the autoscaler starts every slot's node now, not one at a time
+        results = tuner.fit()
     if scfg.resume and tracker is not None:
         from pathlib import PurePosixPath
 
@@ -437,7 +441,7 @@ def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor, timings: d
     return results, tracker
 
 
-def _new_tuner(scfg, setup, trainable, tracker, auc_floor):
+def _new_tuner(scfg, setup, trainable, tracker, auc_floor, slots: int):
     from ray import tune
 
     from search import objectives, study
@@ -455,7 +459,7 @@ def _new_tuner(scfg, setup, trainable, tracker, auc_floor):
         tune_config=tune.TuneConfig(**objectives.tune_metric(scfg),
                                     search_alg=objectives.make_searcher(scfg, auc_floor),
                                     scheduler=objectives.make_scheduler(scfg), num_samples=scfg.num_samples,
-                                    max_concurrent_trials=max_concurrent(scfg),
+                                    max_concurrent_trials=slots,
                                     trial_dirname_creator=trial_dirname, reuse_actors=True),
         run_config=tune.RunConfig(
             name=scfg.name, storage_path=scfg.storage_path, callbacks=callbacks, verbose=scfg.verbose,
