@@ -174,14 +174,21 @@ def read_capacity(shape: dict) -> Capacity:
 
 
 def autoscaler_running(gcs_address: str) -> bool:
-    """Whether an autoscaler serves this cluster: the v1 monitor writes its status to the GCS
-    every few seconds; the v2 one reports an autoscaling state."""
+    """Whether an autoscaler that can add nodes serves this cluster. Every `ray start --head`
+    runs a monitor that writes its status to the GCS; without an autoscaling config it is
+    read-only (it names each node's type after the node itself: `node_<id>`) and adds nothing.
+    The v2 autoscaler reports an autoscaling state instead."""
+    import json
+
     with contextlib.suppress(Exception):
         from ray._private import ray_constants
+        from ray.autoscaler._private.util import format_readonly_node_type
         from ray.experimental.internal_kv import _internal_kv_get
 
-        if _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS):
-            return True
+        status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        if status:
+            types = (json.loads(status).get("autoscaler_report") or {}).get("node_type_mapping") or {}
+            return any(kind != format_readonly_node_type(node) for node, kind in types.items())
     with contextlib.suppress(Exception):
         from ray.autoscaler.v2.sdk import get_cluster_status
 
