@@ -229,27 +229,51 @@ def trial_concurrency(scfg, wanted: int, label: str = "search") -> int:
     return n
 
 
-@contextlib.contextmanager
-def reserved(scfg, slots: int):
-    """Ask the autoscaler for `slots` trials' resources for the stage, released at its end (also
-    on errors and Ctrl-C; a SIGKILLed driver leaves the request standing until the next search
-    or `ray.autoscaler.sdk.request_resources(bundles=[])`). A no-op on an embedded Ray."""
+def check_room(scfg) -> int:
+    """The search's trials at once, silently; raises NoRoomForTrial for a search none of whose
+    trials could ever start."""
+    shape = bundle(scfg.cpus_per_trial, scfg.gpus_per_trial)
+    return decide(read_capacity(shape), shape, scfg.num_samples, scfg.max_concurrent)[0]
+
+
+_atexit = []
+
+
+def request(scfg, slots: int) -> None:
+    """Ask the autoscaler for `slots` trials' resources now (it starts their nodes at once,
+    bypassing its upscaling_speed), until `release()`, a new request, or this driver's exit (an
+    atexit hook; a SIGKILLed driver leaves the request standing until the next search or
+    `ray.autoscaler.sdk.request_resources(bundles=[])`). A no-op on an embedded Ray."""
     from search.embedded_ray import is_embedded
 
-    if is_embedded():
-        yield
+    if is_embedded() or slots <= 0:
         return
     from ray.autoscaler.sdk import request_resources
 
     request_resources(bundles=[bundle(scfg.cpus_per_trial, scfg.gpus_per_trial)] * slots)
-    try:
-        yield
-    finally:
+    if not _atexit:
+        import atexit
+
+        _atexit.append(atexit.register(release))
+
+
+def release() -> None:
+    """Withdraw the request (the request persists in the GCS otherwise: idle nodes would stay)."""
+    import ray
+
+    if _atexit and ray.is_initialized():
         with contextlib.suppress(Exception):   # Ray already gone: nothing left to release
+            from ray.autoscaler.sdk import request_resources
+
             request_resources(bundles=[])
 
 
-def check_room(scfg) -> None:
-    """Refuse (NoRoomForTrial) a search none of whose trials could ever start; prints nothing."""
-    shape = bundle(scfg.cpus_per_trial, scfg.gpus_per_trial)
-    decide(read_capacity(shape), shape, 1, scfg.max_concurrent)
+@contextlib.contextmanager
+def reserved(scfg, slots: int):
+    """`request` for the length of a stage (the search, the confirmation), released at its end,
+    also on errors and Ctrl-C."""
+    request(scfg, slots)
+    try:
+        yield
+    finally:
+        release()

@@ -347,13 +347,18 @@ def prepare_study(scfg: SearchConfig, timings: dict | None = None):
         init_ray(scfg)
         timings["ray_start_s"] = time.perf_counter() - clock
         try:
-            from search.cluster_size import check_room
+            from search.cluster_size import check_room, request
 
-            check_room(scfg)   # a trial nothing can hold would wait forever: refuse it now
+            # a trial nothing can hold would wait forever: refused here; the autoscaler starts
+            # the trials' nodes now, while the data and the tracking store are prepared
+            request(scfg, check_room(scfg))
             synthetic, cfg, prepared, timings["data_s"] = data.result()
             if store is not None:
                 timings["tracking_s"] += store.result()
         except BaseException:
+            from search.cluster_size import release
+
+            release()            # no nodes kept for a search that will not run
             if started_here:
                 ray.shutdown()   # bad data: refuse it without leaving this study's Ray behind
             raise
