@@ -147,7 +147,8 @@ class FakeAutoscalingCluster:
                              text=True, timeout=60)
         if out.returncode:
             raise RuntimeError(out.stderr[-2000:])
-        line = next(x for x in out.stdout.splitlines() if x.startswith("RESOURCES "))   # not Ray's event lines
+        # the one line of ours among Ray's event lines
+        line = next(x for x in out.stdout.splitlines() if x.startswith("RESOURCES "))
         return json.loads(line.removeprefix("RESOURCES "))
 
     def wait_resources(self, predicate, timeout: float, interval: float = 3) -> dict:

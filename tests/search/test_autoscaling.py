@@ -10,7 +10,6 @@ sizes itself from the autoscaler's maximum (2 nodes), asks for both nodes up fro
 once on two autoscaled nodes, and the nodes go away once the search has released its request.
 The study lives on moto's S3 server (a FAKE of AWS S3), as on a real multi-node cluster.
 """
-import math
 import os
 import signal
 import subprocess

@@ -64,7 +64,8 @@ def test_local_gpu_trial_on_a_machine_without_gpu_is_refused_not_pending(data_ro
 
 
 @pytest.mark.slow
-def test_gpu_trial_on_an_attached_cluster_without_gpu_or_autoscaler_is_refused(data_root, cache_dir, tmp_path):
+def test_gpu_trial_on_an_attached_cluster_without_gpu_or_autoscaler_is_refused(data_root, cache_dir,
+                                                                             tmp_path):
     with LocalCluster({"head": {"num_cpus": 1}, "w1": {"num_cpus": 1}}) as cluster:
         out = run_driver(tiny_args(data_root, tmp_path, "--gpus-per-trial", "1", "--max-concurrent", "2"),
                          cluster.driver_env(), tmp_path)
