@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from search.cluster_size import reserved, trial_concurrency
 from search.study import full_length, trial_record
 
 BASELINE = "baseline"
@@ -77,6 +78,7 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     n = len(cands) * len(seed_list)
     print(f"[{stage}] {len(cands)} candidates x {len(seed_list)} seeds = {n} runs of "
           f"{scfg.max_epochs} epochs: {', '.join(cands)}", flush=True)
+    slots = _concurrency(scfg, n)
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
@@ -84,7 +86,7 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
             trainable, param_space={"candidate": tune.grid_search(list(cands)),
                                     "seed": tune.grid_search(seed_list)},
             tune_config=tune.TuneConfig(metric=METRIC, mode="max",   # no searcher: a plain grid
-                                        max_concurrent_trials=min(n, _concurrency(scfg)),
+                                        max_concurrent_trials=slots,
                                         trial_dirname_creator=trial_dirname, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=name, storage_path=scfg.storage_path, callbacks=callbacks, verbose=min(scfg.verbose, 1),
@@ -92,7 +94,9 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
                 # the newest two (as the search): the last epoch's holds the best model
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
     runs = []
-    for r in tuner.fit():
+    with reserved(scfg, slots):   # the autoscaler starts every slot's node now
+        grid = tuner.fit()
+    for r in grid:
         df = r.metrics_dataframe
         rows = df.to_dict("records") if df is not None and len(df) else []
         trial_id = r.path.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
@@ -103,13 +107,8 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     return runs
 
 
-def _concurrency(scfg) -> int:
-    import ray
-
-    if scfg.max_concurrent > 0:
-        return scfg.max_concurrent
-    res = ray.cluster_resources()
-    return max(1, int(res.get("CPU", 1) // max(scfg.cpus_per_trial, 1e-9)))
+def _concurrency(scfg, n: int) -> int:
+    return trial_concurrency(scfg, n, CONFIRM)   # GPUs counted, the autoscaler's maximum
 
 
 def candidate_stats(runs: list[dict]) -> dict[str, dict]:

@@ -21,6 +21,7 @@ import os
 LOOPBACK = "127.0.0.1"
 SINGLE_MACHINE_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 AUTH_VAR = "RAY_AUTH_MODE"
+_started: dict = {}   # the GCS address of the Ray this process started (search/cluster_size.py)
 
 
 @contextlib.contextmanager
@@ -53,7 +54,17 @@ def init_local_ray(num_cpus: int | None = None, num_gpus: int | None = None, **k
     if num_gpus is not None:
         kwargs["num_gpus"] = num_gpus
     with _single_machine_mode():
-        return ray.init(address="local", num_cpus=num_cpus, _node_ip_address=LOOPBACK, **kwargs)
+        context = ray.init(address="local", num_cpus=num_cpus, _node_ip_address=LOOPBACK, **kwargs)
+    _started["gcs"] = ray.get_runtime_context().gcs_address
+    return context
+
+
+def is_embedded() -> bool:
+    """Whether the Ray this process is connected to is one it started here: nothing can join it
+    (no autoscaler, no other machine)."""
+    import ray
+
+    return ray.is_initialized() and _started.get("gcs") == ray.get_runtime_context().gcs_address
 
 
 @contextlib.contextmanager

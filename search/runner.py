@@ -142,7 +142,8 @@ def parse_args(dataset: str, attribute: str, baseline: dict | None, argv=None) -
     add("--max-epochs", type=int, default=defaults.max_epochs)
     add("--grace-period", type=int, default=defaults.grace_period, help="ASHA: first rung (epochs)")
     add("--reduction-factor", type=int, default=defaults.reduction_factor)
-    add("--max-concurrent", type=int, default=0, help="0: as many as the resources hold")
+    add("--max-concurrent", type=int, default=0, help="0: as many as the cluster holds at its largest "
+        "(an autoscaler's maximum size, else the nodes present; docs/scaling.md)")
     add("--cpus-per-trial", type=float, default=defaults.cpus_per_trial)
     add("--gpus-per-trial", type=float, default=defaults.gpus_per_trial, help="fractions allowed")
     add("--max-failures", type=int, default=defaults.max_failures, help="retries per trial")
@@ -254,15 +255,10 @@ def init_ray(scfg: SearchConfig) -> None:
 
 
 def max_concurrent(scfg: SearchConfig) -> int:
-    if scfg.max_concurrent > 0:
-        return scfg.max_concurrent
-    import ray
+    """Trials at once: --max-concurrent, else what the cluster can become (search/cluster_size.py)."""
+    from search.cluster_size import trial_concurrency
 
-    res = ray.cluster_resources()
-    fits = int(res.get("CPU", 1) // max(scfg.cpus_per_trial, 1e-9))
-    if scfg.gpus_per_trial > 0:
-        fits = min(fits, int(res.get("GPU", 0) / scfg.gpus_per_trial + 1e-9))
-    return max(1, min(fits, scfg.num_samples))
+    return trial_concurrency(scfg, scfg.num_samples)
 
 
 def run_search(scfg: SearchConfig) -> SearchOutcome:
@@ -329,6 +325,7 @@ def prepare_study(scfg: SearchConfig, timings: dict | None = None):
     scfg.results_dir.mkdir(parents=True, exist_ok=True)
     # Tune warns on every forced snapshot (num_to_keep=1 forces one per checkpoint): by design here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    study.check_storage(scfg.storage_path)   # one line, not pyarrow's traceback, before anything starts
     exists = tune.Tuner.can_restore(scfg.study_dir)
     if exists and not scfg.resume:
         raise StudyExists(f"a study named {scfg.name!r} already exists at {scfg.study_dir}: add "
@@ -361,10 +358,18 @@ def prepare_study(scfg: SearchConfig, timings: dict | None = None):
         init_ray(scfg)
         timings["ray_start_s"] = time.perf_counter() - clock
         try:
+            from search.cluster_size import check_room, request
+
+            # a trial nothing can hold would wait forever: refused here; the autoscaler starts
+            # the trials' nodes now, while the data and the tracking store are prepared
+            request(scfg, check_room(scfg))
             synthetic, cfg, prepared, timings["data_s"] = data.result()
             if store is not None:
                 timings["tracking_s"] += store.result()
         except BaseException:
+            from search.cluster_size import release
+
+            release()            # no nodes kept for a search that will not run
             if started_here:
                 ray.shutdown()   # bad data: refuse it without leaving this study's Ray behind
             raise
@@ -423,11 +428,15 @@ def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor, timings: d
               f"parent run {tracker.parent_run_id}", flush=True)
     if timings is not None:
         timings["mlflow_start_s"] = time.perf_counter() - clock   # store, experiment, parent run
+    from search.cluster_size import reserved
+
+    slots = max_concurrent(scfg)
     if not scfg.resume:
-        tuner = _new_tuner(scfg, setup, trainable, tracker, auc_floor)
+        tuner = _new_tuner(scfg, setup, trainable, tracker, auc_floor, slots)
     if timings is not None:
         timings["tune_started"] = time.time()
-    results = tuner.fit()
+    with reserved(scfg, slots):   # the autoscaler starts every slot's node now, not one at a time
+        results = tuner.fit()
     if scfg.resume and tracker is not None:
         from pathlib import PurePosixPath
 
@@ -448,7 +457,7 @@ def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor, timings: d
     return results, tracker
 
 
-def _new_tuner(scfg, setup, trainable, tracker, auc_floor):
+def _new_tuner(scfg, setup, trainable, tracker, auc_floor, slots: int):
     from ray import tune
 
     from search import objectives, study
@@ -466,7 +475,7 @@ def _new_tuner(scfg, setup, trainable, tracker, auc_floor):
         tune_config=tune.TuneConfig(**objectives.tune_metric(scfg),
                                     search_alg=objectives.make_searcher(scfg, auc_floor),
                                     scheduler=objectives.make_scheduler(scfg), num_samples=scfg.num_samples,
-                                    max_concurrent_trials=max_concurrent(scfg),
+                                    max_concurrent_trials=slots,
                                     trial_dirname_creator=trial_dirname, reuse_actors=True),
         run_config=tune.RunConfig(
             name=scfg.name, storage_path=scfg.storage_path, callbacks=callbacks, verbose=scfg.verbose,
