@@ -5,14 +5,13 @@ the paper's point (same mode) and plain fusion (`--mode baseline`), each with `-
 S seeds (seed+1 ... seed+S: none of them the seed the search picked on). Every run trains all
 epochs (no early stopping); its value is its best-epoch validation score, as in the search.
 
-The rule (docs/search.md): among the MultiFair candidates whose mean validation AUC is at least
-plain fusion's mean minus `--min-auc-drop` (no floor when the flag is not given), the one with the
-highest MEAN validation ES-AUC over seeds is the best candidate; it is deployed only if that mean
-is above plain fusion's. Otherwise (or when no candidate clears the floor) the decision says so
-and plain fusion is deployed: a tool that searched MultiFair must still be able to answer "plain
-fusion is better here". The best candidate's seed-paired difference to plain fusion (one
-difference per seed) is reported with a t interval (scipy.stats.ttest_rel), so "beats plain fusion
-on validation" is a stated interval, not a max.
+The rule is search.decide.rule (docs/search.md, "How the pick is made"): the confirmation's
+runs become its results table (repeat = seed, paired across candidates) and a MultiFair candidate
+is deployed only if a paired one-sided t test, Holm-adjusted over all candidates, shows it better
+than plain fusion at familywise error `--alpha` (and it clears the `--min-auc-drop` floor);
+otherwise plain fusion: a tool that searched MultiFair must still be able to answer "plain fusion
+is better here". An interrupted or incomplete confirmation raises StageStopped: no decision is
+made from part of the table.
 """
 from __future__ import annotations
 
@@ -43,14 +42,37 @@ def seeds(scfg) -> list[int]:
     return [scfg.seed + 1 + i for i in range(scfg.confirm_seeds)]
 
 
+class StageStopped(RuntimeError):
+    """A stage that must not go on to a decision: interrupted (Ctrl-C) or incomplete."""
+
+    def __init__(self, stage: str, message: str, interrupted: bool):
+        super().__init__(f"{stage} stage {'interrupted' if interrupted else 'failed'}: {message}")
+        self.stage, self.interrupted = stage, interrupted
+
+
 def run_confirmation(scfg, setup: dict, finals: list[dict], tracker) -> dict:
-    """The Tune run over candidates x seeds; returns {"candidates", "runs", "stats", "choice"}."""
+    """The Tune run over candidates x seeds; returns {"candidates", "runs", "stats", "choice"}.
+    Raises StageStopped unless every candidate trained every seed to the last epoch."""
     cands = candidates(scfg, finals)
     runs = grid_run(scfg, setup, cands, seeds(scfg), CONFIRM, tracker)
-    done = full_length(runs, scfg.max_epochs)
+    done = complete(runs, cands, seeds(scfg), scfg.max_epochs, CONFIRM)
     stats = candidate_stats(done)
     return {"candidates": cands, "runs": runs, "stats": stats, "seeds": seeds(scfg),
-            "choice": choose(stats, done, scfg.min_auc_drop)}
+            "choice": choose(done, scfg.min_auc_drop, scfg.alpha, scfg.min_gain)}
+
+
+def complete(runs: list[dict], cands: dict, seed_list: list[int], max_epochs: int, stage: str) -> list[dict]:
+    """The full-length runs, if there is one for every candidate x seed; else StageStopped naming
+    what is missing (a failed run, or one that never trained every epoch)."""
+    done = full_length(runs, max_epochs)
+    have = {(r["candidate"], r["seed"]) for r in done}
+    missing = [f"{c} seed {s}" for c in cands for s in seed_list if (c, s) not in have]
+    if missing:
+        raise StageStopped(stage, f"{len(missing)} of {len(cands) * len(seed_list)} runs did not "
+                                  f"train every epoch ({', '.join(missing[:4])}"
+                                  f"{', ...' if len(missing) > 4 else ''}); fix the cause and rerun "
+                                  "with --resume", interrupted=False)
+    return done
 
 
 def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, tracker) -> list[dict]:
@@ -77,8 +99,15 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     n = len(cands) * len(seed_list)
     print(f"[{stage}] {len(cands)} candidates x {len(seed_list)} seeds = {n} runs of "
           f"{scfg.max_epochs} epochs: {', '.join(cands)}", flush=True)
+    if (setup.get("test_hooks") or {}).get("interrupt_stage") == stage:
+        hooks = setup["test_hooks"]
+        callbacks.append(_interrupt_hook(hooks.get("interrupt_after_results", 1), hooks.get("interrupt_marker")))
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+        from search.runner import _find_callback
+
+        found = _find_callback(tuner)   # the restored callback logs the resumed runs: its tracker
+        tracker = found.tracker if found is not None else tracker   # holds their run ids
     else:
         tuner = tune.Tuner(
             trainable, param_space={"candidate": tune.grid_search(list(cands)),
@@ -91,16 +120,71 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
                 failure_config=tune.FailureConfig(max_failures=scfg.max_failures),
                 # the newest two (as the search): the last epoch's holds the best model
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+    results = tuner.fit()
+    stopped = _unfinished(results, n)
+    if stopped:
+        if tracker is not None:
+            for trial_id in stopped:
+                _end_run(tracker, trial_id)
+        raise StageStopped(stage, f"{len(stopped)} of {n} runs unfinished; continue with the same "
+                                  "command plus --resume", interrupted=True)
     runs = []
-    for r in tuner.fit():
+    for r in results:
         df = r.metrics_dataframe
         rows = df.to_dict("records") if df is not None and len(df) else []
         trial_id = r.path.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
         runs.append(trial_record(trial_id, r.config, rows, "FAILED" if r.error else "FINISHED",
                                  candidate=r.config["candidate"], seed=int(r.config["seed"]),
                                  checkpoint=model_checkpoint(r.checkpoint),   # holds the best weights
-                                 run_id=tracker._children.get(trial_id) if tracker else None))
+                                 run_id=_run_id(tracker, trial_id)))
     return runs
+
+
+def _unfinished(results, n: int) -> list[str]:
+    """Trial ids Tune did not finish (Ctrl-C returns normally from fit), plus placeholders for
+    grid points never started."""
+    trials = getattr(results._experiment_analysis, "trials", None) or []
+    left = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    return left + ["(not started)"] * max(0, n - len(trials))
+
+
+def _run_id(tracker, trial_id: str) -> str | None:
+    """The MLflow run of a stage's trial: the callback's cache, else found by its tags (a run
+    finished before a driver restart is in no cache)."""
+    if tracker is None:
+        return None
+    if trial_id in tracker._children:
+        return tracker._children[trial_id]
+    found = tracker._search(f"tags.study_dir = '{tracker.study_dir}' and tags.trial_id = '{trial_id}'")
+    return found[0].info.run_id if found else None
+
+
+def _end_run(tracker, trial_id: str) -> None:
+    """An interrupted run: KILLED in MLflow (a --resume finds it by tag and finishes it)."""
+    run_id = _run_id(tracker, trial_id) if trial_id != "(not started)" else None
+    if run_id:
+        tracker.client.set_terminated(run_id, status="KILLED")
+
+
+def _interrupt_hook(after: int, marker: str | None):
+    """Test hook (docs/search.md): a real SIGINT to this driver, as Ctrl-C, after `after` results
+    of the named stage (Tune's own handler ends the run as it does for Ctrl-C); once only when a
+    `marker` file is given (Tune pickles the hook with the run, so a --resume restores it)."""
+    import signal
+
+    from ray.tune import Callback
+
+    class InterruptHook(Callback):
+        seen = 0
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.seen += 1
+            if self.seen == after and not (marker and os.path.exists(marker)):
+                if marker:
+                    open(marker, "w").close()
+                os.kill(os.getpid(), signal.SIGINT)
+
+    return InterruptHook()
 
 
 def _concurrency(scfg) -> int:
@@ -125,22 +209,31 @@ def candidate_stats(runs: list[dict]) -> dict[str, dict]:
     return out
 
 
-def choose(stats: dict, runs: list[dict], min_auc_drop: float | None) -> dict:
-    """The stated rule (module docstring). Returns the label, the floor and the seed-paired
-    validation difference to plain fusion."""
-    if BASELINE not in stats:
+def table(runs: list[dict]):
+    """The rule's results table: one row per candidate x seed (repeat = seed: paired)."""
+    import pandas as pd
+
+    return pd.DataFrame([{"candidate": r["candidate"], "repeat": r["seed"], "val_auc": r["val"]["auc"],
+                          "val_es_auc": r["val"]["es_auc"]} for r in runs],
+                        columns=["candidate", "repeat", "val_auc", "val_es_auc"])
+
+
+def choose(runs: list[dict], min_auc_drop: float | None = None, alpha: float = 0.05,
+           min_gain: float = 0.0) -> dict:
+    """search.decide.rule on the confirmation's table. Returns the label, the rule, the floor,
+    the evidence (per candidate: paired difference, interval, Holm p, minimum detectable gain),
+    the one-line reason and the best candidate's seed-paired difference to plain fusion."""
+    from search.decide.rule import decide_table
+
+    if not any(r["candidate"] == BASELINE for r in runs):
         raise RuntimeError("confirmation: every plain-fusion (baseline) run failed; nothing to compare with")
-    floor = stats[BASELINE]["auc"] - min_auc_drop if min_auc_drop is not None else -math.inf
-    eligible = {k: s for k, s in stats.items() if k != BASELINE and s["auc"] >= floor}
-    best = max(eligible, key=lambda k: eligible[k]["es_auc"]) if eligible else None
-    beats = best is not None and eligible[best]["es_auc"] > stats[BASELINE]["es_auc"]
-    label = best if beats else BASELINE
-    rule = ("highest mean validation ES-AUC over seeds" +
-            (f" among candidates with mean validation AUC >= plain fusion's - {min_auc_drop}"
-             if min_auc_drop is not None else "") +
-            ", deployed only if above plain fusion's mean")
-    return {"label": label, "rule": rule, "auc_floor": None if math.isinf(floor) else floor,
-            "fell_back_to_baseline": label == BASELINE, "best_candidate": best,
+    d = decide_table(table(runs), alpha, min_gain, BASELINE, min_auc_drop, name="confirmation",
+                     baseline_name="plain fusion")
+    best, label = d["best_candidate"], d["deployed"]
+    for w in d["warnings"]:
+        print(f"[confirm] warning: {w}", flush=True)
+    return {"label": label, "rule": d["rule"], "reason": d["reason"], "auc_floor": d["auc_floor"],
+            "fell_back_to_baseline": label == BASELINE, "best_candidate": best, "evidence": d,
             "vs_baseline_val": seed_paired(runs, best) if best is not None else {}}
 
 

@@ -26,6 +26,8 @@ class SearchOutcome:
     trials: list = field(default_factory=list)      # search.study.trial_record dicts
     decision: dict | None = None                    # search.decide: front, confirmation, test
     timings: dict = field(default_factory=dict)     # seconds per stage (runner.run_search)
+    stopped_stage: str = ""          # a stage after the search that stopped (confirm): no decision
+    stop_message: str = ""
 
 
 def select_best(trials: list[dict], max_epochs: int) -> dict | None:
@@ -165,7 +167,11 @@ def print_decision(d: dict) -> None:
 def print_summary(scfg: SearchConfig, o: SearchOutcome) -> None:
     from search.tracking import ui_hint
 
-    if o.interrupted:
+    if o.stopped_stage:
+        print(f"\n=== MultiFair study STOPPED in the {o.stopped_stage} stage: no decision, nothing "
+              f"registered ===\n{o.stop_message}\n(continue with the same command plus --resume; "
+              f"study {scfg.study_dir})")
+    elif o.interrupted:
         print(f"\n=== MultiFair search INTERRUPTED: continue it with the same command plus --resume "
               f"(study {scfg.study_dir}) ===")
     elif o.failed and o.failed == len(o.results):
