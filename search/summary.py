@@ -140,12 +140,7 @@ def print_decision(d: dict) -> None:
             print(f"  {label:22s} auc {st['auc']:.4f} ± {st['auc_std']:.4f}  "
                   f"es_auc {st['es_auc']:.4f} ± {st['es_auc_std']:.4f}{mark}")
         print(f"  rule: {conf['choice']['rule']}")
-        vs = conf["choice"].get("vs_baseline_val") or {}
-        if vs.get("n_seeds"):
-            print(f"  best candidate - plain fusion, validation, paired by seed: "
-                  f"es_auc {_ci(vs, 'es_auc')}  auc {_ci(vs, 'auc')}")
-        if conf["choice"]["fell_back_to_baseline"]:
-            print("  no MultiFair candidate beat plain fusion under the rule: plain fusion is deployed")
+        print_evidence(conf["choice"])
     test = d.get("test")
     if test:
         deployed = test.get("deployed", "") != "baseline"
@@ -162,6 +157,23 @@ def print_decision(d: dict) -> None:
         print(f"registered {d['registered']['uri']} (version {d['registered']['version']})")
     if d.get("report"):
         print(f"report: {d['report']}")
+
+
+def print_evidence(choice: dict, indent: str = "  ") -> None:
+    """The rule's evidence per candidate and its one-line reason (search.decide.rule)."""
+    ev = choice.get("evidence") or {}
+    rows = ev.get("candidates") or {}
+    if rows:
+        print(f"{indent}candidate - plain fusion, validation ES-AUC paired by seed (95% t interval), "
+              f"one-sided p, Holm p, gain detectable at 80% power:")
+        for label, r in rows.items():
+            flag = "" if r["eligible"] else "  (below the AUC floor)"
+            print(f"{indent}  {label:22s} {r['diff']:+.4f} [{r['diff_lo']:+.4f}, {r['diff_hi']:+.4f}]  "
+                  f"p {r['p']:.3g}  Holm p {r['p_holm']:.3g}  detects >= {r['min_detectable_gain']:+.3f}{flag}")
+        print(f"{indent}with {ev['n_repeats']} repeats this study detects a validation ES-AUC gain >= "
+              f"{ev['min_detectable_gain']:+.3f} (80% power, familywise error {ev['alpha']})")
+    if choice.get("reason"):
+        print(f"{indent}decision: {choice['reason']}")
 
 
 def print_summary(scfg: SearchConfig, o: SearchOutcome) -> None:
