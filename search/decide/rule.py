@@ -119,11 +119,11 @@ def check_table(df, baseline: str, name: str = "table"):
     dup = df.duplicated(["candidate", "repeat"])
     if dup.any():
         row = df[dup].iloc[0]
-        raise BadTable(f"{name}: candidate {row['candidate']!r} has repeat {row['repeat']!r} twice")
+        raise BadTable(f"{name}: candidate {row['candidate']!r} has repeat {row['repeat']} twice")
     bad = df[["val_auc", "val_es_auc"]].apply(lambda c: ~np.isfinite(c.astype(float))).any(axis=1)
     if bad.any():
         row = df[bad].iloc[0]
-        raise BadTable(f"{name}: candidate {row['candidate']!r} repeat {row['repeat']!r} has no finite "
+        raise BadTable(f"{name}: candidate {row['candidate']!r} repeat {row['repeat']} has no finite "
                        "val_auc / val_es_auc")
     repeats = {c: set(df.loc[df["candidate"].astype(str) == c, "repeat"]) for c in labels}
     ref = repeats[baseline]
