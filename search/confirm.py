@@ -121,7 +121,7 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
                 # the newest two (as the search): the last epoch's holds the best model
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
     results = tuner.fit()
-    stopped = _unfinished(results, n)
+    stopped = _unfinished(results, n, scfg.max_epochs)
     if stopped:
         if tracker is not None:
             for trial_id in stopped:
@@ -140,11 +140,18 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     return runs
 
 
-def _unfinished(results, n: int) -> list[str]:
-    """Trial ids Tune did not finish (Ctrl-C returns normally from fit), plus placeholders for
-    grid points never started."""
+def _unfinished(results, n: int, max_epochs: int) -> list[str]:
+    """Trial ids Tune did not finish, plus placeholders for grid points never started. Ctrl-C
+    returns normally from fit, and Tune's cleanup marks the trials it stopped TERMINATED: in a
+    grid where every run trains every epoch, TERMINATED before the last epoch means stopped."""
     trials = getattr(results._experiment_analysis, "trials", None) or []
-    left = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
+
+    def finished(t) -> bool:
+        last = t.last_result or {}
+        return t.status == "ERROR" or (t.status == "TERMINATED"
+                                       and int(last.get("epoch", last.get("training_iteration", 0))) >= max_epochs)
+
+    left = [t.trial_id for t in trials if not finished(t)]
     return left + ["(not started)"] * max(0, n - len(trials))
 
 
