@@ -116,6 +116,11 @@ def render(search: dict, decision: dict, figure_files: list[Path], full: list[di
                        [[k, s["n_seeds"], f"{_f(s['auc'])} ± {_f(s['auc_std'])}",
                          f"{_f(s['es_auc'])} ± {_f(s['es_auc_std'])}"] for k, s in conf.get("stats", {}).items()])]
     sections += _evidence(choice)
+    if decision.get("expected_max"):
+        from search.decide.expected_max import line
+
+        sections.append(f"<h2>Would more trials help?</h2><p>{html.escape(line(decision['expected_max']))} "
+                        "(figure expected_max below).</p>")
     if test:
         sections += [f"<h2>Test split, scored once (n={test['n_test']}, {test['n_resamples']} paired "
                      "bootstrap resamples, 95% percentile intervals)</h2>",

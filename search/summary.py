@@ -132,6 +132,10 @@ def print_decision(d: dict) -> None:
     print(f"Pareto front (validation AUC, ES-AUC; full-length trials): {len(front)} trial(s)")
     for t in front[:6]:
         print(f"  {t['trial_id']:14s} auc {t['auc']:.4f}  es_auc {t['es_auc']:.4f}")
+    if d.get("expected_max"):
+        from search.decide.expected_max import line
+
+        print(line(d["expected_max"]))
     conf = d.get("confirmation")
     if conf:
         print(f"confirmation ({len(conf['seeds'])} fresh seeds each; mean ± sd of validation):")

@@ -24,6 +24,10 @@ def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | No
                 "space": {k: str(v) for k, v in S.space_summary(scfg.mode).items()},
                 "front": [{"trial_id": t["trial_id"], "auc": t["val"]["auc"], "es_auc": t["val"]["es_auc"],
                            "params": t["params"]} for t in front]}
+    if len(full) >= 2:   # would more trials help? (search.decide.expected_max)
+        from search.decide.expected_max import curve
+
+        decision["expected_max"] = curve([t["val"]["es_auc"] for t in full], seed=scfg.seed)
     if scfg.data_root:
         from search.report import data_fingerprint
 
@@ -108,6 +112,10 @@ def _figures_and_report(scfg, search, trials, full, tracker, decision) -> None:
         try:
             fig = search_figures(trials, full, scfg.grace_period, out / "figures", scfg.mode)
             files = fig["files"]
+            if decision.get("expected_max"):
+                from search.decide.expected_max import figure
+
+                files.append(figure(decision["expected_max"], out / "figures"))
             decision["figures"] = {"epoch": fig["epoch"], "importance": fig["importance"],
                                    "files": [str(f) for f in files]}
         except Exception as exc:   # noqa: BLE001  figures explain the decision; they are not it
