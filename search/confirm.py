@@ -126,8 +126,9 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
         if tracker is not None:
             for trial_id in stopped:
                 _end_run(tracker, trial_id)
-        raise StageStopped(stage, f"{len(stopped)} of {n} runs unfinished; continue with the same "
-                                  "command plus --resume", interrupted=True)
+        raise StageStopped(stage, f"{len(stopped)} of {n} runs unfinished; the same command "
+                                  f"{'plus --resume ' if stage == CONFIRM else ''}continues them",
+                           interrupted=True)
     runs = []
     for r in results:
         df = r.metrics_dataframe
