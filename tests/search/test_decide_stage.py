@@ -105,3 +105,39 @@ def test_interrupted_confirmation_leaves_no_decision_then_resume_registers_from_
     version = client.get_model_version_by_alias("multifair-int", "champion")
     assert version.run_id == d["deployed_run"]["run_id"]
     assert client.get_run(resumed.parent_run_id).info.status == "FINISHED"
+
+
+def _trial(tid, es, params):
+    curve = {e: (0.8, es - 0.01 * (2 - e)) for e in (1, 2)}
+    return {"trial_id": tid, "params": params, "config": params, "history": {e: v[1] for e, v in curve.items()},
+            "curve": curve, "epochs": 2, "best_epoch": 2, "val": {"auc": 0.8, "es_auc": es}, "status": "FINISHED"}
+
+
+def test_a_figure_failure_keeps_the_decision_and_the_report(tmp_path, monkeypatch):
+    """decision.json is written before the figures; a figure that raises is recorded in it and
+    the report is still written (no Ray needed: no confirmation)."""
+    import json
+    from pathlib import Path
+
+    import search.figures
+    from search.decide.stage import decide
+    from search.runner import SearchConfig
+    from search.study import DECISION_FILE
+
+    scfg = SearchConfig("fairvision", "gender", preset="tiny", storage_path=str(tmp_path), finalists=0,
+                        figures=True, max_epochs=2, grace_period=1)
+    point = dict(scfg.baseline)
+    trials = [_trial(f"t{i}", 0.6 + 0.05 * i, {k: v * (1 + 0.1 * i) for k, v in point.items()}) for i in range(3)]
+    seen = {}
+
+    def broken(*a, **k):
+        seen["decision_on_disk"] = (Path(scfg.study_dir) / DECISION_FILE).exists()
+        raise RuntimeError("plotting broke")
+
+    monkeypatch.setattr(search.figures, "search_figures", broken)
+    d = decide(scfg, {}, trials, None, None)
+    assert seen["decision_on_disk"]                         # written before the figures ran
+    assert d["figures"]["error"] == "RuntimeError: plotting broke"
+    saved = json.loads((Path(scfg.study_dir) / DECISION_FILE).read_text())
+    assert saved["figures"]["error"] == d["figures"]["error"] and Path(saved["report"]).exists()
+    assert saved["expected_max"]["n_trials"] == 3
