@@ -91,7 +91,8 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup),
                                     {"cpu": scfg.cpus_per_trial, "gpu": scfg.gpus_per_trial})
     name = f"{scfg.name}-{stage}"
-    path = f"{scfg.storage_path.rstrip('/')}/{name}"
+    base, sep, query = scfg.storage_path.partition("?")   # s3://b/p?endpoint_override=...
+    path = f"{base.rstrip('/')}/{name}{sep}{query}"
     callbacks = [ProgressCallback(scfg.max_epochs, label=stage)]
     if tracker is not None:
         tags = {"run_kind": stage, "stage": stage, "dataset": scfg.dataset, "attribute": scfg.attribute}
@@ -104,10 +105,10 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
         callbacks.append(_interrupt_hook(hooks.get("interrupt_after_results", 1), hooks.get("interrupt_marker")))
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
-        from search.runner import _find_callback
-
-        found = _find_callback(tuner)   # the restored callback logs the resumed runs: its tracker
-        tracker = found.tracker if found is not None else tracker   # holds their run ids
+        restored = [cb for cb in tuner._local_tuner.get_run_config().callbacks or []
+                    if isinstance(cb, MLflowTrialCallback)]
+        # the restored callback logs the resumed runs: its tracker holds their run ids
+        tracker = restored[0].tracker if restored else tracker
     else:
         tuner = tune.Tuner(
             trainable, param_space={"candidate": tune.grid_search(list(cands)),
@@ -201,7 +202,10 @@ def _concurrency(scfg) -> int:
     if scfg.max_concurrent > 0:
         return scfg.max_concurrent
     res = ray.cluster_resources()
-    return max(1, int(res.get("CPU", 1) // max(scfg.cpus_per_trial, 1e-9)))
+    fits = int(res.get("CPU", 1) // max(scfg.cpus_per_trial, 1e-9))
+    if scfg.gpus_per_trial > 0:   # as the search (runner.max_concurrent)
+        fits = min(fits, int(res.get("GPU", 0) / scfg.gpus_per_trial + 1e-9))
+    return max(1, fits)
 
 
 def candidate_stats(runs: list[dict]) -> dict[str, dict]:
