@@ -96,7 +96,8 @@ def render(search: dict, decision: dict, figure_files: list[Path], full: list[di
     conf, test = decision.get("confirmation", {}), decision.get("test", {})
     choice = conf.get("choice", {})
     label = choice.get("label", "n/a")
-    cand = conf.get("candidates", {}).get(label, {})
+    # plain fusion's entry carries the paper's values, unused by it: show none
+    cand = conf.get("candidates", {}).get(label, {}) if label != "baseline" else {}
     sections = [f"<h1>MultiFair deployment report: {html.escape(search['name'])}</h1>",
                 "<h2>Provenance</h2>", _table(["item", "value"], [
                     ["dataset / attribute", f"{search['dataset']} / {search['attribute']}"],

@@ -64,6 +64,9 @@ def figure(c: dict, out: Path) -> Path:
     ax.plot(c["n"], c["mean"], color="C0", label="expected best (empirical CDF)")
     ax.fill_between(c["n"], c["lo"], c["hi"], color="C0", alpha=0.2, label="95% bootstrap band")
     ax.axvline(c["n_trials"], color="grey", linestyle=":", label=f"{c['n_trials']} full-length trials run")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("number of trials")
     ax.set_ylabel("expected best val ES-AUC")
     ax.set_title("Would more trials help? (Dodge et al. 2019)")
