@@ -112,7 +112,7 @@ def render(search: dict, decision: dict, figure_files: list[Path], full: list[di
                         for k in decision.get("space", {})] for t in decision.get("front", [])]),
                 "<h2>Confirmation (fresh seeds, validation)</h2>",
                 f"<p>Rule: {html.escape(choice.get('rule', 'n/a'))}. Chosen: <b>{html.escape(label)}</b> "
-                f"{html.escape(str({k: v for k, v in cand.items() if k != 'trial_id'}))}</p>",
+                f"{html.escape(str({k: v for k, v in cand.items() if k != 'trial_id'}) if cand else '(plain fusion)')}</p>",
                 _table(["candidate", "seeds", "val AUC mean ± sd", "val ES-AUC mean ± sd"],
                        [[k, s["n_seeds"], f"{_f(s['auc'])} ± {_f(s['auc_std'])}",
                          f"{_f(s['es_auc'])} ± {_f(s['es_auc_std'])}"] for k, s in conf.get("stats", {}).items()])]
