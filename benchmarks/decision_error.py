@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from search.decide.rule import core, min_detectable, old_rule  # noqa: E402
+from search.decide.rule import core, holm, min_detectable, old_rule, one_sided_p  # noqa: E402
 
 MULTIFAIR = ("full", "modality", "fairness", "full_reference")
 BASELINE = "baseline"
@@ -98,6 +98,42 @@ def simulate(draws: int, k: int, repeats: int, sd_base: float, sd_cand: float, r
     return {"new_power": float((new == 0).mean()), "old_power": float((old == 0).mean()), "draws": draws}
 
 
+def simulate_sequential(draws: int, k: int, first: int, budget: int, sd_base: float, sd_cand: float,
+                        rho_bc: float, rho_cc: float, gains=None, alpha: float = 0.05, seed: int = 0) -> dict:
+    """search.confirm.run_confirmation's intensification (--confirm-seeds first --confirm-budget
+    budget), vectorised: looks of `first` seeds, each at alpha / looks, Holm over all k with the
+    dropped at p = 1; undecided = 95% interval above 0; stops when one is deployed or none is
+    undecided. Returns the deployment rate (A/A: any; else candidate 0) and the mean number of
+    trainings against the fixed design's k+1 x (first+budget)."""
+    from scipy.stats import t as student
+
+    rng = np.random.default_rng(seed)
+    base, cands = draw(rng, draws, k, first + budget, sd_base, sd_cand, rho_bc, rho_cc, gains)
+    steps = [first] + [min(first, budget - i) for i in range(0, budget, first)]
+    level = alpha / len(steps)
+    active = np.ones((draws, k), bool)
+    running = np.ones(draws, bool)
+    deployed = np.full(draws, -1)
+    trainings = np.zeros(draws)
+    n = 0
+    for step in steps:
+        trainings += np.where(running, (active.sum(-1) + 1) * step, 0)
+        n += step
+        diffs = cands[..., :n] - base[:, None, :n]
+        p = np.where(active, one_sided_p(diffs), 1.0)
+        mean = diffs.mean(-1)
+        ok = active & (holm(p) <= level) & (mean > 0)
+        pick = np.where(ok, mean, -np.inf).argmax(-1)
+        now = running & ok.any(-1)
+        deployed = np.where(now, pick, deployed)
+        hi = mean + student.ppf(0.975, n - 1) * diffs.std(-1, ddof=1) / math.sqrt(n)
+        active &= hi > 0
+        running &= ~now & active.any(-1)
+    rate = float((deployed >= 0).mean()) if gains is None else float((deployed == 0).mean())
+    return {"rate": rate, "mean_trainings": float(trainings.mean()),
+            "fixed_trainings": (k + 1) * (first + budget), "looks": len(steps), "draws": draws}
+
+
 def ci(rate: float, n: int) -> list[float]:
     """95% Wilson interval of a rate over n draws."""
     z = 1.959963984540054
@@ -124,6 +160,14 @@ def markdown(out: dict) -> str:
               "| gain | repeats | new rule | old rule |", "|---|---|---|---|"]
     lines += [f"| {r['gain']:.2f} | {r['repeats']} | {r['new_power']:.3f} | {r['old_power']:.3f} |"
               for r in out["power"]]
+    lines += ["", "Intensification (--confirm-seeds S --confirm-budget B, K=4, measured noise; fixed design = "
+              "5 x (S+B) trainings)", "",
+              "| S | B | looks | A/A false deployments | power at +0.05 | fixed S+B seeds power | "
+              "mean trainings A/A | mean trainings +0.05 | fixed trainings |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['first']} | {r['budget']} | {r['looks']} | {r['aa_false']:.3f} [{r['aa_ci'][0]:.3f}, "
+              f"{r['aa_ci'][1]:.3f}] | {r['power_005']:.3f} | {r['fixed_power_005']:.3f} | "
+              f"{r['mean_trainings_aa']:.1f} | {r['mean_trainings_005']:.1f} | {r['fixed_trainings']} |"
+              for r in out.get("sequential", [])]
     lines += ["", "Gain detectable at 80% power (one-sided paired t at alpha/4):", "",
               "| repeats | gain |", "|---|---|"]
     lines += [f"| {r['repeats']} | {r['min_detectable_gain']:+.3f} |" for r in out["detectable"]]
@@ -173,6 +217,22 @@ def main(argv=None) -> int:
             r = simulate(a.draws, 4, rep, sb, sc, rbc, rcc, [gain, 0, 0, 0], a.alpha, a.seed)
             out["power"].append({"gain": gain, "k": 4, "repeats": rep, **r})
             print(f"{gain:5.2f} {rep:3d}  {r['new_power']:8.3f}  {r['old_power']:8.3f}")
+    print(f"\nintensification (--confirm-seeds S --confirm-budget B, K=4, measured noise): A/A rate, "
+          f"power at +0.05, mean trainings (fixed design: 5 x (S+B))")
+    out["sequential"] = []
+    for first, budget in ((3, 9), (4, 8), (4, 12), (5, 10)):
+        aa = simulate_sequential(a.draws, 4, first, budget, sb, sc, rbc, rcc, None, a.alpha, a.seed)
+        pw = simulate_sequential(a.draws, 4, first, budget, sb, sc, rbc, rcc, [0.05, 0, 0, 0], a.alpha, a.seed)
+        fixed = simulate(a.draws, 4, first + budget, sb, sc, rbc, rcc, [0.05, 0, 0, 0], a.alpha, a.seed)
+        row = {"first": first, "budget": budget, "aa_false": aa["rate"], "aa_ci": ci(aa["rate"], a.draws),
+               "power_005": pw["rate"], "fixed_power_005": fixed["new_power"],
+               "mean_trainings_aa": aa["mean_trainings"], "mean_trainings_005": pw["mean_trainings"],
+               "fixed_trainings": aa["fixed_trainings"], "looks": aa["looks"]}
+        out["sequential"].append(row)
+        print(f"  S={first} B={budget} ({row['looks']} looks): A/A {aa['rate']:.3f} [{row['aa_ci'][0]:.3f}, "
+              f"{row['aa_ci'][1]:.3f}]  power +0.05 {pw['rate']:.3f} (fixed {first + budget} seeds: "
+              f"{fixed['new_power']:.3f})  trainings A/A {aa['mean_trainings']:.1f}, +0.05 "
+              f"{pw['mean_trainings']:.1f} of {aa['fixed_trainings']}")
     sd_diff = math.sqrt(sb * sb + sc * sc - 2 * rbc * sb * sc)
     print(f"\nsd of a paired difference at the measured noise {sd_diff:.4f}; gain detectable at 80% power "
           f"(one-sided t at alpha/4, Holm's first step):")

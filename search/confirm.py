@@ -42,6 +42,18 @@ def seeds(scfg) -> list[int]:
     return [scfg.seed + 1 + i for i in range(scfg.confirm_seeds)]
 
 
+def looks(scfg) -> list[list[int]]:
+    """The seeds of each look: `--confirm-seeds` S first, then (with `--confirm-budget` B) up to
+    B more per still-undecided candidate, S at a time (the last look takes the remainder)."""
+    out, nxt = [seeds(scfg)], scfg.seed + 1 + scfg.confirm_seeds
+    left = getattr(scfg, "confirm_budget", 0)
+    while left > 0:
+        step = min(scfg.confirm_seeds, left)
+        out.append(list(range(nxt, nxt + step)))
+        nxt, left = nxt + step, left - step
+    return out
+
+
 class StageStopped(RuntimeError):
     """A stage that must not go on to a decision: interrupted (Ctrl-C) or incomplete."""
 
@@ -51,14 +63,41 @@ class StageStopped(RuntimeError):
 
 
 def run_confirmation(scfg, setup: dict, finals: list[dict], tracker) -> dict:
-    """The Tune run over candidates x seeds; returns {"candidates", "runs", "stats", "choice"}.
-    Raises StageStopped unless every candidate trained every seed to the last epoch."""
+    """The Tune run(s) over candidates x seeds; returns {"candidates", "runs", "stats", "seeds",
+    "looks", "choice"}. Raises StageStopped unless every candidate of every look trained every
+    seed to the last epoch.
+
+    Intensification (`--confirm-budget`, as SMAC intensifies): when the first look shows no
+    candidate better, the candidates still undecided (eligible, 95% interval reaching above
+    --min-gain) and plain fusion get more seeds, look after look, until one is shown better,
+    none is undecided, or the budget is spent. Error control over the looks: each look tests at
+    alpha / (number of looks planned) (Bonferroni over looks: valid whatever the stopping), and
+    Holm counts every candidate of the first look (one dropped counts with p = 1)."""
     cands = candidates(scfg, finals)
-    runs = grid_run(scfg, setup, cands, seeds(scfg), CONFIRM, tracker)
-    done = complete(runs, cands, seeds(scfg), scfg.max_epochs, CONFIRM)
-    stats = candidate_stats(done)
-    return {"candidates": cands, "runs": runs, "stats": stats, "seeds": seeds(scfg),
-            "choice": choose(done, scfg.min_auc_drop, scfg.alpha, scfg.min_gain)}
+    plan = looks(scfg)
+    alpha, family = scfg.alpha / len(plan), len(cands) - 1
+    active, runs, done, history, dropped = list(cands), [], [], [], {}
+    for j, seed_list in enumerate(plan, start=1):
+        look = {c: cands[c] for c in active}
+        new = grid_run(scfg, setup, look, seed_list, CONFIRM, tracker, look=j)
+        runs += new
+        done += complete(new, look, seed_list, scfg.max_epochs, CONFIRM)
+        choice = choose([r for r in done if r["candidate"] in look], scfg.min_auc_drop, alpha,
+                        scfg.min_gain, family)
+        rows = choice["evidence"]["candidates"]
+        undecided = [c for c, r in rows.items() if r["eligible"] and r["diff_hi"] > scfg.min_gain]
+        history.append({"look": j, "seeds": seed_list, "candidates": list(look), "alpha": alpha,
+                        "deployed": choice["label"], "undecided": undecided})
+        if not choice["fell_back_to_baseline"] or not undecided or j == len(plan):
+            break
+        for c in rows:
+            if c not in undecided:
+                dropped[c] = {**rows[c], "dropped_after_look": j}
+        active = undecided + [BASELINE]
+    choice["evidence"]["candidates"].update(dropped)
+    all_seeds = [s for h in history for s in h["seeds"]]
+    return {"candidates": cands, "runs": runs, "stats": candidate_stats(done), "seeds": all_seeds,
+            "looks": history, "choice": choice}
 
 
 def complete(runs: list[dict], cands: dict, seed_list: list[int], max_epochs: int, stage: str) -> list[dict]:
@@ -75,7 +114,8 @@ def complete(runs: list[dict], cands: dict, seed_list: list[int], max_epochs: in
     return done
 
 
-def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, tracker) -> list[dict]:
+def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, tracker,
+             look: int = 1) -> list[dict]:
     """One Tune run `<name>-<stage>` over candidates x seeds, every run all epochs, resumable;
     returns search.study.trial_record dicts with candidate, seed, checkpoint and run id."""
     from ray import tune
@@ -90,7 +130,7 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     setup = {**setup, "candidates": cands, "checkpoints": checkpoint_policy(every)}   # no rungs here
     trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup),
                                     {"cpu": scfg.cpus_per_trial, "gpu": scfg.gpus_per_trial})
-    name = f"{scfg.name}-{stage}"
+    name = f"{scfg.name}-{stage}" + (f"-{look}" if look > 1 else "")   # one Tune run per look
     base, sep, query = scfg.storage_path.partition("?")   # s3://b/p?endpoint_override=...
     path = f"{base.rstrip('/')}/{name}{sep}{query}"
     callbacks = [ProgressCallback(scfg.max_epochs, label=stage)]
@@ -231,7 +271,7 @@ def table(runs: list[dict]):
 
 
 def choose(runs: list[dict], min_auc_drop: float | None = None, alpha: float = 0.05,
-           min_gain: float = 0.0) -> dict:
+           min_gain: float = 0.0, family: int | None = None) -> dict:
     """search.decide.rule on the confirmation's table. Returns the label, the rule, the floor,
     the evidence (per candidate: paired difference, interval, Holm p, minimum detectable gain),
     the one-line reason and the best candidate's seed-paired difference to plain fusion."""
@@ -240,7 +280,7 @@ def choose(runs: list[dict], min_auc_drop: float | None = None, alpha: float = 0
     if not any(r["candidate"] == BASELINE for r in runs):
         raise RuntimeError("confirmation: every plain-fusion (baseline) run failed; nothing to compare with")
     d = decide_table(table(runs), alpha, min_gain, BASELINE, min_auc_drop, name="confirmation",
-                     baseline_name="plain fusion")
+                     baseline_name="plain fusion", family=family)
     best, label = d["best_candidate"], d["deployed"]
     for w in d["warnings"]:
         print(f"[confirm] warning: {w}", flush=True)

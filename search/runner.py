@@ -55,6 +55,7 @@ class SearchConfig:
     min_auc_drop: float | None = None   # constrained (and the confirmation's AUC floor)
     finalists: int = 3             # 0: no confirmation stage (the best search trial is tested)
     confirm_seeds: int = 3
+    confirm_budget: int = 0        # extra seeds per undecided candidate (confirm.looks)
     alpha: float = 0.05            # the decision's familywise error (search/decide/rule.py)
     min_gain: float = 0.0          # validation ES-AUC gain over plain fusion a candidate must show
     register_name: str = ""        # "" -> multifair-<dataset>-<attribute>
@@ -123,6 +124,7 @@ def check(scfg: SearchConfig) -> None:
     need(scfg.confirm_seeds >= 2 or scfg.finalists == 0, f"--confirm-seeds {scfg.confirm_seeds}: give at "
          "least 2 (one seed gives no interval, so no candidate could be shown better than plain fusion)")
     need(0 < scfg.alpha < 1, f"--alpha {scfg.alpha}: give a familywise error level in (0, 1), e.g. 0.05")
+    need(scfg.confirm_budget >= 0, f"--confirm-budget {scfg.confirm_budget}: give 0 or more seeds")
     need(scfg.cpus_per_trial > 0, f"--cpus-per-trial {scfg.cpus_per_trial}: must be positive")
     need(scfg.max_failures >= 0, f"--max-failures {scfg.max_failures}: must be 0 or more")
     need(scfg.checkpoint_every >= 0, f"--checkpoint-every {scfg.checkpoint_every}: give 0 (no resume "
@@ -159,6 +161,8 @@ def parse_args(dataset: str, attribute: str, baseline: dict | None, argv=None) -
     add("--finalists", type=int, default=defaults.finalists, help="configurations re-trained with "
         "fresh seeds, plus the paper's point and plain fusion (0: skip)")
     add("--confirm-seeds", type=int, default=defaults.confirm_seeds, help="seeds per finalist (>= 2)")
+    add("--confirm-budget", type=int, default=0, help="up to this many more seeds for candidates "
+        "still undecided after the first --confirm-seeds (0: none)")
     add("--alpha", type=float, default=defaults.alpha, help="familywise error of the deployment decision")
     add("--min-gain", type=float, default=defaults.min_gain, help="validation ES-AUC gain over plain "
         "fusion a candidate must be shown to exceed")

@@ -138,11 +138,15 @@ def print_decision(d: dict) -> None:
         print(line(d["expected_max"]))
     conf = d.get("confirmation")
     if conf:
-        print(f"confirmation ({len(conf['seeds'])} fresh seeds each; mean ± sd of validation):")
+        print("confirmation (fresh seeds; mean ± sd of validation over each candidate's seeds):")
         for label, st in conf["stats"].items():
             mark = "  <- chosen" if label == conf["choice"]["label"] else ""
             print(f"  {label:22s} auc {st['auc']:.4f} ± {st['auc_std']:.4f}  "
-                  f"es_auc {st['es_auc']:.4f} ± {st['es_auc_std']:.4f}{mark}")
+                  f"es_auc {st['es_auc']:.4f} ± {st['es_auc_std']:.4f}  ({st['n_seeds']} seeds){mark}")
+        looks = conf.get("looks") or []
+        for h in looks if len(looks) > 1 else []:   # intensification (--confirm-budget): one line per look
+            print(f"  look {h['look']}: seeds {h['seeds'][0]}-{h['seeds'][-1]} for {', '.join(h['candidates'])} "
+                  f"at alpha {h['alpha']:.3g}; undecided after it: {', '.join(h['undecided']) or 'none'}")
         print(f"  rule: {conf['choice']['rule']}")
         print_evidence(conf["choice"])
     test = d.get("test")

@@ -66,11 +66,17 @@ def holm(p: np.ndarray) -> np.ndarray:
 
 
 def core(base: np.ndarray, cands: np.ndarray, alpha: float = 0.05, min_gain: float = 0.0,
-         eligible: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """base (..., n), cands (..., m, n) validation ES-AUC, paired on the last axis.
+         eligible: np.ndarray | None = None, family: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """base (..., n), cands (..., m, n) validation ES-AUC, paired on the last axis. `family`:
+    the number of hypotheses Holm adjusts over when larger than m (candidates no longer tested,
+    e.g. dropped by an earlier look of the confirmation, count with p = 1).
     Returns (Holm-adjusted p (..., m), deployed index (...), -1 for the baseline)."""
     diffs = cands - base[..., None, :]
-    p_adj = holm(one_sided_p(diffs, min_gain))
+    p = one_sided_p(diffs, min_gain)
+    m = p.shape[-1]
+    if family is not None and family > m:
+        p = np.concatenate([p, np.ones(p.shape[:-1] + (family - m,))], axis=-1)
+    p_adj = holm(p)[..., :m]
     mean = diffs.mean(-1)
     ok = (p_adj <= alpha) & (mean > min_gain)
     if eligible is not None:
@@ -144,7 +150,7 @@ def _matrix(df, labels, repeats, column):
 
 def decide_table(df, alpha: float = 0.05, min_gain: float = 0.0, baseline: str = "baseline",
                  min_auc_drop: float | None = None, name: str = "table",
-                 baseline_name: str | None = None) -> dict:
+                 baseline_name: str | None = None, family: int | None = None) -> dict:
     """The decision with its evidence (a JSON-able dict): deployed label, the rule, per candidate
     the paired difference to the baseline (mean, 95% t interval, unadjusted), raw and Holm p,
     eligibility and the minimum detectable gain; one line `reason`."""
@@ -161,10 +167,11 @@ def decide_table(df, alpha: float = 0.05, min_gain: float = 0.0, baseline: str =
     eligible = auc[1:].mean(-1) >= floor
     diffs = es[1:] - es[0]
     p_raw = one_sided_p(diffs, min_gain) if m else np.zeros(0)
-    p_adj, pick = core(es[0], es[1:], alpha, min_gain, eligible) if m else (np.zeros(0), -1)
+    family = max(m, family or 0)
+    p_adj, pick = core(es[0], es[1:], alpha, min_gain, eligible, family) if m else (np.zeros(0), -1)
     sd = diffs.std(-1, ddof=1) if n >= 2 else np.full(m, math.nan)
     pooled = float(np.sqrt(np.mean(sd ** 2))) if m and n >= 2 else math.nan
-    level = alpha / max(m, 1)   # Holm's first step: what a lone better candidate must pass
+    level = alpha / max(family, 1)   # Holm's first step: what a lone better candidate must pass
     half = student.ppf(0.975, n - 1) * sd / math.sqrt(n) if n >= 2 else np.full(m, math.nan)
     rows = {}
     for i, c in enumerate(cands):
@@ -179,12 +186,13 @@ def decide_table(df, alpha: float = 0.05, min_gain: float = 0.0, baseline: str =
            "n_candidates": m, "alpha": alpha, "min_gain": min_gain, "min_auc_drop": min_auc_drop,
            "auc_floor": None if math.isinf(floor) else float(floor),
            "baseline_val_es_auc": float(es[0].mean()), "baseline_val_auc": float(auc[0].mean()),
-           "rule": RULE.format(base=base_name, m=m, alpha=alpha, gain=min_gain,
+           "family": family,
+           "rule": RULE.format(base=base_name, m=family, alpha=alpha, gain=min_gain,
                                floor=f", mean val AUC >= {base_name}'s - {min_auc_drop}"
                                if min_auc_drop is not None else ""),
            "min_detectable_gain": min_detectable(pooled, n, level, min_gain),
            "min_detectable_note": f"true val ES-AUC gain detected with {POWER:.0%} power by a one-sided "
-                                  f"paired t test at level alpha/{max(m, 1)} (Holm's first step) with "
+                                  f"paired t test at level alpha/{max(family, 1)} (Holm's first step) with "
                                   f"{n} repeats, at the table's pooled sd of the differences {pooled:.4f}",
            "candidates": rows, "warnings": []}
     if n < 2:

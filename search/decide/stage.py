@@ -35,7 +35,7 @@ def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | No
     if scfg.finalists > 0 and full:
         finals = objectives.finalists(scfg, full, auc_floor, scfg.finalists)
         conf = confirm.run_confirmation(scfg, setup, finals, tracker)
-        decision["confirmation"] = {k: conf[k] for k in ("candidates", "stats", "seeds", "choice")}
+        decision["confirmation"] = {k: conf[k] for k in ("candidates", "stats", "seeds", "looks", "choice")}
         print(f"[decide] {conf['choice']['reason']}", flush=True)
         _test_and_register(scfg, conf, tracker, decision)
     S.write_json(scfg.study_dir, S.DECISION_FILE, decision)   # before figures: never lost to them

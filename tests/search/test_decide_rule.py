@@ -145,3 +145,23 @@ def test_cli_prints_one_json_line_per_table_and_refuses_a_bad_one(tmp_path):
                          env=subprocess_env(), timeout=120)
     assert err.returncode == 2 and err.stderr.strip().count("\n") == 0
     assert "missing column(s) repeat" in err.stderr
+
+
+def test_holm_family_counts_candidates_no_longer_tested():
+    """A candidate dropped by an earlier look counts in Holm's family with p = 1: the adjusted
+    p of the others is what Holm gives with those ones added."""
+    d2 = decide_table(table({k: VALUES[k] for k in ("baseline", "clear")}), family=3)
+    p = d2["candidates"]["clear"]["p"]
+    assert d2["candidates"]["clear"]["p_holm"] == pytest.approx(holm(np.array([p, 1.0, 1.0]))[0])
+    assert d2["candidates"]["clear"]["p_holm"] == pytest.approx(min(1, 3 * p))
+    assert d2["family"] == 3 and "all 3 candidate(s)" in d2["rule"]
+
+
+def test_looks_split_the_budget_in_steps_of_the_first_look():
+    from types import SimpleNamespace
+
+    from search.confirm import looks
+
+    cfg = SimpleNamespace(seed=10, confirm_seeds=3, confirm_budget=7)
+    assert looks(cfg) == [[11, 12, 13], [14, 15, 16], [17, 18, 19], [20]]
+    assert looks(SimpleNamespace(seed=0, confirm_seeds=2, confirm_budget=0)) == [[1, 2]]

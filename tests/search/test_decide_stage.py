@@ -141,3 +141,28 @@ def test_a_figure_failure_keeps_the_decision_and_the_report(tmp_path, monkeypatc
     saved = json.loads((Path(scfg.study_dir) / DECISION_FILE).read_text())
     assert saved["figures"]["error"] == d["figures"]["error"] and Path(saved["report"]).exists()
     assert saved["expected_max"]["n_trials"] == 3
+
+
+def test_intensification_adds_seeds_to_the_undecided_candidates_and_plain_fusion(ray_session, search_config, tmp_path):
+    """--confirm-budget: after the first look (2 seeds, nothing can be shown better with these
+    intervals unless a gain is huge) the undecided candidates and plain fusion get 2 more seeds
+    in a second Tune run; the decision reads the whole table at alpha / 2 looks."""
+    from search.runner import run_search
+
+    scfg = search_config(tmp_path, num_samples=2, max_epochs=2, grace_period=1, finalists=1,
+                         confirm_seeds=2, confirm_budget=2, register_name="multifair-seq")
+    d = run_search(scfg).decision
+    conf = d["confirmation"]
+    looks = conf["looks"]
+    assert looks[0]["seeds"] == [1, 2] and looks[0]["alpha"] == pytest.approx(0.025)
+    evidence = conf["choice"]["evidence"]
+    assert evidence["family"] == len(conf["candidates"]) - 1        # Holm over the first look's
+    if len(looks) == 2:
+        assert looks[1]["seeds"] == [3, 4] and BASELINE in looks[1]["candidates"]
+        assert conf["stats"][BASELINE]["n_seeds"] == 4
+        for c in looks[0]["undecided"]:
+            assert conf["stats"][c]["n_seeds"] == 4 and evidence["candidates"][c]["n"] == 4
+        for c in set(conf["candidates"]) - set(looks[1]["candidates"]):
+            assert conf["stats"][c]["n_seeds"] == 2 and evidence["candidates"][c]["dropped_after_look"] == 1
+    else:   # decided at the first look: shown better, or nothing undecided
+        assert conf["choice"]["label"] != BASELINE or not looks[0]["undecided"]
