@@ -5,14 +5,13 @@ the paper's point (same mode) and plain fusion (`--mode baseline`), each with `-
 S seeds (seed+1 ... seed+S: none of them the seed the search picked on). Every run trains all
 epochs (no early stopping); its value is its best-epoch validation score, as in the search.
 
-The rule (docs/search.md): among the MultiFair candidates whose mean validation AUC is at least
-plain fusion's mean minus `--min-auc-drop` (no floor when the flag is not given), the one with the
-highest MEAN validation ES-AUC over seeds is the best candidate; it is deployed only if that mean
-is above plain fusion's. Otherwise (or when no candidate clears the floor) the decision says so
-and plain fusion is deployed: a tool that searched MultiFair must still be able to answer "plain
-fusion is better here". The best candidate's seed-paired difference to plain fusion (one
-difference per seed) is reported with a t interval (scipy.stats.ttest_rel), so "beats plain fusion
-on validation" is a stated interval, not a max.
+The rule is search.decide.rule (docs/search.md, "How the pick is made"): the confirmation's
+runs become its results table (repeat = seed, paired across candidates) and a MultiFair candidate
+is deployed only if a paired one-sided t test, Holm-adjusted over all candidates, shows it better
+than plain fusion at familywise error `--alpha` (and it clears the `--min-auc-drop` floor);
+otherwise plain fusion: a tool that searched MultiFair must still be able to answer "plain fusion
+is better here". An interrupted or incomplete confirmation raises StageStopped: no decision is
+made from part of the table.
 """
 from __future__ import annotations
 
@@ -44,17 +43,80 @@ def seeds(scfg) -> list[int]:
     return [scfg.seed + 1 + i for i in range(scfg.confirm_seeds)]
 
 
+def looks(scfg) -> list[list[int]]:
+    """The seeds of each look: `--confirm-seeds` S first, then (with `--confirm-budget` B) up to
+    B more per still-undecided candidate, S at a time (the last look takes the remainder)."""
+    out, nxt = [seeds(scfg)], scfg.seed + 1 + scfg.confirm_seeds
+    left = getattr(scfg, "confirm_budget", 0)
+    while left > 0:
+        step = min(scfg.confirm_seeds, left)
+        out.append(list(range(nxt, nxt + step)))
+        nxt, left = nxt + step, left - step
+    return out
+
+
+class StageStopped(RuntimeError):
+    """A stage that must not go on to a decision: interrupted (Ctrl-C) or incomplete."""
+
+    def __init__(self, stage: str, message: str, interrupted: bool):
+        super().__init__(f"{stage} stage {'interrupted' if interrupted else 'failed'}: {message}")
+        self.stage, self.interrupted = stage, interrupted
+
+
 def run_confirmation(scfg, setup: dict, finals: list[dict], tracker) -> dict:
-    """The Tune run over candidates x seeds; returns {"candidates", "runs", "stats", "choice"}."""
+    """The Tune run(s) over candidates x seeds; returns {"candidates", "runs", "stats", "seeds",
+    "looks", "choice"}. Raises StageStopped unless every candidate of every look trained every
+    seed to the last epoch.
+
+    Intensification (`--confirm-budget`, as SMAC intensifies): when the first look shows no
+    candidate better, the candidates still undecided (eligible, 95% interval reaching above
+    --min-gain) and plain fusion get more seeds, look after look, until one is shown better,
+    none is undecided, or the budget is spent. Error control over the looks: each look tests at
+    alpha / (number of looks planned) (Bonferroni over looks: valid whatever the stopping), and
+    Holm counts every candidate of the first look (one dropped counts with p = 1)."""
     cands = candidates(scfg, finals)
-    runs = grid_run(scfg, setup, cands, seeds(scfg), CONFIRM, tracker)
-    done = full_length(runs, scfg.max_epochs)
-    stats = candidate_stats(done)
-    return {"candidates": cands, "runs": runs, "stats": stats, "seeds": seeds(scfg),
-            "choice": choose(stats, done, scfg.min_auc_drop)}
+    plan = looks(scfg)
+    alpha, family = scfg.alpha / len(plan), len(cands) - 1
+    active, runs, done, history, dropped = list(cands), [], [], [], {}
+    for j, seed_list in enumerate(plan, start=1):
+        look = {c: cands[c] for c in active}
+        new = grid_run(scfg, setup, look, seed_list, CONFIRM, tracker, look=j)
+        runs += new
+        done += complete(new, look, seed_list, scfg.max_epochs, CONFIRM)
+        choice = choose([r for r in done if r["candidate"] in look], scfg.min_auc_drop, alpha,
+                        scfg.min_gain, family)
+        rows = choice["evidence"]["candidates"]
+        undecided = [c for c, r in rows.items() if r["eligible"] and r["diff_hi"] > scfg.min_gain]
+        history.append({"look": j, "seeds": seed_list, "candidates": list(look), "alpha": alpha,
+                        "deployed": choice["label"], "undecided": undecided})
+        if not choice["fell_back_to_baseline"] or not undecided or j == len(plan):
+            break
+        for c in rows:
+            if c not in undecided:
+                dropped[c] = {**rows[c], "dropped_after_look": j}
+        active = undecided + [BASELINE]
+    choice["evidence"]["candidates"].update(dropped)
+    all_seeds = [s for h in history for s in h["seeds"]]
+    return {"candidates": cands, "runs": runs, "stats": candidate_stats(done), "seeds": all_seeds,
+            "looks": history, "choice": choice}
 
 
-def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, tracker) -> list[dict]:
+def complete(runs: list[dict], cands: dict, seed_list: list[int], max_epochs: int, stage: str) -> list[dict]:
+    """The full-length runs, if there is one for every candidate x seed; else StageStopped naming
+    what is missing (a failed run, or one that never trained every epoch)."""
+    done = full_length(runs, max_epochs)
+    have = {(r["candidate"], r["seed"]) for r in done}
+    missing = [f"{c} seed {s}" for c in cands for s in seed_list if (c, s) not in have]
+    if missing:
+        raise StageStopped(stage, f"{len(missing)} of {len(cands) * len(seed_list)} runs did not "
+                                  f"train every epoch ({', '.join(missing[:4])}"
+                                  f"{', ...' if len(missing) > 4 else ''}); fix the cause and rerun "
+                                  "with --resume", interrupted=False)
+    return done
+
+
+def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, tracker,
+             look: int = 1) -> list[dict]:
     """One Tune run `<name>-<stage>` over candidates x seeds, every run all epochs, resumable;
     returns search.study.trial_record dicts with candidate, seed, checkpoint and run id."""
     from ray import tune
@@ -69,8 +131,9 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     setup = {**setup, "candidates": cands, "checkpoints": checkpoint_policy(every)}   # no rungs here
     trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup),
                                     {"cpu": scfg.cpus_per_trial, "gpu": scfg.gpus_per_trial})
-    name = f"{scfg.name}-{stage}"
-    path = f"{scfg.storage_path.rstrip('/')}/{name}"
+    name = f"{scfg.name}-{stage}" + (f"-{look}" if look > 1 else "")   # one Tune run per look
+    base, sep, query = scfg.storage_path.partition("?")   # s3://b/p?endpoint_override=...
+    path = f"{base.rstrip('/')}/{name}{sep}{query}"
     callbacks = [ProgressCallback(scfg.max_epochs, label=stage)]
     if tracker is not None:
         tags = {"run_kind": stage, "stage": stage, "dataset": scfg.dataset, "attribute": scfg.attribute}
@@ -79,8 +142,15 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     print(f"[{stage}] {len(cands)} candidates x {len(seed_list)} seeds = {n} runs of "
           f"{scfg.max_epochs} epochs: {', '.join(cands)}", flush=True)
     slots = _concurrency(scfg, n)
+    if (setup.get("test_hooks") or {}).get("interrupt_stage") == stage:
+        hooks = setup["test_hooks"]
+        callbacks.append(_interrupt_hook(hooks.get("interrupt_after_results", 1), hooks.get("interrupt_marker")))
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+        restored = [cb for cb in tuner._local_tuner.get_run_config().callbacks or []
+                    if isinstance(cb, MLflowTrialCallback)]
+        # the restored callback logs the resumed runs: its tracker holds their run ids
+        tracker = restored[0].tracker if restored else tracker
     else:
         tuner = tune.Tuner(
             trainable, param_space={"candidate": tune.grid_search(list(cands)),
@@ -93,18 +163,80 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
                 failure_config=tune.FailureConfig(max_failures=scfg.max_failures),
                 # the newest two (as the search): the last epoch's holds the best model
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
-    runs = []
     with reserved(scfg, slots):   # the autoscaler starts every slot's node now
-        grid = tuner.fit()
-    for r in grid:
+        results = tuner.fit()
+    stopped = _unfinished(results, n, scfg.max_epochs)
+    if stopped:
+        if tracker is not None:
+            for trial_id in stopped:
+                _end_run(tracker, trial_id)
+        raise StageStopped(stage, f"{len(stopped)} of {n} runs unfinished; the same command "
+                                  f"{'plus --resume ' if stage == CONFIRM else ''}continues them",
+                           interrupted=True)
+    runs = []
+    for r in results:
         df = r.metrics_dataframe
         rows = df.to_dict("records") if df is not None and len(df) else []
         trial_id = r.path.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
         runs.append(trial_record(trial_id, r.config, rows, "FAILED" if r.error else "FINISHED",
                                  candidate=r.config["candidate"], seed=int(r.config["seed"]),
                                  checkpoint=model_checkpoint(r.checkpoint),   # holds the best weights
-                                 run_id=tracker._children.get(trial_id) if tracker else None))
+                                 run_id=_run_id(tracker, trial_id)))
     return runs
+
+
+def _unfinished(results, n: int, max_epochs: int) -> list[str]:
+    """Trial ids Tune did not finish, plus placeholders for grid points never started. Ctrl-C
+    returns normally from fit, and Tune's cleanup marks the trials it stopped TERMINATED: in a
+    grid where every run trains every epoch, TERMINATED before the last epoch means stopped."""
+    trials = getattr(results._experiment_analysis, "trials", None) or []
+
+    def finished(t) -> bool:
+        last = t.last_result or {}
+        return t.status == "ERROR" or (t.status == "TERMINATED"
+                                       and int(last.get("epoch", last.get("training_iteration", 0))) >= max_epochs)
+
+    left = [t.trial_id for t in trials if not finished(t)]
+    return left + ["(not started)"] * max(0, n - len(trials))
+
+
+def _run_id(tracker, trial_id: str) -> str | None:
+    """The MLflow run of a stage's trial: the callback's cache, else found by its tags (a run
+    finished before a driver restart is in no cache)."""
+    if tracker is None:
+        return None
+    if trial_id in tracker._children:
+        return tracker._children[trial_id]
+    found = tracker._search(f"tags.study_dir = '{tracker.study_dir}' and tags.trial_id = '{trial_id}'")
+    return found[0].info.run_id if found else None
+
+
+def _end_run(tracker, trial_id: str) -> None:
+    """An interrupted run: KILLED in MLflow (a --resume finds it by tag and finishes it)."""
+    run_id = _run_id(tracker, trial_id) if trial_id != "(not started)" else None
+    if run_id:
+        tracker.client.set_terminated(run_id, status="KILLED")
+
+
+def _interrupt_hook(after: int, marker: str | None):
+    """Test hook (docs/search.md): a real SIGINT to this driver, as Ctrl-C, after `after` results
+    of the named stage (Tune's own handler ends the run as it does for Ctrl-C); once only when a
+    `marker` file is given (Tune pickles the hook with the run, so a --resume restores it)."""
+    import signal
+
+    from ray.tune import Callback
+
+    class InterruptHook(Callback):
+        seen = 0
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.seen += 1
+            if self.seen == after and not (marker and os.path.exists(marker)):
+                if marker:
+                    open(marker, "w").close()
+                os.kill(os.getpid(), signal.SIGINT)
+
+    return InterruptHook()
 
 
 def _concurrency(scfg, n: int) -> int:
@@ -124,22 +256,31 @@ def candidate_stats(runs: list[dict]) -> dict[str, dict]:
     return out
 
 
-def choose(stats: dict, runs: list[dict], min_auc_drop: float | None) -> dict:
-    """The stated rule (module docstring). Returns the label, the floor and the seed-paired
-    validation difference to plain fusion."""
-    if BASELINE not in stats:
+def table(runs: list[dict]):
+    """The rule's results table: one row per candidate x seed (repeat = seed: paired)."""
+    import pandas as pd
+
+    return pd.DataFrame([{"candidate": r["candidate"], "repeat": r["seed"], "val_auc": r["val"]["auc"],
+                          "val_es_auc": r["val"]["es_auc"]} for r in runs],
+                        columns=["candidate", "repeat", "val_auc", "val_es_auc"])
+
+
+def choose(runs: list[dict], min_auc_drop: float | None = None, alpha: float = 0.05,
+           min_gain: float = 0.0, family: int | None = None) -> dict:
+    """search.decide.rule on the confirmation's table. Returns the label, the rule, the floor,
+    the evidence (per candidate: paired difference, interval, Holm p, minimum detectable gain),
+    the one-line reason and the best candidate's seed-paired difference to plain fusion."""
+    from search.decide.rule import decide_table
+
+    if not any(r["candidate"] == BASELINE for r in runs):
         raise RuntimeError("confirmation: every plain-fusion (baseline) run failed; nothing to compare with")
-    floor = stats[BASELINE]["auc"] - min_auc_drop if min_auc_drop is not None else -math.inf
-    eligible = {k: s for k, s in stats.items() if k != BASELINE and s["auc"] >= floor}
-    best = max(eligible, key=lambda k: eligible[k]["es_auc"]) if eligible else None
-    beats = best is not None and eligible[best]["es_auc"] > stats[BASELINE]["es_auc"]
-    label = best if beats else BASELINE
-    rule = ("highest mean validation ES-AUC over seeds" +
-            (f" among candidates with mean validation AUC >= plain fusion's - {min_auc_drop}"
-             if min_auc_drop is not None else "") +
-            ", deployed only if above plain fusion's mean")
-    return {"label": label, "rule": rule, "auc_floor": None if math.isinf(floor) else floor,
-            "fell_back_to_baseline": label == BASELINE, "best_candidate": best,
+    d = decide_table(table(runs), alpha, min_gain, BASELINE, min_auc_drop, name="confirmation",
+                     baseline_name="plain fusion", family=family)
+    best, label = d["best_candidate"], d["deployed"]
+    for w in d["warnings"]:
+        print(f"[confirm] warning: {w}", flush=True)
+    return {"label": label, "rule": d["rule"], "reason": d["reason"], "auc_floor": d["auc_floor"],
+            "fell_back_to_baseline": label == BASELINE, "best_candidate": best, "evidence": d,
             "vs_baseline_val": seed_paired(runs, best) if best is not None else {}}
 
 

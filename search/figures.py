@@ -18,15 +18,19 @@ from pathlib import Path
 OBJ = ("auc", "es_auc")
 
 
-def _study(points: list[tuple[dict, tuple[float, float]]]):
+def _study(points: list[tuple[dict, tuple[float, float]]], mode: str = "full"):
+    """An Optuna study over the mode's OWN searched hyperparameters (search.space): a trial
+    carries exactly those (e.g. --mode ogm_ge: ogm_alpha only)."""
     import optuna
 
-    from search.space import optuna_distributions
+    from search.space import hyperparameters, optuna_distributions
 
     study = optuna.create_study(directions=["maximize", "maximize"], study_name="rebuilt")
-    dists = optuna_distributions()
+    names = hyperparameters(mode)
+    dists = optuna_distributions(names)
     for t, values in points:
-        study.add_trial(optuna.trial.create_trial(params=t["params"], distributions=dists,
+        params = {k: t["params"][k] for k in names}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
                                                   values=list(values),
                                                   user_attrs={"trial_id": t["trial_id"]}))
     return study
@@ -66,7 +70,7 @@ def _save(name: str, plotly_fig, mpl_axes, out: Path, written: list[Path]) -> No
     written += [png, html]
 
 
-def search_figures(trials: list[dict], full: list[dict], epoch: int, out: Path) -> dict:
+def search_figures(trials: list[dict], full: list[dict], epoch: int, out: Path, mode: str = "full") -> dict:
     """Write the figures; returns {"files": [...], "importance": {...}, "epoch": epoch}."""
     import matplotlib
 
@@ -84,14 +88,14 @@ def search_figures(trials: list[dict], full: list[dict], epoch: int, out: Path) 
     warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if len(full) >= 1:
-        front = _study([(t, (t["val"]["auc"], t["val"]["es_auc"])) for t in full])
+        front = _study([(t, (t["val"]["auc"], t["val"]["es_auc"])) for t in full], mode)
         names = ["val AUC (best epoch)", "val ES-AUC (best epoch)"]
         _save("pareto_front", pv.plot_pareto_front(front, target_names=names),
               pm.plot_pareto_front(front, target_names=names), out, written)
     points = common_epoch_points(trials, epoch)
     if len(points) < 2:
         return result
-    study = _study(points)
+    study = _study(points, mode)
     for i, key in enumerate(OBJ):
         label = f"val {key.upper().replace('_', '-')} at epoch {epoch}"
         target = lambda t, i=i: t.values[i]   # noqa: E731
@@ -104,9 +108,10 @@ def search_figures(trials: list[dict], full: list[dict], epoch: int, out: Path) 
           pm.plot_parallel_coordinate(study, target=target, target_name=label), out, written)
     fanova = result["importance"]["es_auc"]["fanova"]
     if isinstance(fanova, dict) and len(points) >= 3:
-        top = sorted(fanova, key=fanova.get, reverse=True)[:2]
-        _save("contour_top2", pv.plot_contour(study, params=top, target=target, target_name=label),
-              pm.plot_contour(study, params=top, target=target, target_name=label), out, written)
+        if len(fanova) >= 2:   # a contour needs two hyperparameters (OGM-GE searches one)
+            top = sorted(fanova, key=fanova.get, reverse=True)[:2]
+            _save("contour_top2", pv.plot_contour(study, params=top, target=target, target_name=label),
+                  pm.plot_contour(study, params=top, target=target, target_name=label), out, written)
         ev = optuna.importance.FanovaImportanceEvaluator(seed=0)
         _save("importance_es_auc", pv.plot_param_importances(study, evaluator=ev, target=target, target_name=label),
               pm.plot_param_importances(study, evaluator=ev, target=target, target_name=label), out, written)

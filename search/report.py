@@ -69,11 +69,35 @@ def _front_html(full: list[dict]) -> str:
     return fig.to_html(include_plotlyjs=True, full_html=False)
 
 
+def _evidence(choice: dict) -> list[str]:
+    """The rule's evidence (search.decide.rule): its one-line reason, per candidate the paired
+    validation difference to plain fusion with its interval, raw and Holm p, and the gain the
+    study could detect."""
+    ev = choice.get("evidence") or {}
+    rows = ev.get("candidates") or {}
+    if not rows:
+        return []
+    out = [f"<p><b>Decision: {html.escape(choice.get('reason', ''))}</b></p>",
+           _table(["candidate", "val ES-AUC - plain fusion (paired, 95% t interval)", "val AUC mean",
+                   "one-sided p", "Holm p", "gain detectable (80% power)", "eligible", "shown better"],
+                  [[k, f"{_f(r['diff'])} [{_f(r['diff_lo'])}, {_f(r['diff_hi'])}]", _f(r["val_auc"]),
+                    _f(r["p"], 3), _f(r["p_holm"], 3), _f(r["min_detectable_gain"], 3),
+                    "yes" if r["eligible"] else "no (AUC floor)", "yes" if r["shown_better"] else "no"]
+                   for k, r in rows.items()]),
+           f"<p>With {ev['n_repeats']} repeats (seeds) this study detects a validation ES-AUC gain "
+           f">= {_f(ev['min_detectable_gain'], 3)} over plain fusion ({html.escape(ev['min_detectable_note'])}); "
+           f"familywise error {ev['alpha']}.</p>"]
+    for w in ev.get("warnings", []):
+        out.append(f"<p>Warning: {html.escape(w)}</p>")
+    return out
+
+
 def render(search: dict, decision: dict, figure_files: list[Path], full: list[dict], commit: str) -> str:
     conf, test = decision.get("confirmation", {}), decision.get("test", {})
     choice = conf.get("choice", {})
     label = choice.get("label", "n/a")
-    cand = conf.get("candidates", {}).get(label, {})
+    # plain fusion's entry carries the paper's values, unused by it: show none
+    cand = conf.get("candidates", {}).get(label, {}) if label != "baseline" else {}
     sections = [f"<h1>MultiFair deployment report: {html.escape(search['name'])}</h1>",
                 "<h2>Provenance</h2>", _table(["item", "value"], [
                     ["dataset / attribute", f"{search['dataset']} / {search['attribute']}"],
@@ -88,18 +112,16 @@ def render(search: dict, decision: dict, figure_files: list[Path], full: list[di
                         for k in decision.get("space", {})] for t in decision.get("front", [])]),
                 "<h2>Confirmation (fresh seeds, validation)</h2>",
                 f"<p>Rule: {html.escape(choice.get('rule', 'n/a'))}. Chosen: <b>{html.escape(label)}</b> "
-                f"{html.escape(str({k: v for k, v in cand.items() if k != 'trial_id'}))}</p>",
+                f"{html.escape(str({k: v for k, v in cand.items() if k != 'trial_id'}) if cand else '(plain fusion)')}</p>",
                 _table(["candidate", "seeds", "val AUC mean ± sd", "val ES-AUC mean ± sd"],
                        [[k, s["n_seeds"], f"{_f(s['auc'])} ± {_f(s['auc_std'])}",
                          f"{_f(s['es_auc'])} ± {_f(s['es_auc_std'])}"] for k, s in conf.get("stats", {}).items()])]
-    vs = choice.get("vs_baseline_val") or {}
-    if vs:
-        best = html.escape(str(choice.get("best_candidate") or label))
-        verdict = ("<p><b>No MultiFair candidate beat plain fusion under the rule: plain fusion is "
-                   "deployed.</b></p>" if choice.get("fell_back_to_baseline") else "")
-        sections.append(f"{verdict}<p>Best candidate ({best}) - plain fusion on validation, paired by seed (n={vs['n_seeds']}, 95% t "
-                        f"interval): AUC {_f(vs['auc'])} [{_f(vs['auc_lo'])}, {_f(vs['auc_hi'])}], "
-                        f"ES-AUC {_f(vs['es_auc'])} [{_f(vs['es_auc_lo'])}, {_f(vs['es_auc_hi'])}]</p>")
+    sections += _evidence(choice)
+    if decision.get("expected_max"):
+        from search.decide.expected_max import line
+
+        sections.append(f"<h2>Would more trials help?</h2><p>{html.escape(line(decision['expected_max']))} "
+                        "(figure expected_max below).</p>")
     if test:
         sections += [f"<h2>Test split, scored once (n={test['n_test']}, {test['n_resamples']} paired "
                      "bootstrap resamples, 95% percentile intervals)</h2>",

@@ -55,6 +55,9 @@ class SearchConfig:
     min_auc_drop: float | None = None   # constrained (and the confirmation's AUC floor)
     finalists: int = 3             # 0: no confirmation stage (the best search trial is tested)
     confirm_seeds: int = 3
+    confirm_budget: int = 0        # extra seeds per undecided candidate (confirm.looks)
+    alpha: float = 0.05            # the decision's familywise error (search/decide/rule.py)
+    min_gain: float = 0.0          # validation ES-AUC gain over plain fusion a candidate must show
     register_name: str = ""        # "" -> multifair-<dataset>-<attribute>
     figures: bool = True
     warm_start: str = ""           # an earlier study folder or MLflow experiment (search/warm_start.py)
@@ -121,7 +124,10 @@ def check(scfg: SearchConfig) -> None:
     need(scfg.min_auc_drop is None or 0 <= scfg.min_auc_drop < 1,
          f"--min-auc-drop {scfg.min_auc_drop}: give an AUC difference in [0, 1), e.g. 0.01")
     need(scfg.finalists >= 0, f"--finalists {scfg.finalists}: give 0 (no confirmation) or more")
-    need(scfg.confirm_seeds >= 1, f"--confirm-seeds {scfg.confirm_seeds}: give at least 1 seed (2+ for intervals)")
+    need(scfg.confirm_seeds >= 2 or scfg.finalists == 0, f"--confirm-seeds {scfg.confirm_seeds}: give at "
+         "least 2 (one seed gives no interval, so no candidate could be shown better than plain fusion)")
+    need(0 < scfg.alpha < 1, f"--alpha {scfg.alpha}: give a familywise error level in (0, 1), e.g. 0.05")
+    need(scfg.confirm_budget >= 0, f"--confirm-budget {scfg.confirm_budget}: give 0 or more seeds")
     need(scfg.cpus_per_trial > 0, f"--cpus-per-trial {scfg.cpus_per_trial}: must be positive")
     need(scfg.max_failures >= 0, f"--max-failures {scfg.max_failures}: must be 0 or more")
     need(scfg.checkpoint_every >= 0, f"--checkpoint-every {scfg.checkpoint_every}: give 0 (no resume "
@@ -158,10 +164,15 @@ def parse_args(dataset: str, attribute: str, baseline: dict | None, argv=None) -
         "also applied when choosing among the confirmed finalists)")
     add("--finalists", type=int, default=defaults.finalists, help="configurations re-trained with "
         "fresh seeds, plus the paper's point and plain fusion (0: skip)")
-    add("--confirm-seeds", type=int, default=defaults.confirm_seeds, help="seeds per finalist")
     add("--warm-start", default="", metavar="STUDY_OR_EXPERIMENT",
         help="seed the sampler with an earlier study's trials (same --mode and kind of --objective; "
              "another attribute or site is fine): its folder or its MLflow experiment name")
+    add("--confirm-seeds", type=int, default=defaults.confirm_seeds, help="seeds per finalist (>= 2)")
+    add("--confirm-budget", type=int, default=0, help="up to this many more seeds for candidates "
+        "still undecided after the first --confirm-seeds (0: none)")
+    add("--alpha", type=float, default=defaults.alpha, help="familywise error of the deployment decision")
+    add("--min-gain", type=float, default=defaults.min_gain, help="validation ES-AUC gain over plain "
+        "fusion a candidate must be shown to exceed")
     add("--register-name", default="", help="registered model name (default multifair-<dataset>-<attribute>)")
     add("--no-figures", dest="figures", action="store_false", help="skip the sensitivity figures")
     add("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI or sqlite under --storage-path")
@@ -194,7 +205,7 @@ def main(dataset: str, attribute: str, baseline: dict | None = None, argv=None) 
     print_summary(scfg, outcome)
     if outcome.interrupted:
         return 130
-    return 0 if outcome.best is not None else 1
+    return 0 if outcome.best is not None and not outcome.stopped_stage else 1
 
 
 # -- the search -----------------------------------------------------------------------------
@@ -294,12 +305,17 @@ def run_search(scfg: SearchConfig) -> SearchOutcome:
     timings["summary_s"] = time.perf_counter() - clock   # incl. the best model logged when no confirmation
     clock = time.perf_counter()
     if not outcome.interrupted and outcome.best is not None:
-        outcome.decision = decide(scfg, setup, outcome.trials, tracker, auc_floor)
+        from search.confirm import StageStopped
+
+        try:   # an interrupted or incomplete stage leaves no decision and registers nothing
+            outcome.decision = decide(scfg, setup, outcome.trials, tracker, auc_floor)
+        except StageStopped as exc:
+            outcome.stopped_stage, outcome.stop_message, outcome.interrupted = exc.stage, str(exc), exc.interrupted
     timings["decide_s"] = time.perf_counter() - clock
     outcome.wall_s = time.time() - started
     outcome.timings = timings
     if tracker is not None:
-        tracker.end_study("KILLED" if outcome.interrupted else "FINISHED",
+        tracker.end_study("KILLED" if outcome.interrupted else "FAILED" if outcome.stopped_stage else "FINISHED",
                           tags={"interrupted": str(outcome.interrupted).lower(),
                                 "trials_stopped_early": outcome.stopped_early,
                                 "trials_failed": outcome.failed,

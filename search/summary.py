@@ -26,6 +26,8 @@ class SearchOutcome:
     trials: list = field(default_factory=list)      # search.study.trial_record dicts
     decision: dict | None = None                    # search.decide: front, confirmation, test
     timings: dict = field(default_factory=dict)     # seconds per stage (runner.run_search)
+    stopped_stage: str = ""          # a stage after the search that stopped (confirm): no decision
+    stop_message: str = ""
 
 
 def select_best(trials: list[dict], max_epochs: int) -> dict | None:
@@ -130,20 +132,23 @@ def print_decision(d: dict) -> None:
     print(f"Pareto front (validation AUC, ES-AUC; full-length trials): {len(front)} trial(s)")
     for t in front[:6]:
         print(f"  {t['trial_id']:14s} auc {t['auc']:.4f}  es_auc {t['es_auc']:.4f}")
+    if d.get("expected_max"):
+        from search.decide.expected_max import line
+
+        print(line(d["expected_max"]))
     conf = d.get("confirmation")
     if conf:
-        print(f"confirmation ({len(conf['seeds'])} fresh seeds each; mean ± sd of validation):")
+        print("confirmation (fresh seeds; mean ± sd of validation over each candidate's seeds):")
         for label, st in conf["stats"].items():
             mark = "  <- chosen" if label == conf["choice"]["label"] else ""
             print(f"  {label:22s} auc {st['auc']:.4f} ± {st['auc_std']:.4f}  "
-                  f"es_auc {st['es_auc']:.4f} ± {st['es_auc_std']:.4f}{mark}")
+                  f"es_auc {st['es_auc']:.4f} ± {st['es_auc_std']:.4f}  ({st['n_seeds']} seeds){mark}")
+        looks = conf.get("looks") or []
+        for h in looks if len(looks) > 1 else []:   # intensification (--confirm-budget): one line per look
+            print(f"  look {h['look']}: seeds {h['seeds'][0]}-{h['seeds'][-1]} for {', '.join(h['candidates'])} "
+                  f"at alpha {h['alpha']:.3g}; undecided after it: {', '.join(h['undecided']) or 'none'}")
         print(f"  rule: {conf['choice']['rule']}")
-        vs = conf["choice"].get("vs_baseline_val") or {}
-        if vs.get("n_seeds"):
-            print(f"  best candidate - plain fusion, validation, paired by seed: "
-                  f"es_auc {_ci(vs, 'es_auc')}  auc {_ci(vs, 'auc')}")
-        if conf["choice"]["fell_back_to_baseline"]:
-            print("  no MultiFair candidate beat plain fusion under the rule: plain fusion is deployed")
+        print_evidence(conf["choice"])
     test = d.get("test")
     if test:
         deployed = test.get("deployed", "") != "baseline"
@@ -162,10 +167,31 @@ def print_decision(d: dict) -> None:
         print(f"report: {d['report']}")
 
 
+def print_evidence(choice: dict, indent: str = "  ") -> None:
+    """The rule's evidence per candidate and its one-line reason (search.decide.rule)."""
+    ev = choice.get("evidence") or {}
+    rows = ev.get("candidates") or {}
+    if rows:
+        print(f"{indent}candidate - plain fusion, validation ES-AUC paired by seed (95% t interval), "
+              f"one-sided p, Holm p, gain detectable at 80% power:")
+        for label, r in rows.items():
+            flag = "" if r["eligible"] else "  (below the AUC floor)"
+            print(f"{indent}  {label:22s} {r['diff']:+.4f} [{r['diff_lo']:+.4f}, {r['diff_hi']:+.4f}]  "
+                  f"p {r['p']:.3g}  Holm p {r['p_holm']:.3g}  detects >= {r['min_detectable_gain']:+.3f}{flag}")
+        print(f"{indent}with {ev['n_repeats']} repeats this study detects a validation ES-AUC gain >= "
+              f"{ev['min_detectable_gain']:+.3f} (80% power, familywise error {ev['alpha']})")
+    if choice.get("reason"):
+        print(f"{indent}decision: {choice['reason']}")
+
+
 def print_summary(scfg: SearchConfig, o: SearchOutcome) -> None:
     from search.tracking import ui_hint
 
-    if o.interrupted:
+    if o.stopped_stage:
+        print(f"\n=== MultiFair study STOPPED in the {o.stopped_stage} stage: no decision, nothing "
+              f"registered ===\n{o.stop_message}\n(continue with the same command plus --resume; "
+              f"study {scfg.study_dir})")
+    elif o.interrupted:
         print(f"\n=== MultiFair search INTERRUPTED: continue it with the same command plus --resume "
               f"(study {scfg.study_dir}) ===")
     elif o.failed and o.failed == len(o.results):

@@ -130,9 +130,15 @@ def main(argv=None) -> int:
         tracker = StudyTracker(uri, scfg.experiment, scfg.study_dir)
         tracker.start_study(tags={}, params={})
     init_ray(scfg)
-    from search.confirm import grid_run
+    from search.confirm import StageStopped, grid_run
 
-    runs = grid_run(scfg, st["setup"], cands, [scfg.seed + 100 + i for i in range(a.seeds)], "sweep", tracker)
+    try:
+        runs = grid_run(scfg, st["setup"], cands, [scfg.seed + 100 + i for i in range(a.seeds)], "sweep", tracker)
+    except StageStopped as exc:   # Ctrl-C: no figures from part of the sweep; rerun to continue
+        print(f"error: {exc}", file=sys.stderr)
+        if tracker is not None:
+            tracker.end_study("KILLED")
+        return 130
     summary = summarise(runs, cands, names)
     files = plot(summary, centre, S.local_dir(search) / "figures")
     S.write_json(a.results, "sweep.json", {"centre": centre, "summary": summary})

@@ -37,11 +37,18 @@ def test_pareto_confirmation_paired_test_and_champion(decided):
     assert "baseline" in conf["candidates"] and "paper" in conf["candidates"]
     assert all(s["n_seeds"] == 2 for s in conf["stats"].values())
     label = conf["choice"]["label"]
+    ev = conf["choice"]["evidence"]["candidates"]
     best = max((k for k in conf["stats"] if k != "baseline"), key=lambda k: conf["stats"][k]["es_auc"])
-    beats = conf["stats"][best]["es_auc"] > conf["stats"]["baseline"]["es_auc"]
-    assert label == (best if beats else "baseline")              # the stated rule (no AUC floor)
+    shown = [k for k, r in ev.items() if r["p_holm"] <= 0.05 and r["diff"] > 0]
+    beats = bool(shown)
+    # the rule (no AUC floor): the best mean among those shown better, else plain fusion
+    assert label == (max(shown, key=lambda k: ev[k]["diff"]) if beats else "baseline")
     assert conf["choice"]["fell_back_to_baseline"] == (not beats)
     assert conf["choice"]["best_candidate"] == best
+    for k, r in ev.items():                                      # the evidence matches the stats
+        assert r["diff"] == pytest.approx(conf["stats"][k]["es_auc"] - conf["stats"]["baseline"]["es_auc"])
+        assert r["diff_lo"] <= r["diff"] <= r["diff_hi"] and r["p"] <= r["p_holm"] <= 1
+    assert conf["choice"]["reason"].startswith(f"{label}: shown better" if beats else "plain fusion: no candidate")
     assert read_json(scfg.study_dir, DECISION_FILE)["confirmation"]["choice"]["label"] == label
 
     client = MlflowClient(scfg.tracking_uri)
@@ -68,7 +75,7 @@ def test_pareto_confirmation_paired_test_and_champion(decided):
     assert float(version.tags["test.auc"]) == pytest.approx(test["auc"][side])
     assert client.get_run(version.run_id).data.metrics["test/auc"] == pytest.approx(test["auc"][side])
     report = Path(d["report"]).read_text()
-    assert "Pareto front" in report and "paired" in report and label in report
+    assert "Pareto front" in report and "paired" in report and label in report and "Holm p" in report
 
 
 def test_relog_rebuilds_the_confirmation_runs_as_the_live_search_logged_them(decided, tmp_path):

@@ -1,6 +1,10 @@
-"""After the search: finalists -> confirmation (Tune) -> test split once (paired against plain
-fusion) -> registry -> figures -> report, all written through search.study and logged to the
-study's MLflow run. Returns the decision dict (also `decision.json` in the study folder)."""
+"""After the search: finalists -> confirmation (Tune) -> the rule (search.decide.rule) -> test
+split once (paired against plain fusion) -> registry -> decision.json -> figures -> report, all
+written through search.study and logged to the study's MLflow run. Returns the decision dict.
+
+decision.json is written as soon as the decision and registration are made, before figures and
+the report: a failure there (a plotting bug, a full disk) never loses the decision; a figure
+failure is recorded in it (`figures.error`) and the report is still written."""
 from __future__ import annotations
 
 import math
@@ -20,6 +24,10 @@ def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | No
                 "space": {k: str(v) for k, v in S.space_summary(scfg.mode).items()},
                 "front": [{"trial_id": t["trial_id"], "auc": t["val"]["auc"], "es_auc": t["val"]["es_auc"],
                            "params": t["params"]} for t in front]}
+    if len(full) >= 2:   # would more trials help? (search.decide.expected_max)
+        from search.decide.expected_max import curve
+
+        decision["expected_max"] = curve([t["val"]["es_auc"] for t in full], seed=scfg.seed)
     if scfg.data_root:
         from search.report import data_fingerprint
 
@@ -27,10 +35,12 @@ def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | No
     if scfg.finalists > 0 and full:
         finals = objectives.finalists(scfg, full, auc_floor, scfg.finalists)
         conf = confirm.run_confirmation(scfg, setup, finals, tracker)
-        decision["confirmation"] = {k: conf[k] for k in ("candidates", "stats", "seeds", "choice")}
+        decision["confirmation"] = {k: conf[k] for k in ("candidates", "stats", "seeds", "looks", "choice")}
+        print(f"[decide] {conf['choice']['reason']}", flush=True)
         _test_and_register(scfg, conf, tracker, decision)
+    S.write_json(scfg.study_dir, S.DECISION_FILE, decision)   # before figures: never lost to them
     _figures_and_report(scfg, search, trials, full, tracker, decision)
-    S.write_json(scfg.study_dir, S.DECISION_FILE, decision)
+    S.write_json(scfg.study_dir, S.DECISION_FILE, decision)   # with the figures' and report's paths
     return decision
 
 
@@ -99,10 +109,19 @@ def _figures_and_report(scfg, search, trials, full, tracker, decision) -> None:
     decision["figures"] = {}
     files = []
     if scfg.figures:
-        fig = search_figures(trials, full, scfg.grace_period, out / "figures")
-        files = fig["files"]
-        decision["figures"] = {"epoch": fig["epoch"], "importance": fig["importance"],
-                               "files": [str(f) for f in files]}
+        try:
+            fig = search_figures(trials, full, scfg.grace_period, out / "figures", scfg.mode)
+            files = fig["files"]
+            if decision.get("expected_max"):
+                from search.decide.expected_max import figure
+
+                files.append(figure(decision["expected_max"], out / "figures"))
+            decision["figures"] = {"epoch": fig["epoch"], "importance": fig["importance"],
+                                   "files": [str(f) for f in files]}
+        except Exception as exc:   # noqa: BLE001  figures explain the decision; they are not it
+            decision["figures"] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"[decide] warning: figures failed ({type(exc).__name__}: {exc}); the decision "
+                  "and the report are kept", flush=True)
     report = out / "report.html"
     report.write_text(render(search, decision, files, full, git_commit()))
     decision["report"] = str(report)

@@ -1,0 +1,29 @@
+"""benchmarks/decision_error.py's simulation, small: under A/A the old rule (best mean above plain
+fusion's) deploys most of the time, the new rule (paired t + Holm) rarely; a truly better
+candidate is found more often with more repeats; the measured noise reads the committed files."""
+import glob
+
+from benchmarks import decision_error as de
+
+NOISE = dict(sd_base=0.02, sd_cand=0.06, rho_bc=0.5, rho_cc=0.5)    # plain fusion varies less
+
+
+def test_aa_false_deployments_old_rule_most_new_rule_few():
+    for repeats in (2, 5):
+        r = de.simulate(600, 4, repeats, **NOISE, seed=1)
+        assert r["old_false"] > 0.5, r          # K/(K+1) = 0.8 in theory
+        assert r["new_false"] < 0.1, r          # alpha = 0.05, plus simulation noise
+
+
+def test_power_grows_with_repeats_and_the_gain_is_deployed():
+    few = de.simulate(600, 4, 3, **NOISE, gains=[0.08, 0, 0, 0], seed=2)
+    many = de.simulate(600, 4, 12, **NOISE, gains=[0.08, 0, 0, 0], seed=2)
+    assert many["new_power"] > few["new_power"] and many["new_power"] > 0.7, (few, many)
+
+
+def test_measured_noise_reads_the_committed_comparisons():
+    files = sorted(glob.glob(str(de.ROOT / "benchmarks" / "results" / "compare-*.json")))
+    noise = de.measured_noise(files)
+    assert len(noise["files"]) == len(files) >= 1
+    assert 0 < noise["sd_baseline"] < 0.5 and 0 < noise["sd_candidate"] < 0.5
+    assert -1 <= noise["rho_baseline_candidate"] <= 1
