@@ -188,7 +188,8 @@ def _prepare_shard(cfg, folder: str, names: list[str], split: str, index: int, t
     return {"defects": [], "index": index, "parts": parts, "small": small}
 
 
-def prepare_on_cluster(cfg, out: str, log=print) -> dict:
+def prepare_on_cluster(cfg, out: str, log=print,
+                       shard_samples: int = shards.SHARD_SAMPLES) -> dict:
     """Run (or reuse) the preparation job for cfg's data root and parameters on the Ray this
     process is connected to. Returns {"uri": manifest URI, "sha256": manifest hash, "reused",
     "samples", "seconds", "cpus"}; raises trainer.data.DataError / audit.AuditError on bad data."""
@@ -198,7 +199,7 @@ def prepare_on_cluster(cfg, out: str, log=print) -> dict:
 
     started = time.perf_counter()
     layout = LAYOUTS[cfg.dataset]
-    params = shards.params(cfg, layout.name)
+    params = shards.params(cfg, layout.name, shard_samples)
     listing = list_raw(cfg.data_root, layout)
     target = join(out, prep_key(cfg.data_root, listing, params))
     fs, path = filesystem(target)

@@ -20,7 +20,9 @@ def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | No
                 "space": {k: str(v) for k, v in S.space_summary(scfg.mode).items()},
                 "front": [{"trial_id": t["trial_id"], "auc": t["val"]["auc"], "es_auc": t["val"]["es_auc"],
                            "params": t["params"]} for t in front]}
-    if scfg.data_root:
+    if setup.get("prepared"):   # prepared by the cluster (search/dataprep.py): its manifest's hash
+        decision["data_fingerprint"] = setup["prepared"]["sha256"]
+    elif scfg.data_root:
         from search.report import data_fingerprint
 
         decision["data_fingerprint"] = data_fingerprint(scfg.data_root)

@@ -45,7 +45,7 @@ class CachedDataset(Dataset):
         return state
 
     def __setstate__(self, state):
-        state["arrays"] = {m: np.load(f, mmap_mode="r") if isinstance(f, str) else f
+        state["arrays"] = {m: f if isinstance(f, shards.ShardedArray) else np.load(f, mmap_mode="r")
                            for m, f in state["arrays"].items()}
         self.__dict__.update(state)
 

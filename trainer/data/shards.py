@@ -40,7 +40,7 @@ class SourceFolder(str):
         return f"{self.rstrip('/')}/{name}"
 
 
-def params(cfg, layout_name: str) -> dict:
+def params(cfg, layout_name: str, shard_samples: int = SHARD_SAMPLES) -> dict:
     """The preprocessing parameters a prepared folder is made for (part of its key)."""
     modalities = list(cfg.resolved_modalities())
     refused = [m for m in modalities if m not in IMAGE_MODALITIES]
@@ -48,7 +48,8 @@ def params(cfg, layout_name: str) -> dict:
         raise DataError(f"modalities {','.join(refused)}: cluster preparation covers "
                         f"{'/'.join(IMAGE_MODALITIES)} only (key: modalities); prepare notes with "
                         f"the local cache (--data-root on a local folder)")
-    return {**_fixed(cfg, layout_name), "modalities": modalities, "shard_samples": SHARD_SAMPLES}
+    return {**_fixed(cfg, layout_name), "modalities": modalities,
+            "shard_samples": int(shard_samples)}
 
 
 def _fixed(cfg, layout_name: str) -> dict:
