@@ -6,6 +6,10 @@ The paper preset's preprocessing (224x224, 10 OCT slices). Prints JSON (and writ
     python benchmarks/dataprep.py --json benchmarks/results/dataprep-2core.json
     python benchmarks/dataprep.py --data /path/to/full-size --cpus 1,2,4   # an existing set
 
+Two rates: samples per wall-clock second (what this machine gave, shared with whatever else runs
+on it: the load average is recorded) and samples per CPU-second of the shard tasks (process CPU
+time: what one dedicated core gives, the figure to scale by the cluster's cores).
+
 The job reads a local folder here: what it measures is decoding + audit + preprocessing + writing
 the shards, the CPU part. Reading ~80 GB from S3 is an I/O term of its own (docs/dataprep.md).
 Each run starts an embedded Ray with that many CPUs and warms its workers (importing torch is
@@ -47,6 +51,8 @@ def run_job(cfg, cpus: int, out: Path, shard_samples: int) -> dict:
     rate = job["samples"] / job["seconds"]
     return {"cpus": cpus, "samples": job["samples"], "seconds": round(job["seconds"], 2),
             "samples_per_s": round(rate, 2), "samples_per_s_per_core": round(rate / cpus, 2),
+            "task_cpu_s": round(job["task_cpu_s"], 2),
+            "samples_per_cpu_s": round(job["samples"] / job["task_cpu_s"], 2),
             "warm_up_s": round(warm_s, 2), "shard_samples": shard_samples}
 
 
@@ -57,12 +63,12 @@ def run_local(cfg) -> dict:
     from trainer.data import prepare
 
     torch.set_num_threads(1)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     summary = prepare(cfg)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     n = sum(s["n"] + s["dropped_unknown"] for s in summary["splits"].values())
     return {"samples": n, "seconds": round(seconds, 2), "samples_per_s": round(n / seconds, 2),
-            "torch_threads": 1}
+            "cpu_s": round(cpu, 2), "samples_per_cpu_s": round(n / cpu, 2), "torch_threads": 1}
 
 
 def main() -> None:

@@ -147,6 +147,7 @@ def _prepare_shard(cfg, folder: str, names: list[str], split: str, index: int, t
     from trainer.data.cache import preprocess_file
     from trainer.data.common import DataError
 
+    cpu = time.process_time()   # this worker's CPU seconds: the per-core cost, whatever the load
     layout, modalities = LAYOUTS[cfg.dataset], list(cfg.resolved_modalities())
     fs, path = filesystem(folder)
     rows, defects = [], []
@@ -185,14 +186,15 @@ def _prepare_shard(cfg, folder: str, names: list[str], split: str, index: int, t
              "codes": np.array([r["meta"][1] for r in rows], np.int64).reshape(len(rows), -1),
              "files": np.array(names), "rgb": np.array([r.get("rgb", False) for r in rows], bool)}
     small.update({f"hash-{m}": np.stack([r[f"hash:{m}"] for r in rows]) for m in modalities})
-    return {"defects": [], "index": index, "parts": parts, "small": small}
+    return {"defects": [], "index": index, "parts": parts, "small": small,
+            "cpu_s": time.process_time() - cpu}
 
 
 def prepare_on_cluster(cfg, out: str, log=print,
                        shard_samples: int = shards.SHARD_SAMPLES) -> dict:
     """Run (or reuse) the preparation job for cfg's data root and parameters on the Ray this
     process is connected to. Returns {"uri": manifest URI, "sha256": manifest hash, "reused",
-    "samples", "seconds", "cpus"}; raises trainer.data.DataError / audit.AuditError on bad data."""
+    "samples", "seconds", "cpus", "task_cpu_s"}; raises trainer.data.DataError / audit.AuditError on bad data."""
     import ray
 
     from trainer.data import LAYOUTS, audit
@@ -209,7 +211,7 @@ def prepare_on_cluster(cfg, out: str, log=print,
         digest = shards.manifest_hash(_read(fs, f"{path}/{shards.MANIFEST}"))
         log(f"data: prepared at {shown(target)} (manifest {digest}), reused", flush=True)
         return {"uri": manifest_uri, "sha256": digest, "reused": True, "samples": samples,
-                "seconds": time.perf_counter() - started, "cpus": 0}
+                "seconds": time.perf_counter() - started, "cpus": 0, "task_cpu_s": 0.0}
     cpus = int(ray.cluster_resources().get("CPU", 1))
     task = ray.remote(_prepare_shard).options(num_cpus=1, scheduling_strategy="SPREAD",
                                               max_retries=2)
@@ -231,7 +233,8 @@ def prepare_on_cluster(cfg, out: str, log=print,
     log(f"data: prepared at {shown(target)} (manifest {digest}): {samples} samples in "
         f"{seconds:.1f} s on {cpus} CPUs ({samples / seconds:.1f} samples/s)", flush=True)
     return {"uri": manifest_uri, "sha256": digest, "reused": False, "samples": samples,
-            "seconds": seconds, "cpus": cpus}
+            "seconds": seconds, "cpus": cpus,
+            "task_cpu_s": sum(r["cpu_s"] for res in results.values() for r in res)}
 
 
 def _assemble(cfg, fs, path: str, listing: dict, results: dict, params: dict) -> dict:
