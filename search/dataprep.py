@@ -2,8 +2,8 @@
 object storage), audits and preprocesses them, and writes shards plus a manifest to shared
 storage; each node pulls the shards to local disk once and trials map them (docs/dataprep.md).
 
-    python -m search.dataprep --dataset fairvision --data-root s3://bucket/fv?endpoint_override=... \
-        --out s3://bucket/prepared?...          # or: the search does it (--data-root s3://...)
+    python -m search.dataprep --dataset fairvision --data-root "s3://bucket/fv?region=..." \
+        --out "s3://bucket/prepared?region=..."   # or the search does it (--data-root s3://...)
 
 - The job: one Ray task per shard (trainer/data/shards.py SHARD_SAMPLES consecutive files of a
   split), 1 CPU each, spread over every node. A task downloads each npz whole (one GET; the next
@@ -96,6 +96,16 @@ def _exists(fs, path: str) -> bool:
 def list_raw(root: str, layout) -> dict[str, tuple[str, list[tuple[str, int, int]]]]:
     """{split: (folder URI, [(npz name, size, mtime ns)] sorted)} of a data root, local or
     remote, found as trainer.data.common.Layout finds them (subdir, split folder spellings)."""
+    from trainer.data.common import DataError
+
+    try:
+        return _list_raw(root, layout)
+    except OSError as exc:   # unreachable endpoint, no credentials, no such bucket: one line
+        raise DataError(f"data root {shown(root)}: cannot list it (key: data_root): "
+                        f"{str(exc).strip().splitlines()[0]}") from None
+
+
+def _list_raw(root: str, layout) -> dict:
     import pyarrow.fs
 
     from trainer.data.common import SPLITS, DataError
@@ -125,7 +135,8 @@ def list_raw(root: str, layout) -> dict[str, tuple[str, list[tuple[str, int, int
                        and fnmatch.fnmatch(i.base_name, "data_*.npz"))
         folder = join(root, *filter(None, [subpath, name]))
         if not files:
-            raise DataError(f"{shown(folder)}: split {split!r} holds no data_*.npz files (key: split)")
+            raise DataError(f"{shown(folder)}: split {split!r} holds no data_*.npz files "
+                            f"(key: split)")
         out[split] = (folder, files)
     return out
 
@@ -194,7 +205,8 @@ def prepare_on_cluster(cfg, out: str, log=print,
                        shard_samples: int = shards.SHARD_SAMPLES) -> dict:
     """Run (or reuse) the preparation job for cfg's data root and parameters on the Ray this
     process is connected to. Returns {"uri": manifest URI, "sha256": manifest hash, "reused",
-    "samples", "seconds", "cpus", "task_cpu_s"}; raises trainer.data.DataError / audit.AuditError on bad data."""
+    "samples", "seconds", "cpus", "task_cpu_s"}; raises trainer.data.DataError or
+    audit.AuditError on bad data."""
     import ray
 
     from trainer.data import LAYOUTS, audit
@@ -294,7 +306,8 @@ def pull(manifest_uri: str, dest_root, images: bool = True, timeout_s: float | N
     if (local / shards.MANIFEST).is_file():
         return local
     local.parent.mkdir(parents=True, exist_ok=True)
-    wait = float(os.environ.get(PULL_TIMEOUT_VAR, PULL_TIMEOUT_S)) if timeout_s is None else timeout_s
+    wait = timeout_s if timeout_s is not None else \
+        float(os.environ.get(PULL_TIMEOUT_VAR, PULL_TIMEOUT_S))
     lock = FileLock(f"{local}.lock", timeout=wait)
     try:
         with lock:

@@ -181,3 +181,18 @@ def test_search_with_s3_data_root_on_nodes_without_raw_files(job, cluster, fake_
     # the driver read the meta files only (labels, codes, hashes: the card), no image shard
     driver = [p.name for p in (tmp_path / "driver-cache").rglob("*.npy")]
     assert driver and not [n for n in driver if n.endswith((".slo.npy", ".oct.npy"))], driver
+
+
+def test_unreachable_data_root_is_one_line(monkeypatch):
+    from search import dataprep
+    from trainer.data import LAYOUTS
+    from trainer.data.common import DataError
+    from tests.search.multinode import free_port
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "fake", "AWS_SECRET_ACCESS_KEY": "fake",
+                       "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(key, value)
+    root = f"s3://nobucket/fv?endpoint_override=127.0.0.1:{free_port()}&scheme=http&region=us-east-1"
+    with pytest.raises(DataError, match=r"^data root s3://nobucket/fv: cannot list it "
+                                        r"\(key: data_root\): [^\n]*$"):
+        dataprep.list_raw(root, LAYOUTS["fairvision"])
