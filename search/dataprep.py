@@ -155,11 +155,13 @@ def _prepare_shard(cfg, folder: str, names: list[str], split: str, index: int, t
     write the shard's .npy files under `target`. Returns their manifest entries and the small
     per-sample arrays, or {"defects": [...]} (nothing written) when a file is defective."""
     from trainer.data import LAYOUTS
-    from trainer.data.cache import preprocess_file
+    from trainer.data.cache import preprocess_file, tokenize
     from trainer.data.common import DataError
 
     cpu = time.process_time()   # this worker's CPU seconds: the per-core cost, whatever the load
     layout, modalities = LAYOUTS[cfg.dataset], list(cfg.resolved_modalities())
+    images = [m for m in modalities if m in shards.IMAGE_MODALITIES]
+    note_key = cfg.note_source if "note" in modalities else None
     fs, path = filesystem(folder)
     rows, defects = [], []
 
@@ -180,7 +182,7 @@ def _prepare_shard(cfg, folder: str, names: list[str], split: str, index: int, t
                 if isinstance(data, DataError):
                     raise data
                 rows.append(preprocess_file(cfg, layout, f"{shown(folder)}/{name}",
-                                            ["meta", *modalities], fileobj=io.BytesIO(data)))
+                                            ["meta", *images], note_key, io.BytesIO(data)))
             except DataError as exc:
                 defects.append(str(exc))
     if defects:
@@ -188,7 +190,13 @@ def _prepare_shard(cfg, folder: str, names: list[str], split: str, index: int, t
     out_fs, out = filesystem(target)
     parts = {}
     for m in modalities:
-        array = np.stack([r[m] for r in rows])
+        if m == "note":   # the local cache's tokenisation, per shard (each row is its own)
+            from trainer.models.text import load_tokenizer
+
+            array = tokenize([r["note"] for r in rows], load_tokenizer(cfg.note_encoder),
+                             cfg.note_max_length)
+        else:
+            array = np.stack([r[m] for r in rows])
         name = shards.shard_name(split, index, m)
         data = shards.npy_bytes(array)
         _write(out_fs, f"{out}/{name}", data)
@@ -196,7 +204,7 @@ def _prepare_shard(cfg, folder: str, names: list[str], split: str, index: int, t
     small = {"labels": np.array([r["meta"][0] for r in rows], np.int64),
              "codes": np.array([r["meta"][1] for r in rows], np.int64).reshape(len(rows), -1),
              "files": np.array(names), "rgb": np.array([r.get("rgb", False) for r in rows], bool)}
-    small.update({f"hash-{m}": np.stack([r[f"hash:{m}"] for r in rows]) for m in modalities})
+    small.update({f"hash-{m}": np.stack([r[f"hash:{m}"] for r in rows]) for m in images})
     return {"defects": [], "index": index, "parts": parts, "small": small,
             "cpu_s": time.process_time() - cpu}
 
@@ -260,7 +268,8 @@ def _assemble(cfg, fs, path: str, listing: dict, results: dict, params: dict) ->
         folder = shards.SourceFolder(shown(listing[split][0]))
         metas[split] = {"labels": small["labels"], "codes": small["codes"]}
         hashes[split] = ([folder / str(n) for n in small["files"]],
-                         {MODALITY_KEYS[m]: small[f"hash-{m}"] for m in params["modalities"]})
+                         {MODALITY_KEYS[m]: small[f"hash-{m}"] for m in params["modalities"]
+                          if m in shards.IMAGE_MODALITIES})
         rgb += int(small["rgb"].sum()) if "slo" in params["modalities"] else 0
         meta = {}
         for part, array in small.items():

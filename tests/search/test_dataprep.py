@@ -196,3 +196,42 @@ def test_unreachable_data_root_is_one_line(monkeypatch):
     with pytest.raises(DataError, match=r"^data root s3://nobucket/fv: cannot list it "
                                         r"\(key: data_root\): [^\n]*$"):
         dataprep.list_raw(root, LAYOUTS["fairvision"])
+
+
+@pytest.mark.parametrize("dataset", ["fairvision", "fairvlmed"])
+def test_local_root_job_on_the_embedded_ray_equals_the_cache(ray_session, data_root, tmp_path,
+                                                            dataset):
+    """--prepare-on-cluster's path: a local root (every node sees it), output to a local
+    folder; the shards are the cache's arrays (FairVLMed: SLO and tokenised notes) and a second
+    run reuses them."""
+    from search import dataprep
+    from trainer.config import make_config
+    from trainer.data import build_datasets
+    from trainer.data.synthetic import synthesize
+
+    if dataset == "fairvlmed":
+        data_root = str(synthesize("fairvlmed", tmp_path / "vl", 48, 24, 24, seed=3))
+    cfg = make_config(dataset, "gender", preset="tiny", data_root=data_root,
+                      cache_dir=str(tmp_path / "cache"))
+    lines = []
+    job = dataprep.prepare_on_cluster(cfg, str(tmp_path / "out"), log=lambda s, **_: lines.append(s),
+                                      shard_samples=40)
+    again = dataprep.prepare_on_cluster(cfg, str(tmp_path / "out"), log=lambda s, **_: lines.append(s))
+    assert not job["reused"] and job["task_cpu_s"] > 0
+    assert not again["reused"], "another shard size is another key"
+    third = dataprep.prepare_on_cluster(cfg, str(tmp_path / "out"), log=lambda s, **_: lines.append(s))
+    assert third["reused"] and third["sha256"] == again["sha256"] and lines[-1].endswith(", reused")
+    for result in (job, again):
+        local = dataprep.pull(result["uri"], tmp_path / "node")
+        prepared, cached = build_datasets(cfg, prepared=local), build_datasets(cfg)
+        for split in cached:
+            for m in cached[split].arrays:
+                assert np.array_equal(np.asarray(prepared[split].arrays[m]),
+                                      np.asarray(cached[split].arrays[m])), (split, m)
+            idx = np.arange(len(cached[split]))[::-3]
+            a, b = prepared[split].get_batch(idx), cached[split].get_batch(idx)
+            keys = [*cfg.resolved_modalities(), "label", "group"]
+            flat = [(x[k]["input_ids"], y[k]["input_ids"]) if k == "note" else (x[k], y[k])
+                    for x, y in [(a, b)] for k in keys]
+            assert all(np.array_equal(u, v) for u, v in flat)
+            assert len(keys) == 4 and ("note" in keys) == (dataset == "fairvlmed")

@@ -50,5 +50,10 @@ def test_other_parameters_refused(tmp_path):
     (tmp_path / shards.MANIFEST).write_text(json.dumps(made))
     with pytest.raises(DataError, match="no manifest.json"):
         shards.read_manifest(tmp_path / "elsewhere")
-    with pytest.raises(DataError, match=r"cluster preparation covers slo/oct only \(key: modalities\)"):
-        shards.params(make_config("fairvlmed", "gender", preset="tiny"), "fairvlmed")
+    notes = make_config("fairvlmed", "gender", preset="tiny")
+    assert shards.params(notes, "fairvlmed")["note_source"] == "note"
+    with pytest.raises(DataError, match=r"^note_source gpt4_summary: .*\(key: note_source\)"):
+        shards.params(notes.replace(note_source="gpt4_summary"), "fairvlmed")
+    made = {"params": shards.params(notes, "fairvlmed")}
+    with pytest.raises(DataError, match=r"note_max_length=.*\(key: note_max_length\)"):
+        shards.check_params(made, notes.replace(note_max_length=7), "fairvlmed", tmp_path)

@@ -28,7 +28,8 @@ from trainer.data.common import MODALITY_KEYS, SPLITS, DataError
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_SAMPLES = 32     # ~32 MB of paper-size OCT rows per shard file: 313 tasks for 10,000 samples
-IMAGE_MODALITIES = ("slo", "oct")
+IMAGE_MODALITIES = ("slo", "oct")   # hashed by the audit; notes are not (short notes repeat)
+NOTE_KEYS = ("note", "note_extra")   # note sources inside the npz (not the CSV's summaries)
 META_PARTS = ("labels", "codes", "files", "rgb")
 
 
@@ -43,19 +44,22 @@ class SourceFolder(str):
 def params(cfg, layout_name: str, shard_samples: int = SHARD_SAMPLES) -> dict:
     """The preprocessing parameters a prepared folder is made for (part of its key)."""
     modalities = list(cfg.resolved_modalities())
-    refused = [m for m in modalities if m not in IMAGE_MODALITIES]
-    if refused:
-        raise DataError(f"modalities {','.join(refused)}: cluster preparation covers "
-                        f"{'/'.join(IMAGE_MODALITIES)} only (key: modalities); prepare notes with "
-                        f"the local cache (--data-root on a local folder)")
-    return {**_fixed(cfg, layout_name), "modalities": modalities,
+    if "note" in modalities and cfg.note_source not in NOTE_KEYS:
+        raise DataError(f"note_source {cfg.note_source}: cluster preparation reads notes from the "
+                        f"npz ({'/'.join(NOTE_KEYS)}) only (key: note_source); the CSV's summaries "
+                        f"need the local cache (--data-root on a local folder)")
+    return {**_fixed(cfg, layout_name, modalities), "modalities": modalities,
             "shard_samples": int(shard_samples)}
 
 
-def _fixed(cfg, layout_name: str) -> dict:
-    return {"format": FORMAT_VERSION, "cache_version": CACHE_VERSION, "layout": layout_name,
-            "image_size": cfg.image_size, "oct_slices": cfg.oct_slices,
-            "attribute_order": list(ATTRIBUTE_ORDER)}
+def _fixed(cfg, layout_name: str, modalities) -> dict:
+    fixed = {"format": FORMAT_VERSION, "cache_version": CACHE_VERSION, "layout": layout_name,
+             "image_size": cfg.image_size, "oct_slices": cfg.oct_slices,
+             "attribute_order": list(ATTRIBUTE_ORDER)}
+    if "note" in modalities:   # tokenised notes: the source key, the length, the tokenizer
+        fixed.update(note_source=cfg.note_source, note_max_length=cfg.note_max_length,
+                     note_encoder=cfg.note_encoder)
+    return fixed
 
 
 def shard_name(split: str, index: int, part: str) -> str:
@@ -151,7 +155,7 @@ def read_manifest(folder: Path) -> tuple[dict, str]:
 def check_params(manifest: dict, cfg, layout_name: str, where) -> None:
     """Refuse a prepared folder made for other parameters, naming the key at fault."""
     made = manifest["params"]
-    for key, value in _fixed(cfg, layout_name).items():
+    for key, value in _fixed(cfg, layout_name, cfg.resolved_modalities()).items():
         if made.get(key) != value:
             raise DataError(f"{where}/{MANIFEST}: prepared with {key}={made.get(key)!r}, this run "
                             f"needs {value!r} (key: {key}); prepare the data again")
@@ -177,7 +181,9 @@ def load(folder, cfg, layout_name: str) -> dict:
                 "entry": f"prepared-{digest}-{split}"}
         arrays = {}
         for m in cfg.resolved_modalities():
-            meta[f"hash:{MODALITY_KEYS[m]}"] = np.load(folder / entry["meta"][f"hash-{m}"]["file"])
+            if m in IMAGE_MODALITIES:
+                meta[f"hash:{MODALITY_KEYS[m]}"] = np.load(
+                    folder / entry["meta"][f"hash-{m}"]["file"])
             if m == "slo":
                 meta["rgb:slo"] = np.load(folder / entry["meta"]["rgb"]["file"])
             parts = [shard["parts"][m] for shard in entry["shards"]]
