@@ -235,3 +235,20 @@ def test_local_root_job_on_the_embedded_ray_equals_the_cache(ray_session, data_r
                     for x, y in [(a, b)] for k in keys]
             assert all(np.array_equal(u, v) for u, v in flat)
             assert len(keys) == 4 and ("note" in keys) == (dataset == "fairvlmed")
+
+
+def test_search_prepare_on_cluster_flag_trials_use_the_shards(ray_session, search_config, cache_dir,
+                                                             tmp_path):
+    """--prepare-on-cluster with a local root: the search runs the job on its Ray, the study's
+    setup names the manifest, and the trial's node pulled the shards into its cache."""
+    from search import study
+    from search.runner import run_search
+
+    scfg = search_config(tmp_path, prepare_on_cluster=True, num_samples=1, max_epochs=1,
+                         grace_period=1, max_concurrent=1, log_best_model=False, final_test=False)
+    outcome = run_search(scfg)
+    assert outcome.best is not None and outcome.failed == 0
+    prepared = study.read_study(scfg.study_dir)["setup"]["prepared"]
+    assert prepared["uri"].startswith(str(tmp_path / "results" / "prepared-data"))
+    pulled = [p.parent.name for p in Path(cache_dir).rglob("prepared/*/manifest.json")]
+    assert prepared["sha256"] in pulled
