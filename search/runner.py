@@ -26,6 +26,7 @@ class SearchConfig:
     mode: str = "full"
     preset: str = "paper"
     data_root: str = ""            # "" -> generate a small dataset under the results folder
+    prepare_on_cluster: bool = False   # s3:// data roots always are (search/dataprep.py)
     synthetic_sizes: tuple[int, int, int] = (192, 96, 96)
     sets: list[str] = field(default_factory=list)              # trainer --set key=value
     num_samples: int = 16
@@ -139,7 +140,10 @@ def parse_args(dataset: str, attribute: str, baseline: dict | None, argv=None) -
     defaults = SearchConfig(dataset, attribute, dict(baseline or {}))
     p = argparse.ArgumentParser(description=f"MultiFair hyperparameter search: {dataset} / {attribute}")
     add = p.add_argument
-    add("--data-root", default="", help="dataset root (absent: generate a small synthetic one)")
+    add("--data-root", default="", help="dataset root, a folder or s3://bucket/prefix?options "
+        "(absent: generate a small synthetic one)")
+    add("--prepare-on-cluster", action="store_true", help="prepare a local --data-root with a Ray "
+        "job over the whole cluster (every node must see the path); s3:// roots always are")
     add("--preset", default=defaults.preset, choices=["paper", "tiny"])
     from trainer.methods import available_methods
     add("--mode", default=defaults.mode, choices=available_methods(),
@@ -336,7 +340,7 @@ def prepare_study(scfg: SearchConfig, timings: dict | None = None):
     timings = {} if timings is None else timings
     clock = time.perf_counter()
 
-    from search import study, tracking
+    from search import dataprep, study, tracking
 
     scfg.results_dir.mkdir(parents=True, exist_ok=True)
     # Tune warns on every forced snapshot (num_to_keep=1 forces one per checkpoint): by design here
@@ -380,6 +384,10 @@ def prepare_study(scfg: SearchConfig, timings: dict | None = None):
             # the trials' nodes now, while the data and the tracking store are prepared
             request(scfg, check_room(scfg))
             synthetic, cfg, prepared, timings["data_s"] = data.result()
+            if prepared is None:   # the cluster prepares the data, now that Ray is up
+                clock = time.perf_counter()
+                prepared = dataprep.for_search(scfg, cfg)
+                timings["data_s"] += time.perf_counter() - clock
             if store is not None:
                 timings["tracking_s"] += store.result()
         except BaseException:
@@ -400,18 +408,23 @@ def prepare_study(scfg: SearchConfig, timings: dict | None = None):
                  "test_hooks": {**scfg.test_hooks, "baseline": dict(scfg.baseline)},
                  "checkpoints": checkpoint_policy(scfg.checkpoint_every, rungs)}
     setup["card_path"] = str(prepared["card_path"])   # this machine's dataset card (counts only)
+    if prepared.get("prepared"):   # the shards' manifest: trials pull it (search/dataprep.py)
+        setup["prepared"] = prepared["prepared"]
     return tracker, setup, cfg
 
 
 def _prepare_data(scfg: SearchConfig):
     """Generated data if no --data-root, the base config, the audited cache (trials find it built):
-    (synthetic spec, cfg, prepare() summary, seconds)."""
+    (synthetic spec, cfg, prepare() summary, seconds). The summary is None where the cluster
+    prepares the data (dataprep.wanted): that job needs Ray, started meanwhile."""
+    from search import dataprep
     from trainer.data import prepare
 
     clock = time.perf_counter()
     synthetic = None if scfg.data_root else generate_data(scfg)
     cfg = base_config(scfg)
-    return synthetic, cfg, prepare(cfg), time.perf_counter() - clock
+    prepared = None if dataprep.wanted(scfg) else prepare(cfg)
+    return synthetic, cfg, prepared, time.perf_counter() - clock
 
 
 def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor, timings: dict | None = None):

@@ -75,19 +75,27 @@ DATA_FIELDS = ("dataset", "data_root", "attribute", "modalities", "note_source",
 _DATASETS: dict[tuple, dict] = {}   # this worker process's prepared splits, by DATA_FIELDS
 
 
-def datasets_for(cfg, synthetic: dict | None) -> dict:
+def datasets_for(cfg, synthetic: dict | None, prepared: dict | None = None) -> dict:
     """The splits of cfg's data, prepared once per worker process: a reused worker (Tune's
     reuse_actors) hands the next trial the same read-only memory-mapped datasets instead of
     auditing and opening the cache again. Every process on a node maps the same cache files, so
     the pages are shared by the operating system. The datasets are never written to (the trainer
-    reads batches by index); each trial draws its own order from its own seed."""
-    key = tuple((name, str(getattr(cfg, name))) for name in DATA_FIELDS)
+    reads batches by index); each trial draws its own order from its own seed. `prepared`
+    (setup["prepared"], search/dataprep.py): the cluster prepared the data; this node pulls its
+    shards once and never reads the raw files."""
+    key = (*((name, str(getattr(cfg, name))) for name in DATA_FIELDS), str(prepared))
     if key not in _DATASETS:
         from trainer.data import build_datasets
 
-        ensure_data(cfg, synthetic)
+        folder = None
+        if prepared:
+            from search.dataprep import local_folder
+
+            folder = local_folder(cfg, prepared)
+        else:
+            ensure_data(cfg, synthetic)
         _DATASETS.clear()   # one study's data per worker: a reused worker never holds two
-        _DATASETS[key] = build_datasets(cfg)
+        _DATASETS[key] = build_datasets(cfg, prepared=folder)
     return _DATASETS[key]
 
 
@@ -306,7 +314,7 @@ def train_trial(config: dict, setup: dict) -> None:
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     config = resolve(config, setup)
     cfg = trial_config(config, setup["base"])
-    datasets = datasets_for(cfg, setup.get("synthetic"))
+    datasets = datasets_for(cfg, setup.get("synthetic"), setup.get("prepared"))
     hooks = setup.get("test_hooks") or {}
     # Where this attempt runs and the epoch it started at: the MLflow callback tags the run with
     # its node(s) and counts epochs trained twice after a node loss (docs/search.md). cost/*: where

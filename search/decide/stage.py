@@ -28,7 +28,9 @@ def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | No
         from search.decide.expected_max import curve
 
         decision["expected_max"] = curve([t["val"]["es_auc"] for t in full], seed=scfg.seed)
-    if scfg.data_root:
+    if setup.get("prepared"):   # prepared by the cluster (search/dataprep.py): its manifest's hash
+        decision["data_fingerprint"] = setup["prepared"]["sha256"]
+    elif scfg.data_root:
         from search.report import data_fingerprint
 
         decision["data_fingerprint"] = data_fingerprint(scfg.data_root)

@@ -3,7 +3,11 @@
     datasets = build_datasets(cfg)            # {"train", "val", "test"} -> CachedDataset
     batch = datasets["train"].get_batch(idx)  # stacked tensors, no DataLoader needed
     summary = prepare(cfg)                    # builds the cache; counts per split and group
+    datasets = build_datasets(cfg, prepared=folder)   # a local folder of prepared shards instead
     report = audit_dataset(cfg)               # the card and warnings, for `python -m trainer audit`
+
+A prepared folder (shards.py: written once by the cluster's preparation job, search/dataprep.py,
+and pulled to the node) replaces the raw files and the cache: same checks, same dataset classes.
 
 Samples whose code for cfg.attribute is -1 (unknown) are dropped, for that attribute only. Every
 path here audits the data first (audit.py): a defect refuses the dataset before any training.
@@ -17,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from trainer.config import ATTRIBUTES, canonical_attribute
-from trainer.data import audit, fairvision, fairvlmed
+from trainer.data import audit, fairvision, fairvlmed, shards
 from trainer.data.cache import ATTRIBUTE_ORDER, _hash, cache_root, load_split
 from trainer.data.common import SPLITS, DataError, check_codes
 
@@ -35,12 +39,14 @@ class CachedDataset(Dataset):
         self.groups = groups[rows].astype(np.int64)       # per-item group code, in item order
 
     def __getstate__(self):  # DataLoader workers: pass memmap paths, not array copies
-        state = dict(self.__dict__)
-        state["arrays"] = {m: a.filename for m, a in self.arrays.items()}
+        state = dict(self.__dict__)    # (a ShardedArray pickles as its shard paths itself)
+        state["arrays"] = {m: a.filename if isinstance(a, np.memmap) else a
+                           for m, a in self.arrays.items()}
         return state
 
     def __setstate__(self, state):
-        state["arrays"] = {m: np.load(f, mmap_mode="r") for m, f in state["arrays"].items()}
+        state["arrays"] = {m: f if isinstance(f, shards.ShardedArray) else np.load(f, mmap_mode="r")
+                           for m, f in state["arrays"].items()}
         self.__dict__.update(state)
 
     def __len__(self) -> int:
@@ -101,22 +107,16 @@ def _select(cfg, layout, split, meta, folder):
     return rows, codes, counts, empty
 
 
-def _load_all(cfg, tokenizer):
-    """Every split's cache built (each file audited in that pass), duplicates checked, the card
-    saved beside the cache. Returns ({split: (meta, arrays, folder)}, card, card path, notes)."""
+def _load_all(cfg, tokenizer, prepared=None):
+    """Every split's cache built (each file audited in that pass), or a prepared folder's shards
+    (audited when they were made), duplicates checked, the card saved beside the cache.
+    Returns ({split: (meta, arrays, folder)}, card, card path, notes)."""
     layout = LAYOUTS[cfg.dataset]
-    if not cfg.data_root:
-        raise DataError("no data root given (key: data_root)")
-    tokenizer = _tokenizer_for(cfg, tokenizer)
     mods = cfg.resolved_modalities()
-    loaded, defects = {}, []
-    for split in SPLITS:
-        try:
-            loaded[split] = load_split(cfg, layout, cfg.data_root, split, mods, tokenizer)
-        except audit.AuditError as exc:      # go on: the refusal counts every split's defects
-            defects += exc.defects
-    if defects:
-        raise audit.AuditError(defects)
+    if prepared is not None:
+        loaded = shards.load(prepared, cfg, layout.name)
+    else:
+        loaded = _load_cache(cfg, layout, mods, _tokenizer_for(cfg, tokenizer))
     metas = {split: meta for split, (meta, _a, _f) in loaded.items()}
     found = audit.duplicates({
         split: ([folder / str(name) for name in meta["files"]],
@@ -132,8 +132,22 @@ def _load_all(cfg, tokenizer):
     return loaded, card, audit.save_card(card, cache_root(cfg), key), notes
 
 
-def _load(cfg, tokenizer):
-    loaded, card, path, notes = _load_all(cfg, tokenizer)
+def _load_cache(cfg, layout, mods, tokenizer) -> dict:
+    if not cfg.data_root:
+        raise DataError("no data root given (key: data_root)")
+    loaded, defects = {}, []
+    for split in SPLITS:
+        try:
+            loaded[split] = load_split(cfg, layout, cfg.data_root, split, mods, tokenizer)
+        except audit.AuditError as exc:      # go on: the refusal counts every split's defects
+            defects += exc.defects
+    if defects:
+        raise audit.AuditError(defects)
+    return loaded
+
+
+def _load(cfg, tokenizer, prepared=None):
+    loaded, card, path, notes = _load_all(cfg, tokenizer, prepared)
     attribute = canonical_attribute(cfg.attribute)
     for line in notes + audit.thin_groups(card, attribute):
         warnings.warn(line, stacklevel=4)
@@ -142,11 +156,12 @@ def _load(cfg, tokenizer):
         yield split, meta, arrays, folder, _select(cfg, LAYOUTS[cfg.dataset], split, meta, folder)
 
 
-def build_datasets(cfg, tokenizer=None) -> dict[str, CachedDataset]:
-    """{"train", "val", "test"} datasets over the cache (built first if needed)."""
+def build_datasets(cfg, tokenizer=None, prepared=None) -> dict[str, CachedDataset]:
+    """{"train", "val", "test"} datasets over the cache (built first if needed), or over the
+    shards of a local `prepared` folder (shards.py; cfg.data_root is then not read)."""
     names = ATTRIBUTES[canonical_attribute(cfg.attribute)]
     out = {}
-    for split, meta, arrays, _folder, (rows, codes, _c, _e) in _load(cfg, tokenizer):
+    for split, meta, arrays, _folder, (rows, codes, _c, _e) in _load(cfg, tokenizer, prepared):
         out[split] = CachedDataset(arrays, meta["labels"], codes, rows, names)
     return out
 
@@ -163,11 +178,13 @@ def audit_dataset(cfg, tokenizer=None, attribute: str | None = None) -> dict:
     return {"card": card, "card_path": str(path), "warnings": notes}
 
 
-def prepare(cfg, tokenizer=None) -> dict:
-    """Build the cache for all splits (idempotent, process-safe); aggregate counts only."""
+def prepare(cfg, tokenizer=None, prepared=None) -> dict:
+    """Build the cache for all splits (idempotent, process-safe), or check a `prepared` folder
+    (its meta files suffice: the image shards are not opened); aggregate counts only."""
     summary = {"dataset": cfg.dataset, "attribute": canonical_attribute(cfg.attribute),
                "modalities": list(cfg.resolved_modalities()), "splits": {}}
-    for split, meta, _arrays, _folder, (rows, _codes, counts, empty) in _load(cfg, tokenizer):
+    for split, meta, _arrays, _folder, (rows, _codes, counts, empty) in _load(cfg, tokenizer,
+                                                                              prepared):
         summary["card_path"] = meta["card_path"]
         summary["splits"][split] = {
             "n": int(len(rows)), "dropped_unknown": int(len(meta["labels"]) - len(rows)),

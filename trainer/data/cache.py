@@ -136,14 +136,22 @@ def _build(cfg, layout, root, files, targets: dict[str, Path], tokenizer) -> Non
     labels, codes, notes = np.zeros(n, np.int64), np.zeros((n, len(ATTRIBUTE_ORDER)), np.int64), []
     hashes = {m: np.zeros((n, audit.HASH_BYTES), np.uint8) for m in writers}
     rgb, defects = np.zeros(n, bool), []
+    parts = [name for name in ("meta", "slo", "oct") if name in targets]
     if writers or read_notes or "meta" in targets:
         for i, path in enumerate(files):
             try:   # a defect is recorded and the next file read: the refusal counts them all
-                with common.open_npz(path) as z:
-                    _read_one(cfg, layout, z, path, i, targets, writers, hashes, rgb, labels,
-                              codes, notes, note_key if read_notes else None)
+                row = preprocess_file(cfg, layout, path, parts, note_key if read_notes else None)
             except DataError as exc:
                 defects.append(str(exc))
+                continue
+            if "meta" in row:
+                labels[i], codes[i] = row["meta"]
+            for m in writers:
+                writers[m][i], hashes[m][i] = row[m], row[f"hash:{m}"]
+            if "slo" in row:
+                rgb[i] = row["rgb"]
+            if "note" in row:
+                notes.append(row["note"])
     if defects:
         _discard(writers, targets)
         raise audit.AuditError(defects)
@@ -164,27 +172,36 @@ def _build(cfg, layout, root, files, targets: dict[str, Path], tokenizer) -> Non
         os.replace(_tmp(targets["meta"]), targets["meta"])
 
 
-def _read_one(cfg, layout, z, path, i, targets, writers, hashes, rgb, labels, codes, notes,
-              note_key) -> None:
-    """Check and preprocess one open npz into row i of every entry being built."""
-    if "meta" in targets:
-        labels[i] = audit.check_label(common.read_key(z, path, common.LABEL_KEY), path)
-        codes[i] = [common.attribute_code(z, path, layout, a) for a in ATTRIBUTE_ORDER]
-        audit.check_codes(codes[i].tolist(), path, layout)
-    if "slo" in writers:
-        key = MODALITY_KEYS["slo"]
-        image = common.read_key(z, path, key)
-        rgb[i] = audit.check_slo(image, path, key)
-        hashes["slo"][i] = audit.content_hash(image)
-        writers["slo"][i] = preprocess_slo(image, cfg.image_size)
-    if "oct" in writers:
-        key = MODALITY_KEYS["oct"]
-        volume = common.read_key(z, path, key)
-        audit.check_oct(volume, path, key)
-        hashes["oct"][i] = audit.content_hash(volume)
-        writers["oct"][i] = preprocess_oct(volume, cfg.oct_slices, cfg.image_size)
-    if note_key is not None:
-        notes.append(str(np.asarray(common.read_key(z, path, note_key)).reshape(-1)[0]))
+def preprocess_file(cfg, layout, path, parts, note_key=None, fileobj=None) -> dict:
+    """Open one npz once, audit it (audit.py's per-file checks) and preprocess the `parts` asked
+    for ("meta", "slo", "oct"; plus the note under `note_key`): the row of every cache entry.
+    The one per-file step of both the local builder and the cluster preparation job
+    (search/dataprep.py, which passes the downloaded bytes as `fileobj` and the object's URI as
+    `path`). Returns {"meta": (label, codes), "slo": uint8 (S, S), "hash:slo", "rgb", "oct":
+    float16 (K, S, S), "hash:oct", "note"} for what was asked; a defect raises DataError naming
+    the file and key."""
+    row = {}
+    with common.open_npz(path, fileobj) as z:
+        if "meta" in parts:
+            label = audit.check_label(common.read_key(z, path, common.LABEL_KEY), path)
+            codes = [common.attribute_code(z, path, layout, a) for a in ATTRIBUTE_ORDER]
+            audit.check_codes(codes, path, layout)
+            row["meta"] = (label, codes)
+        if "slo" in parts:
+            key = MODALITY_KEYS["slo"]
+            image = common.read_key(z, path, key)
+            row["rgb"] = audit.check_slo(image, path, key)
+            row["hash:slo"] = audit.content_hash(image)
+            row["slo"] = preprocess_slo(image, cfg.image_size)
+        if "oct" in parts:
+            key = MODALITY_KEYS["oct"]
+            volume = common.read_key(z, path, key)
+            audit.check_oct(volume, path, key)
+            row["hash:oct"] = audit.content_hash(volume)
+            row["oct"] = preprocess_oct(volume, cfg.oct_slices, cfg.image_size)
+        if note_key is not None:
+            row["note"] = str(np.asarray(common.read_key(z, path, note_key)).reshape(-1)[0])
+    return row
 
 
 def _discard(writers: dict, targets: dict) -> None:

@@ -62,11 +62,12 @@ class Layout:
         return files
 
 
-def open_npz(path: Path):
-    """np.load an npz (counted); a corrupt or truncated file raises DataError naming it."""
+def open_npz(path: Path, fileobj=None):
+    """np.load an npz (counted); a corrupt or truncated file raises DataError naming it.
+    `fileobj`: the file's bytes already read (e.g. from object storage), `path` its name."""
     DECODE_COUNT["npz"] += 1
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path if fileobj is None else fileobj, allow_pickle=False)
     except _READ_ERRORS as exc:
         raise DataError(f"{path}: cannot open npz (key: <archive>): {type(exc).__name__}") from None
 
