@@ -12,7 +12,8 @@ from sklearn.metrics import roc_auc_score
 
 from trainer.__main__ import main
 from trainer.data.ideal import evidence, read_side_file
-from trainer.data.synthetic import NOTE_LABEL_NOISE, PROFILES, synthesize, synthesize_metadata
+from trainer.data.generative import NOTE_LABEL_NOISE, PROFILES
+from trainer.data.synthetic import synthesize, synthesize_metadata
 
 
 @pytest.fixture(scope="module")
