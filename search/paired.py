@@ -70,9 +70,10 @@ def predict_test(checkpoint_dir: str, data_root: str | None = None):
     """(labels, probabilities, group codes, group names) of a checkpoint's validation-chosen
     weights on the test split (data_root: score another copy of the data)."""
     from trainer.config import config_from_dict
-    from trainer.loop import Trainer, _checkpoint_weights
+    from trainer.checkpoint import checkpoint_weights
+    from trainer.loop import Trainer
 
-    state = _checkpoint_weights(checkpoint_dir)
+    state = checkpoint_weights(checkpoint_dir)
     overrides = {"pretrained": False, **({"data_root": data_root} if data_root else {})}
     trainer = Trainer(config_from_dict({**state["config"], **overrides}))
     trainer.model.load_state_dict(state["model"])

@@ -9,7 +9,8 @@ import torch
 from trainer.config import make_config
 from trainer.data.synthetic import synthesize
 from trainer.data.transforms import batch_transform
-from trainer.loop import Trainer, _BatchView, fit
+from trainer.inference import BatchView
+from trainer.loop import Trainer, fit
 from trainer.metrics import prevalence_threshold
 from trainer.reliance import encode_split, fused_probs
 
@@ -32,7 +33,7 @@ def test_feature_permutation_equals_input_permutation(oct_only, tmp_path, modali
     trainer.train_epoch(progress=False)                      # a model whose output varies
     perm = torch.randperm(48, generator=torch.Generator().manual_seed(1))
     shortcut = fused_probs(trainer, encode_split(trainer, "val")[0], modality, perm)
-    batch = _BatchView(trainer.data["val"], [np.arange(48)])[0]
+    batch = BatchView(trainer.data["val"], [np.arange(48)])[0]
     batch[modality] = batch[modality][perm]
     trainer.model.eval()
     with torch.no_grad():
