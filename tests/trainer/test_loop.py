@@ -9,16 +9,12 @@ import pytest
 import torch
 
 from trainer.config import MODES, make_config
-from trainer.data.synthetic import synthesize
 from trainer.loop import fit, load_model
 
 
 @pytest.fixture(scope="module")
-def fv_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fv")
-    synthesize("fairvision", root, n_train=192, n_val=96, n_test=96, seed=3,
-               modalities=("slo", "oct", "note"))
-    return root
+def fv_root(dataset):
+    return dataset("loop")
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +85,8 @@ def test_three_modalities_and_load_model(fv_root, cache_dir, tmp_path):
     assert sum(p.numel() for p in model.parameters()) > 0 and not model.training
 
 
-def test_fairvlmed_fit(tmp_path):
-    root = tmp_path / "vl"
-    synthesize("fairvlmed", root, n_train=96, n_val=64, n_test=64, seed=1, test_folder="Testing")
+def test_fairvlmed_fit(dataset, tmp_path):
+    root = dataset("vl_fit")
     cfg = make_config("fairvlmed", "race", preset="tiny", data_root=str(root), epochs=1,
                       cache_dir=str(tmp_path / "c"), note_source="gpt4_summary", bootstrap=10)
     res = fit(cfg, progress=False)
@@ -120,9 +115,8 @@ def test_cli_fit_prints_one_json_line_and_refuses_bad_values(fv_root, cache_dir,
         assert out.returncode == 2 and word in out.stderr and "Traceback" not in out.stderr
 
 
-def test_missing_split_folder_is_a_clear_error(tmp_path):
-    root = tmp_path / "broken"
-    synthesize("fairvision", root, n_train=16, n_val=8, n_test=8)
+def test_missing_split_folder_is_a_clear_error(fresh_dataset, tmp_path):
+    root = fresh_dataset(n_train=16, n_val=8, n_test=8, seed=0)
     for child in (root / "Glaucoma" / "Validation").iterdir():
         child.unlink()
     (root / "Glaucoma" / "Validation").rmdir()

@@ -13,7 +13,6 @@ from scipy.special import softmax
 
 from trainer.__main__ import main as cli_main
 from trainer.config import make_config
-from trainer.data.synthetic import synthesize
 from trainer.loop import Trainer, fit
 from trainer.methods import available_methods, create_method
 from trainer.methods.cggm import cggm_coefficients
@@ -27,9 +26,8 @@ MODS = ("slo", "oct")
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return synthesize("fairvision", tmp_path_factory.mktemp("fvm"), n_train=48, n_val=32,
-                      n_test=32, seed=4)
+def root(dataset):
+    return dataset("methods")
 
 
 @pytest.fixture(scope="module")
