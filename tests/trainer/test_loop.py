@@ -88,7 +88,8 @@ def test_three_modalities_and_load_model(fv_root, cache_dir, tmp_path):
 def test_fairvlmed_fit(dataset, tmp_path, one_thread):
     root = dataset("vl_fit")
     cfg = make_config("fairvlmed", "race", preset="tiny", data_root=str(root), epochs=1,
-                      cache_dir=str(tmp_path / "c"), note_source="gpt4_summary", bootstrap=10)
+                      cache_dir=str(tmp_path / "c"), note_source="gpt4_summary", bootstrap=10,
+                      device="cpu")
     res = fit(cfg, progress=False)
     assert set(res["val"]["group_auc"]) == {"asian", "black", "white"}
     point = res["test"]["point"]          # golden figures: SLO + note (tiny BERT), seed 0, CPU
@@ -115,7 +116,7 @@ GOLDEN_FIT = {
 def test_tiny_fit_gives_its_known_figures(dataset, tmp_path, one_thread, mode):
     cfg = make_config("fairvision", "race", preset="tiny", data_root=str(dataset("methods")),
                       cache_dir=str(tmp_path / "cache"), mode=mode, epochs=2, batch_size=16,
-                      bootstrap=0, seed=0)
+                      bootstrap=0, seed=0, device="cpu")
     res = fit(cfg, progress=False)
     h = res["history"]
     got = ([e["train/loss"] for e in h], [e["train/task"] for e in h], [e["val/auc"] for e in h],

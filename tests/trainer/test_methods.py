@@ -257,7 +257,8 @@ def test_every_method_has_golden_figures():
 def test_every_method_fits_from_the_command_line(mode, root, cache, capsys, one_thread):
     rc = cli_main(["fit", "--dataset", "fairvision", "--data-root", str(root), "--preset", "tiny",
                    "--mode", mode, "--epochs", "1", "--attribute", "race", "--no-progress",
-                   "--set", f"cache_dir={cache}", "--set", "batch_size=16", "--set", "bootstrap=5"])
+                   "--set", f"cache_dir={cache}", "--set", "batch_size=16", "--set", "bootstrap=5",
+                   "--set", "device=cpu"])
     out = capsys.readouterr()
     assert rc == 0, out.err
     result = json.loads(out.out.strip().splitlines()[-1])
