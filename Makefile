@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo fit-demo test bench ablation mlflow-ui clean
+.PHONY: install demo fit-demo test test-fast bench ablation mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,14 @@ fit-demo: $(STAMP)
 	$(PY) -m trainer fit --dataset fairvision --data-root data/fairvision-demo --attribute gender \
 		--mode full --preset tiny --epochs 3 --out results/fit-demo
 
+# The full suite, as CI runs it (.ci/run).
 test: $(STAMP)
 	$(PY) -m pytest -q --timeout 900
+
+# Everyday work: the suite without the tests marked slow (Ray sessions, extra Ray nodes, MLflow /
+# PostgreSQL / S3 servers, end-to-end searches: most of CI's time).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q --timeout 900 -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_trainer.py

@@ -35,6 +35,7 @@ from trainer.config import ATTRIBUTES, make_config
 from trainer.data.ideal import ceiling
 from trainer.data.synthetic import synthesize
 from trainer.jsonout import dumps
+from trainer.metrics import worst_group_auc
 
 TUNING_SEED = 1000
 
@@ -71,7 +72,7 @@ def _fit_job(job: dict) -> dict:
 
 def _metrics_row(m: dict) -> dict:
     gauc = {g: a for g, a in m["group_auc"].items()}
-    row = {"auc": m["auc"], "es_auc": m["es_auc"], "worst_auc": float(np.nanmin(list(gauc.values())))}
+    row = {"auc": m["auc"], "es_auc": m["es_auc"], "worst_auc": worst_group_auc(gauc)}
     row.update({f"auc/{g}": a for g, a in gauc.items()})
     for k in ("dpd_at_val_threshold", "deodds_at_val_threshold"):
         if k in m:

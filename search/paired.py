@@ -2,8 +2,9 @@
 
 Both models score the same test samples; each bootstrap resample draws sample indices once and
 evaluates BOTH models on them, so the interval is for the difference on the same patients
-(paired), not two independent intervals. Metrics: AUC, ES-AUC, worst-group AUC (the lowest group
-AUC, NaN when a resample leaves a group with one class). Intervals: 95% percentile intervals over
+(paired), not two independent intervals. Metrics: AUC, ES-AUC, worst-group AUC (the lowest defined
+group AUC: a group left with one class, in the test split or a resample, is left out of it as of
+ES-AUC, trainer/metrics.py). Intervals: 95% percentile intervals over
 `n` resamples (numpy Generator(seed)); undefined resamples are dropped and counted.
 The resample metrics are the trainer's vectorised ones (trainer.metrics, equal to
 evaluate_fairness on each resample); tests/search/test_paired.py checks them by brute force.
@@ -21,19 +22,15 @@ def _per_resample(y, p, g, weights, table) -> dict[str, np.ndarray]:
     from trainer.metrics import _resample_metrics
 
     m = _resample_metrics(y, p, g, weights, 0.5, table)
-    groups = np.stack([m[f"auc/{name}"] for _, name in table], axis=1)
-    worst = groups.min(axis=1)    # NaN when any group is undefined in the resample
-    return {"auc": m["auc"], "es_auc": m["es_auc"], "worst_group_auc": worst}
+    return {key: m[key] for key in KEYS}
 
 
 def point_metrics(y, p, g, group_names=None) -> dict:
     from trainer.metrics import evaluate_fairness
 
     r = evaluate_fairness(y, p, g, group_names=group_names)
-    gauc = list(r["group_auc"].values())
-    return {"auc": r["auc"], "es_auc": r["es_auc"],
-            "worst_group_auc": math.nan if any(math.isnan(a) for a in gauc) else min(gauc),
-            "group_auc": r["group_auc"], "group_count": r["group_count"]}
+    return {**{key: r[key] for key in KEYS}, "group_auc": r["group_auc"],
+            "group_count": r["group_count"], "undefined_groups": r["undefined_groups"]}
 
 
 def paired_bootstrap(y, p_base, p_chosen, g, n: int = 1000, seed: int = 0, group_names=None) -> dict:
@@ -70,9 +67,10 @@ def predict_test(checkpoint_dir: str, data_root: str | None = None):
     """(labels, probabilities, group codes, group names) of a checkpoint's validation-chosen
     weights on the test split (data_root: score another copy of the data)."""
     from trainer.config import config_from_dict
-    from trainer.loop import Trainer, _checkpoint_weights
+    from trainer.checkpoint import checkpoint_weights
+    from trainer.loop import Trainer
 
-    state = _checkpoint_weights(checkpoint_dir)
+    state = checkpoint_weights(checkpoint_dir)
     overrides = {"pretrained": False, **({"data_root": data_root} if data_root else {})}
     trainer = Trainer(config_from_dict({**state["config"], **overrides}))
     trainer.model.load_state_dict(state["model"])

@@ -21,18 +21,11 @@ import numpy as np
 
 
 def _batches(cfg, split: str, model):
-    """(labels, groups, logits) batch by batch through the trainer's data path."""
-    import torch
-
+    """(batch, logits) batch by batch through the trainer's one inference path, on the CPU."""
     from trainer.data import build_datasets
-    from trainer.data.transforms import batch_transform
-    from trainer.loop import _batches as batches
+    from trainer.inference import forward
 
-    ds = build_datasets(cfg)[split]
-    for batch in batches(ds, torch.arange(len(ds)), cfg.batch_size * 2, False):
-        batch = batch_transform(batch, train=False, generator=None)
-        with torch.no_grad():
-            yield batch, model(batch).float()
+    yield from forward(model, build_datasets(cfg)[split], cfg.batch_size * 2)
 
 
 def signature(cfg, model):
@@ -46,9 +39,10 @@ def signature(cfg, model):
 def register(tracker, run_id: str, checkpoint_dir: str, name: str, tags: dict[str, str]) -> dict:
     """Log the model to `run_id` (signature, config), register it, tag it, alias it champion."""
     from trainer.config import config_from_dict
-    from trainer.loop import _checkpoint_weights, load_model
+    from trainer.checkpoint import checkpoint_weights
+    from trainer.loop import load_model
 
-    cfg = config_from_dict({**_checkpoint_weights(checkpoint_dir)["config"], "pretrained": False})
+    cfg = config_from_dict({**checkpoint_weights(checkpoint_dir)["config"], "pretrained": False})
     sig = signature(cfg, load_model(checkpoint_dir))
     model_uri = tracker.log_model(run_id, checkpoint_dir, signature=sig,
                                   metadata={"trainer_config": cfg.to_dict()})

@@ -15,8 +15,6 @@ from pathlib import Path
 from search.space import baseline_point
 from search.summary import SearchOutcome, print_summary, summarize_results
 
-LAYOUT = {"fairvision": "fairvision", "fairvlmed": "fairvlmed"}
-
 
 @dataclass
 class SearchConfig:
@@ -233,7 +231,7 @@ def generate_data(scfg: SearchConfig) -> dict:
     from trainer.data.synthetic import synthesize
 
     n_train, n_val, n_test = scfg.synthetic_sizes
-    spec = dict(layout=LAYOUT[scfg.dataset], n_train=n_train, n_val=n_val, n_test=n_test, seed=scfg.seed)
+    spec = dict(layout=scfg.dataset, n_train=n_train, n_val=n_val, n_test=n_test, seed=scfg.seed)
     out = scfg.results_dir / "data" / f"synthetic-{scfg.dataset}-{n_train}-{n_val}-{n_test}-s{scfg.seed}"
     if not out.exists():
         synthesize(out=out, **spec)

@@ -25,7 +25,6 @@ def trial_dirname(trial) -> str:
 
 
 METRIC = "es_auc"   # a plain top-level key: what ASHA and Optuna read
-MODE = "max"
 
 
 class DeliberateTrialFailure(RuntimeError):

@@ -19,18 +19,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from trainer.checkpoint import (BEST_FILE, STATE_FILE, as_kept, checkpoint_weights,  # noqa: F401
-                                load_best, load_state, snapshot, write_checkpoint)
+from trainer.checkpoint import (as_kept, checkpoint_weights, load_best, load_state, snapshot,
+                                write_checkpoint)
 from trainer.config import ATTRIBUTES, TrainConfig, config_from_dict
 from trainer.data import build_datasets
 from trainer.data.transforms import batch_transform
 from trainer.guards import FiniteWatch, check_predictions, check_train_size
+from trainer.inference import batches, forward, to_device
 from trainer.jsonout import dumps
 from trainer.metrics import at_val_threshold, bootstrap_fairness, evaluate_fairness
 from trainer.models import build_classifiers, build_model, load_tokenizer
 from trainer.methods import create_method
 from trainer.reliance import encode_split, flat_reliance, fused_probs, modality_reliance
-
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -43,45 +43,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _to_device(batch, device):
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch.to(device, non_blocking=True)
-
-
-class _BatchView(torch.utils.data.Dataset):
-    """Item i = the whole i-th batch (fixed index lists), so worker processes read whole batches
-    from the memory-mapped cache and the order never depends on the number of workers."""
-
-    def __init__(self, dataset, batches: list[np.ndarray]):
-        self.dataset, self.batches = dataset, batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> dict:
-        idx = self.batches[i]
-        if hasattr(self.dataset, "get_batch"):
-            return self.dataset.get_batch(idx)
-        return torch.utils.data.default_collate([self.dataset[int(j)] for j in idx])
-
-
-def _batches(dataset, indices: torch.Tensor, batch_size: int, drop_last: bool,
-             num_workers: int = 0, pin_memory: bool = False):
-    """Collated batches in the order of `indices`; with num_workers > 0 they are read ahead by
-    worker processes (and pinned for a fast host-to-device copy)."""
-    stop = len(indices) - (len(indices) % batch_size if drop_last else 0)
-    batches = [indices[s:s + batch_size].numpy() for s in range(0, stop, batch_size)]
-    view = _BatchView(dataset, batches)
-    if num_workers == 0:
-        yield from (view[i] for i in range(len(view)))
-        return
-    # own generator: the loader's worker seeding must not draw from the global RNG (dropout)
-    yield from torch.utils.data.DataLoader(view, batch_size=None, shuffle=False,
-                                           num_workers=num_workers, pin_memory=pin_memory,
-                                           prefetch_factor=2, generator=torch.Generator())
 
 
 def _param_groups(model: nn.Module) -> list[dict]:
@@ -137,7 +98,6 @@ class Trainer:
         self.model = build_model(cfg).to(self.device)
         self.classifiers = build_classifiers(cfg, self.model).to(self.device)
         self.method = create_method(cfg, mods, max(self.group_names) + 1).to(self.device)
-        self.modulator = self.method        # the name older callers and tests use
         if cfg.compile_encoders:     # in place: state_dict keys (checkpoints) do not change
             for encoder in self.model.encoders.values():
                 encoder.compile()
@@ -165,7 +125,7 @@ class Trainer:
     def train_step(self, batch: dict, generator: torch.Generator | None) -> dict:
         """One step of the method on a collated batch; returns the step contract dict (tensors)."""
         cfg, model, method = self.cfg, self.model, self.method
-        batch = batch_transform(_to_device(batch, self.device), train=True, generator=generator)
+        batch = batch_transform(to_device(batch, self.device), train=True, generator=generator)
         labels, groups = batch["label"].float(), batch["group"].long()
         with self.autocast():
             features = model.encode(batch)                                        # forward
@@ -206,9 +166,9 @@ class Trainer:
         order = torch.randperm(len(train), generator=gen)
         n_steps = len(order) // cfg.batch_size
         sums: dict[str, torch.Tensor] = {}
-        batches = _batches(train, order, cfg.batch_size, drop_last=True,
-                           num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
-        bar = tqdm(batches, total=n_steps,
+        reader = batches(train, order, cfg.batch_size, drop_last=True,
+                         num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
+        bar = tqdm(reader, total=n_steps,
                    desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
         watch = FiniteWatch()                                    # divergence: one sync per epoch
         for batch in bar:
@@ -224,16 +184,18 @@ class Trainer:
         return {k: (v / max(n_steps, 1)).item() for k, v in sums.items()}
 
     # --- evaluation -----------------------------------------------------------------------
-    @torch.no_grad()
-    def predict(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def forward(self, split: str, encode: bool = False):
+        """(batch, logits or encoded features) per batch of a split: the one inference path
+        (trainer/inference.py) at this trainer's device, batch size, workers and autocast."""
         self.model.eval(); self.method.eval()
-        ds = self.data[split]
+        return forward(self.model, self.data[split], self.cfg.batch_size * 2, self.device,
+                       self.cfg.num_workers, self.autocast, encode)
+
+    def predict(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(labels, probabilities, groups) of a split."""
         probs, labels, groups = [], [], []
-        for batch in _batches(ds, torch.arange(len(ds)), self.cfg.batch_size * 2, False,
-                              self.cfg.num_workers, self.device.type == "cuda"):
-            batch = batch_transform(_to_device(batch, self.device), train=False, generator=None)
-            with self.autocast():
-                probs.append(self.model(batch).float().sigmoid().cpu())
+        for batch, logits in self.forward(split):
+            probs.append(logits.sigmoid().cpu())
             labels.append(batch["label"].cpu()); groups.append(batch["group"].cpu())
         return (torch.cat(labels).numpy(), torch.cat(probs).numpy(), torch.cat(groups).numpy())
 
@@ -241,7 +203,6 @@ class Trainer:
         """(labels, probabilities, groups, encoded) of a split from ONE encoder pass: the
         probabilities are the fusion of the encoded features (model(batch) = fuse(encode(batch))),
         and `encoded` serves modality reliance, which only re-runs the fusion."""
-        self.model.eval(); self.method.eval()
         encoded = encode_split(self, split)
         features, y, g = encoded
         return y, fused_probs(self, features), g, encoded
@@ -348,14 +309,9 @@ def _finish(trainer: Trainer) -> dict:
             "history": trainer.history, "config": trainer.cfg.to_dict()}
 
 
-def _checkpoint_weights(checkpoint_dir: str | Path, best: bool = True) -> dict:
-    """{"config", "model", "epoch", ...} of a checkpoint: the validation-best weights when saved."""
-    return checkpoint_weights(checkpoint_dir, best)
-
-
 def load_model(checkpoint_dir: str | Path, best: bool = True) -> nn.Module:
     """The fusion model stored in a checkpoint directory (best epoch by default), on the CPU."""
-    state = _checkpoint_weights(checkpoint_dir, best)
+    state = checkpoint_weights(checkpoint_dir, best)
     cfg = config_from_dict(state["config"]).replace(pretrained=False)
     model = build_model(cfg)
     model.load_state_dict(state["model"])
@@ -365,7 +321,7 @@ def load_model(checkpoint_dir: str | Path, best: bool = True) -> nn.Module:
 def evaluate_checkpoint(checkpoint_dir: str | Path, **overrides) -> dict:
     """Score the validation-chosen model of a checkpoint on the test split, once (used by the
     search for its chosen trial). `overrides` replace config fields (e.g. data_root, device)."""
-    state = _checkpoint_weights(checkpoint_dir)
+    state = checkpoint_weights(checkpoint_dir)
     cfg = config_from_dict({**state["config"], **overrides, "pretrained": False})
     trainer = Trainer(cfg)
     trainer.model.load_state_dict(state["model"])

@@ -4,15 +4,20 @@ Definitions follow multifair-method.md ("Metrics"):
 
 - ``auc``: sklearn ``roc_auc_score`` on the probability of class 1.
 - ``es_auc`` = auc / (1 + SUM_g |auc_g - auc|)  (sum form, alpha = 1).
+- ``worst_group_auc`` = min_g auc_g.
 - ``dpd``: max_g - min_g selection rate, prediction = ``y_prob >= threshold``.
 - ``deodds``: max(TPR gap, FPR gap) ("worst case"), as fairlearn's ``equalized_odds_difference``.
 
 Conventions, chosen once and used by every function here:
 
 - Samples whose group is -1 (unknown) are excluded from every metric, overall ones included.
-- A group with one class present has an undefined AUC: it is reported as NaN with its count, left
-  out of the es_auc sum and listed in ``undefined_groups``. If no group AUC is defined at all,
-  es_auc is NaN (dividing by 1 + an empty sum would pass the overall AUC off as fair).
+- An UNDEFINED group (one class present, so no AUC) has group AUC NaN, is reported with its
+  count (``group_count``, ``group_positive``) and listed in ``undefined_groups``, and is left out
+  of BOTH the es_auc sum and the worst_group_auc minimum: the two summaries are over the same
+  defined groups. If no group AUC is defined at all, both are NaN (dividing by 1 + an empty sum
+  would pass the overall AUC off as fair). One treatment everywhere: evaluate_fairness, the
+  bootstrap resamples (each resample decides which groups are defined; ``n_valid`` counts the
+  resamples where a metric was defined) and the paired test of the search (search/paired.py).
 - A group without positives (negatives) has no TPR (FPR); it is left out of that gap. fairlearn
   counts such a rate as 0 (sklearn's confusion matrix turns 0/0 into 0), so on such degenerate
   groups our deodds is smaller than fairlearn's; on all other inputs the two are identical.
@@ -29,7 +34,6 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 UNKNOWN_GROUP = -1
-SCALAR_METRICS = ("auc", "es_auc", "dpd", "deodds")
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -110,15 +114,27 @@ def _es_auc(auc, group_auc: np.ndarray):
     return np.where(defined.any(axis=-1), auc / (1.0 + total), np.nan)
 
 
+def worst_group_auc(group_auc) -> np.ndarray | float:
+    """The lowest DEFINED group AUC along the last axis (undefined groups, NaN, left out, as in
+    es_auc); NaN if no group is defined. A dict {name: auc} gives a float."""
+    if isinstance(group_auc, Mapping):
+        return float(worst_group_auc(np.array(list(group_auc.values()), dtype=np.float64)))
+    group_auc = np.asarray(group_auc, dtype=np.float64)
+    defined = ~np.isnan(group_auc)
+    lowest = np.where(defined, group_auc, np.inf).min(axis=-1)
+    return np.where(defined.any(axis=-1), lowest, np.nan)
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 def evaluate_fairness(y_true, y_prob, groups, threshold: float = 0.5,
                       group_names: Mapping[int, str] | None = None) -> dict:
     """All metrics for one set of predictions, as a JSON-serialisable dict of python numbers.
 
-    Keys: n, auc, es_auc, dpd, deodds, group_auc {name: float|NaN}, group_count {name: int},
-    group_positive {name: int}, undefined_groups [names with NaN AUC]. Inputs: lists, numpy arrays
-    or torch tensors; group codes are ints, -1 = unknown (excluded).
+    Keys: n, auc, es_auc, worst_group_auc, dpd, deodds, group_auc {name: float|NaN}, group_count
+    {name: int}, group_positive {name: int}, undefined_groups [names with NaN AUC, left out of
+    es_auc and worst_group_auc]. Inputs: lists, numpy arrays or torch tensors; group codes are
+    ints, -1 = unknown (excluded).
     """
     y, p, g = _check_inputs(y_true, y_prob, groups, threshold, group_names)
     pred = p >= threshold
@@ -140,6 +156,7 @@ def evaluate_fairness(y_true, y_prob, groups, threshold: float = 0.5,
         "n": int(len(y)),
         "auc": auc,
         "es_auc": float(_es_auc(auc, gauc)),
+        "worst_group_auc": float(worst_group_auc(gauc)),
         "dpd": float(_rate_gap(np.array(sel))),
         "deodds": float(np.fmax(_rate_gap(np.array(tpr)), _rate_gap(np.array(fpr)))),
         "group_auc": group_auc,
@@ -185,6 +202,7 @@ def _resample_metrics(y, p, g, weights, threshold, table) -> dict[str, np.ndarra
     out = {
         "auc": auc,
         "es_auc": np.where(enough_groups, _es_auc(auc, group_auc), np.nan),
+        "worst_group_auc": np.where(enough_groups, worst_group_auc(group_auc), np.nan),
         "dpd": np.where(enough_groups, _rate_gap(sel), np.nan),
         "deodds": np.where(enough_groups & ~np.isnan(auc),
                            np.fmax(_rate_gap(tpr), _rate_gap(fpr)), np.nan),
@@ -200,8 +218,8 @@ def bootstrap_fairness(y_true, y_prob, groups, n: int = 100, seed: int = 0, thre
     predictions drawn with replacement (numpy Generator(seed)); group -1 is excluded first.
 
     Returns {"mean": {metric: float}, "std": {metric: float}, "n_resamples": n,
-    "n_valid": {metric: resamples where it was defined}} over auc, es_auc, dpd, deodds and
-    "auc/<group name>". A metric undefined in every resample has mean and std NaN.
+    "n_valid": {metric: resamples where it was defined}} over auc, es_auc, worst_group_auc, dpd,
+    deodds and "auc/<group name>". A metric undefined in every resample has mean and std NaN.
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n (number of resamples) must be a positive integer, got {n!r}")

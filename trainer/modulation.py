@@ -31,8 +31,6 @@ from torch.func import functional_call
 from trainer.metrics import batch_auc, group_auc_tensor
 
 SPEED_EPS = 1e-4
-BALANCE_MODES = ("modality", "full", "full_reference")    # trainer/methods/multifair.py
-FAIRNESS_MODES = ("fairness", "full", "full_reference")
 
 
 def surrogate_group_auc(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor,
@@ -51,7 +49,13 @@ def surrogate_group_auc(scores: torch.Tensor, labels: torch.Tensor, groups: torc
 
 
 class MultiFairModulator(nn.Module):
-    """Holds the EMA state (buffers, so it checkpoints with state_dict) and computes one step."""
+    """Holds the EMA state (buffers, so it checkpoints with state_dict) and computes one step.
+
+    Which terms act is said by the class: the registered MultiFair modes
+    (trainer/methods/multifair.py) set `uses_balance` (B_m and L_gm) and `uses_fairness` (f_m and
+    F_G behind the trigger); this base, with neither, is plain fusion."""
+    uses_balance = False
+    uses_fairness = False
 
     def __init__(self, cfg, modalities: tuple[str, ...], num_groups: int):
         super().__init__()
@@ -60,14 +64,6 @@ class MultiFairModulator(nn.Module):
         self.register_buffer("speed_ema", torch.full((m,), 0.5))
         self.register_buffer("group_ema", torch.full((m, g), 0.5))      # E_{m,g}
         self.register_buffer("fused_group_ema", torch.full((g,), 0.5))  # trigger statistic
-
-    @property
-    def uses_balance(self) -> bool:
-        return self.cfg.mode in BALANCE_MODES
-
-    @property
-    def uses_fairness(self) -> bool:
-        return self.cfg.mode in FAIRNESS_MODES
 
     # --- Eq. 4-5 ---------------------------------------------------------------------------
     def balance_factors(self, cls_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

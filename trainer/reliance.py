@@ -20,20 +20,13 @@ from trainer.metrics import evaluate_fairness
 N_PERMUTATIONS = 5
 
 
-@torch.no_grad()
 def encode_split(trainer, split: str):
-    """(features {modality: tensor on the device}, labels, groups) of a whole split, eval mode."""
-    from trainer.data.transforms import batch_transform
-    from trainer.loop import _batches, _to_device   # lazy: loop imports this module
-
-    trainer.model.eval()
-    ds, feats, labels, groups = trainer.data[split], {}, [], []
-    for batch in _batches(ds, torch.arange(len(ds)), trainer.cfg.batch_size * 2, False,
-                          trainer.cfg.num_workers, trainer.device.type == "cuda"):
-        batch = batch_transform(_to_device(batch, trainer.device), train=False, generator=None)
-        with trainer.autocast():
-            for m, h in trainer.model.encode(batch).items():
-                feats.setdefault(m, []).append(h.float())
+    """(features {modality: tensor on the device}, labels, groups) of a whole split, eval mode,
+    read through the trainer's inference path (Trainer.forward)."""
+    feats, labels, groups = {}, [], []
+    for batch, encoded in trainer.forward(split, encode=True):
+        for m, h in encoded.items():
+            feats.setdefault(m, []).append(h)
         labels.append(batch["label"].cpu()); groups.append(batch["group"].cpu())
     return ({m: torch.cat(v) for m, v in feats.items()}, torch.cat(labels).numpy(),
             torch.cat(groups).numpy())

@@ -5,11 +5,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SIZES = (96, 48, 48)
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end search tests (minutes); they run in CI")
 
 
 @pytest.fixture(scope="session")
@@ -28,10 +23,9 @@ def ray_session(cache_dir):
 
 
 @pytest.fixture(scope="session")
-def data_root(tmp_path_factory, cache_dir):
-    from trainer.data.synthetic import synthesize
-
-    return str(synthesize("fairvision", tmp_path_factory.mktemp("data") / "fairvision", *SIZES, seed=0))
+def data_root(dataset, cache_dir):
+    """The search session's generated FairVision (tests/conftest.py: "search")."""
+    return str(dataset("search"))
 
 
 @pytest.fixture(scope="session")

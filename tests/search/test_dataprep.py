@@ -15,7 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.search.conftest import REPO, SIZES, study_runs
+from tests.conftest import DATASETS, generate
+from tests.search.conftest import REPO, study_runs
+
+SIZES = tuple(DATASETS["search"][k] for k in ("n_train", "n_val", "n_test"))
 from tests.search.multinode import LocalCluster
 from tests.search.servers import FakeS3
 
@@ -54,10 +57,8 @@ def raw(fake_s3, tmp_path_factory):
     folder is deleted afterwards: nothing below can read it."""
     from trainer.config import make_config
     from trainer.data import audit_dataset, build_datasets
-    from trainer.data.synthetic import synthesize
-
     tmp = tmp_path_factory.mktemp("dataprep")
-    folder = synthesize("fairvision", tmp / "raw", *SIZES, seed=0)
+    folder = generate(tmp / "raw", **DATASETS["search"])   # a copy of its own: deleted below
     upload(fake_s3, folder, "raw/fv")
     broken = sorted((folder / "Glaucoma" / "Validation").glob("data_*.npz"))[3]
     upload(fake_s3, folder, "raw/bad", {broken.name: without_key(broken, "oct_bscans")})
@@ -198,20 +199,18 @@ def test_unreachable_data_root_is_one_line(monkeypatch):
         dataprep.list_raw(root, LAYOUTS["fairvision"])
 
 
-@pytest.mark.parametrize("dataset", ["fairvision", "fairvlmed"])
-def test_local_root_job_on_the_embedded_ray_equals_the_cache(ray_session, data_root, tmp_path,
-                                                            dataset):
+@pytest.mark.parametrize("layout", ["fairvision", "fairvlmed"])
+def test_local_root_job_on_the_embedded_ray_equals_the_cache(ray_session, data_root, dataset, tmp_path,
+                                                            layout):
     """--prepare-on-cluster's path: a local root (every node sees it), output to a local
     folder; the shards are the cache's arrays (FairVLMed: SLO and tokenised notes) and a second
     run reuses them."""
     from search import dataprep
     from trainer.config import make_config
     from trainer.data import build_datasets
-    from trainer.data.synthetic import synthesize
-
-    if dataset == "fairvlmed":
-        data_root = str(synthesize("fairvlmed", tmp_path / "vl", 48, 24, 24, seed=3))
-    cfg = make_config(dataset, "gender", preset="tiny", data_root=data_root,
+    if layout == "fairvlmed":
+        data_root = str(dataset("vl_fit"))      # tests/conftest.py: read, never changed
+    cfg = make_config(layout, "gender", preset="tiny", data_root=data_root,
                       cache_dir=str(tmp_path / "cache"))
     lines = []
     job = dataprep.prepare_on_cluster(cfg, str(tmp_path / "out"), log=lambda s, **_: lines.append(s),
@@ -234,7 +233,7 @@ def test_local_root_job_on_the_embedded_ray_equals_the_cache(ray_session, data_r
             flat = [(x[k]["input_ids"], y[k]["input_ids"]) if k == "note" else (x[k], y[k])
                     for x, y in [(a, b)] for k in keys]
             assert all(np.array_equal(u, v) for u, v in flat)
-            assert len(keys) == 4 and ("note" in keys) == (dataset == "fairvlmed")
+            assert len(keys) == 4 and ("note" in keys) == (layout == "fairvlmed")
 
 
 def test_search_prepare_on_cluster_flag_trials_use_the_shards(ray_session, search_config, cache_dir,

@@ -23,6 +23,7 @@ def test_space_defaults_and_refusals():
         hyperparameters("nonesuch")
 
 
+@pytest.mark.slow
 def test_ogm_ge_runs_through_the_search(ray_session, search_config, tmp_path):
     from search.runner import parse_args, run_search
     from tests.search.conftest import study_runs

@@ -1,38 +1,35 @@
-"""Shared, session-scoped generated datasets (built once) and a config factory."""
+"""The trainer tests' shared datasets (from the suite's one factory, tests/conftest.py) and a
+config factory."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from trainer.config import make_config
-from trainer.data.synthetic import synthesize
 
 
 @pytest.fixture(scope="session")
-def fv3_root(tmp_path_factory):
+def fv3_root(dataset):
     """FairVision, standard folders, int race, three modalities; large enough for AUC checks."""
-    return synthesize("fairvision", tmp_path_factory.mktemp("fv3"), n_train=480, n_val=60,
-                      n_test=100, seed=3, modalities=("slo", "oct", "note"))
+    return dataset("fv3")
 
 
 @pytest.fixture(scope="session")
-def fv_lower_root(tmp_path_factory):
+def fv_lower_root(dataset):
     """FairVision, lowercase train/val/test, race as strings, SLO + OCT only."""
-    return synthesize("fairvision", tmp_path_factory.mktemp("fvl"), n_train=40, n_val=30,
-                      n_test=30, seed=2, split_style="lowercase", race_encoding="str")
+    return dataset("fv_lower")
 
 
 @pytest.fixture(scope="session")
-def vl_root(tmp_path_factory):
+def vl_root(dataset):
     """FairVLMed, Training/Validation/Testing, race as strings, SLO + note."""
-    return synthesize("fairvlmed", tmp_path_factory.mktemp("vl"), n_train=60, n_val=40,
-                      n_test=40, seed=3, race_encoding="str", test_folder="Testing")
+    return dataset("vl")
 
 
 @pytest.fixture(scope="session")
-def vl_lower_root(tmp_path_factory):
+def vl_lower_root(dataset):
     """FairVLMed, lowercase folders, int race."""
-    return synthesize("fairvlmed", tmp_path_factory.mktemp("vll"), n_train=40, n_val=30,
-                      n_test=30, seed=4, split_style="lowercase")
+    return dataset("vl_lower")
 
 
 @pytest.fixture
@@ -45,9 +42,16 @@ def make_cfg(tmp_path):
 
 
 @pytest.fixture
-def small_fv(tmp_path):
+def small_fv(fresh_dataset):
     """A fresh, tiny FairVision copy that a test may break."""
-    def build(**kw):
-        args = dict(n_train=12, n_val=10, n_test=10, seed=5)
-        return synthesize("fairvision", tmp_path / "fv", **{**args, **kw})
-    return build
+    return fresh_dataset
+
+
+@pytest.fixture
+def one_thread():
+    """Golden figures: one CPU thread, so no figure depends on how BLAS splits its sums (measured:
+    the figures pinned in the tests are the same with 1 and 2 threads, to 1e-7)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,14 +9,12 @@ from safetensors.torch import load_file
 from trainer.checkpoint import (BEST_FILE, MANIFEST, STATE_FILE, NotResumable, folder_complete,
                                 read_manifest, write_snapshot)
 from trainer.config import make_config
-from trainer.data.synthetic import synthesize
 from trainer.loop import Trainer, evaluate_checkpoint, fit, load_model
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return synthesize("fairvision", tmp_path_factory.mktemp("fv"), n_train=96, n_val=48,
-                      n_test=48, seed=4)
+def root(dataset):
+    return dataset("checkpoint")
 
 
 def _cfg(root, **kw):

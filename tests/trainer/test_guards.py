@@ -6,15 +6,13 @@ import pytest
 import torch
 
 from trainer.config import make_config
-from trainer.data.synthetic import synthesize
 from trainer.guards import DivergenceError, FiniteWatch, check_predictions
 from trainer.loop import Trainer, fit
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return synthesize("fairvision", tmp_path_factory.mktemp("fvg"), n_train=24, n_val=16,
-                      n_test=16, seed=1)
+def root(dataset):
+    return dataset("guards")
 
 
 def _cfg(root, tmp_path, **kw):

@@ -12,7 +12,8 @@ from sklearn.metrics import roc_auc_score
 
 from trainer.__main__ import main
 from trainer.data.ideal import evidence, read_side_file
-from trainer.data.synthetic import NOTE_LABEL_NOISE, PROFILES, synthesize, synthesize_metadata
+from trainer.data.generative import NOTE_LABEL_NOISE, PROFILES
+from trainer.data.synthetic import synthesize_metadata
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +64,8 @@ def test_note_evidence_and_uninformative_modality():
     assert np.allclose(ev, prior + np.where(pos, lr, -lr))                     # hand-worked
 
 
-def test_ceiling_command(tmp_path, capsys):
-    root = synthesize("fairvision", tmp_path / "fv", n_train=8, n_val=8, n_test=120, seed=4)
+def test_ceiling_command(fresh_dataset, tmp_path, capsys):
+    root = fresh_dataset(n_train=8, n_val=8, n_test=120, seed=4)   # the command writes beside it
     assert main(["ceiling", "--data-root", str(root), "--attribute", "race"]) == 0
     assert "ES-AUC" in capsys.readouterr().out
     result = json.loads((root / "ceiling_race_test.json").read_text())

@@ -13,7 +13,6 @@ from scipy.special import softmax
 
 from trainer.__main__ import main as cli_main
 from trainer.config import make_config
-from trainer.data.synthetic import synthesize
 from trainer.loop import Trainer, fit
 from trainer.methods import available_methods, create_method
 from trainer.methods.cggm import cggm_coefficients
@@ -27,9 +26,8 @@ MODS = ("slo", "oct")
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return synthesize("fairvision", tmp_path_factory.mktemp("fvm"), n_train=48, n_val=32,
-                      n_test=32, seed=4)
+def root(dataset):
+    return dataset("methods")
 
 
 @pytest.fixture(scope="module")
@@ -236,15 +234,38 @@ def test_every_method_gives_every_parameter_a_finite_gradient(mode):
         assert p.grad is not None and torch.isfinite(p.grad).all(), (mode, name)
 
 
+# Golden test AUC and ES-AUC of the one-epoch command-line fit below, per method (one CPU thread;
+# the same with two). A change to a method's step moves its figures: rerun, explain, update.
+GOLDEN_CLI = {
+    "baseline": (0.8, 0.7444108761329306), "modality": (0.4196078431372549, 0.3886893704850361),
+    "fairness": (0.8235294117647058, 0.6648677819751753),
+    "full": (0.4392156862745098, 0.40441982473108823),
+    "full_reference": (0.7764705882352941, 0.6368919871543824),
+    "ogm_ge": (0.7803921568627451, 0.7305798915310806),
+    "cggm": (0.7294117647058824, 0.713202614379085), "fis": (0.792156862745098, 0.7461293997721412),
+    "sinkhorn": (0.803921568627451, 0.743567096508273),
+    "modality_dropout": (0.7960784313725491, 0.6745313806402892),
+    "unimodal_ensemble": (0.7647058823529412, 0.6039215686274509),
+}
+
+
+def test_every_method_has_golden_figures():
+    assert set(GOLDEN_CLI) == set(available_methods())
+
+
 @pytest.mark.parametrize("mode", available_methods())
-def test_every_method_fits_from_the_command_line(mode, root, cache, capsys):
+def test_every_method_fits_from_the_command_line(mode, root, cache, capsys, one_thread):
     rc = cli_main(["fit", "--dataset", "fairvision", "--data-root", str(root), "--preset", "tiny",
                    "--mode", mode, "--epochs", "1", "--attribute", "race", "--no-progress",
-                   "--set", f"cache_dir={cache}", "--set", "batch_size=16", "--set", "bootstrap=5"])
+                   "--set", f"cache_dir={cache}", "--set", "batch_size=16", "--set", "bootstrap=5",
+                   "--set", "device=cpu"])
     out = capsys.readouterr()
     assert rc == 0, out.err
     result = json.loads(out.out.strip().splitlines()[-1])
-    assert result["config"]["mode"] == mode and 0 <= result["test"]["point"]["auc"] <= 1
+    assert result["config"]["mode"] == mode
+    point = result["test"]["point"]
+    torch.testing.assert_close((point["auc"], point["es_auc"]), GOLDEN_CLI[mode], rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_unimodal_fit_and_refusal(root, cache, capsys):

@@ -5,12 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
+from fairlearn.metrics import MetricFrame, demographic_parity_difference, equalized_odds_difference
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import roc_auc_score
 
 from trainer.config import ATTRIBUTES
 from trainer.metrics import (_group_table, _resample_metrics, batch_auc, bootstrap_fairness,
-                             evaluate_fairness, group_auc_tensor)
+                             evaluate_fairness, group_auc_tensor, worst_group_auc)
 
 
 def random_case(seed, n=600, num_groups=3, unknown=True, grid=None):
@@ -42,6 +43,7 @@ def test_matches_sklearn_and_fairlearn_on_random_data(seed, grid):
     assert r["group_positive"] == {str(c): int(yk[gk == c].sum()) for c in range(3)}
     es = r["auc"] / (1 + sum(abs(a - r["auc"]) for a in expected_gauc.values()))
     assert r["es_auc"] == pytest.approx(es, abs=1e-12)
+    assert r["worst_group_auc"] == pytest.approx(min(expected_gauc.values()), abs=1e-12)
     pred = (pk >= 0.5).astype(int)
     assert r["dpd"] == pytest.approx(demographic_parity_difference(yk, pred, sensitive_features=gk))
     assert r["deodds"] == pytest.approx(equalized_odds_difference(yk, pred, sensitive_features=gk))
@@ -110,14 +112,57 @@ def test_one_class_group_is_nan_with_count_and_left_out_of_es_auc():
     assert r["group_count"]["3"] == 3 and r["group_positive"]["3"] == 0
     assert r["undefined_groups"] == ["3"]
     auc = roc_auc_score(y, p)
-    dev = sum(abs(roc_auc_score(y[g == c], p[g == c]) - auc) for c in range(3))
-    assert r["es_auc"] == pytest.approx(auc / (1 + dev), abs=1e-12)
+    defined = [roc_auc_score(y[g == c], p[g == c]) for c in range(3)]
+    assert r["es_auc"] == pytest.approx(auc / (1 + sum(abs(a - auc) for a in defined)), abs=1e-12)
+    assert r["worst_group_auc"] == pytest.approx(min(defined), abs=1e-12)
     json.dumps(r)  # NaN is allowed; everything else is a python number / str
+
+
+def test_undefined_group_one_treatment_hand_worked_and_fairlearn():
+    """One treatment of an undefined group: NaN AUC with its count, out of the ES-AUC sum and out
+    of the worst-group minimum; the same in the bootstrap and the paired test's resamples.
+    group a: y 0 0 1 1, p .1 .4 .35 .8: pos {.35, .8} vs neg {.1, .4}: 1 + 2 wins   -> 3/4
+    group b: y 0 1 1,   p .2 .6 .9:     every positive above the negative           -> 1
+    group c: y 1 1,     p .3 .7:        positives only: undefined (NaN), count 2
+    overall: 6 pos vs 3 neg {.1, .4, .2}: .35 2, .8 3, .6 3, .9 3, .3 2, .7 3 = 16/18  -> 8/9
+    es_auc = (8/9) / (1 + |3/4 - 8/9| + |1 - 8/9|) = (8/9) / (1 + 5/36 + 4/36) = 32/45
+    worst_group_auc = min(3/4, 1) = 3/4 (group c left out: not NaN, not 0)"""
+    y = np.array([0, 0, 1, 1, 0, 1, 1, 1, 1])
+    p = np.array([.1, .4, .35, .8, .2, .6, .9, .3, .7])
+    g = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2])
+    names = {0: "a", 1: "b", 2: "c"}
+    r = evaluate_fairness(y, p, g, group_names=names)
+    assert r["auc"] == pytest.approx(8 / 9, abs=1e-12)
+    assert r["group_auc"]["a"] == 0.75 and r["group_auc"]["b"] == 1.0
+    assert math.isnan(r["group_auc"]["c"]) and r["group_count"]["c"] == 2
+    assert r["undefined_groups"] == ["c"]
+    assert r["es_auc"] == pytest.approx(32 / 45, abs=1e-12)
+    assert r["worst_group_auc"] == 0.75
+    # fairlearn's MetricFrame over sklearn's AUC (NaN for the one-class group): same groups, and
+    # its group_min skips the undefined group as we do
+    with pytest.warns(UndefinedMetricWarning):
+        frame = MetricFrame(metrics=roc_auc_score, y_true=y, y_pred=p,
+                            sensitive_features=[names[c] for c in g])
+    assert frame.by_group.to_dict() == pytest.approx(r["group_auc"], nan_ok=True)
+    assert frame.group_min() == r["worst_group_auc"] and frame.overall == r["auc"]
+    # the bootstrap's vectorised resamples: the whole sample drawn once == evaluate_fairness
+    once = _resample_metrics(y, p, g, np.ones((1, len(y))), 0.5, _group_table(g, names))
+    assert once["worst_group_auc"][0] == 0.75
+    assert once["es_auc"][0] == pytest.approx(32 / 45, abs=1e-12)
+    assert math.isnan(once["auc/c"][0])
+    from search.paired import point_metrics
+    assert point_metrics(y, p, g, names)["worst_group_auc"] == 0.75
+
+
+def test_worst_group_auc_of_nothing_defined_is_nan():
+    assert math.isnan(worst_group_auc({"a": math.nan, "b": math.nan}))
+    np.testing.assert_equal(worst_group_auc(np.array([[0.6, np.nan], [np.nan, np.nan]])),
+                            [0.6, np.nan])
 
 
 def test_no_defined_group_gives_nan_es_auc():
     r = evaluate_fairness([1, 1, 0, 0], [.9, .8, .3, .2], [0, 0, 1, 1])
-    assert r["auc"] == 1.0 and math.isnan(r["es_auc"])
+    assert r["auc"] == 1.0 and math.isnan(r["es_auc"]) and math.isnan(r["worst_group_auc"])
     assert r["undefined_groups"] == ["0", "1"]
 
 
@@ -144,7 +189,7 @@ def test_torch_and_list_inputs_equal_numpy():
     assert evaluate_fairness(torch.tensor(y, dtype=torch.float32), torch.tensor(p),
                              torch.tensor(g)) == ref
     assert evaluate_fairness(y.tolist(), p.tolist(), g.tolist()) == ref
-    assert all(type(ref[k]) is float for k in ("auc", "es_auc", "dpd", "deodds"))
+    assert all(type(ref[k]) is float for k in ("auc", "es_auc", "worst_group_auc", "dpd", "deodds"))
 
 
 @pytest.mark.parametrize("y, p, g, message", [
@@ -184,7 +229,7 @@ def test_each_resample_equals_evaluate_on_that_resample(grid):
     got = _resample_metrics(y, p, g, weights, 0.5, table)
     for b, d in enumerate(draws):
         ref = evaluate_fairness(y[d], p[d], g[d], group_names=ATTRIBUTES["race"])
-        for key in ("auc", "es_auc", "dpd", "deodds"):
+        for key in ("auc", "es_auc", "worst_group_auc", "dpd", "deodds"):
             assert got[key][b] == pytest.approx(ref[key], abs=1e-12), key
         for name, value in ref["group_auc"].items():
             assert got[f"auc/{name}"][b] == pytest.approx(value, abs=1e-12), name
@@ -195,7 +240,8 @@ def test_bootstrap_centres_on_full_sample_and_is_deterministic():
     full = evaluate_fairness(y, p, g, group_names=ATTRIBUTES["race"])
     b = bootstrap_fairness(y, p, g, n=100, seed=0, group_names=ATTRIBUTES["race"])
     assert b["n_resamples"] == 100
-    keys = {"auc", "es_auc", "dpd", "deodds", "auc/asian", "auc/black", "auc/white"}
+    keys = {"auc", "es_auc", "worst_group_auc", "dpd", "deodds", "auc/asian", "auc/black",
+            "auc/white"}
     assert set(b["mean"]) == set(b["std"]) == set(b["n_valid"]) == keys
     assert all(v == 100 for v in b["n_valid"].values())
     for key in ("auc", "es_auc"):
@@ -217,7 +263,7 @@ def test_bootstrap_skips_resamples_where_a_metric_is_undefined():
     assert 0 < b["n_valid"]["auc/2"] < 60
     assert b["n_valid"]["auc/3"] == 0
     assert math.isnan(b["mean"]["auc/3"]) and math.isnan(b["std"]["auc/3"])
-    assert b["n_valid"]["auc"] == b["n_valid"]["es_auc"] == 60
+    assert b["n_valid"]["auc"] == b["n_valid"]["es_auc"] == b["n_valid"]["worst_group_auc"] == 60
     # the reported mean is the mean over the valid resamples only, recomputed with sklearn
     draws = np.random.default_rng(3).integers(0, len(y), size=(60, len(y)))
     valid = [roc_auc_score(y[d][g[d] == 2], p[d][g[d] == 2]) for d in draws

@@ -8,7 +8,8 @@ from sklearn.metrics import roc_auc_score
 
 from trainer.config import make_config
 from trainer.models import build_classifiers, build_model
-from trainer.modulation import MultiFairModulator, surrogate_group_auc
+from trainer.methods import create_method
+from trainer.modulation import surrogate_group_auc
 
 MODS = ("slo", "oct", "note")
 
@@ -19,7 +20,7 @@ def _setup(mode="full", modalities=MODS, seed=0, **fields):
                       dropout=0.0, **fields)
     model = build_model(cfg).eval()  # deterministic: no dropout (BERT has its own)
     clf = build_classifiers(cfg, model)
-    mod = MultiFairModulator(cfg, cfg.resolved_modalities(), 3)
+    mod = create_method(cfg, cfg.resolved_modalities(), 3)   # the registered class of the mode
     return cfg, model, clf, mod
 
 
@@ -185,3 +186,13 @@ def test_surrogate_auc_in_unit_interval_and_tends_to_exact(seed):
     for g in (0, 1):
         m = (groups == g).numpy()
         assert abs(s[g].item() - roc_auc_score(labels.numpy()[m], scores.numpy()[m])) < 1e-3
+
+
+def test_each_mode_class_says_which_terms_act():
+    """Mode behaviour lives on the registered classes, not in lists of mode names."""
+    from trainer.methods import method_class
+    acts = {mode: (method_class(mode).uses_balance, method_class(mode).uses_fairness)
+            for mode in ("baseline", "modality", "fairness", "full", "full_reference")}
+    assert acts == {"baseline": (False, False), "modality": (True, False),
+                    "fairness": (False, True), "full": (True, True),
+                    "full_reference": (True, True)}

@@ -7,18 +7,17 @@ import pytest
 import torch
 
 from trainer.config import make_config
-from trainer.data.synthetic import synthesize
 from trainer.data.transforms import batch_transform
-from trainer.loop import Trainer, _BatchView, fit
+from trainer.inference import BatchView
+from trainer.loop import Trainer, fit
 from trainer.metrics import prevalence_threshold
 from trainer.reliance import encode_split, fused_probs
 
 
 @pytest.fixture(scope="module")
-def oct_only(tmp_path_factory):
+def oct_only(dataset):
     """Only the OCT carries the label; the SLO is rendered from a decoy label."""
-    return synthesize("fairvision", tmp_path_factory.mktemp("fvr"), n_train=96, n_val=48,
-                      n_test=64, seed=2, informative=("oct",))
+    return dataset("oct_only")
 
 
 def _cfg(root, tmp_path, **kw):
@@ -32,7 +31,7 @@ def test_feature_permutation_equals_input_permutation(oct_only, tmp_path, modali
     trainer.train_epoch(progress=False)                      # a model whose output varies
     perm = torch.randperm(48, generator=torch.Generator().manual_seed(1))
     shortcut = fused_probs(trainer, encode_split(trainer, "val")[0], modality, perm)
-    batch = _BatchView(trainer.data["val"], [np.arange(48)])[0]
+    batch = BatchView(trainer.data["val"], [np.arange(48)])[0]
     batch[modality] = batch[modality][perm]
     trainer.model.eval()
     with torch.no_grad():
@@ -76,12 +75,11 @@ def test_validation_threshold_is_the_prevalence_rule(oct_only, tmp_path):
     assert trainer.evaluate("val")["threshold_val"] == prevalence_threshold(y, p)
 
 
-def test_unimodal_fits_score_on_the_informative_modality_only(tmp_path):
+def test_unimodal_fits_score_on_the_informative_modality_only(dataset, tmp_path):
     """The known answer from the other side: trained on the OCT alone the model scores well; on
     the SLO alone (rendered from a decoy label) it stays at chance. 200 test samples: the AUC of
     a label-blind score has a standard deviation of about 0.04 there, so 0.15 is ~3.5 sd."""
-    root = synthesize("fairvision", tmp_path / "data", n_train=96, n_val=48, n_test=200, seed=3,
-                      informative=("oct",))
+    root = dataset("oct_only_test200")
     on_oct = fit(_cfg(root, tmp_path, epochs=2, mode="baseline", modalities="oct"),
                  progress=False)["test"]["point"]
     on_slo = fit(_cfg(root, tmp_path, epochs=2, mode="baseline", modalities="slo"),

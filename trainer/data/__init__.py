@@ -22,8 +22,8 @@ from torch.utils.data import Dataset
 
 from trainer.config import ATTRIBUTES, canonical_attribute
 from trainer.data import audit, fairvision, fairvlmed, shards
-from trainer.data.cache import ATTRIBUTE_ORDER, _hash, cache_root, load_split
-from trainer.data.common import SPLITS, DataError, check_codes
+from trainer.data.cache import _hash, cache_root, load_split
+from trainer.data.common import ATTRIBUTE_ORDER, SPLITS, DataError, check_codes
 
 LAYOUTS = {"fairvision": fairvision.LAYOUT, "fairvlmed": fairvlmed.LAYOUT}
 __all__ = ["DataError", "CachedDataset", "build_datasets", "prepare", "audit_dataset", "LAYOUTS"]

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.config import ATTRIBUTES
-from trainer.data.common import LABEL_KEY, MISSING, SPLITS, DataError
+from trainer.data.common import ATTRIBUTE_ORDER, LABEL_KEY, MISSING, SPLITS, DataError
 from trainer.data.transforms import LUMA
 
 HASH_BYTES = 16
@@ -153,8 +153,6 @@ def dataset_card(layout_name: str, split_meta: dict, rgb: int, n_duplicates: int
     """Per split, attribute and group: n, positives, negatives; unknown (-1) and absent keys.
 
     Aggregates only (no file names): safe to print, save and log."""
-    from trainer.data.cache import ATTRIBUTE_ORDER
-
     card = {"layout": layout_name, "min_per_class": MIN_PER_CLASS, "rgb_converted": int(rgb),
             "duplicates": int(n_duplicates), "splits": {}}
     for split, meta in split_meta.items():

@@ -27,13 +27,11 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from trainer.config import ATTRIBUTES
 from trainer.data import audit, common
-from trainer.data.common import MODALITY_KEYS, DataError, Layout
+from trainer.data.common import ATTRIBUTE_ORDER, MODALITY_KEYS, DataError, Layout
 from trainer.data.transforms import preprocess_oct, preprocess_slo
 
 CACHE_VERSION = 2   # 2: audit side files, RGB fundus -> grey by luma
-ATTRIBUTE_ORDER = tuple(ATTRIBUTES)   # columns of the cached code table
 
 
 def cache_root(cfg) -> Path:

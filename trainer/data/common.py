@@ -20,6 +20,7 @@ LABEL_KEY = "glaucoma"
 MODALITY_KEYS = {"slo": "slo_fundus", "oct": "oct_bscans", "note": "note"}
 RACE_STRINGS = {"asian": 0, "black or african american": 1, "black": 1,
                 "white or caucasian": 2, "white": 2}
+ATTRIBUTE_ORDER = tuple(ATTRIBUTES)   # columns of the cached code table (cache, audit card)
 MISSING = -100  # attribute key absent from the npz (distinct from -1, "unknown")
 DECODE_COUNT = {"npz": 0}
 _READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)

@@ -19,4 +19,3 @@ LAYOUT = Layout(
                     "maritalstatus": ("maritalstatus",)},
     csv_names=("data_summary_glaucoma.csv", "data_summary.csv"),
 )
-SUMMARY_CSV = "data_summary_glaucoma.csv"

@@ -18,4 +18,3 @@ LAYOUT = Layout(
                     "maritalstatus": ("maritalstatus",)},
     csv_names=("data_summary.csv",),
 )
-SUMMARY_CSV = "data_summary.csv"

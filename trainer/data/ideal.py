@@ -2,7 +2,8 @@
 
 For every generated sample the generator (synthetic.py) knows the latents its images were rendered
 from. The IDEAL READER of a modality is the Bayes-optimal classifier of glaucoma given that
-modality's latent, computed exactly from the generative model; its posterior log-odds is the
+modality's latent, computed exactly from the generative model (generative.py, the same module the
+sampler draws from); its posterior log-odds is the
 sample's "evidence". Readings chosen (docs/data.md):
 
 - A reader sees what the image encodes, not the latent's causes: OCT shows the RNFL band
@@ -34,55 +35,50 @@ from scipy.special import logsumexp
 from scipy.stats import norm, rankdata
 
 from trainer.config import ATTRIBUTES, canonical_attribute
+from trainer.data import generative as gen
 from trainer.jsonout import dumps
 
 SIDE_FILE = "ideal_reader.csv"
 ATTRS = ("gender", "race", "ethnicity", "language", "maritalstatus")
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(96)
-SEVERITY = 0.4 + 0.3 * (_NODES + 1)          # nodes on [0.4, 1]
-LOG_W = np.log(_WEIGHTS * 0.3 / 0.6)          # Gauss weights * (b-a)/2, times density 1/0.6
-
-
-def _constants():
-    from trainer.data import synthetic as syn     # lazy: synthetic imports this module
-    return syn
+_LO, _HI = gen.SEVERITY
+SEVERITY = _LO + (_HI - _LO) / 2 * (_NODES + 1)     # nodes on [0.4, 1]
+LOG_W = np.log(_WEIGHTS * ((_HI - _LO) / 2) / (_HI - _LO))   # Gauss weights * (b-a)/2 * 1/(b-a)
 
 
 def _oct_loglik(rnfl: np.ndarray, layout: str, severity: np.ndarray) -> np.ndarray:
     """log p(rnfl | s) for each sample (rows) and severity (columns), the group mixed out."""
-    syn = _constants()
-    prof = syn.PROFILES[layout]
+    prof = gen.PROFILES[layout]
     r = rnfl[:, None]
     parts = []
     for race, p_race in enumerate(prof["race"]):
         for gender, p_gender in enumerate((prof["female"], 1 - prof["female"])):
-            q = syn.OCT_QUALITY_RACE[race] * syn.OCT_QUALITY_GENDER[gender]
-            mean = 0.18 * (1 - syn.OCT_THINNING * severity[None, :] * q)
-            sd = mean * (0.06 + 0.12 * (1 - q))
+            q = gen.oct_quality(race, gender)
+            mean = gen.rnfl_mean(severity[None, :], q)
+            sd = mean * gen.rnfl_noise(q)
             parts.append(math.log(p_race * p_gender) + norm.logpdf(r, mean, sd))
     return logsumexp(np.stack(parts), axis=0)
 
 
 def _slo_loglik(cdr: np.ndarray, severity: np.ndarray) -> np.ndarray:
-    """log p(cdr | s) with the clipping at 0.1 and 0.9 as tail masses."""
-    syn = _constants()
-    c, mean = cdr[:, None], 0.35 + syn.SLO_CDR_GAIN * severity[None, :] / 0.7
-    z = lambda x: (x - mean) / syn.SLO_CDR_NOISE  # noqa: E731
-    out = norm.logpdf(c, mean, syn.SLO_CDR_NOISE) * np.ones_like(mean)
-    out = np.where(c >= 0.9, norm.logsf(z(0.9)), out)
-    return np.where(c <= 0.1, norm.logcdf(z(0.1)), out)
+    """log p(cdr | s) with the clipping at CDR_RANGE (0.1, 0.9) as tail masses."""
+    lo, hi = gen.CDR_RANGE
+    c, mean = cdr[:, None], gen.cdr_mean(severity[None, :])
+    z = lambda x: (x - mean) / gen.SLO_CDR_NOISE  # noqa: E731
+    out = norm.logpdf(c, mean, gen.SLO_CDR_NOISE) * np.ones_like(mean)
+    out = np.where(c >= hi, norm.logsf(z(hi)), out)
+    return np.where(c <= lo, norm.logcdf(z(lo)), out)
 
 
 def _note_loglik(pos: np.ndarray, y: int) -> np.ndarray:
-    syn = _constants()
     agree = pos == bool(y)
-    return np.log(np.where(agree, 1 - syn.NOTE_LABEL_NOISE, syn.NOTE_LABEL_NOISE))[:, None]
+    return np.log(np.where(agree, 1 - gen.NOTE_LABEL_NOISE, gen.NOTE_LABEL_NOISE))[:, None]
 
 
 def evidence(layout: str, meta: dict, positive=None, modalities=("slo", "oct")) -> dict:
     """Posterior log-odds of glaucoma per modality in `modalities` and combined ("all")."""
-    informative = set(np.asarray(meta.get("informative", ("slo", "oct", "note"))).tolist())
-    prior = _constants().PROFILES[layout]["glaucoma"]
+    informative = set(np.asarray(meta.get("informative", gen.LABELLED)).tolist())
+    prior = gen.PROFILES[layout]["glaucoma"]
     zero = np.zeros((len(meta["glaucoma"]), 1))
     terms = {}   # modality -> (loglik at s-nodes given y=1, loglik given y=0 [s=0])
     for m in modalities:

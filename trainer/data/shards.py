@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data.cache import ATTRIBUTE_ORDER, CACHE_VERSION
+from trainer.data.cache import CACHE_VERSION
+from trainer.data.common import ATTRIBUTE_ORDER
 from trainer.data.common import MODALITY_KEYS, SPLITS, DataError
 
 FORMAT_VERSION = 1

@@ -20,6 +20,9 @@ import numpy as np
 from trainer.config import DEFAULT_MODALITIES
 from trainer.data import ideal
 from trainer.data.common import SPLITS
+from trainer.data.generative import (CDR_RANGE, LABELLED, LANGUAGE_P, MARITAL_P, NOTE_LABEL_NOISE,
+                                     PROFILES, SEVERITY, SLO_CDR_NOISE, cdr_mean, oct_quality,
+                                     rnfl_mean, rnfl_noise, thinning)
 
 USE = {"train": "training", "val": "validation", "test": "test"}
 RACE_NAMES = ("Asian", "Black or African American", "White or Caucasian")
@@ -29,28 +32,12 @@ SIZES = {  # (SLO shape, OCT shape): small default, --full-size
     ("fairvlmed", False): ((80, 64), (16, 64, 64)),
     ("fairvlmed", True): ((664, 512), (200, 200, 200)),
 }
-# Published proportions; unknown (-1) shares: a few in FairVision, realistic ones in FairVLMed.
-PROFILES = {
-    "fairvision": dict(female=0.570, race=(0.085, 0.149, 0.766), glaucoma=0.487, hispanic=0.045,
-                       unknown={"ethnicity": 0.01, "language": 0.01, "maritalstatus": 0.015}),
-    "fairvlmed": dict(female=0.563, race=(0.082, 0.149, 0.769), glaucoma=0.505, hispanic=0.048,
-                      unknown={"ethnicity": 0.03, "language": 0.02, "maritalstatus": 0.05}),
-}
-LANGUAGE_P = (0.92, 0.04, 0.04)
-MARITAL_P = (0.55, 0.25, 0.09, 0.09, 0.02)
-# OCT signal quality by group (1 = full strength): the designed unfairness.
-OCT_QUALITY_RACE = (0.6, 0.5, 1.0)      # Asian, Black, White
-OCT_QUALITY_GENDER = (0.7, 1.0)         # female, male
-OCT_THINNING = 0.5                      # RNFL thinning at severity 1 and full quality
-SLO_CDR_GAIN, SLO_CDR_NOISE = 0.2, 0.15
-
-
-LABELLED = ("slo", "oct", "note")        # modalities whose latent can carry the label
 
 
 def synthesize_metadata(layout: str, n: int, seed: int = 0,
                         informative=LABELLED) -> dict[str, np.ndarray]:
-    """Demographics, labels and latent severities for n samples (no images).
+    """Demographics, labels and latent severities for n samples (no images), drawn from the
+    generative model (trainer/data/generative.py).
 
     A modality left out of `informative` is rendered from a DECOY label and severity drawn
     independently of the true label (same marginal distribution, no label information): a
@@ -70,24 +57,21 @@ def synthesize_metadata(layout: str, n: int, seed: int = 0,
     }
     for attr, share in p["unknown"].items():
         meta[attr] = np.where(rng.random(n) < share, -1, meta[attr])
-    meta["severity"] = meta["glaucoma"] * rng.uniform(0.4, 1.0, n)
-    meta["oct_quality"] = (np.asarray(OCT_QUALITY_RACE)[meta["race"]]
-                           * np.asarray(OCT_QUALITY_GENDER)[meta["gender"]])
+    meta["severity"] = meta["glaucoma"] * rng.uniform(*SEVERITY, n)
+    q = meta["oct_quality"] = oct_quality(meta["race"], meta["gender"])
     meta["eye"] = rng.integers(0, 2, n)  # 0 right (OD), 1 left (OS)
-    meta["rnfl"] = 0.18 * (1 - OCT_THINNING * meta["severity"] * meta["oct_quality"]) \
-        * (1 + rng.normal(0, 1, n) * (0.06 + 0.12 * (1 - meta["oct_quality"])))
+    meta["rnfl"] = rnfl_mean(meta["severity"], q) * (1 + rng.normal(0, 1, n) * rnfl_noise(q))
     cdr_noise = rng.normal(0, SLO_CDR_NOISE, n)
-    meta["cdr"] = np.clip(0.35 + SLO_CDR_GAIN * meta["severity"] / 0.7 + cdr_noise, 0.1, 0.9)
+    meta["cdr"] = np.clip(cdr_mean(meta["severity"]) + cdr_noise, *CDR_RANGE)
     for m in LABELLED:
         if m in informative:
             continue
         decoy = (rng.random(n) < p["glaucoma"]).astype(np.int64)
-        sev = decoy * rng.uniform(0.4, 1.0, n)
+        sev = decoy * rng.uniform(*SEVERITY, n)
         if m == "oct":   # same noise draw, decoy severity
-            meta["rnfl"] = meta["rnfl"] / (1 - OCT_THINNING * meta["severity"] * meta["oct_quality"]) \
-                * (1 - OCT_THINNING * sev * meta["oct_quality"])
+            meta["rnfl"] = meta["rnfl"] / thinning(meta["severity"], q) * thinning(sev, q)
         elif m == "slo":
-            meta["cdr"] = np.clip(0.35 + SLO_CDR_GAIN * sev / 0.7 + cdr_noise, 0.1, 0.9)
+            meta["cdr"] = np.clip(cdr_mean(sev) + cdr_noise, *CDR_RANGE)
         else:
             meta["note_label"] = decoy
     meta["informative"] = np.array(sorted(set(informative) & set(LABELLED)))
@@ -149,7 +133,6 @@ PLAN_NEG = ("Plan: monitor, return 12 months.", "Plan: repeat VF in 12 months.",
             "Plan: no treatment, follow up 1 year.", "Plan: glaucoma suspect, monitor.")
 IMPRESSION = {True: ("primary open angle glaucoma", "moderate glaucoma", "advanced glaucoma"),
               False: ("glaucoma suspect", "normal exam", "ocular hypertension")}
-NOTE_LABEL_NOISE = 0.15   # share of notes written as if the label were flipped
 PHRASE_NOISE = 0.25       # share of individual phrases drawn from the other label's list
 DEMOGRAPHIC_WORDS = {
     "gender": ("female", "male"), "race": ("asian", "black", "white"),

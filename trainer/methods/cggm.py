@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer.methods import register_method
+from trainer.methods.registry import register_method
 from trainer.methods.base import Method, classifier_outputs, contract, task_loss
 
 CGGM_EPS = 1e-4

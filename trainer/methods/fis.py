@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from trainer.methods import register_method
+from trainer.methods.registry import register_method
 from trainer.methods.base import Method, classifier_outputs, contract
 
 SINKHORN_BLUR = 0.1

@@ -3,7 +3,7 @@ Classification with Dual-Level Gradient Modulation", arXiv 2510.07328, IEEE TMI)
 ablations (the paper's Fig. 3), plus the authors' behaviour as `full_reference`.
 
 The step quantities live in trainer/modulation.py (MultiFairModulator); the classes here only
-name the modes and say what each needs:
+name the modes and say what each uses (the class attributes uses_balance / uses_fairness):
   baseline        plain fusion: task loss only, no scaling (the classifiers c_m still learn, so
                   their factors are logged for comparison, but nothing is applied)
   modality        MultiFair_M: balance factors B_m and the direction loss L_gm (Eqs. 4-8)
@@ -16,7 +16,7 @@ name the modes and say what each needs:
 """
 from __future__ import annotations
 
-from trainer.methods import register_method
+from trainer.methods.registry import register_method
 from trainer.methods.base import MethodHooks, task_loss
 from trainer.modulation import MultiFairModulator
 
@@ -24,7 +24,7 @@ MULTIFAIR_HYPERPARAMETERS = ("rho", "lambda_gm", "tau", "delta", "lambda_f")
 
 
 class MultiFair(MethodHooks, MultiFairModulator):
-    """A MultiFair mode: cfg.mode selects the terms (MultiFairModulator.uses_balance/fairness)."""
+    """A MultiFair mode: its class says which terms act (uses_balance, uses_fairness)."""
     min_modalities = 2
     scales_encoders = True
     hyperparameters = MULTIFAIR_HYPERPARAMETERS
@@ -39,22 +39,24 @@ class Baseline(MultiFair):
 
 @register_method("modality")
 class ModalityOnly(MultiFair):
-    pass
+    uses_balance = True
 
 
 @register_method("fairness")
 class FairnessOnly(MultiFair):
     # the fairness factor is per encoder and per group: meaningful with a single modality too
     min_modalities = 1
+    uses_fairness = True
 
 
 @register_method("full")
 class Full(MultiFair):
-    pass
+    uses_balance = True
+    uses_fairness = True
 
 
 @register_method("full_reference")
-class FullReference(MultiFair):
+class FullReference(Full):
     """`full` with L_gm and F_G detached: same logged values, no gradient from either."""
 
     def step(self, model, classifiers, features, logits, labels, groups) -> dict:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer.methods import register_method
+from trainer.methods.registry import register_method
 from trainer.methods.base import Method, classifier_outputs, contract, task_loss
 from trainer.methods.fis import group_distances
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from trainer.methods import register_method
+from trainer.methods.registry import register_method
 from trainer.methods.base import Method, contract, task_loss
 
 

@@ -46,10 +46,6 @@ class MultimodalFusionModel(nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         return self.fuse(self.encode(batch))
 
-    def branch_parameters(self, modality: str):
-        """Parameters scaled by the modulation: encoder m only (projections/fusion/head are not)."""
-        return self.encoders[modality].parameters()
-
     @property
     def head_last(self) -> nn.Linear:
         return self.head[-1]

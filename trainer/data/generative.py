@@ -1,0 +1,59 @@
+"""The generative model of the generated data, written once: constants, means and noise.
+
+Two readers of the same model import it: the sampler (synthetic.py draws latents and renders
+images from them) and the ideal reader (ideal.py evaluates the exact likelihood of those latents).
+Writing the model twice let the two drift apart; a change here changes both (docs/data.md).
+
+Per sample: demographics from the layout's PROFILES; glaucoma y; severity s = y * U(SEVERITY);
+OCT quality q = OCT_QUALITY_RACE[race] * OCT_QUALITY_GENDER[gender];
+  rnfl = rnfl_mean(s, q) * (1 + N(0, 1) * rnfl_noise(q))          (OCT: RNFL band thickness)
+  cdr  = clip(cdr_mean(s) + N(0, SLO_CDR_NOISE), *CDR_RANGE)       (SLO: cup-to-disc ratio)
+  note written for the flipped label with probability NOTE_LABEL_NOISE.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+LABELLED = ("slo", "oct", "note")        # modalities whose latent can carry the label
+# Published proportions; unknown (-1) shares: a few in FairVision, realistic ones in FairVLMed.
+PROFILES = {
+    "fairvision": dict(female=0.570, race=(0.085, 0.149, 0.766), glaucoma=0.487, hispanic=0.045,
+                       unknown={"ethnicity": 0.01, "language": 0.01, "maritalstatus": 0.015}),
+    "fairvlmed": dict(female=0.563, race=(0.082, 0.149, 0.769), glaucoma=0.505, hispanic=0.048,
+                      unknown={"ethnicity": 0.03, "language": 0.02, "maritalstatus": 0.05}),
+}
+LANGUAGE_P = (0.92, 0.04, 0.04)
+MARITAL_P = (0.55, 0.25, 0.09, 0.09, 0.02)
+SEVERITY = (0.4, 1.0)                    # severity of a glaucoma case ~ U(0.4, 1); 0 if healthy
+# OCT signal quality by group (1 = full strength): the designed unfairness.
+OCT_QUALITY_RACE = (0.6, 0.5, 1.0)      # Asian, Black, White
+OCT_QUALITY_GENDER = (0.7, 1.0)         # female, male
+OCT_THINNING = 0.5                      # RNFL thinning at severity 1 and full quality
+RNFL_HEALTHY = 0.18                     # relative RNFL band thickness of a healthy eye
+RNFL_NOISE = (0.06, 0.12)               # relative noise sd: base + extra * (1 - quality)
+SLO_CDR_BASE, SLO_CDR_GAIN, SLO_CDR_NOISE = 0.35, 0.2, 0.15
+CDR_RANGE = (0.1, 0.9)                  # the drawn cup-to-disc ratio is clipped to this range
+NOTE_LABEL_NOISE = 0.15                 # share of notes written as if the label were flipped
+
+
+def oct_quality(race, gender):
+    """OCT signal quality q of a race x gender cell (codes, scalars or arrays)."""
+    return np.asarray(OCT_QUALITY_RACE)[race] * np.asarray(OCT_QUALITY_GENDER)[gender]
+
+
+def thinning(severity, quality):
+    """The RNFL's relative thickness left at `severity` seen with OCT `quality` (1 = none lost)."""
+    return 1 - OCT_THINNING * severity * quality
+
+
+def rnfl_mean(severity, quality):
+    return RNFL_HEALTHY * thinning(severity, quality)
+
+
+def rnfl_noise(quality):
+    """Relative sd of the RNFL thickness: noisier where the OCT signal is weak."""
+    return RNFL_NOISE[0] + RNFL_NOISE[1] * (1 - quality)
+
+
+def cdr_mean(severity):
+    return SLO_CDR_BASE + SLO_CDR_GAIN * severity / 0.7
