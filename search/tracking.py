@@ -58,6 +58,21 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
                                   "or http://host:5000")
 
 
+def store_lock(uri: str):
+    """A file lock next to a sqlite store (`<file>.lock`), held while a process opens it: MLflow
+    creates and migrates a new store's schema on first open, and two processes migrating the
+    same new file at once crash one. A no-op for servers and other stores."""
+    import contextlib
+
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    path = Path(uri[len("sqlite:///"):])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path) + ".lock", timeout=600)
+
+
 def ui_hint(uri: str, experiment_id: str) -> tuple[str, str]:
     """(command to open the UI, runs-table URL). The GenAI overview page is useless here."""
     if uri.startswith(("http://", "https://")):
@@ -137,7 +152,14 @@ class StudyTracker:
         if self._client is None:
             from mlflow import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            client = MlflowClient(tracking_uri=self.tracking_uri)
+            with store_lock(self.tracking_uri):
+                # a new sqlite store creates its tables and runs MLflow's schema migrations when
+                # first opened: two processes doing so at once crashed one ("duplicate column
+                # name: step"); the tracking and registry stores both migrate
+                client._tracking_client.store
+                client._get_registry_client().store
+            self._client = client
         return self._client
 
     def open(self) -> float:
@@ -231,25 +253,15 @@ class StudyTracker:
         self.client.set_terminated(run_id, status=status)
 
     def log_model(self, run_id: str, checkpoint_dir: str, signature=None, metadata=None) -> str:
-        """Log the trial's model weights (pickled module: the fused model takes a dict); returns
-        the model URI. `metadata` (e.g. the trainer config) is stored in the MLmodel file."""
-        import mlflow
-        import mlflow.pytorch
-        import torch
+        """Log the trial's kept best model (the bf16 safetensors file of its checkpoint, as
+        stored: search/mlmodel.py) as the run's MLflow model; returns the model URI.
+        `metadata` (e.g. the trainer config) is stored in the MLmodel file."""
+        from search.mlmodel import log_model
 
-        from trainer.loop import load_model
-
-        model = load_model(checkpoint_dir)
-        mlflow.set_tracking_uri(self.tracking_uri)
-        # pickle is deliberate (the fused model takes a dict; stack.md): its warning is noise here
-        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
-                                            signature=signature, metadata=metadata,
-                                            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                                                              "multifair-tune"])
+        uri = log_model(self.tracking_uri, run_id, checkpoint_dir, signature=signature,
+                        metadata=metadata)
         self.client.set_tag(run_id, "model_logged", "true")
-        return info.model_uri
+        return uri
 
     def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, path, artifact_path)
