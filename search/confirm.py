@@ -70,10 +70,13 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
                                     {"cpu": scfg.cpus_per_trial, "gpu": scfg.gpus_per_trial})
     name = f"{scfg.name}-{stage}"
     path = f"{scfg.storage_path.rstrip('/')}/{name}"
-    callbacks = [ProgressCallback(scfg.max_epochs, label=stage)]
+    from search.storage import ResumeStatePruner
+
+    callbacks = [ProgressCallback(scfg.max_epochs, label=stage), ResumeStatePruner()]
     if tracker is not None:
         tags = {"run_kind": stage, "stage": stage, "dataset": scfg.dataset, "attribute": scfg.attribute}
-        callbacks.append(MLflowTrialCallback(tracker, scfg.max_epochs, tags, setup["base"], cands, stage))
+        callbacks.append(MLflowTrialCallback(tracker, scfg.max_epochs, tags, setup["base"], cands, stage,
+                                             unlogged_dir=str(scfg.results_dir)))
     n = len(cands) * len(seed_list)
     print(f"[{stage}] {len(cands)} candidates x {len(seed_list)} seeds = {n} runs of "
           f"{scfg.max_epochs} epochs: {', '.join(cands)}", flush=True)

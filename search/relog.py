@@ -22,10 +22,12 @@ from search.tracking import (StudyTracker, check_tracking_uri, default_tracking_
 
 
 def relog(study_dir: str | Path, tracking_uri: str, experiment: str | None = None,
-          filesystem=None) -> StudyTracker:
+          filesystem=None, pending: str | None = None) -> StudyTracker:
     """Re-log a study folder: a local path, an s3:// (gs://) URI, or a path inside `filesystem`
     (a pyarrow filesystem). Only JSON files are read, in place (search.study.read_trials): the
-    study's checkpoints (tens of GiB for 100 trials) are never opened or copied."""
+    study's checkpoints (tens of GiB for 100 trials) are never opened or copied. `pending`: a
+    file of MLflow operations a search could not log (its server was down at the end), replayed
+    before the trials' results (tags such as retries and nodes, which the results folder lacks)."""
     import pyarrow.fs
 
     if filesystem is None and "://" not in str(study_dir):
@@ -44,6 +46,12 @@ def relog(study_dir: str | Path, tracking_uri: str, experiment: str | None = Non
     tracker.start_study(tags=S.study_tags(search, commit), params=S.study_params(search))
     tags = {**S.study_tags(search, commit), "relogged": "true"}
     max_epochs, base = int(search["max_epochs"]), study["setup"]["base"]
+    if pending:   # first: its epochs are new to the store, so none counts as trained twice
+        import json
+
+        from search.tracking import MLflowTrialCallback
+
+        MLflowTrialCallback.replay(tracker, json.loads(Path(pending).read_text()))
     stopped = failed = 0
     for t in S.read_trials(path, fs):
         status, epochs = _log_trial(tracker, t, t["config"], tags, base, max_epochs)
@@ -98,10 +106,13 @@ def main(argv=None) -> int:
                    help="the study folder (<storage-path>/<name>), local or s3://bucket/path/<name>")
     p.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI or sqlite next to the study")
     p.add_argument("--experiment", default=None, help="default: the study's own experiment name")
+    p.add_argument("--pending", default=None, metavar="FILE",
+                   help="also replay the MLflow operations a search wrote to FILE when its server was "
+                        "down at the end (mlflow-unlogged-*.json; the search prints its name)")
     a = p.parse_args(argv)
     local = "://" not in a.results
     uri = a.tracking_uri or default_tracking_uri(Path(a.results).resolve().parent if local else ".")
-    tracker = relog(a.results, uri, a.experiment)
+    tracker = relog(a.results, uri, a.experiment, pending=a.pending)
     command, url = ui_hint(uri, tracker.experiment_id)
     print(f"re-logged {a.results} into {uri}: experiment {tracker.experiment_id}, "
           f"parent run {tracker.parent_run_id}\nopen the UI: {command}\n  runs table: {url}")

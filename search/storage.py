@@ -55,7 +55,7 @@ def prune_resume_state(fs, trial_path: str) -> int:
             if manifest.get("resume") or STATE_FILE in manifest.get("files", {}):
                 manifest["resume"] = False
                 manifest.get("files", {}).pop(STATE_FILE, None)
-                manifest["resume_state_deleted"] = True   # why a resume epoch holds none
+                manifest["deleted"] = {STATE_FILE: info.size}   # why a resume epoch holds none
                 from trainer.jsonout import dumps
 
                 tmp = manifest_path + ".tmp"   # first, and whole: the folder stays complete
