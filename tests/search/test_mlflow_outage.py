@@ -34,8 +34,6 @@ def server_store():
 
 def test_mlflow_outage_mid_search_loses_no_metric(ray_session, search_config, server_store, tmp_path,
                                                   monkeypatch, capfd):
-    from mlflow import MlflowClient
-
     from search.runner import run_search
 
     root, env = server_store
@@ -68,13 +66,20 @@ def test_mlflow_outage_mid_search_loses_no_metric(ray_session, search_config, se
     try:
         outcome = run_search(scfg)
         thread.join(timeout=200)
+        check(outcome, scfg, window, errors, capfd)
     finally:
         for s in (window.get("server"), server):
             if s is not None:
                 s.close()
+
+
+def check(outcome, scfg, window, errors, capfd):
+    from mlflow import MlflowClient
+
     assert not errors, errors
     log = capfd.readouterr().out
     assert "MLflow unreachable" in log and "MLflow reachable again" in log, log[-3000:]
+    assert not list(scfg.results_dir.glob("mlflow-unlogged-*")) and outcome.tracking_uri   # all drained
 
     # Tune went on while MLflow was down: epochs reported inside the outage
     rows = [r for t in outcome.trials for r in t["result"].metrics_dataframe.to_dict("records")]
@@ -93,5 +98,8 @@ def test_mlflow_outage_mid_search_loses_no_metric(ray_session, search_config, se
         for key in ("time_this_iter_s", "mod/trigger_rate"):   # finite every epoch
             assert sorted(m.step for m in client.get_metric_history(run_id, key)) == epochs, (t["trial_id"], key)
         assert runs[t["trial_id"]].info.status == "FINISHED"
-    print(f"\noutage {window['restarted'] - window['down']:.0f} s (+{window['up'] - window['restarted']:.0f} s "
-          f"restart); {len(during)} epoch results reached Tune meanwhile; {len(rows)} epochs, all in MLflow")
+    with capfd.disabled():
+        lines = [line for line in log.splitlines() if "[search] MLflow" in line]
+        print("\n" + "\n".join(lines) + f"\noutage {window['restarted'] - window['down']:.0f} s "
+              f"(+{window['up'] - window['restarted']:.0f} s restart); {len(during)} epoch results reached "
+              f"Tune meanwhile; {len(rows)} epochs, all in MLflow")
