@@ -386,21 +386,27 @@ class MLflowTrialCallback(Callback):
 
     def __setstate__(self, state):
         pending = state.pop("_pickled_pending", [])
+        # a study pickled before the queue existed (--resume of an older study) lacks these
+        self.__dict__.update({"unlogged_dir": str(Path("multifair-results").resolve()),
+                              "unlogged_path": None, "outages": []})
         self.__dict__.update(state)
         self._init_queue(pending)
 
     # -- the queue ------------------------------------------------------------
     def _put(self, op: dict) -> None:
-        import threading
-
         with self._cond:
             self._pending.append(op)
             self._closing = self._abandoned = False
             self._cond.notify_all()
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._work, daemon=True,
-                                                name="multifair-mlflow-log")
-                self._thread.start()
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        """The queue's thread, if none runs (called holding the lock)."""
+        import threading
+
+        if self._thread is None and self._pending:
+            self._thread = threading.Thread(target=self._work, daemon=True, name="multifair-mlflow-log")
+            self._thread.start()
 
     def _work(self) -> None:
         backoff, down_since = 1.0, None
@@ -452,6 +458,7 @@ class MLflowTrialCallback(Callback):
         deadline = time.time() + timeout
         with self._cond:
             self._closing = True
+            self._start_thread()   # operations restored with a snapshot may have none yet
             self._cond.notify_all()
             while self._pending and time.time() < deadline:
                 self._cond.wait(min(1.0, max(0.0, deadline - time.time())))
