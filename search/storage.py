@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import posixpath
+import sys
+from pathlib import Path
 
 from ray.tune import Callback
 
@@ -131,7 +133,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="delete the exact-resume state of a study's ended trials")
     p.add_argument("--results", required=True, help="the study folder, local or s3://...")
     a = p.parse_args(argv)
-    study = a.results if "://" in a.results else str(__import__("pathlib").Path(a.results).resolve())
+    study = a.results if "://" in a.results else str(Path(a.results).resolve())
+    from search.study import is_dir
+
+    if not is_dir(study):
+        print(f"error: --results {a.results} is not a study folder", file=sys.stderr)
+        return 2
     print(f"{study}: {prune_study(study) / 2**30:.2f} GiB of resume state deleted")
     return 0
 
