@@ -418,7 +418,7 @@ def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor, timings: d
         timings["tune_started"] = time.time()
     results = tuner.fit()
     logger = _find_callback(tuner)
-    if logger is not None and logger.unlogged_path:
+    if logger is not None and logger.gave_up:
         tracker = None   # MLflow still down after the flush (one line said so): the study ends without it
     if scfg.resume and tracker is not None:
         from pathlib import PurePosixPath

@@ -362,7 +362,8 @@ class MLflowTrialCallback(Callback):
         self.retries: dict[str, int] = {}
         self.epochs: dict[str, int] = {}
         self.placement: dict[str, dict] = {}   # trial_id -> nodes, resume epochs, epochs repeated
-        self.unlogged_path: str | None = None  # set when a flush gave up (MLflow still down)
+        self.unlogged_path: str | None = None  # set when a flush left operations unlogged
+        self.gave_up = False                   # ... because MLflow was still down
         self.outages: list[float] = []         # seconds of each stretch MLflow could not be reached
         self._init_queue([])
 
@@ -388,7 +389,7 @@ class MLflowTrialCallback(Callback):
         pending = state.pop("_pickled_pending", [])
         # a study pickled before the queue existed (--resume of an older study) lacks these
         self.__dict__.update({"unlogged_dir": str(Path("multifair-results").resolve()),
-                              "unlogged_path": None, "outages": []})
+                              "unlogged_path": None, "gave_up": False, "outages": []})
         self.__dict__.update(state)
         self._init_queue(pending)
 
@@ -462,20 +463,21 @@ class MLflowTrialCallback(Callback):
             self._cond.notify_all()
             while self._pending and time.time() < deadline:
                 self._cond.wait(min(1.0, max(0.0, deadline - time.time())))
-            left = list(self._pending) + self._set_aside
-            if self._pending:
-                self._abandoned = True
+            left, refused = list(self._pending), self._set_aside
+            self._set_aside = []
+            if left:
+                self._abandoned = self.gave_up = True   # the server is still down
                 self._cond.notify_all()
             thread = self._thread
         if thread is not None and not left:
             thread.join(timeout=5)
-        if not left:
+        if not left and not refused:
             return True
-        self.unlogged_path = self._write_unlogged(left)
-        study = self.tracker.study_dir
-        print(f"[search] MLflow at {self.tracker.tracking_uri} did not take {len(left)} operation(s) "
-              f"(waited {timeout:.0f} s): written to {self.unlogged_path}; nothing is lost: when it is "
-              f"back, python -m search.relog --results {study} --tracking-uri "
+        self.unlogged_path = self._write_unlogged(left + refused)
+        why = f"still unreachable after waiting {timeout:.0f} s" if left else "refused them"
+        print(f"[search] MLflow at {self.tracker.tracking_uri} {why}: {len(left) + len(refused)} "
+              f"operation(s) not logged, written to {self.unlogged_path}; nothing is lost: python -m "
+              f"search.relog --results {self.tracker.study_dir} --tracking-uri "
               f"{self.tracker.tracking_uri} --pending {self.unlogged_path}", flush=True)
         return False
 
