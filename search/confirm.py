@@ -134,10 +134,13 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     name = f"{scfg.name}-{stage}" + (f"-{look}" if look > 1 else "")   # one Tune run per look
     base, sep, query = scfg.storage_path.partition("?")   # s3://b/p?endpoint_override=...
     path = f"{base.rstrip('/')}/{name}{sep}{query}"
-    callbacks = [ProgressCallback(scfg.max_epochs, label=stage)]
+    from search.storage import ResumeStatePruner
+
+    callbacks = [ProgressCallback(scfg.max_epochs, label=stage), ResumeStatePruner()]
     if tracker is not None:
         tags = {"run_kind": stage, "stage": stage, "dataset": scfg.dataset, "attribute": scfg.attribute}
-        callbacks.append(MLflowTrialCallback(tracker, scfg.max_epochs, tags, setup["base"], cands, stage))
+        callbacks.append(MLflowTrialCallback(tracker, scfg.max_epochs, tags, setup["base"], cands, stage,
+                                             unlogged_dir=str(scfg.results_dir)))
     n = len(cands) * len(seed_list)
     print(f"[{stage}] {len(cands)} candidates x {len(seed_list)} seeds = {n} runs of "
           f"{scfg.max_epochs} epochs: {', '.join(cands)}", flush=True)

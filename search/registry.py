@@ -1,8 +1,10 @@
 """The chosen model in the MLflow model registry, and a scorer that uses it.
 
-Registered with a signature (the model's inputs after the trainer's transforms: one float array
-per modality; output: one logit per sample), its trainer configuration in the MLmodel metadata,
-tags (hyperparameters, test metrics, data fingerprint, report artifact) and the alias `champion`.
+Registered with a signature (the model's inputs after the trainer's transforms: one array per
+modality, `<modality>.<key>` for a note's token ids and mask; output: one logit per sample), the
+kept bf16 safetensors weights as the model (search/mlmodel.py), its trainer configuration in
+the MLmodel metadata, tags (hyperparameters, test metrics, data fingerprint, report artifact) and
+the alias `champion`.
 
     python -m search.registry --model models:/multifair-fairvision-race@champion \\
         --tracking-uri URI --data-root /data/FairVision --split test --out predictions.csv
@@ -28,12 +30,24 @@ def _batches(cfg, split: str, model):
     yield from forward(model, build_datasets(cfg)[split], cfg.batch_size * 2)
 
 
+def signature_inputs(batch: dict, modalities) -> dict[str, np.ndarray]:
+    """One named array per model input: an image modality's tensor as `<modality>`, a
+    dict-valued one (a clinical note: token ids and attention mask) as `<modality>.<key>`."""
+    inputs = {}
+    for m in modalities:
+        value = batch[m]
+        if isinstance(value, dict):
+            inputs.update({f"{m}.{k}": v.numpy() for k, v in value.items()})
+        else:
+            inputs[m] = value.numpy()
+    return inputs
+
+
 def signature(cfg, model):
     from mlflow.models import infer_signature
 
     batch, logits = next(_batches(cfg, "val", model))
-    inputs = {m: batch[m].numpy() for m in cfg.resolved_modalities()}
-    return infer_signature(inputs, logits.numpy())
+    return infer_signature(signature_inputs(batch, cfg.resolved_modalities()), logits.numpy())
 
 
 def register(tracker, run_id: str, checkpoint_dir: str, name: str, tags: dict[str, str]) -> dict:
@@ -59,14 +73,14 @@ def score(model_uri: str, data_root: str, split: str, out: str) -> dict:
     """Predictions of a registered model on one split of a data folder -> local CSV; returns the
     aggregate metrics (AUC, ES-AUC, worst-group AUC)."""
     import mlflow
-    import mlflow.pytorch
 
+    from search.mlmodel import load_model
     from search.paired import point_metrics
     from trainer.config import ATTRIBUTES, canonical_attribute, config_from_dict
 
     info = mlflow.models.get_model_info(model_uri)
     cfg = config_from_dict({**info.metadata["trainer_config"], "data_root": data_root, "pretrained": False})
-    model = mlflow.pytorch.load_model(model_uri).eval()
+    model = load_model(model_uri)   # the logged bf16 safetensors weights, upcast to float32
     ys, ps, gs = [], [], []
     for batch, logits in _batches(cfg, split, model):
         ys.append(batch["label"].numpy()); gs.append(batch["group"].numpy())

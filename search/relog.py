@@ -21,42 +21,43 @@ from search.tracking import (StudyTracker, check_tracking_uri, default_tracking_
                              stage_run, ui_hint)
 
 
-def relog(study_dir: str | Path, tracking_uri: str, experiment: str | None = None) -> StudyTracker:
-    """Re-log a study folder; an s3:// (gs://) study is read through a temporary local copy."""
-    if "://" in str(study_dir):
-        import tempfile
+def relog(study_dir: str | Path, tracking_uri: str, experiment: str | None = None,
+          filesystem=None, pending: str | None = None) -> StudyTracker:
+    """Re-log a study folder: a local path, an s3:// (gs://) URI, or a path inside `filesystem`
+    (a pyarrow filesystem). Only JSON files are read, in place (search.study.read_trials): the
+    study's checkpoints (tens of GiB for 100 trials) are never opened or copied. `pending`: a
+    file of MLflow operations a search could not log (its server was down at the end), replayed
+    before the trials' results (tags such as retries and nodes, which the results folder lacks)."""
+    import pyarrow.fs
 
-        import pyarrow.fs
-
-        with tempfile.TemporaryDirectory(prefix="multifair-relog-") as tmp:
-            name = str(study_dir).rstrip("/").rsplit("/", 1)[-1]
-            local = Path(tmp) / name
-            pyarrow.fs.copy_files(str(study_dir), str(local))
-            fs, path = pyarrow.fs.FileSystem.from_uri(f"{str(study_dir).rstrip('/')}-{CONFIRM}")
-            if fs.get_file_info(path).type == pyarrow.fs.FileType.Directory:
-                pyarrow.fs.copy_files(path, str(local) + f"-{CONFIRM}", source_filesystem=fs)
-            return _relog(local, tracking_uri, experiment)
-    return _relog(Path(study_dir).resolve(), tracking_uri, experiment)
-
-
-def _relog(study_dir: Path, tracking_uri: str, experiment: str | None) -> StudyTracker:
-    study = S.read_study(str(study_dir))
+    if filesystem is None and "://" not in str(study_dir):
+        study_dir = str(Path(study_dir).resolve())
+    fs, path = S.study_fs(study_dir, filesystem)
+    study = S.read_study(path, fs)
     search = study["search"]
     base, sep, query = search["storage_path"].partition("?")
     recorded = f"{base.rstrip('/')}/{search['name']}{sep}{query}"   # runs are tagged with it
     check_tracking_uri(tracking_uri)
+    local = isinstance(fs, pyarrow.fs.LocalFileSystem)
+    results = Path(path).parent if local else Path("multifair-results").resolve()
     tracker = StudyTracker(tracking_uri, experiment or search["experiment"], recorded,
-                           artifact_root=str(study_dir.parent / "mlartifacts"))
+                           artifact_root=str(results / "mlartifacts"))
     commit = git_commit()
     tracker.start_study(tags=S.study_tags(search, commit), params=S.study_params(search))
     tags = {**S.study_tags(search, commit), "relogged": "true"}
     max_epochs, base = int(search["max_epochs"]), study["setup"]["base"]
+    if pending:   # first: its epochs are new to the store, so none counts as trained twice
+        import json
+
+        from search.tracking import MLflowTrialCallback
+
+        MLflowTrialCallback.replay(tracker, json.loads(Path(pending).read_text()))
     stopped = failed = 0
-    for t in S.read_trials(study_dir):
+    for t in S.read_trials(path, fs):
         status, epochs = _log_trial(tracker, t, t["config"], tags, base, max_epochs)
         stopped += status == "FINISHED" and epochs < max_epochs
         failed += status == "FAILED"
-    confirmed = _relog_confirmation(tracker, study_dir, search, tags, base, max_epochs)
+    confirmed = _relog_confirmation(tracker, fs, path, search, tags, base, max_epochs)
     tracker.end_study("FINISHED", tags={"trials_stopped_early": stopped, "trials_failed": failed,
                                         **({"confirmation_runs": confirmed} if confirmed else {})})
     return tracker
@@ -73,25 +74,25 @@ def _log_trial(tracker, t: dict, config: dict, tags: dict, base: dict, max_epoch
     return status, epochs
 
 
-def _relog_confirmation(tracker, study_dir: Path, search: dict, tags: dict, base: dict,
+def _relog_confirmation(tracker, fs, study_path: str, search: dict, tags: dict, base: dict,
                         max_epochs: int) -> int:
     """The confirmation stage's runs, as search.confirm.grid_run's MLflow callback logs them;
     the number re-logged (0 when the study had no confirmation stage)."""
-    folder = study_dir.parent / f"{study_dir.name}-{CONFIRM}"
+    folder = f"{study_path}-{CONFIRM}"
     try:
-        decision = S.read_json(str(study_dir), S.DECISION_FILE)
+        decision = S.read_json(study_path, S.DECISION_FILE, fs)
     except (FileNotFoundError, OSError):
         decision = {}
     cands = (decision.get("confirmation") or {}).get("candidates") or {}
-    if not folder.is_dir() or not cands:
+    if not cands or not S.is_dir(folder, fs):
         return 0
     stage_tags = {**tags, "run_kind": CONFIRM, "stage": CONFIRM, "dataset": search["dataset"],
                   "attribute": search["attribute"]}
     n = 0
-    for t in S.read_trials(folder):
+    for t in S.read_trials(folder, fs):
         label, seed = t["config"].get("candidate"), t["config"].get("seed")
         if label not in cands:
-            raise ValueError(f"{folder / Path(t['path']).name}: candidate {label!r} is not among "
+            raise ValueError(f"{t['path']}: candidate {label!r} is not among "
                              f"{S.DECISION_FILE}'s confirmation candidates {sorted(cands)}")
         config, run_tags, name = stage_run(CONFIRM, label, cands[label], seed, stage_tags)
         _log_trial(tracker, t, config, run_tags, base, max_epochs, run_name=name)
@@ -105,10 +106,13 @@ def main(argv=None) -> int:
                    help="the study folder (<storage-path>/<name>), local or s3://bucket/path/<name>")
     p.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI or sqlite next to the study")
     p.add_argument("--experiment", default=None, help="default: the study's own experiment name")
+    p.add_argument("--pending", default=None, metavar="FILE",
+                   help="also replay the MLflow operations a search wrote to FILE when its server was "
+                        "down at the end (mlflow-unlogged-*.json; the search prints its name)")
     a = p.parse_args(argv)
     local = "://" not in a.results
     uri = a.tracking_uri or default_tracking_uri(Path(a.results).resolve().parent if local else ".")
-    tracker = relog(a.results, uri, a.experiment)
+    tracker = relog(a.results, uri, a.experiment, pending=a.pending)
     command, url = ui_hint(uri, tracker.experiment_id)
     print(f"re-logged {a.results} into {uri}: experiment {tracker.experiment_id}, "
           f"parent run {tracker.parent_run_id}\nopen the UI: {command}\n  runs table: {url}")

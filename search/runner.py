@@ -464,6 +464,9 @@ def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor, timings: d
         timings["tune_started"] = time.time()
     with reserved(scfg, slots):   # the autoscaler starts every slot's node now, not one at a time
         results = tuner.fit()
+    logger = _find_callback(tuner)
+    if logger is not None and logger.gave_up:
+        tracker = None   # MLflow still down after the flush (one line said so): the study ends without it
     if scfg.resume and tracker is not None:
         from pathlib import PurePosixPath
 
@@ -493,10 +496,13 @@ def _new_tuner(scfg, setup, trainable, tracker, auc_floor, slots: int):
     from search.tracking import MLflowTrialCallback, git_commit
     from search.trainable import trial_dirname
 
-    callbacks = [ProgressCallback(scfg.max_epochs)]
+    from search.storage import ResumeStatePruner
+
+    callbacks = [ProgressCallback(scfg.max_epochs), ResumeStatePruner()]   # ended trials: best model only
     if tracker is not None:
         tags = study.study_tags(scfg.to_dict(), git_commit())
-        callbacks.append(MLflowTrialCallback(tracker, scfg.max_epochs, tags, setup["base"]))
+        callbacks.append(MLflowTrialCallback(tracker, scfg.max_epochs, tags, setup["base"],
+                                             unlogged_dir=str(scfg.results_dir)))
     return tune.Tuner(
         trainable, param_space=param_space(scfg.mode),
         tune_config=tune.TuneConfig(**objectives.tune_metric(scfg),

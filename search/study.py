@@ -70,10 +70,9 @@ def write_json(study_dir: str, filename: str, obj: dict) -> None:
         f.write(dumps(obj, indent=1, default=str).encode())   # strict: NaN -> null
 
 
-def read_json(study_dir: str, filename: str) -> dict:
-    fs, path = _fs(study_dir)
-    with fs.open_input_stream(f"{path}/{filename}") as f:
-        return json.loads(f.read().decode())
+def read_json(study_dir: str, filename: str, filesystem=None) -> dict:
+    fs, path = study_fs(study_dir, filesystem)
+    return json.loads(_text(fs, f"{path}/{filename}"))
 
 
 def write_study(study_dir: str, search: dict, setup: dict) -> None:
@@ -81,8 +80,8 @@ def write_study(study_dir: str, search: dict, setup: dict) -> None:
     write_json(study_dir, STUDY_FILE, {"search": search, "setup": setup})
 
 
-def read_study(study_dir: str) -> dict:
-    return read_json(study_dir, STUDY_FILE)
+def read_study(study_dir: str, filesystem=None) -> dict:
+    return read_json(study_dir, STUDY_FILE, filesystem)
 
 
 def local_dir(search: dict) -> Path:
@@ -123,26 +122,65 @@ def study_params(search: dict) -> dict[str, str]:
 
 
 # -- trials -----------------------------------------------------------------------------------
-def read_trials(study_dir: str | Path) -> list[dict]:
-    """Every trial of a local study folder: id, config, per-epoch results, Tune status."""
-    study_dir = Path(study_dir)
+def study_fs(study_dir, filesystem=None):
+    """(filesystem, path) of a study folder: `study_dir` inside `filesystem` when given, else a
+    local path or a URI (s3://bucket/p?endpoint_override=...)."""
+    return (filesystem, str(study_dir).rstrip("/")) if filesystem is not None else _fs(str(study_dir))
+
+
+def _text(fs, path: str) -> str:
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def trial_statuses(fs, path: str, listing=None) -> dict[str, str]:
+    """trial_id -> Tune status, from the newest experiment_state-*.json of a study folder."""
+    import pyarrow.fs
+
+    if listing is None:
+        listing = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    states = sorted(i.path for i in listing if i.type == pyarrow.fs.FileType.File
+                    and i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json"))
     statuses = {}
-    states = sorted(study_dir.glob("experiment_state-*.json"))
     if states:
-        for json_state, _ in json.loads(states[-1].read_text())["trial_data"]:
+        for json_state, _ in json.loads(_text(fs, states[-1]))["trial_data"]:
             state = json.loads(json_state)
             statuses[state["trial_id"]] = state["status"]
+    return statuses
+
+
+def read_trials(study_dir, filesystem=None) -> list[dict]:
+    """Every trial of a study folder (local, s3://, or a path inside `filesystem`): id, config,
+    per-epoch results, Tune status. Reads only JSON: one listing of the study folder, the newest
+    experiment state and each trial's params.json and result.json; checkpoints are never opened
+    (a 100-trial study holds tens of GiB of them)."""
+    import pyarrow.fs
+
+    fs, path = study_fs(study_dir, filesystem)
+    listing = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))   # one level
+    statuses = trial_statuses(fs, path, listing)
     trials = []
-    for params_file in sorted(study_dir.glob("*/params.json")):
-        folder = params_file.parent
-        result_file = folder / "result.json"
-        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()] \
-            if result_file.exists() else []
-        trial_id = rows[0]["trial_id"] if rows else folder.name.removeprefix("trial_")
-        status = statuses.get(trial_id, "ERROR" if (folder / "error.txt").exists() else "UNKNOWN")
-        trials.append({"trial_id": trial_id, "config": json.loads(params_file.read_text()),
-                       "results": rows, "tune_status": status, "path": str(folder)})
+    for folder in sorted(i.path for i in listing if i.type == pyarrow.fs.FileType.Directory):
+        names = ("params.json", "result.json", "error.txt")
+        found = {i.base_name for i in fs.get_file_info([f"{folder}/{n}" for n in names])
+                 if i.type == pyarrow.fs.FileType.File}
+        if "params.json" not in found:
+            continue
+        rows = [json.loads(line) for line in _text(fs, f"{folder}/result.json").splitlines()
+                if line.strip()] if "result.json" in found else []
+        name = folder.rstrip("/").rsplit("/", 1)[-1]
+        trial_id = rows[0]["trial_id"] if rows else name.removeprefix("trial_")
+        status = statuses.get(trial_id, "ERROR" if "error.txt" in found else "UNKNOWN")
+        trials.append({"trial_id": trial_id, "config": json.loads(_text(fs, f"{folder}/params.json")),
+                       "results": rows, "tune_status": status, "path": folder})
     return trials
+
+
+def is_dir(study_dir, filesystem=None) -> bool:
+    import pyarrow.fs
+
+    fs, path = study_fs(study_dir, filesystem)
+    return fs.get_file_info(path).type == pyarrow.fs.FileType.Directory
 
 
 def best_epoch(history: dict[int, float]) -> tuple[int, float] | None:

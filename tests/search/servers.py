@@ -139,14 +139,14 @@ class Postgres:
 class MLflowServer:
     """mlflow/serve.sh with the given environment (see mlflow/README.md for the variables)."""
 
-    def __init__(self, root: Path, env: dict, timeout: float = 120):
-        self.port = free_port()
+    def __init__(self, root: Path, env: dict, timeout: float = 120, port: int | None = None):
+        self.port = port or free_port()   # a restart after kill() passes the old port
         self.url = f"http://127.0.0.1:{self.port}"
         full = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_PORT": str(self.port),
                 "MLFLOW_HOST": "127.0.0.1", "MLFLOW_WORKERS": "1",
                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **env}
         self.log = Path(root) / "mlflow-server.log"
-        with open(self.log, "w") as log:
+        with open(self.log, "a") as log:
             self.proc = subprocess.Popen(["bash", str(REPO / "mlflow" / "serve.sh")], env=full,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -154,6 +154,14 @@ class MLflowServer:
         except Exception:
             self.close()
             raise RuntimeError(f"MLflow server did not start: {self.log.read_text()[-3000:]}") from None
+
+    def kill(self) -> None:
+        """SIGKILL the server's process group at once, as a crash or a lost node would."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
 
     def close(self) -> None:
         stop_group(self.proc)

@@ -104,6 +104,7 @@ def test_resumed_trial_replays_epochs_a_killed_driver_never_logged(tmp_path):
     callback.on_trial_result(0, [], trial, epoch(1))
     # epoch 2 reached Tune and its checkpoint, never MLflow; the resumed attempt reports epoch 3
     callback.on_trial_result(0, [], trial, {**epoch(3), "replay": json.dumps([epoch(1), epoch(2)])})
+    assert callback.flush(timeout=60)   # the callback logs off Tune's loop, on its own thread
     run_id = tracker._children["t1"]
     steps = [m.step for m in MlflowClient(uri).get_metric_history(run_id, "es_auc")]
     assert sorted(steps) == [1, 2, 3]
