@@ -63,7 +63,7 @@ def _test_and_register(scfg, conf: dict, tracker, decision: dict, setup: dict | 
     decision["thresholded"] = {k: chosen["val"][k] for k in THRESHOLDED if k in chosen["val"]}
     other = seed_run(conf, compared) if compared else None
     side = "chosen" if label != BASELINE else "baseline"      # the deployed model's column
-    if other is not None and scfg.final_test:   # --no-final-test: the driver cannot read the data
+    if other is not None and scfg.final_test:   # --no-final-test: the test split stays untouched
         test = run_paired_test(base["checkpoint"], other["checkpoint"], n=1000, seed=scfg.seed,
                                scfg=scfg, setup=setup)   # a Ray task: the head reads no data
         test.update(candidate=compared, deployed=label)
