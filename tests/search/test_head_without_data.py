@@ -8,7 +8,9 @@ checkpoint from storage and the data through the trials' path on the task's node
   there) with the study and the data on moto's S3 server (a FAKE of AWS S3 started here), the
   raw files deleted after their upload: a search with a confirmation stage runs to the end, paired
   test and registration included; every task ran on the worker node and the driver pulled no
-  image shard. Slow: about 3-5 min on 2 shared cores."""
+  image shard. Slow: about 3-5 min on 2 shared cores.
+- With Ray's autoscaler (fake multi-node provider) and no GPU node left: a task with a GPU
+  trial's resources gets a node started for it; the request is withdrawn after it (30 s)."""
 from __future__ import annotations
 
 import json
@@ -146,3 +148,36 @@ def test_search_to_registration_with_a_head_that_holds_no_data(fake_s3, tmp_path
     assert not caches["head"].exists() or not any(caches["head"].rglob("*"))
     pulled = [p.parent.name for p in caches["w1"].rglob("prepared/*/manifest.json")]
     assert len(pulled) == 1, pulled
+
+
+PROBE = """
+import json, os, ray, types
+from search import remote
+ray.init()
+trial = types.SimpleNamespace(cpus_per_trial=1, gpus_per_trial=1)   # a GPU trial's shape
+head = ray.get_runtime_context().get_node_id()
+remote.run(trial, "probe", os.getpid)
+print(json.dumps({"head": head, **remote.ran[-1]}))
+"""
+
+
+@pytest.mark.slow
+def test_a_task_after_the_stage_gets_a_gpu_node_from_the_autoscaler(tmp_path):
+    """Ray's autoscaler with its fake multi-node provider (tests/search/autoscaler.py, loopback,
+    stopped by pid), 0 GPU workers when the task is submitted (the search's nodes gone idle):
+    the task with a trial's GPU gets a node started for it and runs there, not on the head."""
+    from tests.search.autoscaler import FakeAutoscalingCluster
+
+    cluster = FakeAutoscalingCluster(max_workers=1, worker={"CPU": 1, "GPU": 1}, idle_minutes=0.1)
+    try:
+        assert cluster.resources().get("GPU", 0) == 0
+        out = subprocess.run([sys.executable, "-c", PROBE], env=cluster.driver_env(), capture_output=True,
+                             text=True, timeout=300, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        ran = json.loads(out.stdout.strip().splitlines()[-1])
+        assert ran["what"] == "probe" and ran["node_id"] != ran["head"], ran
+        left = cluster.wait_resources(lambda r: r.get("GPU", 0) == 0, timeout=120)
+        assert left.get("GPU", 0) == 0, f"the request was not withdrawn: GPU node still up {left}"
+    finally:
+        cluster.close()
+    assert cluster.alive() == [], "Ray processes left behind"
