@@ -98,13 +98,28 @@ def tune_metric(scfg) -> dict:
     return {} if scfg.objective == "pareto" else {"metric": STOP_METRIC, "mode": "max"}
 
 
-def reference_auc(cfg) -> float:
+def reference_auc(cfg, scfg=None, setup: dict | None = None) -> float:
     """Validation AUC of plain fusion (mode baseline) with the search's data and epochs, for the
-    constrained objective's floor. One fit on the driver, before the search."""
+    constrained objective's floor: one fit before the search, as a Ray task with a trial's
+    resources (search.remote: a GPU where trials have one; the data read on its node). It runs
+    under the request the study made for the search's nodes. Without `scfg`, here."""
+    if scfg is None:
+        return reference_fit(cfg)
+    from search.remote import data_of, run
+
+    return run(scfg, "reference fit", reference_fit, cfg, data_of(setup), reserve=False)
+
+
+def reference_fit(cfg, data: dict | None = None) -> float:
+    """The reference fit itself (in the task): the validation AUC only comes back."""
     from trainer.loop import fit
 
-    result = fit(cfg.replace(mode="baseline", evaluate_test=False), progress=False)
-    return float(result["val"]["auc"])
+    cfg = cfg.replace(mode="baseline", evaluate_test=False)
+    if data is not None:
+        from search.remote import datasets
+
+        return float(fit(cfg, progress=False, datasets=datasets(cfg, data))["val"]["auc"])
+    return float(fit(cfg, progress=False)["val"]["auc"])
 
 
 def front(trials: list[dict]) -> list[dict]:

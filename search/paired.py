@@ -63,26 +63,45 @@ def paired_bootstrap(y, p_base, p_chosen, g, n: int = 1000, seed: int = 0, group
     return out
 
 
-def predict_test(checkpoint_dir: str, data_root: str | None = None):
+def predict_test(checkpoint_dir: str, data_root: str | None = None, data: dict | None = None):
     """(labels, probabilities, group codes, group names) of a checkpoint's validation-chosen
-    weights on the test split (data_root: score another copy of the data)."""
+    weights on the test split (data_root: score another copy of the data; data: the search's
+    data source, search.remote.data_of, opened through the trials' path on this node)."""
     from trainer.config import config_from_dict
     from trainer.checkpoint import checkpoint_weights
     from trainer.loop import Trainer
 
     state = checkpoint_weights(checkpoint_dir)
     overrides = {"pretrained": False, **({"data_root": data_root} if data_root else {})}
-    trainer = Trainer(config_from_dict({**state["config"], **overrides}))
+    cfg = config_from_dict({**state["config"], **overrides})
+    if data is not None:
+        from search.remote import datasets
+
+        trainer = Trainer(cfg, datasets=datasets(cfg, data))
+    else:
+        trainer = Trainer(cfg)
     trainer.model.load_state_dict(state["model"])
     y, p, g = trainer.predict("test")
     return y, p, g, trainer.group_names
 
 
-def run_paired_test(base_ckpt, chosen_ckpt, n: int = 1000, seed: int = 0) -> dict:
-    """Score both models on the test split once and compare them (aggregates only)."""
+def paired_test(base_ckpt, chosen_ckpt, n: int = 1000, seed: int = 0, data: dict | None = None) -> dict:
+    """Score both models on the test split once and compare them. The per-sample predictions
+    stay in this process (a Ray task: run_paired_test); the intervals are returned."""
     with base_ckpt.as_directory() as d:
-        y, pa, g, names = predict_test(d)
+        y, pa, g, names = predict_test(d, data=data)
     with chosen_ckpt.as_directory() as d:
-        y2, pb, g2, _ = predict_test(d)
+        y2, pb, g2, _ = predict_test(d, data=data)
     assert np.array_equal(y, y2) and np.array_equal(g, g2), "both models must see the same test split"
     return paired_bootstrap(y, pa, pb, g, n=n, seed=seed, group_names=names)
+
+
+def run_paired_test(base_ckpt, chosen_ckpt, n: int = 1000, seed: int = 0, scfg=None,
+                    setup: dict | None = None) -> dict:
+    """paired_test as a Ray task with a trial's resources (search.remote), the data read on the
+    task's node: aggregates only come back. Without `scfg` (no search), in this process."""
+    if scfg is None:
+        return paired_test(base_ckpt, chosen_ckpt, n, seed)
+    from search.remote import data_of, run
+
+    return run(scfg, "paired test", paired_test, base_ckpt, chosen_ckpt, n, seed, data_of(setup))

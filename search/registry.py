@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 
 
-def _batches(cfg, split: str, model):
-    """(batch, logits) batch by batch through the trainer's one inference path, on the CPU."""
+def _batches(cfg, split: str, model, datasets: dict | None = None):
+    """(batch, logits) batch by batch through the trainer's one inference path, on the CPU
+    (`datasets`: the splits opened on this node, else the trainer's data path)."""
     from trainer.data import build_datasets
     from trainer.inference import forward
 
-    yield from forward(model, build_datasets(cfg)[split], cfg.batch_size * 2)
+    yield from forward(model, (datasets or build_datasets(cfg))[split], cfg.batch_size * 2)
 
 
 def signature_inputs(batch: dict, modalities) -> dict[str, np.ndarray]:
@@ -43,21 +44,39 @@ def signature_inputs(batch: dict, modalities) -> dict[str, np.ndarray]:
     return inputs
 
 
-def signature(cfg, model):
+def signature(cfg, model, datasets: dict | None = None):
     from mlflow.models import infer_signature
 
-    batch, logits = next(_batches(cfg, "val", model))
+    batch, logits = next(_batches(cfg, "val", model, datasets))
     return infer_signature(signature_inputs(batch, cfg.resolved_modalities()), logits.numpy())
 
 
-def register(tracker, run_id: str, checkpoint_dir: str, name: str, tags: dict[str, str]) -> dict:
-    """Log the model to `run_id` (signature, config), register it, tag it, alias it champion."""
+def checkpoint_signature(ckpt, data: dict | None = None):
+    """The signature of a Tune Checkpoint's model (in a Ray task: search.remote): one batch of
+    two validation samples through the model on the task's node, the data opened through the
+    trials' path. Only the schema (names, dtypes, shapes) comes back, no sample."""
+    from search.remote import datasets
+    from trainer.checkpoint import checkpoint_weights
+    from trainer.config import config_from_dict
+    from trainer.loop import load_model
+
+    with ckpt.as_directory() as d:
+        cfg = config_from_dict({**checkpoint_weights(d)["config"], "pretrained": False})
+        model = load_model(d)
+    # batch_size 1: _batches reads 2 samples; the schema's batch dimension is -1 whatever it is
+    return signature(cfg.replace(batch_size=1), model, datasets(cfg, data))
+
+
+def register(tracker, run_id: str, checkpoint_dir: str, name: str, tags: dict[str, str],
+             sig=None) -> dict:
+    """Log the model to `run_id` (signature, config), register it, tag it, alias it champion.
+    `sig`: the signature, computed where the data is (checkpoint_signature); None: here."""
     from trainer.config import config_from_dict
     from trainer.checkpoint import checkpoint_weights
     from trainer.loop import load_model
 
     cfg = config_from_dict({**checkpoint_weights(checkpoint_dir)["config"], "pretrained": False})
-    sig = signature(cfg, load_model(checkpoint_dir))
+    sig = sig or signature(cfg, load_model(checkpoint_dir))
     model_uri = tracker.log_model(run_id, checkpoint_dir, signature=sig,
                                   metadata={"trainer_config": cfg.to_dict()})
     import mlflow

@@ -292,7 +292,7 @@ def run_search(scfg: SearchConfig) -> SearchOutcome:
     if scfg.objective == "constrained":
         from search.objectives import reference_auc
 
-        setup["reference_auc"] = setup.get("reference_auc") or reference_auc(cfg)
+        setup["reference_auc"] = setup.get("reference_auc") or reference_auc(cfg, scfg, setup)
         auc_floor = setup["reference_auc"] - scfg.min_auc_drop
         print(f"[search] plain fusion's validation AUC {setup['reference_auc']:.4f}: AUC floor "
               f"{auc_floor:.4f}", flush=True)
@@ -303,7 +303,8 @@ def run_search(scfg: SearchConfig) -> SearchOutcome:
     timings["search_s"] = time.perf_counter() - clock
     confirming = scfg.finalists > 0
     clock = time.perf_counter()
-    outcome = summarize_results(scfg, results, tracker, time.time() - started, test_best=not confirming)
+    outcome = summarize_results(scfg, results, tracker, time.time() - started, test_best=not confirming,
+                                setup=setup)
     timings["summary_s"] = time.perf_counter() - clock   # incl. the best model logged when no confirmation
     clock = time.perf_counter()
     if not outcome.interrupted and outcome.best is not None:

@@ -59,7 +59,8 @@ def trials_from_results(results) -> list[dict]:
     return out
 
 
-def summarize_results(scfg, results, tracker, wall_s, test_best: bool = True) -> SearchOutcome:
+def summarize_results(scfg, results, tracker, wall_s, test_best: bool = True,
+                      setup: dict | None = None) -> SearchOutcome:
     """Trial records, the best search trial, counts. With test_best (no confirmation stage) the
     best trial's model is logged and scored on the test split; else search.decide does that for
     the confirmed pick."""
@@ -86,20 +87,31 @@ def summarize_results(scfg, results, tracker, wall_s, test_best: bool = True) ->
                 tracker.log_model(best_run_id, d)
             tracker.client.set_tag(best_run_id, "best_trial", "true")
     if best is not None and scfg.final_test and ckpt is not None and test_best:
-        best["test"] = final_test(ckpt, tracker, best_run_id)
+        best["test"] = final_test(ckpt, tracker, best_run_id, scfg, setup)   # a Ray task
     return SearchOutcome(results, best, stopped, failed, wall_s, interrupted,
                          tracker.tracking_uri if tracker else None,
                          tracker.experiment_id if tracker else None,
                          tracker.parent_run_id if tracker else None, best_run_id, trials)
 
 
-def final_test(ckpt, tracker, best_run_id) -> dict:
-    """The test split, touched once: the chosen trial's validation-best model, with bootstrap.
-    Aggregate metrics only go to MLflow (test/<metric> and test/<metric>_std)."""
+def score_checkpoint(ckpt, data: dict | None = None) -> dict:
+    """trainer.loop.evaluate_checkpoint of a Tune Checkpoint (read from storage), the data
+    opened through the trials' path (data: search.remote.data_of); aggregates only."""
+    from search.remote import datasets
     from trainer.loop import evaluate_checkpoint
 
     with ckpt.as_directory() as d:
-        scored = evaluate_checkpoint(d)
+        return evaluate_checkpoint(d, datasets=None if data is None else lambda cfg: datasets(cfg, data))
+
+
+def final_test(ckpt, tracker, best_run_id, scfg=None, setup: dict | None = None) -> dict:
+    """The test split, touched once: the chosen trial's validation-best model, with bootstrap,
+    scored by a Ray task with a trial's resources (search.remote; without `scfg`, here).
+    Aggregate metrics only go to MLflow (test/<metric> and test/<metric>_std)."""
+    from search.remote import data_of, run
+
+    scored = (run(scfg, "final test", score_checkpoint, ckpt, data_of(setup)) if scfg is not None
+              else score_checkpoint(ckpt))
     metrics = {f"test/{k}": float(v) for k, v in scored.get("mean", {}).items() if math.isfinite(v)}
     metrics.update({f"test/{k}_std": float(v) for k, v in scored.get("std", {}).items() if math.isfinite(v)})
     point = scored["point"]   # validation-threshold fairness and reliance: point figures

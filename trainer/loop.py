@@ -318,12 +318,13 @@ def load_model(checkpoint_dir: str | Path, best: bool = True) -> nn.Module:
     return model.eval()
 
 
-def evaluate_checkpoint(checkpoint_dir: str | Path, **overrides) -> dict:
+def evaluate_checkpoint(checkpoint_dir: str | Path, datasets: Callable | None = None, **overrides) -> dict:
     """Score the validation-chosen model of a checkpoint on the test split, once (used by the
-    search for its chosen trial). `overrides` replace config fields (e.g. data_root, device)."""
+    search for its chosen trial). `overrides` replace config fields (e.g. data_root, device);
+    `datasets(cfg)` gives the splits where the caller opens the data (the search's node path)."""
     state = checkpoint_weights(checkpoint_dir)
     cfg = config_from_dict({**state["config"], **overrides, "pretrained": False})
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, datasets=datasets(cfg) if datasets is not None else None)
     trainer.model.load_state_dict(state["model"])
     if state.get("threshold_val") is not None:   # the chosen epoch's, kept: scored as fit() scores
         trainer.best["val"] = {"threshold_val": state["threshold_val"]}

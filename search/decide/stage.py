@@ -39,14 +39,14 @@ def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | No
         conf = confirm.run_confirmation(scfg, setup, finals, tracker)
         decision["confirmation"] = {k: conf[k] for k in ("candidates", "stats", "seeds", "looks", "choice")}
         print(f"[decide] {conf['choice']['reason']}", flush=True)
-        _test_and_register(scfg, conf, tracker, decision)
+        _test_and_register(scfg, conf, tracker, decision, setup)
     S.write_json(scfg.study_dir, S.DECISION_FILE, decision)   # before figures: never lost to them
     _figures_and_report(scfg, search, trials, full, tracker, decision)
     S.write_json(scfg.study_dir, S.DECISION_FILE, decision)   # with the figures' and report's paths
     return decision
 
 
-def _test_and_register(scfg, conf: dict, tracker, decision: dict) -> None:
+def _test_and_register(scfg, conf: dict, tracker, decision: dict, setup: dict | None = None) -> None:
     from search.confirm import BASELINE, seed_run
     from search.paired import run_paired_test
 
@@ -63,8 +63,9 @@ def _test_and_register(scfg, conf: dict, tracker, decision: dict) -> None:
     decision["thresholded"] = {k: chosen["val"][k] for k in THRESHOLDED if k in chosen["val"]}
     other = seed_run(conf, compared) if compared else None
     side = "chosen" if label != BASELINE else "baseline"      # the deployed model's column
-    if other is not None and scfg.final_test:   # --no-final-test: the driver cannot read the data
-        test = run_paired_test(base["checkpoint"], other["checkpoint"], n=1000, seed=scfg.seed)
+    if other is not None and scfg.final_test:   # --no-final-test: the test split stays untouched
+        test = run_paired_test(base["checkpoint"], other["checkpoint"], n=1000, seed=scfg.seed,
+                               scfg=scfg, setup=setup)   # a Ray task: the head reads no data
         test.update(candidate=compared, deployed=label)
         decision["test"] = test
         if tracker is not None:
@@ -74,10 +75,12 @@ def _test_and_register(scfg, conf: dict, tracker, decision: dict) -> None:
                 **{f"test.{k}": v for k, v in _flat_test(decision.get("test", {}), side).items()},
                 "data_fingerprint": decision.get("data_fingerprint", ""), "report": "report/report.html",
                 "study_run_id": tracker.parent_run_id}
-        from search.registry import register
+        from search.registry import checkpoint_signature, register
+        from search.remote import data_of, run
 
+        sig = run(scfg, "model signature", checkpoint_signature, chosen["checkpoint"], data_of(setup))
         with chosen["checkpoint"].as_directory() as d:
-            decision["registered"] = register(tracker, chosen["run_id"], d, scfg.register_name, tags)
+            decision["registered"] = register(tracker, chosen["run_id"], d, scfg.register_name, tags, sig=sig)
 
 
 def _flat_test(test: dict, side: str = "chosen") -> dict[str, float]:
