@@ -172,6 +172,7 @@ class Table:
         self.entries = {}
         for e in tab["entries"]:
             self.entries.setdefault(e["config"], []).append(e)
+        self.seeds = max(e["seed"] for e in tab["entries"]) + 1
         self.ids = sorted(self.entries)          # a table cut short: only the trained configurations
         self.units = np.array([unit(tab["configs"][i]) for i in self.ids])
 
@@ -224,7 +225,6 @@ def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int =
         study.add_trials(warm)
     dists = optuna_distributions(HP)
     sched = _scheduler(sched_kind, tab.epochs, grace, eta)
-    rng = np.random.default_rng(run_seed)
     running, trials, curve, spent = {}, [], [], 0
     n = 0
 
@@ -232,7 +232,10 @@ def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int =
         nonlocal n
         ot = study.ask(dists)
         cfg = tab.nearest(ot.params)
-        entry = tab.entries[cfg][int(rng.integers(len(tab.entries[cfg])))]
+        # every trial of a study trains with the study's seed (as the service: scfg.seed), so a
+        # run replays one seed's column of the table; runs alternate between the seeds
+        entries = tab.entries[cfg]
+        entry = next((e for e in entries if e["seed"] == run_seed % tab.seeds), entries[0])
         t = SimpleNamespace(trial_id=f"t{n}", ot=ot, cfg=cfg, entry=entry, epoch=0, status="RUNNING")
         n += 1
         if sched is not None and hasattr(sched, "on_trial_add"):
