@@ -40,6 +40,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from trainer.jsonout import dumps
+
 REF = (0.5, 0.25)            # hypervolume reference point: chance AUC, a poor ES-AUC
 HP = ("rho", "lambda_gm", "tau", "delta", "lambda_f")
 
@@ -346,8 +348,8 @@ def replay(a) -> None:
                                                ("tpe_full",) + STOPPING), flush=True)
     out["summary"] = summarize(out)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=1, default=lambda v: None if v != v else v))
-    print(json.dumps(out["summary"], indent=1))
+    Path(a.out).write_text(dumps(out, indent=1))      # strict JSON: NaN and infinity -> null
+    print(dumps(out["summary"], indent=1))
 
 
 def warm_saving(a, cold_tab: Table, r: int) -> dict:
@@ -360,7 +362,9 @@ def warm_saving(a, cold_tab: Table, r: int) -> dict:
 
     target_tab = Table(json.loads(Path(a.warm_table).read_text()))
     budget = int(a.ref_trials * target_tab.epochs * a.budget_share)
-    first = simulate(cold_tab, "tpe+mo_asha", budget, 1000 + r, a.workers, a.grace, a.eta)
+    # the earlier study: a whole search (the reference's epochs) on the first table
+    first = simulate(cold_tab, "tpe+mo_asha", a.ref_trials * cold_tab.epochs, 1000 + r, a.workers,
+                     a.grace, a.eta)
     dists = optuna_distributions(HP)
     warm = [optuna.trial.create_trial(params=t.ot.params, distributions=dists,
                                       values=list(t.entry["curve"][t.epoch - 1]))
@@ -392,8 +396,10 @@ def summarize(out: dict) -> dict:
         s[f"front_survives_{kind}"] = float(np.mean([r["safe_pruning"][kind]["survives"] for r in runs]))
     if runs and "warm_start" in runs[0]:
         w = [r["warm_start"] for r in runs]
-        s["warm_start"] = {"cold_epochs_mean": float(np.mean([x["cold_epochs_to_cold_final"] for x in w])),
-                           "warm_epochs_mean": float(np.mean([min(x["warm_epochs_to_cold_final"], 1e9) for x in w])),
+        # a warm run that never reaches the cold run's final hypervolume counts as infinite epochs
+        s["warm_start"] = {"cold_epochs_median": float(np.median([x["cold_epochs_to_cold_final"] for x in w])),
+                           "warm_epochs_median": float(np.median([x["warm_epochs_to_cold_final"] for x in w])),
+                           "seed_trials_mean": float(np.mean([x["seed_trials"] for x in w])),
                            "warm_reaches_cold_final": int(sum(math.isfinite(x["warm_epochs_to_cold_final"]) for x in w)),
                            "val_hv_warm_minus_cold": paired([x["cold_val_hv"] for x in w],
                                                             [x["warm_val_hv"] for x in w])}
