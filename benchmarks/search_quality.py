@@ -23,7 +23,8 @@ benchmark, as HPOBench / Syne Tune's blackbox repository do):
     python benchmarks/search_quality.py replay --table results/sq-gender.json \\
         --warm-table results/sq-race.json --runs 10 --out benchmarks/results/search-quality.json
 
-Figures: hypervolume with the fixed reference point (AUC 0.5, ES-AUC 0.25) of the front of the
+Figures: hypervolume, with a reference point fixed per table (its worst validation AUC and
+ES-AUC at any configuration's best epoch; `--ref fixed`: AUC 0.5, ES-AUC 0.25), of the front of the
 full-length trials (validation, best epoch, as search.objectives.front); test hypervolume of the
 same trials' test figures; paired over runs (same run seed for every method).
 """
@@ -177,6 +178,14 @@ class Table:
         self.seeds = max(e["seed"] for e in tab["entries"]) + 1
         self.ids = sorted(self.entries)          # a table cut short: only the trained configurations
         self.units = np.array([unit(tab["configs"][i]) for i in self.ids])
+        self.ref = REF
+
+    def nadir(self) -> tuple:
+        """The worst validation (AUC, ES-AUC) of any configuration and seed at its best epoch: a
+        reference point fixed by the table, under which every trial counts (differences between
+        methods are not drowned in the area every trial dominates)."""
+        best = [max(e["curve"], key=lambda p: p[1]) for es in self.entries.values() for e in es]
+        return (min(a for a, _ in best), min(v for _, v in best))
 
     def nearest(self, params: dict) -> int:
         return self.ids[int(np.argmin(((self.units - unit(params)) ** 2).sum(1)))]
@@ -262,12 +271,12 @@ def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int =
                 t.status = "FULL" if t.epoch >= tab.epochs else "STOPPED"
                 study.tell(t.ot, [auc, es])         # the last report, as OptunaSearch
                 slots[i] = start()
-            curve.append((spent, hypervolume(_val_points(trials))))
+            curve.append((spent, hypervolume(_val_points(trials), tab.ref)))
     full = [t for t in trials if t.status == "FULL"]
     f = front(_val_points(full)) if full else []
     return {"curve": curve, "trials": trials, "front": [full[i] for i in f],
             "val_hv": curve[-1][1] if curve else 0.0,
-            "test_hv": hypervolume([tuple(full[i].entry["test"]) for i in f])}
+            "test_hv": hypervolume([tuple(full[i].entry["test"]) for i in f], tab.ref)}
 
 
 def _best(t) -> tuple:
@@ -316,11 +325,12 @@ def paired(x, y) -> dict:
 def replay(a) -> None:
     tab_raw = json.loads(Path(a.table).read_text())
     tab = Table(tab_raw)
+    tab.ref = tab.nadir() if a.ref == "nadir" else REF
     ref_budget = a.ref_trials * tab.epochs
     share = a.budget_share
     out = {"command": " ".join(sys.argv), "table": a.table, "table_meta": {k: tab_raw[k] for k in
            ("attribute", "sizes", "data_seed", "epochs", "seeds", "preset", "versions") if k in tab_raw},
-           "noise": noise(tab_raw), "reference_point": REF, "workers": a.workers, "grace": a.grace,
+           "noise": noise(tab_raw), "reference_point": tab.ref, "reference_point_rule": a.ref, "workers": a.workers, "grace": a.grace,
            "eta": a.eta, "reference_budget_epochs": ref_budget, "budget_share": share, "runs": []}
     for r in range(a.runs):
         log = []
@@ -361,6 +371,7 @@ def warm_saving(a, cold_tab: Table, r: int) -> dict:
     from search.space import optuna_distributions
 
     target_tab = Table(json.loads(Path(a.warm_table).read_text()))
+    target_tab.ref = target_tab.nadir() if a.ref == "nadir" else REF
     budget = int(a.ref_trials * target_tab.epochs * a.budget_share)
     # the earlier study: a whole search (the reference's epochs) on the first table
     first = simulate(cold_tab, "tpe+mo_asha", a.ref_trials * cold_tab.epochs, 1000 + r, a.workers,
@@ -428,6 +439,8 @@ def main(argv=None) -> None:
     r.add_argument("--workers", type=int, default=4)
     r.add_argument("--grace", type=int, default=1)
     r.add_argument("--eta", type=int, default=3)
+    r.add_argument("--ref", choices=["nadir", "fixed"], default="nadir",
+                   help="hypervolume reference point: the table's worst (AUC, ES-AUC), or (0.5, 0.25)")
     r.add_argument("--out", required=True)
     a = p.parse_args(argv)
     table(a) if a.phase == "table" else replay(a)
