@@ -236,7 +236,7 @@ def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int =
         study.add_trials(warm)
     dists = optuna_distributions(HP)
     sched = _scheduler(sched_kind, tab.epochs, grace, eta)
-    running, trials, curve, spent = {}, [], [], 0
+    trials, curve, spent = [], [], 0
     n = 0
 
     def start():
