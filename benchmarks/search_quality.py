@@ -23,7 +23,8 @@ benchmark, as HPOBench / Syne Tune's blackbox repository do):
     python benchmarks/search_quality.py replay --table results/sq-gender.json \\
         --warm-table results/sq-race.json --runs 10 --out benchmarks/results/search-quality.json
 
-Figures: hypervolume with the fixed reference point (AUC 0.5, ES-AUC 0.25) of the front of the
+Figures: hypervolume, with a reference point fixed per table (its worst validation AUC and
+ES-AUC at any configuration's best epoch; `--ref fixed`: AUC 0.5, ES-AUC 0.25), of the front of the
 full-length trials (validation, best epoch, as search.objectives.front); test hypervolume of the
 same trials' test figures; paired over runs (same run seed for every method).
 """
@@ -39,6 +40,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+
+from trainer.jsonout import dumps
 
 REF = (0.5, 0.25)            # hypervolume reference point: chance AUC, a poor ES-AUC
 HP = ("rho", "lambda_gm", "tau", "delta", "lambda_f")
@@ -172,8 +175,17 @@ class Table:
         self.entries = {}
         for e in tab["entries"]:
             self.entries.setdefault(e["config"], []).append(e)
+        self.seeds = max(e["seed"] for e in tab["entries"]) + 1
         self.ids = sorted(self.entries)          # a table cut short: only the trained configurations
         self.units = np.array([unit(tab["configs"][i]) for i in self.ids])
+        self.ref = REF
+
+    def nadir(self) -> tuple:
+        """The worst validation (AUC, ES-AUC) of any configuration and seed at its best epoch: a
+        reference point fixed by the table, under which every trial counts (differences between
+        methods are not drowned in the area every trial dominates)."""
+        best = [max(e["curve"], key=lambda p: p[1]) for es in self.entries.values() for e in es]
+        return (min(a for a, _ in best), min(v for _, v in best))
 
     def nearest(self, params: dict) -> int:
         return self.ids[int(np.argmin(((self.units - unit(params)) ** 2).sum(1)))]
@@ -224,15 +236,17 @@ def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int =
         study.add_trials(warm)
     dists = optuna_distributions(HP)
     sched = _scheduler(sched_kind, tab.epochs, grace, eta)
-    rng = np.random.default_rng(run_seed)
-    running, trials, curve, spent = {}, [], [], 0
+    trials, curve, spent = [], [], 0
     n = 0
 
     def start():
         nonlocal n
         ot = study.ask(dists)
         cfg = tab.nearest(ot.params)
-        entry = tab.entries[cfg][int(rng.integers(len(tab.entries[cfg])))]
+        # every trial of a study trains with the study's seed (as the service: scfg.seed), so a
+        # run replays one seed's column of the table; runs alternate between the seeds
+        entries = tab.entries[cfg]
+        entry = next((e for e in entries if e["seed"] == run_seed % tab.seeds), entries[0])
         t = SimpleNamespace(trial_id=f"t{n}", ot=ot, cfg=cfg, entry=entry, epoch=0, status="RUNNING")
         n += 1
         if sched is not None and hasattr(sched, "on_trial_add"):
@@ -257,12 +271,12 @@ def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int =
                 t.status = "FULL" if t.epoch >= tab.epochs else "STOPPED"
                 study.tell(t.ot, [auc, es])         # the last report, as OptunaSearch
                 slots[i] = start()
-            curve.append((spent, hypervolume(_val_points(trials))))
+            curve.append((spent, hypervolume(_val_points(trials), tab.ref)))
     full = [t for t in trials if t.status == "FULL"]
     f = front(_val_points(full)) if full else []
     return {"curve": curve, "trials": trials, "front": [full[i] for i in f],
             "val_hv": curve[-1][1] if curve else 0.0,
-            "test_hv": hypervolume([tuple(full[i].entry["test"]) for i in f])}
+            "test_hv": hypervolume([tuple(full[i].entry["test"]) for i in f], tab.ref)}
 
 
 def _best(t) -> tuple:
@@ -311,11 +325,12 @@ def paired(x, y) -> dict:
 def replay(a) -> None:
     tab_raw = json.loads(Path(a.table).read_text())
     tab = Table(tab_raw)
+    tab.ref = tab.nadir() if a.ref == "nadir" else REF
     ref_budget = a.ref_trials * tab.epochs
     share = a.budget_share
     out = {"command": " ".join(sys.argv), "table": a.table, "table_meta": {k: tab_raw[k] for k in
            ("attribute", "sizes", "data_seed", "epochs", "seeds", "preset", "versions") if k in tab_raw},
-           "noise": noise(tab_raw), "reference_point": REF, "workers": a.workers, "grace": a.grace,
+           "noise": noise(tab_raw), "reference_point": tab.ref, "reference_point_rule": a.ref, "workers": a.workers, "grace": a.grace,
            "eta": a.eta, "reference_budget_epochs": ref_budget, "budget_share": share, "runs": []}
     for r in range(a.runs):
         log = []
@@ -343,8 +358,8 @@ def replay(a) -> None:
                                                ("tpe_full",) + STOPPING), flush=True)
     out["summary"] = summarize(out)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=1, default=lambda v: None if v != v else v))
-    print(json.dumps(out["summary"], indent=1))
+    Path(a.out).write_text(dumps(out, indent=1))      # strict JSON: NaN and infinity -> null
+    print(dumps(out["summary"], indent=1))
 
 
 def warm_saving(a, cold_tab: Table, r: int) -> dict:
@@ -356,8 +371,11 @@ def warm_saving(a, cold_tab: Table, r: int) -> dict:
     from search.space import optuna_distributions
 
     target_tab = Table(json.loads(Path(a.warm_table).read_text()))
+    target_tab.ref = target_tab.nadir() if a.ref == "nadir" else REF
     budget = int(a.ref_trials * target_tab.epochs * a.budget_share)
-    first = simulate(cold_tab, "tpe+mo_asha", budget, 1000 + r, a.workers, a.grace, a.eta)
+    # the earlier study: a whole search (the reference's epochs) on the first table
+    first = simulate(cold_tab, "tpe+mo_asha", a.ref_trials * cold_tab.epochs, 1000 + r, a.workers,
+                     a.grace, a.eta)
     dists = optuna_distributions(HP)
     warm = [optuna.trial.create_trial(params=t.ot.params, distributions=dists,
                                       values=list(t.entry["curve"][t.epoch - 1]))
@@ -389,8 +407,10 @@ def summarize(out: dict) -> dict:
         s[f"front_survives_{kind}"] = float(np.mean([r["safe_pruning"][kind]["survives"] for r in runs]))
     if runs and "warm_start" in runs[0]:
         w = [r["warm_start"] for r in runs]
-        s["warm_start"] = {"cold_epochs_mean": float(np.mean([x["cold_epochs_to_cold_final"] for x in w])),
-                           "warm_epochs_mean": float(np.mean([min(x["warm_epochs_to_cold_final"], 1e9) for x in w])),
+        # a warm run that never reaches the cold run's final hypervolume counts as infinite epochs
+        s["warm_start"] = {"cold_epochs_median": float(np.median([x["cold_epochs_to_cold_final"] for x in w])),
+                           "warm_epochs_median": float(np.median([x["warm_epochs_to_cold_final"] for x in w])),
+                           "seed_trials_mean": float(np.mean([x["seed_trials"] for x in w])),
                            "warm_reaches_cold_final": int(sum(math.isfinite(x["warm_epochs_to_cold_final"]) for x in w)),
                            "val_hv_warm_minus_cold": paired([x["cold_val_hv"] for x in w],
                                                             [x["warm_val_hv"] for x in w])}
@@ -419,6 +439,8 @@ def main(argv=None) -> None:
     r.add_argument("--workers", type=int, default=4)
     r.add_argument("--grace", type=int, default=1)
     r.add_argument("--eta", type=int, default=3)
+    r.add_argument("--ref", choices=["nadir", "fixed"], default="nadir",
+                   help="hypervolume reference point: the table's worst (AUC, ES-AUC), or (0.5, 0.25)")
     r.add_argument("--out", required=True)
     a = p.parse_args(argv)
     table(a) if a.phase == "table" else replay(a)

@@ -150,6 +150,10 @@ def parse_args(dataset: str, attribute: str, baseline: dict | None, argv=None) -
     add("--max-epochs", type=int, default=defaults.max_epochs)
     add("--grace-period", type=int, default=defaults.grace_period, help="ASHA: first rung (epochs)")
     add("--reduction-factor", type=int, default=defaults.reduction_factor)
+    add("--scheduler", default=defaults.scheduler, choices=["asha", "asha_es_auc", "none"],
+        help="early stopping: asha (ES-AUC ASHA, or MO-ASHA over AUC and ES-AUC for pareto and "
+             "constrained), asha_es_auc (ES-AUC ASHA for every objective), none (every trial trains "
+             "every epoch); what each keeps: docs/search-quality.md")
     add("--max-concurrent", type=int, default=0, help="0: as many as the cluster holds at its largest "
         "(an autoscaler's maximum size, else the nodes present; docs/scaling.md)")
     add("--cpus-per-trial", type=float, default=defaults.cpus_per_trial)
