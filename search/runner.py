@@ -47,7 +47,7 @@ class SearchConfig:
     num_cpus: int = 0              # with --local; 0 -> all of this machine's
     num_gpus: int = -1             # with --local; -1 -> detect
     searcher: str = "tpe"          # tpe | random (benchmarks)
-    scheduler: str = "asha"        # asha (MO-ASHA for pareto/constrained) | asha_es_auc | none (benchmarks)
+    scheduler: str = "asha"        # asha (MO-ASHA for pareto/constrained) | asha_es_auc | none
     log_best_model: bool = True
     final_test: bool = True        # score the chosen trial's model on the test split, once
     objective: str = "es_auc"      # es_auc | pareto | constrained (search/objectives.py)

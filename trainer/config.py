@@ -78,7 +78,7 @@ class TrainConfig:
     grad_clip: float = 0.8
     amp: bool = True                        # bf16 autocast on CUDA only
     fused_optimizer: bool = True            # fused (one-kernel) AdamW on CUDA; foreach on CPU
-    compile_encoders: bool = False          # torch.compile each encoder (README: GPU figures)
+    compile_encoders: bool = False          # torch.compile each encoder (docs/results.md: GPU figures)
     seed: int = 0
     device: str = "auto"
     max_gpu_memory_fraction: float = 1.0    # <1 caps this process's share of the GPU

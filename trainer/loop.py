@@ -114,7 +114,7 @@ class Trainer:
 
     def build_optimizers(self, fused: bool) -> None:
         """AdamW for the model (one group per encoder) and for the modality classifiers; `fused`:
-        one kernel per step on CUDA (README "The trainer on a GPU"), torch's default elsewhere."""
+        one kernel per step on CUDA (docs/results.md, GPU section), torch's default elsewhere."""
         cfg = self.cfg
         kw = dict(fused=True) if fused and self.device.type == "cuda" else {}
         self.opt = torch.optim.AdamW(_param_groups(self.model), lr=cfg.lr,
