@@ -67,9 +67,9 @@ OPTIONS = [   # (label, instance type, nodes)
     ("2 x g6e.12xlarge (8 L40S 48 GB)", "g6e.12xlarge", 2),
     ("4 x g6e.12xlarge (16 L40S 48 GB), aws-gpu.yaml's maximum", "g6e.12xlarge", 4),
 ]
-PREPARATION_PLACEHOLDER = ("PLACEHOLDER (issue 20 item 2): the cluster's Ray preparation job, once it lands: "
-                           "rerun with --prepare-rate (its measured samples/s per core) and --prepare-cores; "
-                           "each node then pulls the shards instead of building the cache")
+PREPARATION_PLACEHOLDER = ("Data preparation in this table: every node builds its own cache (--prepare-rate 0, "
+                           "the path without search/dataprep.py); --prepare-rate R --prepare-cores C puts the "
+                           "cluster's preparation job (benchmarks/results/dataprep-2core.json) in its place")
 
 
 def slowdown(gpu: str) -> tuple[float, float]:
@@ -241,7 +241,7 @@ def markdown(result: dict) -> str:
         f"- ASHA (grace {args['grace']}, factor {args['factor']}), simulated with Ray Tune's `_Bracket`, "
         f"{args['seeds']} seeds, 8 H200: trial-epochs {h200['random']['trial_epochs']:.0f} (random order) to "
         f"{h200['improving']['trial_epochs']:.0f} (improving) of {args['trials'] * args['epochs']} "
-        f"(README's CPU measurement: 38-56%); the tail (last trial started -> last trial done) "
+        f"(measured on the CPU at grace 2, factor 3: 38-49%, asha-share-100x10-g2f3.json); the tail (last trial started -> last trial done) "
         f"{minutes(h200['random']['tail_s'])}-{minutes(h200['improving']['tail_s'])} min, "
         f"{h200['random']['idle_gpu_s'] / 3600:.2f}-{h200['improving']['idle_gpu_s'] / 3600:.2f} GPU-hours idle.",
         f"- Data preparation today: every node builds its own cache at "
@@ -257,7 +257,7 @@ def markdown(result: dict) -> str:
         f"- Confirmation: (finalists {args['finalists']} + paper point + plain fusion) x "
         f"{args['confirm_seeds']} seeds = full {args['epochs']}-epoch trainings, in waves of one per GPU.",
         f"- Test: the chosen model and plain fusion over {args['n_test']:,} test samples on a GPU "
-        f"(forward at a third of a training step's cost; today they run on the head's CPU: hours) plus "
+        f"(forward at a third of a training step's cost, as Ray tasks on a trial node: search/remote.py) plus "
         f"the paired bootstrap on a CPU ({FIGURES['bootstrap_s_per_320'][0]:.0f} s for 320 samples, "
         f"scaled linearly: {base['bootstrap_s']:.0f} s, extrapolated).",
         f"- GPU-hours billed: GPUs x (total + {args['idle_timeout_min']} min idle timeout); every node is "
