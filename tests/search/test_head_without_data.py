@@ -24,7 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.search.conftest import REPO, SIZES, study_runs
+from tests.conftest import DATASETS, generate
+from tests.search.conftest import REPO, study_runs
+
+SIZES = tuple(DATASETS["search"][k] for k in ("n_train", "n_val", "n_test"))
 from tests.search.multinode import LocalCluster
 from tests.search.servers import FakeS3
 
@@ -107,9 +110,8 @@ def fake_s3():
 @pytest.mark.slow
 def test_search_to_registration_with_a_head_that_holds_no_data(fake_s3, tmp_path):
     from tests.search.test_dataprep import upload
-    from trainer.data.synthetic import synthesize
 
-    folder = synthesize("fairvision", tmp_path / "raw", *SIZES, seed=0)
+    folder = generate(tmp_path / "raw", **DATASETS["search"])   # a copy of its own: deleted below
     upload(fake_s3, folder, "raw/fv")
     shutil.rmtree(folder)   # nothing on this machine's disk can be read as the data
     caches = {name: tmp_path / f"cache-{name}" for name in ("head", "w1", "driver")}
