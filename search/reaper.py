@@ -50,6 +50,14 @@ def _watch(driver_pid: int, interval: float = 1.0) -> list[int]:
             break
         time.sleep(interval)
     time.sleep(GRACE_S)
+    return kill_recorded(seen)
+
+
+def kill_recorded(seen: dict[int, float]) -> list[int]:
+    """SIGKILL each recorded process still running (pid -> create_time: a reused pid is not
+    the same process and is left alone); returns the pids killed."""
+    import psutil
+
     killed = []
     for pid, created in seen.items():
         try:
@@ -57,7 +65,7 @@ def _watch(driver_pid: int, interval: float = 1.0) -> list[int]:
             if proc.create_time() == created:
                 proc.kill()
                 killed.append(pid)
-        except psutil.NoSuchProcess:
+        except psutil.Error:
             pass
     return killed
 

@@ -163,7 +163,7 @@ class FakeAutoscalingCluster:
     def close(self) -> list[int]:
         """SIGKILL the head's process group and every recorded descendant (matched by pid and
         start time). gcs_server and the monitor ignore SIGTERM for 20-30 s: no grace period."""
-        import psutil
+        from search.reaper import kill_recorded
 
         self.track()
         try:
@@ -171,15 +171,7 @@ class FakeAutoscalingCluster:
         except ProcessLookupError:
             pass
         self.proc.wait()
-        killed = []
-        for pid, created in self._seen.items():
-            try:
-                p = psutil.Process(pid)
-                if p.create_time() == created:
-                    p.kill()
-                    killed.append(pid)
-            except psutil.Error:
-                pass
+        killed = kill_recorded(self._seen)
         self.log.close()
         self.kept_log = self.head_log()
         shutil.rmtree(self.tmpdir, ignore_errors=True)
