@@ -122,7 +122,7 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     from ray import tune
 
     from search.progress import ProgressCallback
-    from search.study import METRIC
+    from search.study import METRIC, stage_path, trial_id_of
     from search.tracking import MLflowTrialCallback
     from search.trainable import checkpoint_policy, model_checkpoint, train_trial, trial_dirname
 
@@ -132,8 +132,7 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup),
                                     {"cpu": scfg.cpus_per_trial, "gpu": scfg.gpus_per_trial})
     name = f"{scfg.name}-{stage}" + (f"-{look}" if look > 1 else "")   # one Tune run per look
-    base, sep, query = scfg.storage_path.partition("?")   # s3://b/p?endpoint_override=...
-    path = f"{base.rstrip('/')}/{name}{sep}{query}"
+    path = stage_path(scfg.storage_path, name)   # s3://b/p/<name>?endpoint_override=...
     from search.storage import ResumeStatePruner
 
     callbacks = [ProgressCallback(scfg.max_epochs, label=stage), ResumeStatePruner()]
@@ -180,7 +179,7 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     for r in results:
         df = r.metrics_dataframe
         rows = df.to_dict("records") if df is not None and len(df) else []
-        trial_id = r.path.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
+        trial_id = trial_id_of(r.path)
         runs.append(trial_record(trial_id, r.config, rows, "FAILED" if r.error else "FINISHED",
                                  candidate=r.config["candidate"], seed=int(r.config["seed"]),
                                  checkpoint=model_checkpoint(r.checkpoint),   # holds the best weights

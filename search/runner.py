@@ -92,9 +92,9 @@ class SearchConfig:
 
     @property
     def study_dir(self) -> str:
-        # s3://bucket/p?endpoint_override=...: the study folder goes before the query options
-        base, sep, query = self.storage_path.partition("?")
-        return f"{base.rstrip('/')}/{self.name}{sep}{query}"
+        from search.study import stage_path
+
+        return stage_path(self.storage_path, self.name)
 
 
 class BadFlag(ValueError):
@@ -473,9 +473,7 @@ def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor, timings: d
     if logger is not None and logger.gave_up:
         tracker = None   # MLflow still down after the flush (one line said so): the study ends without it
     if scfg.resume and tracker is not None:
-        from pathlib import PurePosixPath
-
-        held = {PurePosixPath(r.path.split("?")[0]).name.removeprefix("trial_") for r in results}
+        held = {study.trial_id_of(r.path) for r in results}
         lost = tracker.close_lost_trials(held)
         if lost:
             print(f"[search] resume: trial(s) {', '.join(lost)} had started after the killed "
