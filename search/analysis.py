@@ -106,31 +106,38 @@ def trial_values(trials, max_epochs: int, policy: str = "full", epoch: int | Non
     return out
 
 
-def rebuild_study(values, mode: str = "full"):
-    """An Optuna study over the mode's own hyperparameters (search.space.hyperparameters)."""
+def rebuild_study(points, mode: str = "full"):
+    """The one Optuna study rebuild (here and search.figures): over the mode's own searched
+    hyperparameters (search.space.hyperparameters; --mode ogm_ge: ogm_alpha only), every
+    objective maximised. `points`: [(trial, value)] or [(trial, (value, value, ...))]."""
     import optuna
 
-    study = optuna.create_study(direction="maximize", study_name="rebuilt")
+    points = [(t, tuple(v) if isinstance(v, (tuple, list)) else (v,)) for t, v in points]
+    n_objectives = len(points[0][1]) if points else 1
+    study = optuna.create_study(directions=["maximize"] * n_objectives, study_name="rebuilt")
     names = hyperparameters(mode)
     dists = optuna_distributions(names)
-    for t, value in values:
+    for t, values in points:
         study.add_trial(optuna.trial.create_trial(params={k: t["params"][k] for k in names},
-                                                  distributions=dists, value=value,
+                                                  distributions=dists, values=list(values),
                                                   user_attrs={"trial_id": t["trial_id"]}))
     return study
 
 
-def importances(study) -> dict[str, dict[str, float] | str]:
-    """fANOVA and PED-ANOVA importances; a method that cannot run on this study says why."""
+def importances(study, index: int | None = None) -> dict[str, dict[str, float] | str]:
+    """fANOVA and PED-ANOVA importances of objective `index` (None: a single-objective study's
+    value); a method that cannot run on this study says why. With a target, PED-ANOVA ranks
+    for LOW values, hence the sign flip of a maximised metric (stack.md)."""
     from optuna.importance import (FanovaImportanceEvaluator, PedAnovaImportanceEvaluator,
                                    get_param_importances)
 
     out = {}
-    for name, evaluator in (("fanova", FanovaImportanceEvaluator(seed=0)),
-                            ("ped_anova", PedAnovaImportanceEvaluator())):
+    for name, evaluator, sign in (("fanova", FanovaImportanceEvaluator(seed=0), 1),
+                                  ("ped_anova", PedAnovaImportanceEvaluator(), -1)):
+        target = None if index is None else (lambda t, i=index, s=sign: s * t.values[i])
         try:
-            out[name] = dict(get_param_importances(study, evaluator=evaluator))
-        except (ValueError, RuntimeError) as exc:   # e.g. too few trials for the quantile split
+            out[name] = dict(get_param_importances(study, evaluator=evaluator, target=target))
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:   # e.g. too few trials
             out[name] = f"not computable: {exc}"
     return out
 
