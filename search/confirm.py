@@ -122,19 +122,16 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     from ray import tune
 
     from search.progress import ProgressCallback
+    from search.storage import ResumeStatePruner
     from search.study import METRIC, stage_path, trial_id_of
     from search.tracking import MLflowTrialCallback
-    from search.trainable import checkpoint_policy, model_checkpoint, train_trial, trial_dirname
+    from search.trainable import checkpoint_policy, model_checkpoint
+    from search.tuning import make_tuner, tracking_callback
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")   # runner.py
     every = (setup.get("checkpoints") or {}).get("every", scfg.checkpoint_every)
     setup = {**setup, "candidates": cands, "checkpoints": checkpoint_policy(every)}   # no rungs here
-    trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup),
-                                    {"cpu": scfg.cpus_per_trial, "gpu": scfg.gpus_per_trial})
     name = f"{scfg.name}-{stage}" + (f"-{look}" if look > 1 else "")   # one Tune run per look
-    path = stage_path(scfg.storage_path, name)   # s3://b/p/<name>?endpoint_override=...
-    from search.storage import ResumeStatePruner
-
     callbacks = [ProgressCallback(scfg.max_epochs, label=stage), ResumeStatePruner()]
     if tracker is not None:
         tags = {"run_kind": stage, "stage": stage, "dataset": scfg.dataset, "attribute": scfg.attribute}
@@ -147,24 +144,16 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     if (setup.get("test_hooks") or {}).get("interrupt_stage") == stage:
         hooks = setup["test_hooks"]
         callbacks.append(_interrupt_hook(hooks.get("interrupt_after_results", 1), hooks.get("interrupt_marker")))
-    if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
-        restored = [cb for cb in tuner._local_tuner.get_run_config().callbacks or []
-                    if isinstance(cb, MLflowTrialCallback)]
+    if tune.Tuner.can_restore(stage_path(scfg.storage_path, name)):   # s3://b/p/<name>?endpoint_override=...
+        tuner = make_tuner(scfg, setup, name, restore=True)
+        restored = tracking_callback(tuner)
         # the restored callback logs the resumed runs: its tracker holds their run ids
-        tracker = restored[0].tracker if restored else tracker
-    else:
-        tuner = tune.Tuner(
-            trainable, param_space={"candidate": tune.grid_search(list(cands)),
-                                    "seed": tune.grid_search(seed_list)},
-            tune_config=tune.TuneConfig(metric=METRIC, mode="max",   # no searcher: a plain grid
-                                        max_concurrent_trials=slots,
-                                        trial_dirname_creator=trial_dirname, reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=name, storage_path=scfg.storage_path, callbacks=callbacks, verbose=min(scfg.verbose, 1),
-                failure_config=tune.FailureConfig(max_failures=scfg.max_failures),
-                # the newest two (as the search): the last epoch's holds the best model
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+        tracker = restored.tracker if restored else tracker
+    else:   # no searcher: a plain grid, every run all epochs
+        tuner = make_tuner(scfg, setup, name, restore=False, slots=slots, callbacks=callbacks,
+                           param_space={"candidate": tune.grid_search(list(cands)),
+                                        "seed": tune.grid_search(seed_list)},
+                           verbose=min(scfg.verbose, 1), metric=METRIC, mode="max")
     with reserved(scfg, slots):   # the autoscaler starts every slot's node now
         results = tuner.fit()
     stopped = _unfinished(results, n, scfg.max_epochs)
