@@ -161,6 +161,7 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
         if tracker is not None:
             for trial_id in stopped:
                 _end_run(tracker, trial_id)
+            _close_finished(tracker, results, stopped, scfg.max_epochs)
         raise StageStopped(stage, f"{len(stopped)} of {n} runs unfinished; the same command "
                                   f"{'plus --resume ' if stage == CONFIRM else ''}continues them",
                            interrupted=True)
@@ -207,6 +208,19 @@ def _end_run(tracker, trial_id: str) -> None:
     run_id = _run_id(tracker, trial_id) if trial_id != "(not started)" else None
     if run_id:
         tracker.client.set_terminated(run_id, status="KILLED")
+
+
+def _close_finished(tracker, results, stopped: list[str], max_epochs: int) -> None:
+    """Runs that trained every epoch but whose end Tune never reported: a Ctrl-C between a
+    trial's last result and its on_trial_complete leaves the trial TERMINATED (a --resume does
+    not run it again) and its MLflow run RUNNING for ever. They are ended FINISHED here."""
+    for t in getattr(results._experiment_analysis, "trials", None) or []:
+        if t.trial_id in stopped or t.status != "TERMINATED":
+            continue
+        run_id = _run_id(tracker, t.trial_id)
+        if run_id and tracker.client.get_run(run_id).info.status == "RUNNING":
+            last = t.last_result or {}
+            tracker.end_trial(run_id, "FINISHED", int(last.get("epoch", max_epochs)), max_epochs)
 
 
 def _interrupt_hook(after: int, marker: str | None):
