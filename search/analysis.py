@@ -1,16 +1,20 @@
-"""Sensitivity of validation ES-AUC to the five hyperparameters, and the deployment pick.
+"""Sensitivity of validation ES-AUC to the searched hyperparameters, and what was deployed.
 
     python -m search.analysis --tracking-uri sqlite:////abs/multifair-results/mlflow.db \\
         --experiment multifair-fairvision-gender [--policy full|common] [--register NAME]
 
-The study is rebuilt as an Optuna study (optuna.trial.create_trial) from the MLflow child runs
-(or from a Tune results folder with --results). Ray's OptunaSearch tells Optuna that an
+The study is rebuilt as an Optuna study (optuna.trial.create_trial) from the search's own trials
+only (MLflow child runs with run_kind "trial", or the study's own Tune folder with --results),
+never the confirmation's re-runs (run_kind "confirm": repeated settings, and plain fusion, which
+has none of the searched hyperparameters), over the study's mode's hyperparameters. Ray's OptunaSearch tells Optuna that an
 ASHA-stopped trial is COMPLETE with its early value, which would compare epoch-1 scores with
 epoch-10 scores; here a trial's value is either its best validation ES-AUC among trials that
 trained every epoch (--policy full, default) or its ES-AUC at one common epoch that every kept
 trial reached (--policy common, default epoch: the ASHA grace period). Importances: fANOVA and
-PED-ANOVA (optuna.importance). Deployment: the best validation ES-AUC among full-length trials;
-its logged model is registered with alias `champion` (models:/NAME@champion).
+PED-ANOVA (optuna.importance). Deployment: what the study's decision deployed (decision.json in
+the study folder, found through the study run's `study_dir` tag, or its `chosen` tag); only a
+study without a decision (no confirmation stage) falls back to the best validation ES-AUC among
+full-length trials, whose logged model --register registers with alias `champion`.
 """
 from __future__ import annotations
 
@@ -18,15 +22,16 @@ import argparse
 import math
 import sys
 
-from search.space import RANGES, optuna_distributions
-from search.study import best_epoch
+from search.space import hyperparameters, optuna_distributions
+from search.study import METRIC, best_epoch
 from trainer.jsonout import dumps
 
-METRIC = "es_auc"
+SEARCH_KIND = "trial"   # run_kind of the search's own child runs (search.tracking)
 
 
 def trials_from_mlflow(tracking_uri: str, experiment: str, parent_run_id: str | None = None):
-    """Trial records of the latest (or given) study run of an experiment, and its max epochs."""
+    """The search's own trial records of the latest (or given) study run of an experiment, its
+    max epochs and grace period, and the study: {"mode", "study_dir", "chosen"} (its tags)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -42,26 +47,48 @@ def trials_from_mlflow(tracking_uri: str, experiment: str, parent_run_id: str | 
     parent = client.get_run(parent_run_id)
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
                                   max_results=5000)
+    mode = parent.data.params.get("mode", "full")
+    names = hyperparameters(mode)
     trials = []
     for run in children:
+        if run.data.tags.get("run_kind", SEARCH_KIND) != SEARCH_KIND:   # confirmation re-runs
+            continue
         history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, METRIC)}
         trials.append({"trial_id": run.data.tags.get("trial_id"), "run_id": run.info.run_id,
-                       "params": {k: float(v) for k, v in run.data.params.items() if k in RANGES},
+                       "params": {k: float(v) for k, v in run.data.params.items() if k in names},
                        "history": history, "status": run.info.status,
                        "model_logged": run.data.tags.get("model_logged") == "true"})
-    return trials, int(parent.data.params["max_epochs"]), int(parent.data.params["grace_period"])
+    found = {"mode": mode, "study_dir": parent.data.tags.get("study_dir"),
+             "chosen": parent.data.tags.get("chosen", "")}
+    return trials, int(parent.data.params["max_epochs"]), int(parent.data.params["grace_period"]), found
 
 
 def trials_from_results(study_dir: str):
-    """The same records from a Tune results folder (no MLflow needed)."""
+    """The same records from a study's own Tune folder (the confirmation has its own folder,
+    `<study>-confirm`; no MLflow needed)."""
     from search.study import STATUS, read_study, read_trials
 
     search = read_study(study_dir)["search"]
+    names = hyperparameters(search.get("mode", "full"))
     trials = [{"trial_id": t["trial_id"], "run_id": None, "model_logged": False,
-               "params": {k: float(v) for k, v in t["config"].items() if k in RANGES},
+               "params": {k: float(v) for k, v in t["config"].items() if k in names},
                "history": {int(r["epoch"]): r[METRIC] for r in t["results"] if METRIC in r},
                "status": STATUS.get(t["tune_status"], "KILLED")} for t in read_trials(study_dir)]
-    return trials, int(search["max_epochs"]), int(search["grace_period"])
+    found = {"mode": search.get("mode", "full"), "study_dir": study_dir, "chosen": ""}
+    return trials, int(search["max_epochs"]), int(search["grace_period"]), found
+
+
+def read_decision(study_dir: str | None) -> dict | None:
+    """The study's decision.json, or None when it has none (no confirmation stage, a study
+    still running, or a study folder this machine cannot read)."""
+    from search.study import DECISION_FILE, read_json
+
+    if not study_dir:
+        return None
+    try:
+        return read_json(study_dir, DECISION_FILE)
+    except (OSError, ValueError):   # pyarrow: FileNotFoundError / OSError; a bad URI: ArrowInvalid
+        return None
 
 
 def trial_values(trials, max_epochs: int, policy: str = "full", epoch: int | None = None):
@@ -79,28 +106,38 @@ def trial_values(trials, max_epochs: int, policy: str = "full", epoch: int | Non
     return out
 
 
-def rebuild_study(values):
+def rebuild_study(points, mode: str = "full"):
+    """The one Optuna study rebuild (here and search.figures): over the mode's own searched
+    hyperparameters (search.space.hyperparameters; --mode ogm_ge: ogm_alpha only), every
+    objective maximised. `points`: [(trial, value)] or [(trial, (value, value, ...))]."""
     import optuna
 
-    study = optuna.create_study(direction="maximize", study_name="rebuilt")
-    dists = optuna_distributions(values[0][0]["params"] if values else ())
-    for t, value in values:
-        study.add_trial(optuna.trial.create_trial(params=t["params"], distributions=dists, value=value,
+    points = [(t, tuple(v) if isinstance(v, (tuple, list)) else (v,)) for t, v in points]
+    n_objectives = len(points[0][1]) if points else 1
+    study = optuna.create_study(directions=["maximize"] * n_objectives, study_name="rebuilt")
+    names = hyperparameters(mode)
+    dists = optuna_distributions(names)
+    for t, values in points:
+        study.add_trial(optuna.trial.create_trial(params={k: t["params"][k] for k in names},
+                                                  distributions=dists, values=list(values),
                                                   user_attrs={"trial_id": t["trial_id"]}))
     return study
 
 
-def importances(study) -> dict[str, dict[str, float] | str]:
-    """fANOVA and PED-ANOVA importances; a method that cannot run on this study says why."""
+def importances(study, index: int | None = None) -> dict[str, dict[str, float] | str]:
+    """fANOVA and PED-ANOVA importances of objective `index` (None: a single-objective study's
+    value); a method that cannot run on this study says why. With a target, PED-ANOVA ranks
+    for LOW values, hence the sign flip of a maximised metric (stack.md)."""
     from optuna.importance import (FanovaImportanceEvaluator, PedAnovaImportanceEvaluator,
                                    get_param_importances)
 
     out = {}
-    for name, evaluator in (("fanova", FanovaImportanceEvaluator(seed=0)),
-                            ("ped_anova", PedAnovaImportanceEvaluator())):
+    for name, evaluator, sign in (("fanova", FanovaImportanceEvaluator(seed=0), 1),
+                                  ("ped_anova", PedAnovaImportanceEvaluator(), -1)):
+        target = None if index is None else (lambda t, i=index, s=sign: s * t.values[i])
         try:
-            out[name] = dict(get_param_importances(study, evaluator=evaluator))
-        except (ValueError, RuntimeError) as exc:   # e.g. too few trials for the quantile split
+            out[name] = dict(get_param_importances(study, evaluator=evaluator, target=target))
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:   # e.g. too few trials
             out[name] = f"not computable: {exc}"
     return out
 
@@ -132,32 +169,81 @@ def main(argv=None) -> int:
     p.add_argument("--json", default="", help="also write the analysis here")
     a = p.parse_args(argv)
     if a.results:
-        trials, max_epochs, grace = trials_from_results(a.results)
+        trials, max_epochs, grace, found = trials_from_results(a.results)
     elif a.tracking_uri and a.experiment:
-        trials, max_epochs, grace = trials_from_mlflow(a.tracking_uri, a.experiment, a.parent_run_id)
+        trials, max_epochs, grace, found = trials_from_mlflow(a.tracking_uri, a.experiment, a.parent_run_id)
     else:
         p.error("give --tracking-uri and --experiment, or --results")
     epoch = a.epoch or grace
     values = trial_values(trials, max_epochs, a.policy, epoch)
     what = f"trials that trained all {max_epochs} epochs" if a.policy == "full" else f"ES-AUC at epoch {epoch}"
-    print(f"{len(trials)} trials, {len(values)} used ({what})")
+    print(f"{len(trials)} trials, {len(values)} used ({what}; the search's own trials, mode {found['mode']})")
     report = {"policy": a.policy, "epoch": epoch if a.policy == "common" else max_epochs,
-              "n_trials": len(trials), "n_used": len(values)}
+              "n_trials": len(trials), "n_used": len(values), "mode": found["mode"]}
     if len(values) >= 2:
-        report["importance"] = importances(rebuild_study(values))
+        report["importance"] = importances(rebuild_study(values, found["mode"]))
         for method, imp in report["importance"].items():
             line = imp if isinstance(imp, str) else "  ".join(f"{k} {v:.3f}" for k, v in imp.items())
             print(f"importance ({method}): {line}")
     else:
         print("importance: needs at least 2 comparable trials")
+    decision = read_decision(found["study_dir"])
+    if decided(decision) or found["chosen"]:
+        report["deployment"] = deployed(decision, found["chosen"])
+        return _decided_output(report, a)
+    return _single_seed_output(report, trials, max_epochs, a)
+
+
+def decided(decision: dict | None) -> bool:
+    return bool(decision and (decision.get("confirmation") or {}).get("choice"))
+
+
+def deployed(decision: dict | None, chosen: str) -> dict:
+    """What the study's decision deployed: its label, hyperparameters, confirmation statistics,
+    reason, run and registration (only the label when decision.json cannot be read)."""
+    if not decided(decision):
+        return {"source": "study run tag chosen", "label": chosen}
+    conf = decision["confirmation"]
+    label = conf["choice"]["label"]
+    return {"source": "decision.json", "label": label, "reason": conf["choice"].get("reason", ""),
+            "params": conf["candidates"].get(label, {}), "stats": conf.get("stats", {}).get(label, {}),
+            "run": decision.get("deployed_run"), "registered": decision.get("registered")}
+
+
+def _decided_output(report: dict, a) -> int:
+    dep = report["deployment"]
+    stats = dep.get("stats") or {}
+    shown = "plain fusion" if dep["label"] == "baseline" else dep["label"]
+    mean = (f" mean val es_auc {stats['es_auc']:.4f} over {stats.get('n_seeds')} seeds"
+            if isinstance(stats.get("es_auc"), (int, float)) else "")
+    params = "  ".join(f"{k}={v:.4g}" for k, v in (dep.get("params") or {}).items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool))
+    print(f"deployment: {shown} (the study's decision, {dep['source']}){mean}  {params}".rstrip())
+    if dep.get("reason"):
+        print(f"  why: {dep['reason']}")
+    code = 0
+    if a.register:   # the decision registers its own champion; never a second pick over it
+        if dep.get("registered"):
+            report["registered"] = dep["registered"]
+            print(f"registered by the decision already: {dep['registered']}")
+        else:
+            print(f"error: the decision deployed {shown} but registered nothing; rerun the search "
+                  "with --resume to register it", file=sys.stderr)
+            code = 1
+    _write(report, a.json)
+    return code
+
+
+def _single_seed_output(report: dict, trials, max_epochs: int, a) -> int:
     pick = pick_deployment(trials, max_epochs)
     if pick is None:
-        print("deployment: no trial trained all epochs")
+        print("deployment: no decision recorded and no trial trained all epochs")
         return 1
     t, value = pick
-    report["deployment"] = {"trial_id": t["trial_id"], "run_id": t["run_id"], "val_es_auc": value,
-                            "params": t["params"]}
-    print(f"deployment: trial {t['trial_id']} (run {t['run_id']}) val es_auc {value:.4f}  " +
+    report["deployment"] = {"source": "single-seed best (no decision recorded)", "trial_id": t["trial_id"],
+                            "run_id": t["run_id"], "val_es_auc": value, "params": t["params"]}
+    print(f"deployment: no decision recorded (no confirmation stage); the single-seed best is trial "
+          f"{t['trial_id']} (run {t['run_id']}) val es_auc {value:.4f}  " +
           "  ".join(f"{k}={v:.4g}" for k, v in t["params"].items()))
     if a.register:
         if not t["model_logged"]:
@@ -166,10 +252,14 @@ def main(argv=None) -> int:
             return 1
         report["registered"] = register_champion(a.tracking_uri, t["run_id"], a.register)
         print(f"registered {report['registered']}")
-    if a.json:
-        with open(a.json, "w") as f:
-            f.write(dumps(report, indent=1, default=str))   # strict JSON: NaN -> null
+    _write(report, a.json)
     return 0
+
+
+def _write(report: dict, path: str) -> None:
+    if path:
+        with open(path, "w") as f:
+            f.write(dumps(report, indent=1, default=str))   # strict JSON: NaN -> null
 
 
 if __name__ == "__main__":

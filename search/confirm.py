@@ -122,20 +122,16 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     from ray import tune
 
     from search.progress import ProgressCallback
-    from search.study import METRIC
+    from search.storage import ResumeStatePruner
+    from search.study import METRIC, stage_path, trial_id_of
     from search.tracking import MLflowTrialCallback
-    from search.trainable import checkpoint_policy, model_checkpoint, train_trial, trial_dirname
+    from search.trainable import checkpoint_policy, model_checkpoint
+    from search.tuning import make_tuner, tracking_callback
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")   # runner.py
     every = (setup.get("checkpoints") or {}).get("every", scfg.checkpoint_every)
     setup = {**setup, "candidates": cands, "checkpoints": checkpoint_policy(every)}   # no rungs here
-    trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup),
-                                    {"cpu": scfg.cpus_per_trial, "gpu": scfg.gpus_per_trial})
     name = f"{scfg.name}-{stage}" + (f"-{look}" if look > 1 else "")   # one Tune run per look
-    base, sep, query = scfg.storage_path.partition("?")   # s3://b/p?endpoint_override=...
-    path = f"{base.rstrip('/')}/{name}{sep}{query}"
-    from search.storage import ResumeStatePruner
-
     callbacks = [ProgressCallback(scfg.max_epochs, label=stage), ResumeStatePruner()]
     if tracker is not None:
         tags = {"run_kind": stage, "stage": stage, "dataset": scfg.dataset, "attribute": scfg.attribute}
@@ -148,24 +144,16 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     if (setup.get("test_hooks") or {}).get("interrupt_stage") == stage:
         hooks = setup["test_hooks"]
         callbacks.append(_interrupt_hook(hooks.get("interrupt_after_results", 1), hooks.get("interrupt_marker")))
-    if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
-        restored = [cb for cb in tuner._local_tuner.get_run_config().callbacks or []
-                    if isinstance(cb, MLflowTrialCallback)]
+    if tune.Tuner.can_restore(stage_path(scfg.storage_path, name)):   # s3://b/p/<name>?endpoint_override=...
+        tuner = make_tuner(scfg, setup, name, restore=True)
+        restored = tracking_callback(tuner)
         # the restored callback logs the resumed runs: its tracker holds their run ids
-        tracker = restored[0].tracker if restored else tracker
-    else:
-        tuner = tune.Tuner(
-            trainable, param_space={"candidate": tune.grid_search(list(cands)),
-                                    "seed": tune.grid_search(seed_list)},
-            tune_config=tune.TuneConfig(metric=METRIC, mode="max",   # no searcher: a plain grid
-                                        max_concurrent_trials=slots,
-                                        trial_dirname_creator=trial_dirname, reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=name, storage_path=scfg.storage_path, callbacks=callbacks, verbose=min(scfg.verbose, 1),
-                failure_config=tune.FailureConfig(max_failures=scfg.max_failures),
-                # the newest two (as the search): the last epoch's holds the best model
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+        tracker = restored.tracker if restored else tracker
+    else:   # no searcher: a plain grid, every run all epochs
+        tuner = make_tuner(scfg, setup, name, restore=False, slots=slots, callbacks=callbacks,
+                           param_space={"candidate": tune.grid_search(list(cands)),
+                                        "seed": tune.grid_search(seed_list)},
+                           verbose=min(scfg.verbose, 1), metric=METRIC, mode="max")
     with reserved(scfg, slots):   # the autoscaler starts every slot's node now
         results = tuner.fit()
     stopped = _unfinished(results, n, scfg.max_epochs)
@@ -173,6 +161,7 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
         if tracker is not None:
             for trial_id in stopped:
                 _end_run(tracker, trial_id)
+            _close_finished(tracker, results, stopped, scfg.max_epochs)
         raise StageStopped(stage, f"{len(stopped)} of {n} runs unfinished; the same command "
                                   f"{'plus --resume ' if stage == CONFIRM else ''}continues them",
                            interrupted=True)
@@ -180,7 +169,7 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     for r in results:
         df = r.metrics_dataframe
         rows = df.to_dict("records") if df is not None and len(df) else []
-        trial_id = r.path.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
+        trial_id = trial_id_of(r.path)
         runs.append(trial_record(trial_id, r.config, rows, "FAILED" if r.error else "FINISHED",
                                  candidate=r.config["candidate"], seed=int(r.config["seed"]),
                                  checkpoint=model_checkpoint(r.checkpoint),   # holds the best weights
@@ -219,6 +208,19 @@ def _end_run(tracker, trial_id: str) -> None:
     run_id = _run_id(tracker, trial_id) if trial_id != "(not started)" else None
     if run_id:
         tracker.client.set_terminated(run_id, status="KILLED")
+
+
+def _close_finished(tracker, results, stopped: list[str], max_epochs: int) -> None:
+    """Runs that trained every epoch but whose end Tune never reported: a Ctrl-C between a
+    trial's last result and its on_trial_complete leaves the trial TERMINATED (a --resume does
+    not run it again) and its MLflow run RUNNING for ever. They are ended FINISHED here."""
+    for t in getattr(results._experiment_analysis, "trials", None) or []:
+        if t.trial_id in stopped or t.status != "TERMINATED":
+            continue
+        run_id = _run_id(tracker, t.trial_id)
+        if run_id and tracker.client.get_run(run_id).info.status == "RUNNING":
+            last = t.last_result or {}
+            tracker.end_trial(run_id, "FINISHED", int(last.get("epoch", max_epochs)), max_epochs)
 
 
 def _interrupt_hook(after: int, marker: str | None):

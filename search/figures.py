@@ -6,8 +6,10 @@ figures rebuild an Optuna study (create_trial) with values that compare:
 - sensitivity (slices, importances, parallel coordinates, contour): every trial's validation AUC
   and ES-AUC at ONE common epoch that every non-failed trial reached (the ASHA grace period);
 - Pareto front: trials that trained every epoch, at their best validation epoch.
-The HTML files share one plotly.min.js in the same folder (include_plotlyjs="directory"): they
-open offline (a hospital network) without 4.7 MB per figure.
+The study rebuild (over the mode's own hyperparameters) and the importances are search.analysis's,
+the same as `python -m search.analysis` prints. The HTML files share one plotly.min.js in the same
+folder (include_plotlyjs="directory"): they open offline (a hospital network) without 4.7 MB per
+figure.
 """
 from __future__ import annotations
 
@@ -15,47 +17,15 @@ import math
 import warnings
 from pathlib import Path
 
+from search.analysis import importances, rebuild_study   # the one rebuild and importances
+
 OBJ = ("auc", "es_auc")
-
-
-def _study(points: list[tuple[dict, tuple[float, float]]], mode: str = "full"):
-    """An Optuna study over the mode's OWN searched hyperparameters (search.space): a trial
-    carries exactly those (e.g. --mode ogm_ge: ogm_alpha only)."""
-    import optuna
-
-    from search.space import hyperparameters, optuna_distributions
-
-    study = optuna.create_study(directions=["maximize", "maximize"], study_name="rebuilt")
-    names = hyperparameters(mode)
-    dists = optuna_distributions(names)
-    for t, values in points:
-        params = {k: t["params"][k] for k in names}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
-                                                  values=list(values),
-                                                  user_attrs={"trial_id": t["trial_id"]}))
-    return study
 
 
 def common_epoch_points(trials: list[dict], epoch: int):
     return [(t, t["curve"][epoch]) for t in trials
             if t["status"] != "FAILED" and epoch in t["curve"]
             and all(math.isfinite(v) for v in t["curve"][epoch])]
-
-
-def importances(study, index: int) -> dict[str, dict[str, float] | str]:
-    """fANOVA and PED-ANOVA for objective `index`. PED-ANOVA ranks for LOW target values, hence
-    the sign flip of a maximised metric (stack.md)."""
-    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
-
-    out = {}
-    for name, evaluator, sign in (("fanova", FanovaImportanceEvaluator(seed=0), 1),
-                                  ("ped_anova", PedAnovaImportanceEvaluator(), -1)):
-        try:
-            out[name] = dict(get_param_importances(study, evaluator=evaluator,
-                                                   target=lambda t, i=index, s=sign: s * t.values[i]))
-        except (ValueError, RuntimeError, ZeroDivisionError) as exc:   # too few trials
-            out[name] = f"not computable: {exc}"
-    return out
 
 
 def _save(name: str, plotly_fig, mpl_axes, out: Path, written: list[Path]) -> None:
@@ -88,14 +58,14 @@ def search_figures(trials: list[dict], full: list[dict], epoch: int, out: Path, 
     warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if len(full) >= 1:
-        front = _study([(t, (t["val"]["auc"], t["val"]["es_auc"])) for t in full], mode)
+        front = rebuild_study([(t, (t["val"]["auc"], t["val"]["es_auc"])) for t in full], mode)
         names = ["val AUC (best epoch)", "val ES-AUC (best epoch)"]
         _save("pareto_front", pv.plot_pareto_front(front, target_names=names),
               pm.plot_pareto_front(front, target_names=names), out, written)
     points = common_epoch_points(trials, epoch)
     if len(points) < 2:
         return result
-    study = _study(points, mode)
+    study = rebuild_study(points, mode)
     for i, key in enumerate(OBJ):
         label = f"val {key.upper().replace('_', '-')} at epoch {epoch}"
         target = lambda t, i=i: t.values[i]   # noqa: E731

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 from ray.tune.search.optuna import OptunaSearch
 
+from search.study import METRIC
+
 OBJECTIVES = ("es_auc", "pareto", "constrained")
-STOP_METRIC = "es_auc"
+STOP_METRIC = METRIC   # what the schedulers stop on (search.study.METRIC)
 
 
 class WarmOptunaSearch(OptunaSearch):

@@ -7,7 +7,7 @@ import time
 
 from ray.tune import Callback
 
-from search.trainable import METRIC
+from search.study import METRIC
 
 
 class ProgressCallback(Callback):

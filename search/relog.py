@@ -35,8 +35,7 @@ def relog(study_dir: str | Path, tracking_uri: str, experiment: str | None = Non
     fs, path = S.study_fs(study_dir, filesystem)
     study = S.read_study(path, fs)
     search = study["search"]
-    base, sep, query = search["storage_path"].partition("?")
-    recorded = f"{base.rstrip('/')}/{search['name']}{sep}{query}"   # runs are tagged with it
+    recorded = S.stage_path(search["storage_path"], search["name"])   # runs are tagged with it
     check_tracking_uri(tracking_uri)
     local = isinstance(fs, pyarrow.fs.LocalFileSystem)
     results = Path(path).parent if local else Path("multifair-results").resolve()

@@ -92,9 +92,9 @@ class SearchConfig:
 
     @property
     def study_dir(self) -> str:
-        # s3://bucket/p?endpoint_override=...: the study folder goes before the query options
-        base, sep, query = self.storage_path.partition("?")
-        return f"{base.rstrip('/')}/{self.name}{sep}{query}"
+        from search.study import stage_path
+
+        return stage_path(self.storage_path, self.name)
 
 
 class BadFlag(ValueError):
@@ -434,20 +434,16 @@ def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor, timings: d
     """The Optuna/ASHA Tune run (new or resumed); returns Tune's ResultGrid and the tracker
     (a resumed study's own). `timings` receives the MLflow callback's seconds and when each trial
     was started (benchmarks/search_vs_optuna.py)."""
-    from ray import tune
-
     from search import study
-    from search.trainable import train_trial
+    from search.tuning import make_tuner, tracking_callback
 
-    trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup),
-                                    {"cpu": scfg.cpus_per_trial, "gpu": scfg.gpus_per_trial})
     if scfg.resume:
         print(f"[search] resuming {scfg.study_dir}", flush=True)
         from search.resume import repair_stale_checkpoints
 
         repair_stale_checkpoints(scfg.study_dir)   # a killed driver's snapshot can lag its trials
-        tuner = tune.Tuner.restore(scfg.study_dir, trainable, resume_errored=True)
-        callback = _find_callback(tuner)   # the study's own tracker (same store, same parent run)
+        tuner = make_tuner(scfg, setup, scfg.name, restore=True)
+        callback = tracking_callback(tuner)   # the study's own tracker (same store, same parent run)
         tracker = callback.tracker if callback else tracker
     clock = time.perf_counter()
     if tracker is not None:
@@ -464,18 +460,16 @@ def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor, timings: d
 
     slots = max_concurrent(scfg)
     if not scfg.resume:
-        tuner = _new_tuner(scfg, setup, trainable, tracker, auc_floor, slots)
+        tuner = _new_tuner(scfg, setup, tracker, auc_floor, slots)
     if timings is not None:
         timings["tune_started"] = time.time()
     with reserved(scfg, slots):   # the autoscaler starts every slot's node now, not one at a time
         results = tuner.fit()
-    logger = _find_callback(tuner)
+    logger = tracking_callback(tuner)
     if logger is not None and logger.gave_up:
         tracker = None   # MLflow still down after the flush (one line said so): the study ends without it
     if scfg.resume and tracker is not None:
-        from pathlib import PurePosixPath
-
-        held = {PurePosixPath(r.path.split("?")[0]).name.removeprefix("trial_") for r in results}
+        held = {study.trial_id_of(r.path) for r in results}
         lost = tracker.close_lost_trials(held)
         if lost:
             print(f"[search] resume: trial(s) {', '.join(lost)} had started after the killed "
@@ -492,43 +486,20 @@ def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor, timings: d
     return results, tracker
 
 
-def _new_tuner(scfg, setup, trainable, tracker, auc_floor, slots: int):
-    from ray import tune
-
+def _new_tuner(scfg, setup, tracker, auc_floor, slots: int):
     from search import objectives, study
     from search.progress import ProgressCallback
     from search.space import param_space
-    from search.tracking import MLflowTrialCallback, git_commit
-    from search.trainable import trial_dirname
-
     from search.storage import ResumeStatePruner
+    from search.tracking import MLflowTrialCallback, git_commit
+    from search.tuning import make_tuner
 
     callbacks = [ProgressCallback(scfg.max_epochs), ResumeStatePruner()]   # ended trials: best model only
     if tracker is not None:
         tags = study.study_tags(scfg.to_dict(), git_commit())
         callbacks.append(MLflowTrialCallback(tracker, scfg.max_epochs, tags, setup["base"],
                                              unlogged_dir=str(scfg.results_dir)))
-    return tune.Tuner(
-        trainable, param_space=param_space(scfg.mode),
-        tune_config=tune.TuneConfig(**objectives.tune_metric(scfg),
-                                    search_alg=objectives.make_searcher(scfg, auc_floor),
-                                    scheduler=objectives.make_scheduler(scfg), num_samples=scfg.num_samples,
-                                    max_concurrent_trials=slots,
-                                    trial_dirname_creator=trial_dirname, reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=scfg.name, storage_path=scfg.storage_path, callbacks=callbacks, verbose=scfg.verbose,
-            failure_config=tune.FailureConfig(max_failures=scfg.max_failures),
-            # The two most recent checkpoints: every checkpoint holds the best epoch's weights so
-            # far (trainer BEST_FILE), and a SIGKILLed driver's snapshot may name the one before
-            # the latest. Keeping by score instead deleted exactly that one (seen on S3).
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
-
-
-def _find_callback(tuner):
-    from search.tracking import MLflowTrialCallback
-
-    run_config = tuner._local_tuner.get_run_config()
-    for cb in run_config.callbacks or []:
-        if isinstance(cb, MLflowTrialCallback):
-            return cb
-    return None
+    return make_tuner(scfg, setup, scfg.name, restore=False, slots=slots, param_space=param_space(scfg.mode),
+                      callbacks=callbacks, verbose=scfg.verbose, **objectives.tune_metric(scfg),
+                      search_alg=objectives.make_searcher(scfg, auc_floor),
+                      scheduler=objectives.make_scheduler(scfg), num_samples=scfg.num_samples)

@@ -22,6 +22,21 @@ STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}   # others: interrupted -
 REMOTE = ("s3://", "gs://")
 
 
+# -- paths and trial ids: the one place they are built and parsed --------------------------------
+def stage_path(storage_path: str, name: str) -> str:
+    """`<storage-path>/<name>`: a study's (or a stage's: `<study>-confirm`) Tune folder. An
+    s3:// storage path's query options (?endpoint_override=...) stay at the end, after the folder."""
+    base, sep, query = str(storage_path).partition("?")
+    return f"{base.rstrip('/')}/{name}{sep}{query}"
+
+
+def trial_id_of(path) -> str:
+    """The Tune trial id of a trial folder (`.../trial_<id>`, search.trainable.trial_dirname):
+    local or s3:// (a ?query dropped), with or without a trailing slash."""
+    name = str(path).partition("?")[0].rstrip("/").rsplit("/", 1)[-1]
+    return name.removeprefix("trial_")
+
+
 # -- files ----------------------------------------------------------------------------------
 def _fs(study_dir: str):
     import pyarrow.fs
@@ -87,7 +102,7 @@ def read_study(study_dir: str, filesystem=None) -> dict:
 def local_dir(search: dict) -> Path:
     """Local folder for figures and the report: the study folder, or a mirror of its name under
     the local results folder when the study lives in object storage."""
-    study_dir = f"{search['storage_path'].rstrip('/')}/{search['name']}"
+    study_dir = stage_path(search["storage_path"], search["name"])
     local = Path("multifair-results").resolve() / search["name"] if study_dir.startswith(REMOTE) \
         else Path(study_dir)
     local.mkdir(parents=True, exist_ok=True)   # a study on s3:// has no local folder yet
@@ -168,8 +183,7 @@ def read_trials(study_dir, filesystem=None) -> list[dict]:
             continue
         rows = [json.loads(line) for line in _text(fs, f"{folder}/result.json").splitlines()
                 if line.strip()] if "result.json" in found else []
-        name = folder.rstrip("/").rsplit("/", 1)[-1]
-        trial_id = rows[0]["trial_id"] if rows else name.removeprefix("trial_")
+        trial_id = rows[0]["trial_id"] if rows else trial_id_of(folder)
         status = statuses.get(trial_id, "ERROR" if "error.txt" in found else "UNKNOWN")
         trials.append({"trial_id": trial_id, "config": json.loads(_text(fs, f"{folder}/params.json")),
                        "results": rows, "tune_status": status, "path": folder})

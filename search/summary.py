@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from search import study
 from search.space import RANGES
@@ -49,7 +48,7 @@ def trials_from_results(results) -> list[dict]:
     tune_status = {t.trial_id: t.status for t in getattr(results._experiment_analysis, "trials", [])}
     out = []
     for r in results:
-        trial_id = Path(r.path).name.removeprefix("trial_")
+        trial_id = study.trial_id_of(r.path)
         df = r.metrics_dataframe   # None for a trial that never reported
         rows = df.to_dict("records") if df is not None and len(df) else []
         status = tune_status.get(trial_id, "ERROR" if r.error else "TERMINATED")

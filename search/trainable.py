@@ -18,13 +18,12 @@ import time
 from pathlib import Path
 
 from search.space import RANGES
+from search.study import METRIC  # noqa: F401  (owned by search.study; an alias for old importers)
+
 
 def trial_dirname(trial) -> str:
     """Short trial folder names (Tune's default spells out the whole config)."""
     return f"trial_{trial.trial_id}"
-
-
-METRIC = "es_auc"   # a plain top-level key: what ASHA and Optuna read
 
 
 class DeliberateTrialFailure(RuntimeError):

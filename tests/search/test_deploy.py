@@ -78,6 +78,40 @@ def test_pareto_confirmation_paired_test_and_champion(decided):
     assert "Pareto front" in report and "paired" in report and label in report and "Holm p" in report
 
 
+def test_analysis_uses_only_the_search_trials_and_names_the_decision(decided, tmp_path, capsys):
+    """python -m search.analysis on a study with a confirmation: importances from the search's 3
+    trials only (the confirmation's re-runs, plain fusion among them, are left out), and the
+    deployment line names what the decision deployed, from MLflow and from the results folder."""
+    import json
+
+    from search.analysis import main
+    from search.space import hyperparameters
+
+    scfg, outcome = decided
+    conf = outcome.decision["confirmation"]
+    label = conf["choice"]["label"]
+    for source in (["--tracking-uri", scfg.tracking_uri, "--experiment", scfg.experiment],
+                   ["--results", scfg.study_dir]):
+        out = tmp_path / "analysis.json"
+        assert main([*source, "--policy", "common", "--epoch", "1", "--json", str(out)]) == 0
+        printed = capsys.readouterr().out
+        data = json.loads(out.read_text())
+        assert data["n_trials"] == data["n_used"] == scfg.num_samples == 3, printed
+        assert printed.startswith("3 trials, 3 used")
+        fanova = data["importance"]["fanova"]
+        assert isinstance(fanova, dict) and set(fanova) == set(hyperparameters(scfg.mode))
+        dep = data["deployment"]
+        assert dep["source"] == "decision.json" and dep["label"] == label
+        assert dep["params"] == conf["candidates"][label]
+        assert dep["stats"]["es_auc"] == pytest.approx(conf["stats"][label]["es_auc"])
+        shown = "plain fusion" if label == "baseline" else label
+        assert f"deployment: {shown} (the study's decision" in printed
+    # --register never registers a second pick over the decision's champion
+    assert main(["--tracking-uri", scfg.tracking_uri, "--experiment", scfg.experiment,
+                 "--register", "multifair-test", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["registered"] == outcome.decision["registered"]
+
+
 def test_relog_rebuilds_the_confirmation_runs_as_the_live_search_logged_them(decided, tmp_path):
     """A store that lost the study (or never had it: --no-tracking, a cluster without the
     server) gets the confirmation runs back from the results folders: the same names, tags,

@@ -15,6 +15,20 @@ from tests.search.conftest import REPO, subprocess_env
 from tests.search.test_tracking import free_port
 
 
+# -- study paths and trial ids: one function each (search.study) -----------------------------
+def test_stage_paths_keep_the_s3_query_and_trial_ids_parse_from_any_path():
+    from search.study import stage_path, trial_id_of
+
+    q = "?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert stage_path(f"s3://b/runs/{q}", "s-confirm") == f"s3://b/runs/s-confirm{q}"
+    assert stage_path("s3://b/runs", "s") == "s3://b/runs/s"
+    assert stage_path("/tmp/r/", "s") == "/tmp/r/s"
+    for path in ("/tmp/r/s/trial_ab12_00003", "/tmp/r/s/trial_ab12_00003/",
+                 f"s3://b/runs/s/trial_ab12_00003{q}", "ab12_00003"):
+        assert trial_id_of(path) == "ab12_00003", path
+    assert trial_id_of(Path("/tmp/r/s/trial_ab12_00003")) == "ab12_00003"
+
+
 # -- resume state deleted when a trial ends ----------------------------------------------------
 @pytest.mark.slow
 def test_ended_trials_keep_the_best_model_and_lose_the_resume_state(ray_session, search_config, tmp_path):
