@@ -55,7 +55,7 @@ def _watch(driver_pid: int, interval: float = 1.0) -> list[int]:
 
 def kill_recorded(seen: dict[int, float]) -> list[int]:
     """SIGKILL each recorded process still running (pid -> create_time: a reused pid is not
-    the same process and is left alone); returns the pids killed."""
+    the same process and is left alone) and wait until they are gone; returns the pids killed."""
     import psutil
 
     killed = []
@@ -64,10 +64,11 @@ def kill_recorded(seen: dict[int, float]) -> list[int]:
             proc = psutil.Process(pid)
             if proc.create_time() == created:
                 proc.kill()
-                killed.append(pid)
+                killed.append(proc)
         except psutil.Error:
             pass
-    return killed
+    psutil.wait_procs(killed, timeout=10)   # gone (or a zombie for its parent), not merely signalled
+    return [proc.pid for proc in killed]
 
 
 if __name__ == "__main__":

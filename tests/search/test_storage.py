@@ -263,7 +263,7 @@ def test_fairvlmed_search_registers_a_champion_with_a_note_signature(ray_session
     scfg = SearchConfig(dataset="fairvlmed", attribute="gender", preset="tiny", data_root="",
                         synthetic_sizes=(64, 32, 32), sets=["batch_size=4"], num_samples=2,
                         max_epochs=2, grace_period=2, max_concurrent=2, cpus_per_trial=1,
-                        finalists=1, confirm_seeds=1, storage_path=str(tmp_path / "results"),
+                        finalists=1, confirm_seeds=2, storage_path=str(tmp_path / "results"),
                         tracking_uri=uri, figures=False, verbose=0, register_name="mf-fairvlmed-test")
     outcome = run_search(scfg)
     registered = outcome.decision["registered"]
