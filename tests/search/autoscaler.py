@@ -8,8 +8,9 @@ The head is `ray start --head --autoscaling-config=...` with 0 CPUs, run under `
 RAY_FAKE_CLUSTER=1, every socket on 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), a private
 RAY_TMPDIR and a private token file. Stopping is by process: every descendant of the head's
 session (gcs_server, raylet, the autoscaler monitor and the raylets it started, their agents) is
-recorded with psutil while the cluster runs and SIGKILLed at the end. Never `ray stop`, never
-`ray.cluster_utils.AutoscalingCluster` (it runs `ray stop --force`, every Ray on the machine).
+recorded with psutil while the cluster runs and SIGKILLed at the end: only this cluster's
+processes. Not Ray's stop command nor `ray.cluster_utils.AutoscalingCluster` (which calls that
+command): both stop every Ray on the machine.
 """
 from __future__ import annotations
 
