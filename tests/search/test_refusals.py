@@ -49,18 +49,23 @@ def test_unreachable_s3_storage_is_one_line_naming_the_path(data_root, tmp_path,
     assert "Traceback" not in err
 
 
+
+def assert_refused(out, tmp_path, expected: str) -> None:
+    """Exit 2, exactly one error line (the expected one), no traceback, no trial started."""
+    assert out.returncode == 2, out.stderr[-3000:]
+    line, = error_lines(out.stderr)
+    assert line == expected, line
+    assert "Traceback" not in out.stderr and no_trial_started(tmp_path)
+
 @pytest.mark.slow
 def test_local_gpu_trial_on_a_machine_without_gpu_is_refused_not_pending(data_root, cache_dir, tmp_path):
     env = subprocess_env()
     env.pop("RAY_ADDRESS", None)
     out = run_driver(tiny_args(data_root, tmp_path, "--local", "--num-cpus", "1", "--num-gpus", "0",
                                "--gpus-per-trial", "1"), env, tmp_path)
-    assert out.returncode == 2, out.stderr[-3000:]
-    line, = error_lines(out.stderr)
-    assert line == ("error: --cpus-per-trial 1 --gpus-per-trial 1: this machine's embedded Ray has CPU 1, "
-                    "GPU 0, which cannot hold one trial: pass --gpus-per-trial 0 to train on this "
-                    "machine's CPU, or run on a cluster with GPUs"), line
-    assert "Traceback" not in out.stderr and no_trial_started(tmp_path)
+    assert_refused(out, tmp_path, "error: --cpus-per-trial 1 --gpus-per-trial 1: this machine's embedded "
+                   "Ray has CPU 1, GPU 0, which cannot hold one trial: pass --gpus-per-trial 0 to train "
+                   "on this machine's CPU, or run on a cluster with GPUs")
 
 
 @pytest.mark.slow
@@ -69,9 +74,6 @@ def test_gpu_trial_on_an_attached_cluster_without_gpu_or_autoscaler_is_refused(d
     with LocalCluster({"head": {"num_cpus": 1}, "w1": {"num_cpus": 1}}) as cluster:
         out = run_driver(tiny_args(data_root, tmp_path, "--gpus-per-trial", "1", "--max-concurrent", "2"),
                          cluster.driver_env(), tmp_path)
-    assert out.returncode == 2, out.stderr[-3000:]
-    line, = error_lines(out.stderr)
-    assert line == ("error: --cpus-per-trial 1 --gpus-per-trial 1: no node of this Ray cluster (2 nodes "
-                    "of CPU 1, GPU 0) can hold one trial and no autoscaler runs that could add one: "
-                    "lower them or add such nodes"), line
-    assert "Traceback" not in out.stderr and no_trial_started(tmp_path)
+    assert_refused(out, tmp_path, "error: --cpus-per-trial 1 --gpus-per-trial 1: no node of this Ray "
+                   "cluster (2 nodes of CPU 1, GPU 0) can hold one trial and no autoscaler runs that "
+                   "could add one: lower them or add such nodes")
