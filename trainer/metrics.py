@@ -166,6 +166,21 @@ def evaluate_fairness(y_true, y_prob, groups, threshold: float = 0.5,
     }
 
 
+def auc_summary(y_true, y_prob, groups, group_names: Mapping[int, str] | None = None) -> dict:
+    """{"auc", "es_auc", "group_auc"} of a subset that may be empty or hold one class (the
+    missing-modality and shifted-site blocks): NaN where undefined, never an error. Same
+    definitions as evaluate_fairness (unknown group -1 excluded)."""
+    y, p, g = (_to_numpy(a, n) for a, n in ((y_true, "y_true"), (y_prob, "y_prob"),
+                                            (groups, "groups")))
+    known = y[g != UNKNOWN_GROUP]
+    if len(np.unique(known)) < 2:
+        names = group_names.values() if group_names is not None else \
+            [str(c) for c in np.unique(g[g != UNKNOWN_GROUP])]
+        return {"auc": math.nan, "es_auc": math.nan, "group_auc": {n: math.nan for n in names}}
+    m = evaluate_fairness(y, p, g, group_names=group_names)
+    return {k: m[k] for k in ("auc", "es_auc", "group_auc")}
+
+
 # ----------------------------------------------------------------------------- bootstrap
 
 def _weighted_auc(weights: np.ndarray, y_sorted: np.ndarray, starts: np.ndarray,
