@@ -276,3 +276,38 @@ def test_shift_root_scores_the_other_sites_test_split(root, tmp_path, capsys):
                    "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "batch_size=16"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "nowhere" in err[0] and "shift_root" in err[0]
+
+
+# --- the known answer ----------------------------------------------------------------------------
+def test_known_answer_removing_the_informative_slo_drops_to_chance_the_oct_changes_nothing(
+        tmp_path_factory):
+    """Only the SLO carries the label (the OCT is rendered from a decoy label): a model trained
+    with modality dropout scores well; with the SLO removed from every test sample its score is
+    label-blind (AUC about 0.5: the null AUC's standard deviation at 600 test samples is about
+    0.025, so 0.08 is over 3 sd), with the OCT removed it hardly moves. A small CNN for the SLO:
+    the cup of a 32-pixel fundus is a few pixels wide, which the tiny ViT learns far slower."""
+    root = synthesize("fairvision", tmp_path_factory.mktemp("slo_only") / "fairvision",
+                      n_train=256, n_val=64, n_test=600, seed=7, informative=("slo",))
+    cfg = make_config("fairvision", "race", preset="tiny", data_root=str(root),
+                      cache_dir=str(root.parent / "cache"), mode="modality_dropout", epochs=4,
+                      batch_size=16, bootstrap=0, device="cpu", slo_encoder="test_resnet",
+                      select_metric="auc")
+    res = fit(cfg, progress=False)
+    point, missing = res["test"]["point"], res["test"]["missing"]
+    assert point["auc"] > 0.72
+    assert abs(missing["slo"]["removed"]["auc"] - 0.5) < 0.08
+    assert abs(missing["oct"]["removed"]["auc"] - point["auc"]) < 0.02
+    assert point["reliance"]["slo"]["auc"] > 0.15 > abs(point["reliance"]["oct"]["auc"])
+
+
+def test_auc_summary_agrees_with_evaluate_fairness_and_sklearn():
+    from trainer.metrics import auc_summary, evaluate_fairness
+    rng = np.random.default_rng(0)
+    y, p, g = rng.integers(0, 2, 300), rng.random(300), rng.integers(-1, 3, 300)
+    names = {0: "a", 1: "b", 2: "c"}
+    s, e = auc_summary(y, p, g, names), evaluate_fairness(y, p, g, group_names=names)
+    assert (s["auc"], s["es_auc"], s["group_auc"]) == (e["auc"], e["es_auc"], e["group_auc"])
+    one = g == 1                                   # one group: es_auc = auc / (1 + 0)
+    assert auc_summary(y[one], p[one], g[one], names)["es_auc"] == roc_auc_score(y[one], p[one])
+    empty = auc_summary(y[:0], p[:0], g[:0], names)
+    assert math.isnan(empty["auc"]) and math.isnan(empty["es_auc"]) and len(empty["group_auc"]) == 3
