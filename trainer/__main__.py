@@ -130,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     _ceiling_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "synthesize":
-        return synthetic.run(args) or 0
+        try:
+            return synthetic.run(args) or 0
+        except ValueError as exc:   # a bad flag value: one line naming it
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.command == "ceiling":
         from trainer.data.ideal import run_ceiling
         try:

@@ -245,3 +245,121 @@ def test_prepared_shards_round_trip_presence(holes, make_cfg, tmp_path, with_pre
         assert all(torch.equal(x, y) for x, y in zip(a.get_batch(rows)["present"].values(),
                                                       b.get_batch(rows)["present"].values()))
         assert torch.equal(a.get_batch(rows)["oct"], b.get_batch(rows)["oct"])
+
+
+# ----------------------------------------------------------------------------- the generator
+
+# Written out here from docs/data.md (not imported), so a changed factor fails a test.
+RACE_FACTORS, RACE_SHARE = np.array([1.5, 2.0, 0.8]), np.array([0.085, 0.149, 0.766])
+
+
+def _absent_keys(root, split, key):
+    return np.array([not _has(f, key) for f in _files(root, split)])
+
+
+def _within_binomial(k, n, p, sds=4.0):
+    return abs(k - n * p) <= sds * np.sqrt(n * p * (1 - p)) + 1
+
+
+def test_missing_rates_match_the_request(fresh_dataset):
+    root = fresh_dataset(n_train=300, n_val=150, n_test=150, seed=21, missing="slo=0.3,oct=0.1")
+    for split in SPLITS:
+        for key, rate in (("slo_fundus", 0.3), ("oct_bscans", 0.1)):
+            absent = _absent_keys(root, split, key)
+            assert _within_binomial(absent.sum(), len(absent), rate), (split, key, absent.mean())
+        previews = sorted(p.stem[4:] for p in _files(root, split)[0].parent.glob("slo_*.jpg"))
+        assert previews == [f.stem[5:] for f in _files(root, split) if _has(f, "slo_fundus")]
+
+
+def test_missing_by_race_follows_the_documented_factors(fresh_dataset):
+    root = fresh_dataset(n_train=400, n_val=200, n_test=200, seed=11, missing="oct=0.3",
+                         missing_by="race")
+    want = 0.3 * RACE_FACTORS / (RACE_SHARE @ RACE_FACTORS)     # ~ (0.43, 0.58, 0.23)
+    absent = np.concatenate([_absent_keys(root, s, "oct_bscans") for s in SPLITS])
+    race = np.concatenate([[int(np.load(f)["race"]) for f in _files(root, s)] for s in SPLITS])
+    for code in range(3):
+        lack = absent[race == code]
+        assert _within_binomial(lack.sum(), len(lack), want[code]), (code, lack.mean())
+    assert absent[race == 1].mean() > 2 * absent[race == 2].mean()
+    assert _within_binomial(absent.sum(), len(absent), RACE_SHARE @ want)   # the mean rate kept
+
+
+@pytest.mark.parametrize("by,factors,shares", [
+    ("race", RACE_FACTORS, RACE_SHARE), ("gender", np.array([1.25, 0.75]), np.array([0.57, 0.43]))])
+def test_group_rates_at_scale(by, factors, shares):
+    from trainer.data import acquisition
+    from trainer.data.synthetic import synthesize_metadata
+
+    meta = synthesize_metadata("fairvision", 200_000, seed=5)
+    absent = acquisition.draw_absent(5, 0, meta, {"oct": 0.2}, by,
+                                     acquisition.site_profile("fairvision", "default"))["oct"]
+    want = 0.2 * factors / (shares @ factors)
+    got = np.array([absent[meta[by] == g].mean() for g in range(len(factors))])
+    assert np.allclose(got, want, atol=0.01) and abs(absent.mean() - 0.2) < 0.004
+
+
+def test_missing_only_leaves_keys_out(fresh_dataset):
+    """The same dataset as without --missing, but for the keys left out (and the CSV's blank
+    notes): the draws of every other part are untouched."""
+    full = fresh_dataset(layout="fairvlmed", n_train=30, n_val=10, n_test=10, seed=6)
+    holed = fresh_dataset(layout="fairvlmed", n_train=30, n_val=10, n_test=10, seed=6,
+                          missing="note=0.4,slo=0.2")
+    files = sorted(full.rglob("data_*.npz"))
+    lost = []
+    for f in files:
+        a, b = np.load(f), np.load(holed / f.relative_to(full))
+        assert all(np.array_equal(a[k], b[k]) for k in b.files)
+        lost.append(set(a.files) - set(b.files))
+    assert {frozenset(k) for k in lost} == {frozenset(), frozenset({"slo_fundus"}),
+                                           frozenset({"note", "note_extra"}),
+                                           frozenset({"slo_fundus", "note", "note_extra"})}
+    import csv
+
+    with open(holed / "data_summary.csv") as fh:
+        blank = {r["filename"] for r in csv.DictReader(fh) if not r["gpt4_summary"]}
+    assert blank == {f.name for f in holed.rglob("data_*.npz") if not _has(f, "note")}
+    with open(holed / "ideal_reader.csv") as fh:
+        side = {r["filename"]: r for r in csv.DictReader(fh)}
+    assert {n for n, r in side.items() if r["present_note"] == "0"} == blank
+
+
+def test_generated_missing_notes_reach_the_loader_as_absent(fresh_dataset, make_cfg):
+    root = fresh_dataset(layout="fairvlmed", n_train=40, n_val=30, n_test=30, seed=2,
+                         missing="note=0.3")
+    for source in ("note", "gpt4_summary"):
+        ds = build_datasets(make_cfg("fairvlmed", root, note_source=source))
+        for split, folder in (("train", "Training"), ("test", "Test")):
+            files = sorted((root / folder).glob("data_*.npz"))
+            want = [_has(f, "note") for f in files]
+            assert ds[split].present["note"].tolist() == want
+
+
+def test_generator_is_deterministic_with_missing(fresh_dataset):
+    kw = dict(n_train=12, n_val=6, n_test=6, seed=9, missing="oct=0.3", missing_by="gender")
+    a, b = fresh_dataset(**kw), fresh_dataset(**kw)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--missing", "xyz=0.3"], "--missing xyz=0.3: unknown modality 'xyz'; choose from slo, oct"),
+    (["--missing", "note=0.3"], "--missing note=0.3: unknown modality 'note'"),
+    (["--missing", "slo=1"], "--missing slo=1: rate 1 outside [0, 1)"),
+    (["--missing", "oct=-0.1"], "--missing oct=-0.1: rate -0.1 outside [0, 1)"),
+    (["--missing", "oct0.1"], "--missing oct0.1: expected modality=rate"),
+    (["--missing", "oct=many"], "--missing oct=many: rate 'many' is not a number"),
+    (["--missing", "oct=0.6", "--missing-by", "race"],
+     "--missing oct=0.6 with --missing-by race: group code 1 would have rate 1.16 >= 1"),
+    (["--missing-by", "race"], "--missing-by race: needs --missing"),
+    (["--missing", "oct=0.9", "--n-train", "4", "--n-val", "2", "--n-test", "2"],
+     "--missing oct=0.9: leaves 'oct' absent in every sample of split 'train' (4 samples)"),
+])
+def test_bad_missing_spec_is_one_line_naming_flag_and_value(tmp_path, capsys, flags, message):
+    from trainer.__main__ import main
+
+    out = tmp_path / "d"
+    argv = ["synthesize", "--layout", "fairvision", "--out", str(out), "--n-train", "6",
+            "--n-val", "4", "--n-test", "4", *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: " + message), err

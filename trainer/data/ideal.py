@@ -36,6 +36,7 @@ from scipy.stats import norm, rankdata
 
 from trainer.config import ATTRIBUTES, canonical_attribute
 from trainer.data import generative as gen
+from trainer.data.acquisition import site_profile
 from trainer.jsonout import dumps
 
 SIDE_FILE = "ideal_reader.csv"
@@ -46,9 +47,9 @@ SEVERITY = _LO + (_HI - _LO) / 2 * (_NODES + 1)     # nodes on [0.4, 1]
 LOG_W = np.log(_WEIGHTS * ((_HI - _LO) / 2) / (_HI - _LO))   # Gauss weights * (b-a)/2 * 1/(b-a)
 
 
-def _oct_loglik(rnfl: np.ndarray, layout: str, severity: np.ndarray) -> np.ndarray:
-    """log p(rnfl | s) for each sample (rows) and severity (columns), the group mixed out."""
-    prof = gen.PROFILES[layout]
+def _oct_loglik(rnfl: np.ndarray, prof: dict, severity: np.ndarray) -> np.ndarray:
+    """log p(rnfl | s) for each sample (rows) and severity (columns), the group mixed out with
+    the site's proportions `prof`."""
     r = rnfl[:, None]
     parts = []
     for race, p_race in enumerate(prof["race"]):
@@ -75,18 +76,22 @@ def _note_loglik(pos: np.ndarray, y: int) -> np.ndarray:
     return np.log(np.where(agree, 1 - gen.NOTE_LABEL_NOISE, gen.NOTE_LABEL_NOISE))[:, None]
 
 
-def evidence(layout: str, meta: dict, positive=None, modalities=("slo", "oct")) -> dict:
-    """Posterior log-odds of glaucoma per modality in `modalities` and combined ("all")."""
+def evidence(layout: str, meta: dict, positive=None, modalities=("slo", "oct"),
+             site: str = "default") -> dict:
+    """Posterior log-odds of glaucoma per modality in `modalities` and combined ("all"), for a
+    reader who knows the site's population (its group mix: acquisition.SITES) but not the
+    patient's group."""
     informative = set(np.asarray(meta.get("informative", gen.LABELLED)).tolist())
-    prior = gen.PROFILES[layout]["glaucoma"]
+    prof = site_profile(layout, site)
+    prior = prof["glaucoma"]
     zero = np.zeros((len(meta["glaucoma"]), 1))
     terms = {}   # modality -> (loglik at s-nodes given y=1, loglik given y=0 [s=0])
     for m in modalities:
         if m not in informative:
             terms[m] = (zero, zero)
         elif m == "oct":
-            terms[m] = (_oct_loglik(meta["rnfl"], layout, SEVERITY),
-                        _oct_loglik(meta["rnfl"], layout, np.zeros(1)))
+            terms[m] = (_oct_loglik(meta["rnfl"], prof, SEVERITY),
+                        _oct_loglik(meta["rnfl"], prof, np.zeros(1)))
         elif m == "slo":
             terms[m] = (_slo_loglik(meta["cdr"], SEVERITY), _slo_loglik(meta["cdr"], np.zeros(1)))
         else:
@@ -104,15 +109,20 @@ def evidence(layout: str, meta: dict, positive=None, modalities=("slo", "oct")) 
     return out
 
 
-def evidence_rows(layout, meta, texts, modalities, split_rows, split) -> list[dict]:
-    """Side-file rows of one split (filename from the written CSV rows, same order)."""
+def evidence_rows(layout, meta, texts, modalities, split_rows, split, site="default",
+                  absent=None) -> list[dict]:
+    """Side-file rows of one split (filename from the written CSV rows, same order); with
+    `absent` ({modality: bool}, from --missing) also `present_<m>` (1/0) per modality."""
     positive = texts["positive"] if texts is not None else None
-    ev = evidence(layout, meta, positive, tuple(modalities))
+    ev = evidence(layout, meta, positive, tuple(modalities), site)
     rows = []
     for i, row in enumerate(split_rows):
         rec = {"filename": row["filename"], "split": split, "glaucoma": int(meta["glaucoma"][i])}
         rec.update({a: int(meta[a][i]) for a in ATTRS})
         rec.update({f"evidence_{k}": f"{v[i]:.10g}" for k, v in ev.items()})
+        if absent is not None:
+            rec.update({f"present_{m}": int(not (m in absent and absent[m][i]))
+                        for m in modalities})
         rows.append(rec)
     return rows
 
