@@ -80,6 +80,8 @@ def _ceiling_parser(sub) -> None:
     p.add_argument("--attribute", default="race")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--out", help="JSON file (default <data-root>/ceiling_<attribute>_<split>.json)")
+    p.add_argument("--shift-root", help="another generated site (synthesize --site shifted): its "
+                   "ceiling too, under the JSON key 'shift'")
 
 
 def _run_fit(args) -> int:

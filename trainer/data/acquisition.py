@@ -12,7 +12,7 @@ labels are those of the same dataset without --missing; only keys are left out.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -124,6 +124,13 @@ def site_profile(layout: str, site: str) -> dict:
     if s.race is not None:
         prof["race"] = s.race
     return prof
+
+
+def describe_site(site: str) -> dict:
+    """The site's parameters, for its side file site.json and the docs."""
+    s = SITES[site]
+    return {"site": site, "scanner": asdict(s.scanner) if s.scanner else None,
+            "female": s.female, "race": list(s.race) if s.race else None}
 
 
 def resample(image: np.ndarray, shape) -> np.ndarray:

@@ -27,6 +27,7 @@ written modality and `evidence_all`.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from trainer.data.acquisition import site_profile
 from trainer.jsonout import dumps
 
 SIDE_FILE = "ideal_reader.csv"
+SITE_FILE = "site.json"     # beside a generated site's data (not the default): what was changed
 ATTRS = ("gender", "race", "ethnicity", "language", "maritalstatus")
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(96)
 _LO, _HI = gen.SEVERITY
@@ -149,7 +151,8 @@ def ceiling(data_root, attribute: str, split: str = "test") -> dict:
     rows = read_side_file(data_root, split)
     y = np.array([int(r["glaucoma"]) for r in rows])
     g = np.array([int(r[attribute]) for r in rows])
-    out = {"split": split, "attribute": attribute, "n": len(rows), "readers": {}}
+    out = {"split": split, "attribute": attribute, "n": len(rows), "site": site_of(data_root),
+           "readers": {}}
     for key in (k for k in rows[0] if k.startswith("evidence_")):
         ev = np.array([float(r[key]) for r in rows])
         score = rankdata(ev) / (len(ev) + 1)   # same order, no saturation of sigmoid(log-odds)
@@ -159,9 +162,15 @@ def ceiling(data_root, attribute: str, split: str = "test") -> dict:
     return out
 
 
+def site_of(data_root) -> str:
+    """The generated site of a data root: SITE_FILE's name, else "default"."""
+    path = Path(data_root) / SITE_FILE
+    return json.loads(path.read_text())["site"] if path.is_file() else "default"
+
+
 def format_ceiling(result: dict) -> str:
     lines = [f"ideal-reader ceiling on {result['split']} (n={result['n']}), "
-             f"attribute {result['attribute']}"]
+             f"attribute {result['attribute']}, site {result.get('site', 'default')}"]
     for name, m in result["readers"].items():
         groups = ", ".join(f"{g} {a:.3f}" for g, a in m["group_auc"].items())
         lines.append(f"  {name:>4}: AUC {m['auc']:.3f}  ES-AUC {m['es_auc']:.3f}  ({groups})")
@@ -169,9 +178,13 @@ def format_ceiling(result: dict) -> str:
 
 
 def run_ceiling(args) -> int:
-    """`python -m trainer ceiling`: print the table and write JSON (--out, default beside data)."""
+    """`python -m trainer ceiling`: print the table and write JSON (--out, default beside data);
+    with --shift-root, the other site's ceiling too (printed after, JSON key "shift")."""
     result = ceiling(args.data_root, args.attribute, args.split)
     print(format_ceiling(result))
+    if getattr(args, "shift_root", None):
+        result["shift"] = ceiling(args.shift_root, args.attribute, args.split)
+        print(format_ceiling(result["shift"]))
     default = Path(args.data_root) / f"ceiling_{result['attribute']}_{args.split}.json"
     out = Path(args.out or default)
     out.write_text(dumps(result, indent=2))   # strict JSON: undefined AUC -> null

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -362,6 +363,8 @@ def synthesize(layout: str, out, n_train: int = 240, n_val: int = 80, n_test: in
         first_id += counts[split]
     _write_csvs(layout, base, rows)
     _write_csv(out / ideal.SIDE_FILE, evidence)
+    if site != "default":   # the default site writes nothing new: byte-identical datasets
+        (out / ideal.SITE_FILE).write_text(json.dumps(acquisition.describe_site(site), indent=1))
     return out
 
 
