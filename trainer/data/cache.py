@@ -152,8 +152,9 @@ def _build(cfg, layout, root, files, targets: dict[str, Path], tokenizer) -> Non
             if "meta" in row:
                 labels[i], codes[i] = row["meta"]
             for m in writers:
-                writers[m][i], hashes[m][i] = row[m], row[f"hash:{m}"]
-                present[m][i] = row[f"present:{m}"]
+                hashes[m][i], present[m][i] = row[f"hash:{m}"], row[f"present:{m}"]
+                if present[m][i]:   # an absent row stays the new file's zeros (a sparse hole)
+                    writers[m][i] = row[m]
             if "slo" in row:
                 rgb[i] = row["rgb"]
             if "note" in row:
