@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict
 
-from trainer.data import build_datasets
+from trainer.data import acquisition, build_datasets
 from trainer.data.synthetic import add_arguments, run, synthesize, synthesize_metadata
 from trainer.models.text import TINY_VOCAB
 
@@ -139,7 +140,7 @@ def _images(root, key):
 def test_shifted_site_changes_contrast_noise_resolution(fresh_dataset, make_cfg):
     kw = dict(n_train=30, n_val=20, n_test=20, seed=8)
     same, other = fresh_dataset(**kw), fresh_dataset(**kw, site="shifted")
-    from trainer.data import build_datasets    # the same layout: the loaders read it as is
+    # the same layout: the loaders read it as is
     assert build_datasets(make_cfg("fairvision", other))["test"][0]["oct"].shape == (4, 32, 32)
     octs = {"same": _images(same, "oct_bscans"), "other": _images(other, "oct_bscans")}
     slos = {"same": _images(same, "slo_fundus"), "other": _images(other, "slo_fundus")}
@@ -169,3 +170,25 @@ def test_shifted_site_same_disease_other_population(fresh_dataset):
     race = np.array([int(np.load(f)["race"]) for f in root.rglob("data_*.npz")])
     share = np.bincount(race, minlength=3) / len(race)
     assert np.all(np.abs(share - (0.20, 0.35, 0.45)) < 4 * np.sqrt(0.25 / len(race)))
+
+
+def test_shift_overrides_and_their_errors(tmp_path, capsys):
+    from trainer.__main__ import main
+
+    base = ["synthesize", "--layout", "fairvision", "--n-train", "6", "--n-val", "4",
+            "--n-test", "4", "--seed", "3"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--site", "shifted",
+                 "--shift", "resolution=0.25,race=0.5/0.25/0.25"]) == 0
+    site = json.loads((tmp_path / "a" / "site.json").read_text())
+    assert site == {"site": "custom", "scanner": {"contrast": 0.6, "noise": 2.0,
+                                                  "resolution": 0.25},
+                    "female": 0.48, "race": [0.5, 0.25, 0.25]}
+    meta = synthesize_metadata("fairvision", 40_000, seed=1, site=acquisition.with_overrides(
+        "default", "race=0.5/0.25/0.25"))
+    assert np.allclose(np.bincount(meta["race"]) / 40_000, (0.5, 0.25, 0.25), atol=0.01)
+    for spec, why in (("contrast=0", "expected contrast, noise (> 0)"),
+                      ("resolution=2", "resolution (0, 1]"), ("race=0.5/0.5", "race=A/B/W"),
+                      ("noise=loud", "'loud' is not a number"), ("tilt=3", "expected")):
+        assert main([*base, "--out", str(tmp_path / "b"), "--shift", spec]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: --shift {spec}: ") and why in err[0]

@@ -101,23 +101,62 @@ class Scanner:
 
 @dataclass(frozen=True)
 class Site:
+    name: str
     scanner: Scanner | None        # None: the default rendering, unchanged bytes
     female: float | None = None    # group mix overrides (None: the layout's published mix)
     race: tuple | None = None
 
 
 SITES = {
-    "default": Site(None),
+    "default": Site("default", None),
     # Another hospital: an older, lower-contrast, noisier scanner at half the resolution, and a
     # population with many more Black and Asian patients and more men.
-    "shifted": Site(Scanner(contrast=0.6, noise=2.0, resolution=0.5), female=0.48,
+    "shifted": Site("shifted", Scanner(contrast=0.6, noise=2.0, resolution=0.5), female=0.48,
                     race=(0.20, 0.35, 0.45)),
 }
+_SCANNER_KEYS = ("contrast", "noise", "resolution")
 
 
-def site_profile(layout: str, site: str) -> dict:
+def resolve_site(site) -> Site:
+    """A Site from its name (SITES) or itself."""
+    if isinstance(site, Site):
+        return site
+    if site not in SITES:
+        raise ValueError(f"--site {site}: choose one of {', '.join(SITES)}")
+    return SITES[site]
+
+
+def with_overrides(site, spec: str) -> Site:
+    """`--shift contrast=0.5,noise=3,resolution=0.25,female=0.5,race=0.3/0.3/0.4` on top of
+    `site` (named "custom"); a bad item raises ValueError naming the flag and the value."""
+    base = resolve_site(site)
+    scanner, mix = asdict(base.scanner) if base.scanner else {}, {}
+    for item in (s.strip() for s in (spec or "").split(",") if s.strip()):
+        key, _sep, value = (x.strip() for x in item.partition("="))
+        try:
+            numbers = [float(v) for v in value.split("/")]
+        except ValueError:
+            raise ValueError(f"--shift {item}: {value!r} is not a number") from None
+        if key in _SCANNER_KEYS and len(numbers) == 1 and numbers[0] > 0 and \
+                (key != "resolution" or numbers[0] <= 1):
+            scanner[key] = numbers[0]
+        elif key == "female" and len(numbers) == 1 and 0 < numbers[0] < 1:
+            mix["female"] = numbers[0]
+        elif key == "race" and len(numbers) == 3 and min(numbers) > 0 and \
+                abs(sum(numbers) - 1) < 0.01:
+            mix["race"] = tuple(v / sum(numbers) for v in numbers)
+        else:
+            raise ValueError(f"--shift {item}: expected contrast, noise (> 0), resolution (0, 1], "
+                             f"female (0, 1) or race=A/B/W (3 shares summing to 1)")
+    if not spec or not spec.strip():
+        return base
+    return Site("custom", Scanner(**scanner) if scanner else base.scanner,
+                mix.get("female", base.female), mix.get("race", base.race))
+
+
+def site_profile(layout: str, site) -> dict:
     """The layout's PROFILES entry with the site's group mix."""
-    s = SITES[site]
+    s = resolve_site(site)
     prof = dict(PROFILES[layout])
     if s.female is not None:
         prof["female"] = s.female
@@ -126,10 +165,10 @@ def site_profile(layout: str, site: str) -> dict:
     return prof
 
 
-def describe_site(site: str) -> dict:
+def describe_site(site) -> dict:
     """The site's parameters, for its side file site.json and the docs."""
-    s = SITES[site]
-    return {"site": site, "scanner": asdict(s.scanner) if s.scanner else None,
+    s = resolve_site(site)
+    return {"site": s.name, "scanner": asdict(s.scanner) if s.scanner else None,
             "female": s.female, "race": list(s.race) if s.race else None}
 
 

@@ -79,7 +79,7 @@ def _note_loglik(pos: np.ndarray, y: int) -> np.ndarray:
 
 
 def evidence(layout: str, meta: dict, positive=None, modalities=("slo", "oct"),
-             site: str = "default") -> dict:
+             site="default") -> dict:
     """Posterior log-odds of glaucoma per modality in `modalities` and combined ("all"), for a
     reader who knows the site's population (its group mix: acquisition.SITES) but not the
     patient's group."""

@@ -44,7 +44,7 @@ SIZES = {  # (SLO shape, OCT shape): small default, --full-size
 
 
 def synthesize_metadata(layout: str, n: int, seed: int = 0,
-                        informative=LABELLED, site: str = "default") -> dict[str, np.ndarray]:
+                        informative=LABELLED, site="default") -> dict[str, np.ndarray]:
     """Demographics, labels and latent severities for n samples (no images), drawn from the
     generative model (trainer/data/generative.py).
 
@@ -260,13 +260,13 @@ class _Plan:
     mods: tuple
     full_size: bool
     race_encoding: str
-    site: str = "default"
+    site: acquisition.Site = SITES["default"]
     missing: tuple = ()            # ((modality, rate), ...) in the spec's order
     missing_by: str | None = None
 
     @property
     def scanner(self) -> Scanner | None:
-        return SITES[self.site].scanner
+        return self.site.scanner
 
 
 def _write_split(plan: _Plan, folder: Path, split, ids, meta, texts, rng, absent) -> list[dict]:
@@ -332,16 +332,17 @@ def synthesize(layout: str, out, n_train: int = 240, n_val: int = 80, n_test: in
                full_size: bool = False, seed: int = 0, modalities=None,
                split_style: str = "standard", race_encoding: str = "int",
                test_folder: str = "Test", informative=LABELLED, missing="",
-               missing_by: str | None = None, site: str = "default") -> Path:
+               missing_by: str | None = None, site="default", shift: str = "") -> Path:
     """Write a generated dataset in the released layout under `out`; returns `out`.
 
     `missing`: "slo=0.3,oct=0.1" (or a dict) of the share of samples without each modality,
     by group of `missing_by` ("race", "gender") as acquisition.MISSING_FACTORS says; `site`:
-    "default" or "shifted" (acquisition.SITES). Beside the data (never inside an npz) it writes
+    "default" or "shifted" (acquisition.SITES), `shift` overrides of its parameters
+    ("contrast=0.5,race=0.3/0.3/0.4"). Beside the data (never inside an npz) it writes
     `out/ideal_reader.csv`: each sample's ideal-reader evidence per modality and combined
     (trainer/data/ideal.py, docs/data.md), plus `present_<m>` columns when `missing` is given."""
     plan = _plan(layout, modalities, race_encoding, informative, full_size, missing, missing_by,
-                 site)
+                 acquisition.with_overrides(site, shift))
     out = Path(out)
     base = out / "Glaucoma" if layout == "fairvision" else out
     folders = _folders(split_style, test_folder)
@@ -350,7 +351,7 @@ def synthesize(layout: str, out, n_train: int = 240, n_val: int = 80, n_test: in
     for k, split in enumerate(SPLITS):
         rng = np.random.default_rng([seed, k])
         meta = synthesize_metadata(layout, counts[split], seed=int(rng.integers(2**31)),
-                                   informative=tuple(informative), site=site)
+                                   informative=tuple(informative), site=plan.site)
         absent = _absent(plan, seed, k, split, meta)
         texts = note_texts(rng, meta, layout) if "note" in plan.mods or layout == "fairvlmed" \
             else None
@@ -358,13 +359,14 @@ def synthesize(layout: str, out, n_train: int = 240, n_val: int = 80, n_test: in
         split_rows = _write_split(plan, base / folders[split], split, ids, meta, texts, rng,
                                   absent)
         evidence += ideal.evidence_rows(layout, meta, texts, plan.mods, split_rows, split,
-                                        site=site, absent=absent if plan.missing else None)
+                                        site=plan.site, absent=absent if plan.missing else None)
         rows += split_rows
         first_id += counts[split]
     _write_csvs(layout, base, rows)
     _write_csv(out / ideal.SIDE_FILE, evidence)
-    if site != "default":   # the default site writes nothing new: byte-identical datasets
-        (out / ideal.SITE_FILE).write_text(json.dumps(acquisition.describe_site(site), indent=1))
+    if plan.site != SITES["default"]:   # the default site writes nothing new: same bytes
+        (out / ideal.SITE_FILE).write_text(json.dumps(acquisition.describe_site(plan.site),
+                                                      indent=1))
     return out
 
 
@@ -381,8 +383,6 @@ def _plan(layout, modalities, race_encoding, informative, full_size, missing, mi
     bad = set(informative) - set(LABELLED)
     if bad:
         raise ValueError(f"informative={tuple(informative)!r}: choose from {', '.join(LABELLED)}")
-    if site not in SITES:
-        raise ValueError(f"--site {site}: choose one of {', '.join(SITES)}")
     rates = dict(missing) if isinstance(missing, dict) else \
         acquisition.parse_missing(missing, mods)
     for m, rate in rates.items():   # a dict from Python: the same checks as the flag's text
@@ -447,6 +447,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", default="default", choices=sorted(SITES),
                         help="shifted: another hospital's scanner (contrast, noise, resolution) "
                              "and group mix; same disease (docs/data.md)")
+    parser.add_argument("--shift", default="", metavar="KEY=VALUE,...",
+                        help="override the site's contrast, noise, resolution, female, "
+                             "race=A/B/W, e.g. resolution=0.25,race=0.3/0.3/0.4")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -456,6 +459,7 @@ def run(args: argparse.Namespace) -> int:
                      modalities=mods, split_style=args.split_style,
                      race_encoding=args.race_encoding, test_folder=args.test_folder,
                      informative=tuple(m for m in args.informative.split(",") if m),
-                     missing=args.missing, missing_by=args.missing_by, site=args.site)
+                     missing=args.missing, missing_by=args.missing_by, site=args.site,
+                     shift=args.shift)
     print(f"wrote {args.layout} ({args.n_train}/{args.n_val}/{args.n_test}) to {out}")
     return 0
