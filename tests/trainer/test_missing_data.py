@@ -321,6 +321,13 @@ def test_missing_only_leaves_keys_out(fresh_dataset):
     with open(holed / "ideal_reader.csv") as fh:
         side = {r["filename"]: r for r in csv.DictReader(fh)}
     assert {n for n, r in side.items() if r["present_note"] == "0"} == blank
+    # the ideal reader of what each sample has: the joint, one modality's, or the prior alone
+    prior = np.log(0.505 / 0.495)
+    for r in side.values():
+        has = (r["present_slo"], r["present_note"])
+        want = {("1", "1"): r["evidence_all"], ("1", "0"): r["evidence_slo"],
+                ("0", "1"): r["evidence_note"], ("0", "0"): prior}[has]
+        assert float(r["evidence_available"]) == pytest.approx(float(want), abs=1e-8)
 
 
 def test_generated_missing_notes_reach_the_loader_as_absent(fresh_dataset, make_cfg):

@@ -22,7 +22,8 @@ sample's "evidence". Readings chosen (docs/data.md):
 
 Side file `<out>/ideal_reader.csv` (beside the data, never inside an npz): one row per sample,
 keyed by npz `filename` and `split`, with glaucoma, the five attribute codes, `evidence_<m>` per
-written modality and `evidence_all`.
+written modality and `evidence_all`; with --missing also `evidence_available` (each sample's
+joint reader over the modalities it has) and `present_<m>`.
 """
 from __future__ import annotations
 
@@ -79,10 +80,11 @@ def _note_loglik(pos: np.ndarray, y: int) -> np.ndarray:
 
 
 def evidence(layout: str, meta: dict, positive=None, modalities=("slo", "oct"),
-             site="default") -> dict:
+             site="default", absent=None) -> dict:
     """Posterior log-odds of glaucoma per modality in `modalities` and combined ("all"), for a
     reader who knows the site's population (its group mix: acquisition.SITES) but not the
-    patient's group."""
+    patient's group. With `absent` ({modality: bool (n,)}, generated --missing) also
+    "available": each sample read from the modalities it has (none: the prior)."""
     informative = set(np.asarray(meta.get("informative", gen.LABELLED)).tolist())
     prof = site_profile(layout, site)
     prior = prof["glaucoma"]
@@ -108,15 +110,24 @@ def evidence(layout: str, meta: dict, positive=None, modalities=("slo", "oct"),
 
     out = {m: log_odds([m]) for m in modalities}
     out["all"] = log_odds(list(modalities))
+    if absent is not None:
+        n = len(meta["glaucoma"])
+        has = np.stack([~absent.get(m, np.zeros(n, bool)) for m in modalities], axis=1)
+        out["available"] = np.empty(n)
+        for pattern in np.unique(has, axis=0):   # at most 2^modalities joint readers
+            rows = (has == pattern).all(axis=1)
+            mods = [m for m, p in zip(modalities, pattern) if p]
+            out["available"][rows] = log_odds(mods)[rows]
     return out
 
 
 def evidence_rows(layout, meta, texts, modalities, split_rows, split, site="default",
                   absent=None) -> list[dict]:
     """Side-file rows of one split (filename from the written CSV rows, same order); with
-    `absent` ({modality: bool}, from --missing) also `present_<m>` (1/0) per modality."""
+    `absent` ({modality: bool}, from --missing) also `evidence_available` and `present_<m>`
+    (1/0) per modality."""
     positive = texts["positive"] if texts is not None else None
-    ev = evidence(layout, meta, positive, tuple(modalities), site)
+    ev = evidence(layout, meta, positive, tuple(modalities), site, absent)
     rows = []
     for i, row in enumerate(split_rows):
         rec = {"filename": row["filename"], "split": split, "glaucoma": int(meta["glaucoma"][i])}
