@@ -184,7 +184,7 @@ def format_ceiling(result: dict) -> str:
              f"attribute {result['attribute']}, site {result.get('site', 'default')}"]
     for name, m in result["readers"].items():
         groups = ", ".join(f"{g} {a:.3f}" for g, a in m["group_auc"].items())
-        lines.append(f"  {name:>4}: AUC {m['auc']:.3f}  ES-AUC {m['es_auc']:.3f}  ({groups})")
+        lines.append(f"  {name:>9}: AUC {m['auc']:.3f}  ES-AUC {m['es_auc']:.3f}  ({groups})")
     return "\n".join(lines)
 
 
