@@ -82,6 +82,8 @@ def _ceiling_parser(sub) -> None:
     p.add_argument("--attribute", default="race")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--out", help="JSON file (default <data-root>/ceiling_<attribute>_<split>.json)")
+    p.add_argument("--shift-root", help="another generated site (synthesize --site shifted): its "
+                   "ceiling too, under the JSON key 'shift'")
 
 
 def _run_fit(args) -> int:
@@ -132,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     _ceiling_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "synthesize":
-        return synthetic.run(args) or 0
+        try:
+            return synthetic.run(args) or 0
+        except ValueError as exc:   # a bad flag value: one line naming it
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.command == "ceiling":
         from trainer.data.ideal import run_ceiling
         try:
