@@ -52,12 +52,14 @@ class MultimodalFusionModel(nn.Module):
         encoder = self.encoders[m]
         if present is None:
             return encoder(x)
-        rows = present.reshape(-1).nonzero().squeeze(1)     # a device sync on CUDA: incomplete
-        n = present.numel()                                 # batches only (see complete())
+        device = next(iter(x.values())).device if isinstance(x, dict) else x.device
+        present = present.reshape(-1).to(device, torch.bool)
+        rows = present.nonzero().squeeze(1)     # a device sync on CUDA: incomplete batches only
+        n = present.numel()                     # (complete ones drop "present": complete())
         if len(rows) == n:
             return encoder(x)
         if len(rows) == 0:
-            return torch.zeros(n, encoder.out_dim, device=present.device)
+            return torch.zeros(n, encoder.out_dim, device=device)
         h = encoder(_rows(x, rows))
         return h.new_zeros(n, h.shape[1]).index_copy(0, rows, h)
 
@@ -94,7 +96,7 @@ def _rows(x, rows: torch.Tensor):
     """The rows `rows` of an input: a tensor, or a dict of tensors (a tokenised note)."""
     if isinstance(x, dict):
         return {k: _rows(v, rows) for k, v in x.items()}
-    return x.index_select(0, rows.to(x.device))
+    return x.index_select(0, rows)
 
 
 def build_model(cfg) -> MultimodalFusionModel:
