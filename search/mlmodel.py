@@ -67,17 +67,13 @@ def save_model(path, mlflow_model, checkpoint_dir, signature=None, **_):
 
 def log_model(tracking_uri: str, run_id: str, checkpoint_dir: str | Path, signature=None,
               metadata=None) -> str:
-    """Log a checkpoint's best model to `run_id` as an MLflow model; returns its URI
-    (models:/<model id>), which mlflow.register_model accepts."""
-    import mlflow
-    from mlflow.models import Model
+    """Log a checkpoint's best model to `run_id` as the pyfunc model (search/decide/pyfunc.py);
+    returns its URI (models:/<model id>), which mlflow.register_model accepts."""
+    from search.decide.pyfunc import log_model as log_pyfunc
 
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):   # the model belongs to the run's experiment
-        info = Model.log(artifact_path=None, name="model", flavor=sys.modules[__name__],
-                         run_id=run_id, metadata=metadata, checkpoint_dir=str(checkpoint_dir),
-                         signature=signature)
-    return info.model_uri
+    with tempfile.TemporaryDirectory(prefix="multifair-files-") as tmp:
+        files = model_files(checkpoint_dir, Path(tmp) / "checkpoint")
+        return log_pyfunc(tracking_uri, run_id, files, signature, metadata)
 
 
 def load_model(model_uri: str):
@@ -88,5 +84,6 @@ def load_model(model_uri: str):
     from trainer.loop import load_model as load_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="multifair-model-") as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
-        return load_checkpoint(local)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        pyfunc = local / "artifacts" / "checkpoint"   # the pyfunc model's copy of the files
+        return load_checkpoint(pyfunc if pyfunc.is_dir() else local)
