@@ -106,3 +106,46 @@ def log_model(tracking_uri: str, run_id: str, files_dir: str | Path, signature=N
     return info.model_uri
 
 
+
+
+def patients(cfg, split: str):
+    """One split of cfg.data_root as the pyfunc's input: (DataFrame with one row per sample of a
+    known cfg.attribute, each image column the sample's npz path, the note column its text or
+    None; labels; group codes; file names). Labels and groups come from the trainer's cached meta
+    (built without reading an image); the images are read by the model, per chunk of rows."""
+    import numpy as np
+    import pandas as pd
+
+    from trainer.config import canonical_attribute
+    from trainer.data import LAYOUTS
+    from trainer.data.cache import load_split
+    from trainer.data.common import ATTRIBUTE_ORDER, check_codes
+
+    layout, attribute = LAYOUTS[cfg.dataset], canonical_attribute(cfg.attribute)
+    meta, _arrays, folder = load_split(cfg, layout, cfg.data_root, split, ())
+    codes = meta["codes"][:, ATTRIBUTE_ORDER.index(attribute)]
+    check_codes(codes, meta["files"], folder, layout, attribute)
+    rows = np.flatnonzero(codes != -1)           # unknown attribute: left out, as in training
+    files = [folder / str(meta["files"][i]) for i in rows]
+    table = {m: [str(f) for f in files] for m in cfg.resolved_modalities() if m != "note"}
+    if "note" in cfg.resolved_modalities():
+        table["note"] = _notes(cfg, layout, files)
+    return pd.DataFrame(table), meta["labels"][rows], codes[rows], [f.name for f in files]
+
+
+def _notes(cfg, layout, files) -> list:
+    """Each file's note text (cfg.note_source: the npz key, or the summary CSV), None if absent."""
+    import numpy as np
+
+    from trainer.data.cache import csv_notes, find_csv
+    from trainer.data.common import open_npz
+
+    if cfg.note_source == "gpt4_summary":
+        texts = csv_notes(find_csv(layout, cfg.data_root), files)
+    else:
+        texts = []
+        for f in files:
+            with open_npz(f) as z:
+                texts.append(str(np.asarray(z[cfg.note_source]).reshape(-1)[0])
+                             if cfg.note_source in z.files else None)
+    return [t if t and t.strip() else None for t in texts]
