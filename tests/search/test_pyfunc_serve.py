@@ -86,6 +86,14 @@ def trainer_probabilities(run: dict, absent: dict[str, list[int]] | None = None)
         return model(batch_transform(batch, train=False)).sigmoid().numpy()
 
 
+def champion(run: dict):
+    """mlflow.pyfunc.load_model("models:/<name>@champion") from the run's store."""
+    import mlflow
+
+    mlflow.set_tracking_uri(run["uri"])
+    return mlflow.pyfunc.load_model(run["model"])
+
+
 def split_files(run: dict) -> list[Path]:
     """The test split's npz files, in the trainer's order (every sample's gender is known)."""
     from trainer.data import LAYOUTS
@@ -123,11 +131,10 @@ def fairvision_frame(run: dict):
 
 
 def test_fairvision_pyfunc_predicts_arrays_paths_and_a_missing_oct_as_the_trainer_scores(fv):
-    import mlflow
     import torch
     from safetensors.torch import load_file
 
-    model = mlflow.pyfunc.load_model(fv["model"])
+    model = champion(fv)
     sig = model.metadata.signature
     assert [(c.name, c.required) for c in sig.inputs.inputs] == [("slo", False), ("oct", False)]
     assert sig.outputs.input_names() == ["probability", "modalities_used"]
@@ -220,12 +227,10 @@ def records(df) -> list[dict]:
 
 
 def test_served_fairvision_answers_an_http_request_with_arrays_paths_and_a_missing_oct(fv):
-    import mlflow
-
     df, _ = fairvision_frame(fv)
     body = {"dataframe_records": records(df)}
     answer = serve_and_post(fv, body, fv["tmp"] / "serve.log")["predictions"]
-    local = mlflow.pyfunc.load_model(fv["model"]).predict(df)
+    local = champion(fv).predict(df)
     assert [a["modalities_used"] for a in answer] == local["modalities_used"].tolist()
     np.testing.assert_allclose([a["probability"] for a in answer], local["probability"], rtol=1e-6)
 
@@ -296,6 +301,16 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def test_bad_input_is_one_clear_line(fv):
+    model = champion(fv)
+    with pytest.raises(Exception, match=r"row 0 has none of the model's modalities \(slo, oct\)"):
+        model.predict({"slo": [None], "oct": [None]})
+    with pytest.raises(Exception, match=r"row 0, column 'oct': a path must end in .npz"):
+        model.predict({"slo": [None], "oct": ["/tmp/scan.png"]})
+    with pytest.raises(Exception, match=r"row 0, column 'slo'.*constant"):
+        model.predict({"slo": [np.zeros((8, 8))], "oct": [None]})
+
+
 # -- FairVLMed: fundus + clinical note ------------------------------------------------------------
 def fairvlmed_frame(run: dict):
     """Rows 0-1 fundus arrays + note text, rows 2-3 npz paths + text, row 4 without the note
@@ -312,10 +327,8 @@ def fairvlmed_frame(run: dict):
 
 
 def test_fairvlmed_pyfunc_takes_note_text_and_a_missing_note_as_the_trainer_scores(vl):
-    import mlflow
-
     assert vl["cfg"].note_source == "note"
-    model = mlflow.pyfunc.load_model(vl["model"])
+    model = champion(vl)
     sig = model.metadata.signature
     assert [(c.name, c.required) for c in sig.inputs.inputs] == [("slo", False), ("note", False)]
     assert (vl["local"] / "artifacts" / "tokenizer").is_dir()   # the model's own tokenizer
@@ -332,22 +345,8 @@ def test_fairvlmed_pyfunc_takes_note_text_and_a_missing_note_as_the_trainer_scor
 
 
 def test_served_fairvlmed_answers_an_http_request_with_note_text_and_a_missing_note(vl):
-    import mlflow
-
     df, _ = fairvlmed_frame(vl)
     answer = serve_and_post(vl, {"dataframe_records": records(df)}, vl["tmp"] / "serve.log")["predictions"]
-    local = mlflow.pyfunc.load_model(vl["model"]).predict(df)
+    local = champion(vl).predict(df)
     assert [a["modalities_used"] for a in answer] == ["slo,note"] * 4 + ["slo"] * 2
     np.testing.assert_allclose([a["probability"] for a in answer], local["probability"], rtol=1e-6)
-
-
-def test_bad_input_is_one_clear_line(fv):
-    import mlflow
-
-    model = mlflow.pyfunc.load_model(fv["model"])
-    with pytest.raises(Exception, match=r"row 0 has none of the model's modalities \(slo, oct\)"):
-        model.predict({"slo": [None], "oct": [None]})
-    with pytest.raises(Exception, match=r"row 0, column 'oct': a path must end in .npz"):
-        model.predict({"slo": [None], "oct": ["/tmp/scan.png"]})
-    with pytest.raises(Exception, match=r"row 0, column 'slo'.*constant"):
-        model.predict({"slo": [np.zeros((8, 8))], "oct": [None]})
