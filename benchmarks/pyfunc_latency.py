@@ -8,7 +8,7 @@ logs the pyfunc model to a temporary sqlite store (search/decide/pyfunc.py), loa
 mlflow.pyfunc.load_model and prints the median seconds of predict(): one row and --rows rows,
 images as arrays and as npz paths, complete and with the OCT absent. With --real-size it also
 prints the real size's per-row preprocessing (200 x 200 SLO, 200^3 OCT: the trainer's
-preprocess_slo / preprocess_oct at the paper preset's 224 px and slices) and the JSON text one
+preprocess_slo / preprocess_oct at the paper preset's image size and slices) and the JSON text one
 such row is in a request (what `mlflow models serve` would parse per patient).
 """
 from __future__ import annotations
@@ -43,8 +43,8 @@ def tiny_model(tmp: Path):
     from trainer.loop import fit
 
     root = synthesize("fairvision", tmp / "data", n_train=48, n_val=24, n_test=40, seed=0)
-    cfg = TrainConfig(dataset="fairvision", data_root=str(root), epochs=1, cache_dir=str(tmp / "cache"),
-                      **PRESETS["tiny"])
+    cfg = TrainConfig(dataset="fairvision", data_root=str(root), cache_dir=str(tmp / "cache"),
+                      **{**PRESETS["tiny"], "epochs": 1})
     saved = {}
     fit(cfg, on_epoch=lambda r: saved.__setitem__("dir", r.save_checkpoint(tmp / "ckpt", resume=False)),
         progress=False)
@@ -60,17 +60,20 @@ def tiny_model(tmp: Path):
 def real_size(repeats: int) -> None:
     import numpy as np
 
+    from trainer.config import TrainConfig
     from trainer.data.transforms import preprocess_oct, preprocess_slo
 
+    paper = TrainConfig(dataset="fairvision")   # the paper preset's image size and OCT slices
+    size, k = paper.image_size, paper.oct_slices
     rng = np.random.default_rng(0)
     slo = rng.integers(0, 256, (200, 200), dtype=np.uint8)
     oct_ = rng.integers(0, 256, (200, 200, 200), dtype=np.uint8)
-    s_slo = median_s(lambda: preprocess_slo(slo, 224), repeats)
-    s_oct = median_s(lambda: preprocess_oct(oct_, 200, 224), repeats)
+    s_slo = median_s(lambda: preprocess_slo(slo, size), repeats)
+    s_oct = median_s(lambda: preprocess_oct(oct_, k, size), repeats)
     text = json.dumps({"dataframe_records": [{"slo": slo.tolist(), "oct": oct_.tolist()}]})
     s_parse = median_s(lambda: json.loads(text), 1)
-    print(f"real size, per row: preprocess SLO 200x200 -> 224: {s_slo * 1e3:.1f} ms, OCT 200^3 -> "
-          f"200 x 224 x 224: {s_oct * 1e3:.0f} ms; as JSON: {len(text) / 1e6:.1f} MB of text, "
+    print(f"real size, per row: preprocess SLO 200x200 -> {size}: {s_slo * 1e3:.1f} ms, OCT 200^3 -> "
+          f"{k} x {size} x {size}: {s_oct * 1e3:.0f} ms; as JSON: {len(text) / 1e6:.1f} MB of text, "
           f"json.loads alone {s_parse:.2f} s; as an npz path: {len(json.dumps(['/data/x.npz']))} "
           f"bytes (the server reads the file)")
 
@@ -88,7 +91,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="pyfunc-bench-") as tmp:
         model, root = tiny_model(Path(tmp))
-        files = sorted((root / "Test").glob("data_*.npz"))[:a.rows]
+        from trainer.data import LAYOUTS
+
+        files = sorted(LAYOUTS["fairvision"].split_dir(root, "test").glob("data_*.npz"))[:a.rows]
         arrays = []
         for f in files:
             with np.load(f) as z:
