@@ -292,6 +292,13 @@ def test_scoring_command_scores_patients_without_an_oct_and_names_what_each_used
     version = mlflow.MlflowClient(fv["uri"]).get_model_version_by_alias(fv["name"], "champion")
     assert roc_auc_score([int(r["label"]) for r in rows], [float(r["probability"]) for r in rows]) \
         == pytest.approx(float(version.tags["test.auc"]), abs=1e-6)
+    # --without oct: every patient scored on the SLO alone, as the trainer with the OCT removed
+    assert main(["--model", fv["model"], "--tracking-uri", fv["uri"], "--data-root", fv["data_root"],
+                 "--split", "test", "--out", str(out), "--without", "oct"]) == 0
+    rows = read_csv(out)
+    assert {r["modalities_used"] for r in rows} == {"slo"}
+    np.testing.assert_allclose([float(r["probability"]) for r in rows],
+                               trainer_probabilities(fv, {"oct": list(range(len(files)))}), rtol=1e-5, atol=1e-6)
 
 
 def read_csv(path: Path) -> list[dict]:
