@@ -182,10 +182,10 @@ class MultiFairPyfunc(mlflow.pyfunc.PythonModel):
         probability, used = [], []
         for start in range(0, n, self.batch_size):   # bounded memory: one chunk at a time
             rows = self.preprocess(columns, range(start, min(n, start + self.batch_size)))
-            for batch, logits in forward(self.model, rows, self.batch_size, device=self.device):
+            for _batch, logits in forward(self.model, rows, self.batch_size, device=self.device):
                 probability += logits.sigmoid().cpu().tolist()
-                used += [",".join(m for m in self.modalities if bool(batch["present"][m][b]))
-                         for b in range(len(logits))]
+            # from the rows' own presence (forward may drop "present" from a complete batch)
+            used += [",".join(m for m in self.modalities if rows.present[m][j]) for j in range(len(rows))]
         return pd.DataFrame({"probability": np.asarray(probability, np.float64),
                              "modalities_used": used})
 
