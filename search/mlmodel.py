@@ -1,25 +1,20 @@
-"""The MLflow model of a trial: its kept best model file, as stored, plus what builds the network.
+"""The MLflow model of a trial: its kept best model file, as stored, inside the pyfunc model.
 
-A logged model folder (an MLflow model, flavor `multifair`) holds
+A logged model (search/decide/pyfunc.py: an MLflow pyfunc model, what `mlflow models serve` and
+mlflow.pyfunc.load_model run) holds in artifacts/checkpoint/
   best_model.safetensors  the checkpoint's validation-best weights, byte for byte (bfloat16 by
                           default: 0.34 GiB at the paper preset, half the float32 pickle that
                           mlflow.pytorch.log_model wrote before);
   checkpoint.json         a best-model-only manifest (trainer/checkpoint.py: config, best epoch,
-                          dtype, validation threshold, the file's size; no resume state);
-  MLmodel                 signature and metadata (the trainer config), the flavor's file names.
-So the folder is itself a complete best-model checkpoint folder: `load_model` downloads it and
-builds the network with the trainer's own loader (weights upcast to float32). Nothing is
-pickled: loading needs the installed project, not the code that logged it.
+                          dtype, validation threshold, the file's size; no resume state).
+So that folder is itself a complete best-model checkpoint folder: `load_model` downloads it and
+builds the network with the trainer's own loader (weights upcast to float32). Nothing is pickled.
 """
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from pathlib import Path
-
-FLAVOR = "multifair"
-LOADER = "search.mlmodel.load_model"
 
 
 def model_files(checkpoint_dir: str | Path, out: str | Path) -> Path:
@@ -49,35 +44,15 @@ def model_files(checkpoint_dir: str | Path, out: str | Path) -> Path:
     return out
 
 
-def save_model(path, mlflow_model, checkpoint_dir, signature=None, **_):
-    """The flavor's save_model (mlflow.models.Model.log calls it with a local `path`)."""
-    import torch
-
-    from trainer.checkpoint import BEST_FILE, MANIFEST
-
-    path = Path(path)
-    model_files(checkpoint_dir, path)
-    mlflow_model.signature = signature
-    mlflow_model.add_flavor(FLAVOR, weights=BEST_FILE, manifest=MANIFEST, format="safetensors",
-                            loader=LOADER, torch_version=torch.__version__.split("+")[0])
-    mlflow_model.save(str(path / "MLmodel"))
-    (path / "requirements.txt").write_text(f"torch=={torch.__version__.split('+')[0]}\n"
-                                           "safetensors\nmultifair-tune\n")
-
-
 def log_model(tracking_uri: str, run_id: str, checkpoint_dir: str | Path, signature=None,
               metadata=None) -> str:
-    """Log a checkpoint's best model to `run_id` as an MLflow model; returns its URI
-    (models:/<model id>), which mlflow.register_model accepts."""
-    import mlflow
-    from mlflow.models import Model
+    """Log a checkpoint's best model to `run_id` as the pyfunc model (search/decide/pyfunc.py);
+    returns its URI (models:/<model id>), which mlflow.register_model accepts."""
+    from search.decide.pyfunc import log_model as log_pyfunc
 
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):   # the model belongs to the run's experiment
-        info = Model.log(artifact_path=None, name="model", flavor=sys.modules[__name__],
-                         run_id=run_id, metadata=metadata, checkpoint_dir=str(checkpoint_dir),
-                         signature=signature)
-    return info.model_uri
+    with tempfile.TemporaryDirectory(prefix="multifair-files-") as tmp:
+        files = model_files(checkpoint_dir, Path(tmp) / "checkpoint")
+        return log_pyfunc(tracking_uri, run_id, files, signature, metadata)
 
 
 def load_model(model_uri: str):
@@ -88,5 +63,6 @@ def load_model(model_uri: str):
     from trainer.loop import load_model as load_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="multifair-model-") as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
-        return load_checkpoint(local)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        pyfunc = local / "artifacts" / "checkpoint"   # the pyfunc model's copy of the files
+        return load_checkpoint(pyfunc if pyfunc.is_dir() else local)

@@ -1,16 +1,19 @@
 """The chosen model in the MLflow model registry, and a scorer that uses it.
 
-Registered with a signature (the model's inputs after the trainer's transforms: one array per
-modality, `<modality>.<key>` for a note's token ids and mask; output: one logit per sample), the
-kept bf16 safetensors weights as the model (search/mlmodel.py), its trainer configuration in
-the MLmodel metadata, tags (hyperparameters, test metrics, data fingerprint, report artifact) and
-the alias `champion`.
+Registered as an MLflow pyfunc model (search/decide/pyfunc.py: one optional column per modality,
+images as arrays or npz/npy paths, the note as text, any modality absent; output: probability and
+the modalities used), the kept bf16 safetensors weights inside (search/mlmodel.py), its trainer
+configuration in the MLmodel metadata, tags (hyperparameters, test metrics, data fingerprint,
+report artifact) and the alias `champion`.
 
     python -m search.registry --model models:/multifair-fairvision-race@champion \\
         --tracking-uri URI --data-root /data/FairVision --split test --out predictions.csv
 
 scores a data folder in the released format and writes per-sample predictions to a LOCAL file
-only (never to MLflow); it prints aggregate metrics.
+only (never to MLflow), scoring each patient through the registered pyfunc (the scorer a served
+model runs): a patient whose npz lacks a modality is scored without it, the CSV says which
+modalities each score used (`--without oct` removes one from every patient); it prints aggregate
+metrics.
 """
 from __future__ import annotations
 
@@ -19,52 +22,23 @@ import csv
 import sys
 from pathlib import Path
 
-import numpy as np
 
+def signature(cfg):
+    """The pyfunc model's signature: one optional column per modality (search/decide/pyfunc.py)."""
+    from search.decide.pyfunc import model_signature
 
-def _batches(cfg, split: str, model, datasets: dict | None = None):
-    """(batch, logits) batch by batch through the trainer's one inference path, on the CPU
-    (`datasets`: the splits opened on this node, else the trainer's data path)."""
-    from trainer.data import build_datasets
-    from trainer.inference import forward
-
-    yield from forward(model, (datasets or build_datasets(cfg))[split], cfg.batch_size * 2)
-
-
-def signature_inputs(batch: dict, modalities) -> dict[str, np.ndarray]:
-    """One named array per model input: an image modality's tensor as `<modality>`, a
-    dict-valued one (a clinical note: token ids and attention mask) as `<modality>.<key>`."""
-    inputs = {}
-    for m in modalities:
-        value = batch[m]
-        if isinstance(value, dict):
-            inputs.update({f"{m}.{k}": v.numpy() for k, v in value.items()})
-        else:
-            inputs[m] = value.numpy()
-    return inputs
-
-
-def signature(cfg, model, datasets: dict | None = None):
-    from mlflow.models import infer_signature
-
-    batch, logits = next(_batches(cfg, "val", model, datasets))
-    return infer_signature(signature_inputs(batch, cfg.resolved_modalities()), logits.numpy())
+    return model_signature(cfg)
 
 
 def checkpoint_signature(ckpt, data: dict | None = None):
-    """The signature of a Tune Checkpoint's model (in a Ray task: search.remote): one batch of
-    two validation samples through the model on the task's node, the data opened through the
-    trials' path. Only the schema (names, dtypes, shapes) comes back, no sample."""
-    from search.remote import datasets
-    from trainer.checkpoint import checkpoint_weights
+    """The signature of a Tune Checkpoint's model (in a Ray task: search.remote), from its
+    config alone: the columns do not depend on the data (`data` is kept for the callers)."""
+    from trainer.checkpoint import read_manifest
     from trainer.config import config_from_dict
-    from trainer.loop import load_model
 
     with ckpt.as_directory() as d:
-        cfg = config_from_dict({**checkpoint_weights(d)["config"], "pretrained": False})
-        model = load_model(d)
-    # batch_size 1: _batches reads 2 samples; the schema's batch dimension is -1 whatever it is
-    return signature(cfg.replace(batch_size=1), model, datasets(cfg, data))
+        cfg = config_from_dict({**read_manifest(d)["config"], "pretrained": False})
+    return signature(cfg)
 
 
 def register(tracker, run_id: str, checkpoint_dir: str, name: str, tags: dict[str, str],
@@ -73,10 +47,9 @@ def register(tracker, run_id: str, checkpoint_dir: str, name: str, tags: dict[st
     `sig`: the signature, computed where the data is (checkpoint_signature); None: here."""
     from trainer.config import config_from_dict
     from trainer.checkpoint import checkpoint_weights
-    from trainer.loop import load_model
 
     cfg = config_from_dict({**checkpoint_weights(checkpoint_dir)["config"], "pretrained": False})
-    sig = sig or signature(cfg, load_model(checkpoint_dir))
+    sig = sig or signature(cfg)
     model_uri = tracker.log_model(run_id, checkpoint_dir, signature=sig,
                                   metadata={"trainer_config": cfg.to_dict()})
     import mlflow
@@ -88,30 +61,33 @@ def register(tracker, run_id: str, checkpoint_dir: str, name: str, tags: dict[st
     return {"name": name, "version": version.version, "uri": f"models:/{name}@champion"}
 
 
-def score(model_uri: str, data_root: str, split: str, out: str) -> dict:
-    """Predictions of a registered model on one split of a data folder -> local CSV; returns the
-    aggregate metrics (AUC, ES-AUC, worst-group AUC)."""
+def score(model_uri: str, data_root: str, split: str, out: str, without=()) -> dict:
+    """Predictions of a registered model on one split of a data folder -> local CSV, through the
+    model's own pyfunc (search/decide/pyfunc_model.py: the one scorer, the one a served model
+    runs): each patient as its npz path, a modality absent where its key is; `without`: remove
+    those modalities from every patient. Returns the aggregate metrics (AUC, ES-AUC, worst-group
+    AUC) and the count of patients per modalities used."""
     import mlflow
 
-    from search.mlmodel import load_model
+    from search.decide.pyfunc import patients
     from search.paired import point_metrics
     from trainer.config import ATTRIBUTES, canonical_attribute, config_from_dict
 
     info = mlflow.models.get_model_info(model_uri)
     cfg = config_from_dict({**info.metadata["trainer_config"], "data_root": data_root, "pretrained": False})
-    model = load_model(model_uri)   # the logged bf16 safetensors weights, upcast to float32
-    ys, ps, gs = [], [], []
-    for batch, logits in _batches(cfg, split, model):
-        ys.append(batch["label"].numpy()); gs.append(batch["group"].numpy())
-        ps.append(logits.sigmoid().numpy())
-    y, p, g = np.concatenate(ys), np.concatenate(ps), np.concatenate(gs)
+    table, y, g, files = patients(cfg, split)
+    for m in without:
+        table[m] = None
+    pred = mlflow.pyfunc.load_model(model_uri).predict(table)
+    p, used = pred["probability"].to_numpy(), pred["modalities_used"].tolist()
     names = ATTRIBUTES[canonical_attribute(cfg.attribute)]
     with open(out, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["index", "label", "group", "probability"])
-        for i, (yi, gi, pi) in enumerate(zip(y, g, p)):
-            w.writerow([i, int(yi), names.get(int(gi), "unknown"), f"{float(pi):.8f}"])
-    return point_metrics(y, p, g, group_names=names)
+        w.writerow(["index", "label", "group", "probability", "modalities_used", "file"])
+        for i, (yi, gi, pi, ui, fi) in enumerate(zip(y, g, p, used, files)):
+            w.writerow([i, int(yi), names.get(int(gi), "unknown"), f"{float(pi):.8f}", ui, fi])
+    counts = {k: used.count(k) for k in sorted(set(used), key=lambda k: (-used.count(k), k))}
+    return {**point_metrics(y, p, g, group_names=names), "modalities_used": counts}
 
 
 def main(argv=None) -> int:
@@ -121,6 +97,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", required=True, help="a data folder in the released format")
     ap.add_argument("--split", default="test", choices=["train", "val", "test"])
     ap.add_argument("--out", required=True, help="LOCAL csv for the per-sample predictions")
+    ap.add_argument("--without", default="", help="comma list of modalities to remove from every "
+                    "patient (e.g. oct): the score without them")
     a = ap.parse_args(argv)
     if a.out.startswith(("s3://", "gs://", "http://", "https://", "models:/", "runs:/")):
         print(f"error: --out {a.out}: predictions are written to a local file only", file=sys.stderr)
@@ -132,9 +110,11 @@ def main(argv=None) -> int:
 
     if a.tracking_uri:
         mlflow.set_tracking_uri(a.tracking_uri)
-    m = score(a.model, a.data_root, a.split, a.out)
+    m = score(a.model, a.data_root, a.split, a.out, [x for x in a.without.split(",") if x])
+    used = ", ".join(f"{k or 'none'} {n}" for k, n in m["modalities_used"].items())
     print(f"{a.model} on {a.split}: auc {m['auc']:.4f}  es_auc {m['es_auc']:.4f}  "
-          f"worst-group auc {m['worst_group_auc']:.4f}  predictions -> {a.out} (local)")
+          f"worst-group auc {m['worst_group_auc']:.4f}  modalities used: {used}  "
+          f"predictions -> {a.out} (local)")
     return 0
 
 

@@ -250,9 +250,9 @@ def test_operations_queued_while_mlflow_is_down_are_written_out_and_replayed(tmp
 @pytest.mark.slow
 def test_fairvlmed_search_registers_a_champion_with_a_note_signature(ray_session, tmp_path, cache_dir):
     """A FairVLMed search (fundus + clinical note, generated data, tiny preset) through the
-    confirmation, the paired test and registration; the champion is the bf16 safetensors file,
-    its signature names the note's token ids and mask, and the registry's scoring command
-    reproduces the logged test AUC from it."""
+    confirmation, the paired test and registration; the champion is a pyfunc model around the
+    bf16 safetensors file, its signature has a text `note` column, and the registry's scoring
+    command reproduces the logged test AUC from it."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -271,12 +271,15 @@ def test_fairvlmed_search_registers_a_champion_with_a_note_signature(ray_session
     client = MlflowClient(uri)
     version = client.get_model_version_by_alias("mf-fairvlmed-test", "champion")
     info = mlflow.models.get_model_info(registered["uri"])
-    assert {"note.input_ids", "note.attention_mask"} <= set(info.signature.inputs.input_names())
-    assert "multifair" in info.flavors and version.run_id == outcome.decision["deployed_run"]["run_id"]
+    assert {"slo", "note"} == set(info.signature.inputs.input_names())
+    assert "python_function" in info.flavors and version.run_id == outcome.decision["deployed_run"]["run_id"]
     local = Path(mlflow.artifacts.download_artifacts(registered["uri"], dst_path=str(tmp_path / "model")))
     names = {p.name for p in local.iterdir()}   # (+ registered_model_meta, MLflow's own)
-    assert {"MLmodel", "best_model.safetensors", "checkpoint.json"} <= names
-    assert not any(n.endswith((".pth", ".pkl", ".pt")) or n == "data" for n in names), names
+    assert {"MLmodel", "artifacts", "code"} <= names
+    assert {p.name for p in (local / "artifacts" / "checkpoint").iterdir()} == \
+        {"best_model.safetensors", "checkpoint.json"}
+    assert not any(p.name.endswith((".pth", ".pkl", ".pt")) for p in local.rglob("*")), names
+    local = local / "artifacts" / "checkpoint"
     from safetensors.torch import load_file   # the kept file as stored: bf16, no pickle
     import torch
 
