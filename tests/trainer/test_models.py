@@ -1,5 +1,10 @@
 """Encoders (timm, transformers) and the fusion model: shapes, every parameter's gradient,
 pretrained weights from a local file or directory, clear errors when weights are missing."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -64,9 +69,22 @@ def test_pretrained_text_encoder_and_tokenizer_from_a_local_directory(tmp_path):
     assert enc({"input_ids": ids["input_ids"], "attention_mask": ids["attention_mask"]}).shape == (1, 32)
 
 
-def test_missing_pretrained_weights_give_a_clear_error(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ValueError, match="slo_weights=PATH"):
-        create_image_encoder("vit_small_patch16_224.augreg_in21k", pretrained=True, img_size=224)
-    with pytest.raises(ValueError, match="local directory"):
-        load_tokenizer("bert-base-uncased-not-cached")
+def test_missing_pretrained_weights_give_a_clear_error():
+    """In a fresh interpreter with HF_HUB_OFFLINE=1 (huggingface_hub reads it at import, so
+    setting it here would come too late and every lookup would wait on network retries)."""
+    code = """if True:
+        import pytest
+        from trainer.models.encoders import create_image_encoder
+        from trainer.models.text import load_tokenizer
+        with pytest.raises(ValueError, match="slo_weights=PATH"):
+            create_image_encoder("vit_small_patch16_224.augreg_in21k", pretrained=True,
+                                 img_size=224)
+        with pytest.raises(ValueError, match="local directory"):
+            load_tokenizer("bert-base-uncased-not-cached")
+        print("refused")
+    """
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "refused", done.stderr[-2000:]
