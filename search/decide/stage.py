@@ -1,6 +1,6 @@
 """After the search: finalists -> confirmation (Tune) -> the rule (search.decide.rule) -> test
 split once (paired against plain fusion) -> registry -> decision.json -> figures -> report, all
-written through search.study and logged to the study's MLflow run. Returns the decision dict.
+written through search.record.study and logged to the study's MLflow run. Returns the decision dict.
 
 decision.json is written as soon as the decision and registration are made, before figures and
 the report: a failure there (a plotting bug, a full disk) never loses the decision; a figure
@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import math
 
-from search import study as S
+from search.record import study as S
 
 THRESHOLDED = ("val/dpd_at_val_threshold", "val/deodds_at_val_threshold")
 
 
 def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | None) -> dict:
-    from search import confirm, objectives
+    from search.decide import confirm
 
+    from search.run import objectives
     search = scfg.to_dict()
     full = S.full_length(trials, scfg.max_epochs)
     front = objectives.front(full)
@@ -28,10 +29,10 @@ def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | No
         from search.decide.expected_max import curve
 
         decision["expected_max"] = curve([t["val"]["es_auc"] for t in full], seed=scfg.seed)
-    if setup.get("prepared"):   # prepared by the cluster (search/dataprep.py): its manifest's hash
+    if setup.get("prepared"):   # prepared by the cluster (search/run/dataprep.py): its manifest's hash
         decision["data_fingerprint"] = setup["prepared"]["sha256"]
     elif scfg.data_root:
-        from search.report import data_fingerprint
+        from search.record.report import data_fingerprint
 
         decision["data_fingerprint"] = data_fingerprint(scfg.data_root)
     if scfg.finalists > 0 and full:
@@ -47,8 +48,8 @@ def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | No
 
 
 def _test_and_register(scfg, conf: dict, tracker, decision: dict, setup: dict | None = None) -> None:
-    from search.confirm import BASELINE, seed_run
-    from search.paired import run_paired_test
+    from search.decide.confirm import BASELINE, seed_run
+    from search.decide.paired import run_paired_test
 
     choice = conf["choice"]
     label = choice["label"]
@@ -75,8 +76,8 @@ def _test_and_register(scfg, conf: dict, tracker, decision: dict, setup: dict | 
                 **{f"test.{k}": v for k, v in _flat_test(decision.get("test", {}), side).items()},
                 "data_fingerprint": decision.get("data_fingerprint", ""), "report": "report/report.html",
                 "study_run_id": tracker.parent_run_id}
-        from search.registry import checkpoint_signature, register
-        from search.remote import data_of, run
+        from search.decide.registry import checkpoint_signature, register
+        from search.decide.remote import data_of, run
 
         sig = run(scfg, "model signature", checkpoint_signature, chosen["checkpoint"], data_of(setup))
         with chosen["checkpoint"].as_directory() as d:
@@ -106,9 +107,9 @@ def _log_test(tracker, run_ids, test: dict, side: str = "chosen") -> None:
 
 
 def _figures_and_report(scfg, search, trials, full, tracker, decision) -> None:
-    from search.figures import search_figures
-    from search.report import render
-    from search.tracking import git_commit
+    from search.record.figures import search_figures
+    from search.record.report import render
+    from search.record.tracking import git_commit
 
     out = S.local_dir(search)
     decision["figures"] = {}

@@ -10,7 +10,7 @@
   measured once before the search.
 
 Early stopping follows the objective. es_auc: ASHA on validation ES-AUC. pareto and constrained:
-MO-ASHA (search/mo_asha.py) over validation (AUC, ES-AUC): a trial goes on past a rung when it
+MO-ASHA (search/run/mo_asha.py) over validation (AUC, ES-AUC): a trial goes on past a rung when it
 is in the first 1/eta of the rung's results by non-dominated sorting, so a trial the front needs
 for its AUC is not stopped for a middling ES-AUC. (The constrained floor is not applied at rungs:
 an early AUC is below the final one, and the floor is about the final model.)
@@ -19,15 +19,15 @@ from __future__ import annotations
 
 from ray.tune.search.optuna import OptunaSearch
 
-from search.study import METRIC
+from search.record.study import METRIC
 
 OBJECTIVES = ("es_auc", "pareto", "constrained")
-STOP_METRIC = METRIC   # what the schedulers stop on (search.study.METRIC)
+STOP_METRIC = METRIC   # what the schedulers stop on (search.record.study.METRIC)
 
 
 class WarmOptunaSearch(OptunaSearch):
     """OptunaSearch whose study starts with an earlier study's trials (`--warm-start`,
-    search/warm_start.py), added once when the study is created (a resumed search unpickles the
+    search/run/warm_start.py), added once when the study is created (a resumed search unpickles the
     study with them already in)."""
 
     def __init__(self, *args, warm_trials=(), **kwargs):
@@ -64,7 +64,7 @@ def make_searcher(scfg, auc_floor: float | None = None) -> OptunaSearch:
     start = [dict(scfg.baseline)]     # the paper's point is evaluated first
     warm = []
     if scfg.warm_start:
-        from search import warm_start
+        from search.run import warm_start
 
         warm = warm_start.optuna_trials(warm_start.load(scfg), scfg.mode, scfg.objective, auc_floor)
     if scfg.objective == "pareto":
@@ -79,7 +79,7 @@ def make_searcher(scfg, auc_floor: float | None = None) -> OptunaSearch:
 def make_scheduler(scfg):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from search.mo_asha import MOASHAScheduler
+    from search.run.mo_asha import MOASHAScheduler
 
     if scfg.scheduler == "none":
         return FIFOScheduler()
@@ -103,11 +103,11 @@ def tune_metric(scfg) -> dict:
 def reference_auc(cfg, scfg=None, setup: dict | None = None) -> float:
     """Validation AUC of plain fusion (mode baseline) with the search's data and epochs, for the
     constrained objective's floor: one fit before the search, as a Ray task with a trial's
-    resources (search.remote: a GPU where trials have one; the data read on its node). It runs
+    resources (search.decide.remote: a GPU where trials have one; the data read on its node). It runs
     under the request the study made for the search's nodes. Without `scfg`, here."""
     if scfg is None:
         return reference_fit(cfg)
-    from search.remote import data_of, run
+    from search.decide.remote import data_of, run
 
     return run(scfg, "reference fit", reference_fit, cfg, data_of(setup), reserve=False)
 
@@ -118,7 +118,7 @@ def reference_fit(cfg, data: dict | None = None) -> float:
 
     cfg = cfg.replace(mode="baseline", evaluate_test=False)
     if data is not None:
-        from search.remote import datasets
+        from search.decide.remote import datasets
 
         return float(fit(cfg, progress=False, datasets=datasets(cfg, data))["val"]["auc"])
     return float(fit(cfg, progress=False)["val"]["auc"])

@@ -2,11 +2,11 @@
 
 Registered with a signature (the model's inputs after the trainer's transforms: one array per
 modality, `<modality>.<key>` for a note's token ids and mask; output: one logit per sample), the
-kept bf16 safetensors weights as the model (search/mlmodel.py), its trainer configuration in
+kept bf16 safetensors weights as the model (search/decide/mlmodel.py), its trainer configuration in
 the MLmodel metadata, tags (hyperparameters, test metrics, data fingerprint, report artifact) and
 the alias `champion`.
 
-    python -m search.registry --model models:/multifair-fairvision-race@champion \\
+    python -m search.decide.registry --model models:/multifair-fairvision-race@champion \\
         --tracking-uri URI --data-root /data/FairVision --split test --out predictions.csv
 
 scores a data folder in the released format and writes per-sample predictions to a LOCAL file
@@ -52,10 +52,10 @@ def signature(cfg, model, datasets: dict | None = None):
 
 
 def checkpoint_signature(ckpt, data: dict | None = None):
-    """The signature of a Tune Checkpoint's model (in a Ray task: search.remote): one batch of
+    """The signature of a Tune Checkpoint's model (in a Ray task: search.decide.remote): one batch of
     two validation samples through the model on the task's node, the data opened through the
     trials' path. Only the schema (names, dtypes, shapes) comes back, no sample."""
-    from search.remote import datasets
+    from search.decide.remote import datasets
     from trainer.checkpoint import checkpoint_weights
     from trainer.config import config_from_dict
     from trainer.loop import load_model
@@ -93,8 +93,8 @@ def score(model_uri: str, data_root: str, split: str, out: str) -> dict:
     aggregate metrics (AUC, ES-AUC, worst-group AUC)."""
     import mlflow
 
-    from search.mlmodel import load_model
-    from search.paired import point_metrics
+    from search.decide.mlmodel import load_model
+    from search.decide.paired import point_metrics
     from trainer.config import ATTRIBUTES, canonical_attribute, config_from_dict
 
     info = mlflow.models.get_model_info(model_uri)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from search import study
-from search.space import RANGES
+from search.record import study
+from search.run.space import RANGES
 
 
 @dataclass
@@ -22,7 +22,7 @@ class SearchOutcome:
     experiment_id: str | None
     parent_run_id: str | None
     best_run_id: str | None
-    trials: list = field(default_factory=list)      # search.study.trial_record dicts
+    trials: list = field(default_factory=list)      # search.record.study.trial_record dicts
     decision: dict | None = None                    # search.decide: front, confirmation, test
     timings: dict = field(default_factory=dict)     # seconds per stage (runner.run_search)
     stopped_stage: str = ""          # a stage after the search that stopped (confirm): no decision
@@ -31,7 +31,7 @@ class SearchOutcome:
 
 def select_best(trials: list[dict], max_epochs: int) -> dict | None:
     """Best validation ES-AUC (best epoch) among trials that trained all epochs; when none did,
-    among all trials (flagged full=False). `trials`: search.study.trial_record dicts."""
+    among all trials (flagged full=False). `trials`: search.record.study.trial_record dicts."""
     for full in (True, False):
         pool = study.full_length(trials, max_epochs if full else 0)
         if not pool:
@@ -43,7 +43,7 @@ def select_best(trials: list[dict], max_epochs: int) -> dict | None:
 
 
 def trials_from_results(results) -> list[dict]:
-    """Per trial: search.study.trial_record plus path, Tune result and status (FINISHED /
+    """Per trial: search.record.study.trial_record plus path, Tune result and status (FINISHED /
     FAILED / UNFINISHED)."""
     tune_status = {t.trial_id: t.status for t in getattr(results._experiment_analysis, "trials", [])}
     out = []
@@ -76,7 +76,7 @@ def summarize_results(scfg, results, tracker, wall_s, test_best: bool = True,
         # The newest checkpoint: each holds the validation-best weights so far (trainer
         # BEST_FILE), while Tune's score-best record can name a folder that num_to_keep deleted
         # before a driver restart (seen after SIGKILL + --resume on S3).
-        from search.trainable import model_checkpoint
+        from search.run.trainable import model_checkpoint
 
         ckpt = model_checkpoint(result.checkpoint)
     if tracker is not None and best is not None and test_best:
@@ -95,8 +95,8 @@ def summarize_results(scfg, results, tracker, wall_s, test_best: bool = True,
 
 def score_checkpoint(ckpt, data: dict | None = None) -> dict:
     """trainer.loop.evaluate_checkpoint of a Tune Checkpoint (read from storage), the data
-    opened through the trials' path (data: search.remote.data_of); aggregates only."""
-    from search.remote import datasets
+    opened through the trials' path (data: search.decide.remote.data_of); aggregates only."""
+    from search.decide.remote import datasets
     from trainer.loop import evaluate_checkpoint
 
     with ckpt.as_directory() as d:
@@ -105,9 +105,9 @@ def score_checkpoint(ckpt, data: dict | None = None) -> dict:
 
 def final_test(ckpt, tracker, best_run_id, scfg=None, setup: dict | None = None) -> dict:
     """The test split, touched once: the chosen trial's validation-best model, with bootstrap,
-    scored by a Ray task with a trial's resources (search.remote; without `scfg`, here).
+    scored by a Ray task with a trial's resources (search.decide.remote; without `scfg`, here).
     Aggregate metrics only go to MLflow (test/<metric> and test/<metric>_std)."""
-    from search.remote import data_of, run
+    from search.decide.remote import data_of, run
 
     scored = (run(scfg, "final test", score_checkpoint, ckpt, data_of(setup)) if scfg is not None
               else score_checkpoint(ckpt))
@@ -196,7 +196,7 @@ def print_evidence(choice: dict, indent: str = "  ") -> None:
 
 
 def print_summary(scfg: SearchConfig, o: SearchOutcome) -> None:
-    from search.tracking import ui_hint
+    from search.record.tracking import ui_hint
 
     if o.stopped_stage:
         print(f"\n=== MultiFair study STOPPED in the {o.stopped_stage} stage: no decision, nothing "
@@ -237,4 +237,4 @@ def print_summary(scfg: SearchConfig, o: SearchOutcome) -> None:
               f"chosen run id {deployed}")
         print(f"open the UI:  {command}\n  runs table: {url}")
     else:
-        print(f"MLflow was skipped: python -m search.relog --results {scfg.study_dir} --tracking-uri URI")
+        print(f"MLflow was skipped: python -m search.record.relog --results {scfg.study_dir} --tracking-uri URI")

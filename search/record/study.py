@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from search.space import RANGES
+from search.run.space import RANGES
 from trainer.jsonout import dumps
 
 STUDY_FILE = "study.json"
@@ -31,7 +31,7 @@ def stage_path(storage_path: str, name: str) -> str:
 
 
 def trial_id_of(path) -> str:
-    """The Tune trial id of a trial folder (`.../trial_<id>`, search.trainable.trial_dirname):
+    """The Tune trial id of a trial folder (`.../trial_<id>`, search.run.trainable.trial_dirname):
     local or s3:// (a ?query dropped), with or without a trailing slash."""
     name = str(path).partition("?")[0].rstrip("/").rsplit("/", 1)[-1]
     return name.removeprefix("trial_")
@@ -110,8 +110,8 @@ def local_dir(search: dict) -> Path:
 
 
 def space_summary(mode: str = "full") -> dict[str, str]:
-    """The searched ranges of a training method (search/space.py)."""
-    from search.space import hyperparameters
+    """The searched ranges of a training method (search/run/space.py)."""
+    from search.run.space import hyperparameters
 
     return {k: f"[{r.low}, {r.high}]{' log' if r.log else ''}" for k, r in RANGES.items()
             if k in hyperparameters(mode)}

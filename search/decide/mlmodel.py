@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 FLAVOR = "multifair"
-LOADER = "search.mlmodel.load_model"
+LOADER = "search.decide.mlmodel.load_model"
 
 
 def model_files(checkpoint_dir: str | Path, out: str | Path) -> Path:
