@@ -25,7 +25,7 @@ benchmark, as HPOBench / Syne Tune's blackbox repository do):
 
 Figures: hypervolume, with a reference point fixed per table (its worst validation AUC and
 ES-AUC at any configuration's best epoch; `--ref fixed`: AUC 0.5, ES-AUC 0.25), of the front of the
-full-length trials (validation, best epoch, as search.run.objectives.front); test hypervolume of the
+full-length trials (validation, best epoch, as search.decide.select.front); test hypervolume of the
 same trials' test figures; paired over runs (same run seed for every method).
 """
 from __future__ import annotations

@@ -337,10 +337,9 @@ def prepare_study(scfg: SearchConfig, timings: dict | None = None):
     timings = {} if timings is None else timings
     clock = time.perf_counter()
 
+    from search.record import study, tracking   # their import (MLflow) counts in tracking_s
     from search.run import dataprep
 
-
-    from search.record import study, tracking
     scfg.results_dir.mkdir(parents=True, exist_ok=True)
     # Tune warns on every forced snapshot (num_to_keep=1 forces one per checkpoint): by design here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

@@ -1,6 +1,6 @@
 """Confirmation stage: re-train the finalists with fresh seeds, as one more Tune run, and choose.
 
-Candidates: the top `--finalists` K configurations of the search (search.run.objectives.finalists),
+Candidates: the top `--finalists` K configurations of the search (search.decide.select.finalists),
 the paper's point (same mode) and plain fusion (`--mode baseline`), each with `--confirm-seeds`
 S seeds (seed+1 ... seed+S: none of them the seed the search picked on). Every run trains all
 epochs (no early stopping); its value is its best-epoch validation score, as in the search.

@@ -15,12 +15,11 @@ THRESHOLDED = ("val/dpd_at_val_threshold", "val/deodds_at_val_threshold")
 
 
 def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | None) -> dict:
-    from search.decide import confirm
+    from search.decide import confirm, select
 
-    from search.run import objectives
     search = scfg.to_dict()
     full = S.full_length(trials, scfg.max_epochs)
-    front = objectives.front(full)
+    front = select.front(full)
     decision = {"objective": scfg.objective, "auc_floor_search": auc_floor,
                 "space": {k: str(v) for k, v in S.space_summary(scfg.mode).items()},
                 "front": [{"trial_id": t["trial_id"], "auc": t["val"]["auc"], "es_auc": t["val"]["es_auc"],
@@ -36,7 +35,7 @@ def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | No
 
         decision["data_fingerprint"] = data_fingerprint(scfg.data_root)
     if scfg.finalists > 0 and full:
-        finals = objectives.finalists(scfg, full, auc_floor, scfg.finalists)
+        finals = select.finalists(scfg, full, auc_floor, scfg.finalists)
         conf = confirm.run_confirmation(scfg, setup, finals, tracker)
         decision["confirmation"] = {k: conf[k] for k in ("candidates", "stats", "seeds", "looks", "choice")}
         print(f"[decide] {conf['choice']['reason']}", flush=True)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from search.decide import select
 from search.record import study
-from search.run.space import RANGES
 
 
 @dataclass
@@ -27,19 +27,6 @@ class SearchOutcome:
     timings: dict = field(default_factory=dict)     # seconds per stage (runner.run_search)
     stopped_stage: str = ""          # a stage after the search that stopped (confirm): no decision
     stop_message: str = ""
-
-
-def select_best(trials: list[dict], max_epochs: int) -> dict | None:
-    """Best validation ES-AUC (best epoch) among trials that trained all epochs; when none did,
-    among all trials (flagged full=False). `trials`: search.record.study.trial_record dicts."""
-    for full in (True, False):
-        pool = study.full_length(trials, max_epochs if full else 0)
-        if not pool:
-            continue
-        t = max(pool, key=lambda t: t["val"]["es_auc"])
-        return {"trial_id": t["trial_id"], "config": {k: v for k, v in t["config"].items() if k in RANGES},
-                "val": t["val"], "epoch": t["best_epoch"], "full": full, "path": t.get("path")}
-    return None
 
 
 def trials_from_results(results) -> list[dict]:
@@ -65,7 +52,7 @@ def summarize_results(scfg, results, tracker, wall_s, test_best: bool = True,
     the confirmed pick."""
 
     trials = trials_from_results(results)
-    best = select_best(trials, scfg.max_epochs)
+    best = select.best(trials, scfg.max_epochs)
     failed = sum(t["status"] == "FAILED" for t in trials)
     stopped = sum(t["status"] == "FINISHED" and t["epochs"] < scfg.max_epochs for t in trials)
     # Tune returns normally after Ctrl-C: unfinished trials (or fewer than asked) tell it apart.

@@ -122,25 +122,3 @@ def reference_fit(cfg, data: dict | None = None) -> float:
 
         return float(fit(cfg, progress=False, datasets=datasets(cfg, data))["val"]["auc"])
     return float(fit(cfg, progress=False)["val"]["auc"])
-
-
-def front(trials: list[dict]) -> list[dict]:
-    """Non-dominated full-length trials in (val AUC, val ES-AUC), both maximised, by ES-AUC."""
-    pts = [(t, t["val"]["auc"], t["val"]["es_auc"]) for t in trials]
-    keep = [t for t, a, e in pts
-            if not any(a2 >= a and e2 >= e and (a2 > a or e2 > e) for _, a2, e2 in pts)]
-    return sorted(keep, key=lambda t: -t["val"]["es_auc"])
-
-
-def finalists(scfg, trials: list[dict], auc_floor: float | None, k: int) -> list[dict]:
-    """The top k full-length trials for the objective: the front first (pareto), the feasible
-    ones first (constrained), then by validation ES-AUC."""
-    by_score = sorted(trials, key=lambda t: -t["val"]["es_auc"])
-    if scfg.objective == "pareto":
-        first = front(trials)
-    elif scfg.objective == "constrained" and auc_floor is not None:
-        first = [t for t in by_score if t["val"]["auc"] >= auc_floor]
-    else:
-        first = by_score
-    ordered = first + [t for t in by_score if t not in first]
-    return ordered[:k]

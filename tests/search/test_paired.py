@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from search.decide.confirm import BASELINE, choose, candidate_stats
-from search.run.objectives import front
+from search.decide.select import front
 from search.decide.paired import paired_bootstrap
 from search.runner import main
 
