@@ -52,6 +52,9 @@ class SearchConfig:
     final_test: bool = True        # score the chosen trial's model on the test split, once
     objective: str = "es_auc"      # es_auc | pareto | constrained (search/run/objectives.py)
     min_auc_drop: float | None = None   # constrained (and the confirmation's AUC floor)
+    objectives: str = ""           # pareto's, e.g. es_auc,es_auc_missing_oct ("" -> auc,es_auc)
+    min_missing_es_auc: str = ""   # floors, e.g. oct=0.6: val ES-AUC without the OCT >= 0.6
+    shift_root: str = ""           # another site's data (same layout): the final test scores it too
     finalists: int = 3             # 0: no confirmation stage (the best search trial is tested)
     confirm_seeds: int = 3
     confirm_budget: int = 0        # extra seeds per undecided candidate (confirm.looks)
@@ -78,6 +81,8 @@ class SearchConfig:
         if not self.storage_path.startswith(("s3://", "gs://")):
             self.storage_path = str(Path(self.storage_path).expanduser().resolve())
         self.register_name = self.register_name or f"multifair-{self.dataset}-{self.attribute}"
+        if self.shift_root and "://" not in self.shift_root:   # trials and tasks run elsewhere
+            self.shift_root = str(Path(self.shift_root).expanduser().resolve())
         check(self)
 
     def to_dict(self) -> dict:
@@ -102,11 +107,17 @@ class BadFlag(ValueError):
 
 
 def check(scfg: SearchConfig) -> None:
-    from search.run.objectives import OBJECTIVES
+    from search.run.objectives import OBJECTIVES, PARETO, BadObjective, missing_floors, objective_keys
 
     def need(ok: bool, message: str) -> None:
         if not ok:
             raise BadFlag(message)
+
+    def named(flag: str, read):
+        try:
+            return read(scfg)
+        except BadObjective as exc:
+            raise BadFlag(f"{flag} {exc}") from None
 
     need(scfg.num_samples >= 1, f"--num-samples {scfg.num_samples}: give at least 1 trial")
     need(scfg.max_epochs >= 1, f"--max-epochs {scfg.max_epochs}: give at least 1 epoch")
@@ -120,6 +131,16 @@ def check(scfg: SearchConfig) -> None:
     need(scfg.objective in OBJECTIVES, f"--objective {scfg.objective}: choose one of {', '.join(OBJECTIVES)}")
     need(scfg.objective != "constrained" or scfg.min_auc_drop is not None,
          "--objective constrained needs --min-auc-drop X (AUC may fall at most X below plain fusion's)")
+    keys, floors = named("--objectives", objective_keys), named("--min-missing-es-auc", missing_floors)
+    need(scfg.objective == "pareto" or scfg.objectives in ("", PARETO), f"--objectives {scfg.objectives}: "
+         f"only --objective pareto trades objectives off (--objective {scfg.objective} maximises "
+         "validation ES-AUC); add --objective pareto, or --min-missing-es-auc for a floor")
+    need(len(keys) >= 2 and len(set(keys)) == len(keys), f"--objectives {scfg.objectives}: give two or "
+         "more distinct objectives, e.g. es_auc,es_auc_missing_oct")
+    need(not scfg.warm_start or (not floors and keys == ["auc", "es_auc"]), f"--warm-start {scfg.warm_start}: "
+         "an earlier study seeds only the default objectives (no --objectives, no --min-missing-es-auc)")
+    need(not scfg.shift_root or "://" in scfg.shift_root or Path(scfg.shift_root).is_dir(),
+         f"--shift-root {scfg.shift_root}: no such folder (another site's data root, same layout)")
     need(scfg.min_auc_drop is None or 0 <= scfg.min_auc_drop < 1,
          f"--min-auc-drop {scfg.min_auc_drop}: give an AUC difference in [0, 1), e.g. 0.01")
     need(scfg.finalists >= 0, f"--finalists {scfg.finalists}: give 0 (no confirmation) or more")
@@ -166,6 +187,13 @@ def parse_args(dataset: str, attribute: str, baseline: dict | None, argv=None) -
     add("--objective", default=defaults.objective, choices=["es_auc", "pareto", "constrained"],
         help="es_auc: max validation ES-AUC; pareto: front over (AUC, ES-AUC); constrained: max "
              "ES-AUC with AUC >= plain fusion's - --min-auc-drop")
+    add("--objectives", default="", metavar="A,B[,C]", help="what --objective pareto trades off "
+        "(default auc,es_auc): auc, es_auc, and per modality auc_missing_<m> / es_auc_missing_<m> "
+        "(validation with m removed from every sample), e.g. es_auc,es_auc_missing_oct")
+    add("--min-missing-es-auc", default="", metavar="M=X[,M2=Y]", help="floor on the validation "
+        "ES-AUC with modality M removed: trials below are infeasible (any --objective), e.g. oct=0.6")
+    add("--shift-root", default="", metavar="DIR", help="another site's data root in the same layout: "
+        "the final test also scores the deployed model on its test split (docs/search.md)")
     add("--min-auc-drop", type=float, default=None, help="AUC floor below plain fusion (constrained; "
         "also applied when choosing among the confirmed finalists)")
     add("--finalists", type=int, default=defaults.finalists, help="configurations re-trained with "
@@ -226,6 +254,7 @@ def base_config(scfg: SearchConfig):
     return make_config(scfg.dataset, scfg.attribute, preset=scfg.preset, sets=scfg.sets,
                        data_root=scfg.data_root, mode=scfg.mode, epochs=scfg.max_epochs,
                        seed=scfg.seed, evaluate_test=False,
+                       **({"shift_root": scfg.shift_root} if scfg.shift_root else {}),
                        max_gpu_memory_fraction=scfg.gpus_per_trial if 0 < scfg.gpus_per_trial < 1 else 1.0,
                        **scfg.baseline)
 

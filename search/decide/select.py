@@ -4,6 +4,8 @@ validation Pareto front the report shows), `finalists` (the candidates the confi
 re-runs). The deployed model is chosen only by search.decide.rule on the confirmation's table."""
 from __future__ import annotations
 
+import math
+
 from search.record import study
 from search.run.space import RANGES
 
@@ -21,23 +23,36 @@ def best(trials: list[dict], max_epochs: int) -> dict | None:
     return None
 
 
-def front(trials: list[dict]) -> list[dict]:
-    """Non-dominated full-length trials in (val AUC, val ES-AUC), both maximised, by ES-AUC."""
-    pts = [(t, t["val"]["auc"], t["val"]["es_auc"]) for t in trials]
-    keep = [t for t, a, e in pts
-            if not any(a2 >= a and e2 >= e and (a2 > a or e2 > e) for _, a2, e2 in pts)]
+def value(t: dict, key: str) -> float:
+    """A trial's validation figure at its best epoch (`key`: auc, es_auc or a val/... key);
+    -inf when absent or undefined, so it never dominates nor passes a floor."""
+    v = t["val"].get(key)
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else -math.inf
+
+
+def front(trials: list[dict], keys=("auc", "es_auc")) -> list[dict]:
+    """Non-dominated trials over the validation figures `keys` (all maximised; the pareto
+    objectives, search.run.objectives.objective_keys), by ES-AUC."""
+    pts = [(t, [value(t, k) for k in keys]) for t in trials]
+    keep = [t for t, a in pts
+            if not any(all(x >= y for x, y in zip(b, a)) and any(x > y for x, y in zip(b, a)) for _, b in pts)]
     return sorted(keep, key=lambda t: -t["val"]["es_auc"])
 
 
+def feasible(t: dict, limits: dict[str, float]) -> bool:
+    """Every floor met (search.run.objectives.floors: {key: lowest value})."""
+    return all(value(t, k) >= floor for k, floor in limits.items())
+
+
 def finalists(scfg, trials: list[dict], auc_floor: float | None, k: int) -> list[dict]:
-    """The top k full-length trials for the objective: the front first (pareto), the feasible
-    ones first (constrained), then by validation ES-AUC."""
+    """The top k full-length trials for the objective: the feasible ones first (the constrained
+    objective's AUC floor, --min-missing-es-auc), among them the front first (pareto, over its
+    objectives), then by validation ES-AUC."""
+    from search.run.objectives import floors, objective_keys
+
+    limits = floors(scfg, auc_floor)
     by_score = sorted(trials, key=lambda t: -t["val"]["es_auc"])
-    if scfg.objective == "pareto":
-        first = front(trials)
-    elif scfg.objective == "constrained" and auc_floor is not None:
-        first = [t for t in by_score if t["val"]["auc"] >= auc_floor]
-    else:
-        first = by_score
-    ordered = first + [t for t in by_score if t not in first]
+    ok = [t for t in by_score if feasible(t, limits)]
+    first = front(ok, objective_keys(scfg)) if scfg.objective == "pareto" else ok
+    ordered = first + [t for t in ok if t not in first] + [t for t in by_score if t not in ok]
     return ordered[:k]

@@ -17,13 +17,19 @@ THRESHOLDED = ("val/dpd_at_val_threshold", "val/deodds_at_val_threshold")
 def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | None) -> dict:
     from search.decide import confirm, select
 
+    from search.run.objectives import floors, objective_keys
+
     search = scfg.to_dict()
     full = S.full_length(trials, scfg.max_epochs)
-    front = select.front(full)
-    decision = {"objective": scfg.objective, "auc_floor_search": auc_floor,
+    keys = objective_keys(scfg) if scfg.objective == "pareto" else ["auc", "es_auc"]
+    front = select.front(full, keys)
+    decision = {"objective": scfg.objective, "auc_floor_search": auc_floor, "front_keys": keys,
+                "floors": floors(scfg, auc_floor),
                 "space": {k: str(v) for k, v in S.space_summary(scfg.mode).items()},
                 "front": [{"trial_id": t["trial_id"], "auc": t["val"]["auc"], "es_auc": t["val"]["es_auc"],
-                           "params": t["params"]} for t in front]}
+                           "values": {k: t["val"].get(k) for k in keys},
+                           "feasible": select.feasible(t, floors(scfg, auc_floor)), "params": t["params"]}
+                          for t in front]}
     if len(full) >= 2:   # would more trials help? (search.decide.expected_max)
         from search.decide.expected_max import curve
 
@@ -70,9 +76,14 @@ def _test_and_register(scfg, conf: dict, tracker, decision: dict, setup: dict | 
         decision["test"] = test
         if tracker is not None:
             _log_test(tracker, [chosen["run_id"], tracker.parent_run_id], test, side)
+    if scfg.final_test:   # the deployed model with each modality missing and on the other site
+        _robustness(scfg, chosen, label, tracker, decision, setup)
     if tracker is not None and chosen["run_id"] and scfg.register_name:
+        from search.record.summary import robustness_metrics
+
         tags = {**{f"hp.{k}": v for k, v in conf["candidates"][label].items()},
                 **{f"test.{k}": v for k, v in _flat_test(decision.get("test", {}), side).items()},
+                **{k.replace("/", "."): v for k, v in robustness_metrics(decision.get("robustness") or {}).items()},
                 "data_fingerprint": decision.get("data_fingerprint", ""), "report": "report/report.html",
                 "study_run_id": tracker.parent_run_id}
         from search.decide.registry import checkpoint_signature, register
@@ -81,6 +92,19 @@ def _test_and_register(scfg, conf: dict, tracker, decision: dict, setup: dict | 
         sig = run(scfg, "model signature", checkpoint_signature, chosen["checkpoint"], data_of(setup))
         with chosen["checkpoint"].as_directory() as d:
             decision["registered"] = register(tracker, chosen["run_id"], d, scfg.register_name, tags, sig=sig)
+
+
+def _robustness(scfg, chosen: dict, label: str, tracker, decision: dict, setup) -> None:
+    """decision["robustness"]: the deployed model's test figures complete, with each modality
+    removed, on the samples that lack one and (--shift-root) on the other site's test split
+    (search.record.summary.robustness: one Ray task), logged as test/missing/<m>/... and
+    test/shift/... on its run and the study's."""
+    from search.record.summary import log_metrics, robustness, robustness_metrics
+
+    rob = robustness(chosen["checkpoint"], scfg, setup)
+    decision["robustness"] = {"candidate": label, **rob}
+    if tracker is not None:
+        log_metrics(tracker, [chosen["run_id"], tracker.parent_run_id], robustness_metrics(rob))
 
 
 def _flat_test(test: dict, side: str = "chosen") -> dict[str, float]:

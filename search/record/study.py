@@ -122,14 +122,15 @@ def study_tags(search: dict, commit: str) -> dict[str, str]:
     return {"dataset": search["dataset"], "attribute": search["attribute"], "mode": search["mode"],
             "seed": str(search["seed"]), "git_commit": commit, "preset": search["preset"],
             "searcher": search["searcher"], "scheduler": search["scheduler"],
-            "objective": search.get("objective", "es_auc")}
+            "objective": search.get("objective", "es_auc"),
+            "shift_test": str(bool(search.get("shift_root"))).lower()}   # never the path itself
 
 
 def study_params(search: dict) -> dict[str, str]:
     keep = ("num_samples", "max_epochs", "grace_period", "reduction_factor", "cpus_per_trial",
             "gpus_per_trial", "max_failures", "seed", "searcher", "scheduler", "preset", "mode",
             "objective", "min_auc_drop", "finalists", "confirm_seeds", "confirm_budget", "alpha",
-            "min_gain", "warm_start")
+            "min_gain", "warm_start", "objectives", "min_missing_es_auc")
     params = {k: str(search[k]) for k in keep if k in search}
     params.update({f"range.{k}": v for k, v in space_summary(search.get("mode", "full")).items()})
     params.update({f"baseline.{k}": str(v) for k, v in search["baseline"].items()})
