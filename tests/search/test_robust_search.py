@@ -73,3 +73,31 @@ def test_pareto_with_es_auc_missing_oct_and_a_shifted_site(ray_session, search_c
     assert {"test/missing/oct/auc", "test/missing/slo/auc", "test/shift/auc", "test/shift/n"} <= set(metrics)
     assert metrics["test/shift/n"] == rob["shift"]["n"]
     assert other_site not in json.dumps(client.get_run(outcome.parent_run_id).data.to_dictionary())
+
+
+def test_floor_on_es_auc_without_oct_and_the_final_test_without_confirmation(ray_session, search_config, dataset,
+                                                                          tmp_path, capsys):
+    """--min-missing-es-auc oct=x on the es_auc objective, --finalists 0: the front's trials say
+    whether they meet the floor (recomputed here), and the best trial's test, scored once, carries
+    the missing-modality and other-site figures to the console and MLflow."""
+    from mlflow import MlflowClient
+
+    from search.record.summary import print_summary
+    from search.runner import run_search
+
+    scfg = search_config(tmp_path, num_samples=3, max_epochs=2, grace_period=1, min_missing_es_auc="oct=0.5",
+                         shift_root=str(dataset("checkpoint")))
+    outcome = run_search(scfg)
+    print_summary(scfg, outcome)
+    out = capsys.readouterr().out
+    d = outcome.decision
+    assert d["floors"] == {MISSING_OCT: 0.5} and "floors (infeasible below): val/missing/oct/es_auc >= 0.5000" in out
+    best_epoch = {t["trial_id"]: t["best_epoch"] for t in outcome.trials}
+    rows = _rows(scfg.study_dir)
+    at_best = {k: _num(next(r[MISSING_OCT] for r in rows[k] if r["epoch"] == e)) for k, e in best_epoch.items() if e}
+    assert d["front"] and all(f["feasible"] == (at_best[f["trial_id"]] >= 0.5) for f in d["front"])
+    test = outcome.best["test"]
+    assert {"test/missing/oct/auc", "test/missing/slo/auc", "test/shift/auc"} <= set(test)
+    assert "other site, n " in out and "without slo (removed from all)" in out
+    metrics = MlflowClient(scfg.tracking_uri).get_run(outcome.parent_run_id).data.metrics
+    assert metrics["test/shift/auc"] == pytest.approx(test["test/shift/auc"])
