@@ -97,7 +97,7 @@ def _front_table(decision: dict) -> str:
     floors' verdict when the study has floors."""
     keys = [k for k in decision.get("front_keys") or [] if k not in ("auc", "es_auc")]
     space, limits = list(decision.get("space", {})), decision.get("floors") or {}
-    head = ["trial", "val AUC", "val ES-AUC"] + [f"val {k}" for k in keys] + (["floors met"] if limits else []) + space
+    head = ["trial", "val AUC", "val ES-AUC"] + [k if k.startswith("val/") else f"val {k}" for k in keys] + (["floors met"] if limits else []) + space
     rows = [[t["trial_id"], _f(t["auc"]), _f(t["es_auc"])] + [_f((t.get("values") or {}).get(k)) for k in keys]
             + (["yes" if t.get("feasible", True) else "no"] if limits else [])
             + [_f(t["params"][k], 4) for k in space] for t in decision.get("front", [])]
@@ -119,7 +119,7 @@ def _robustness(rob: dict | None) -> list[str]:
     for m in mods:
         rows.append([f"without {m} (removed from every sample)", "", _f(flat.get(f"test/missing/{m}/auc")),
                      _f(flat.get(f"test/missing/{m}/es_auc"))])
-        if f"test/absent/{m}/n" in flat:
+        if flat.get(f"test/absent/{m}/n", 0) > 0:   # samples that really lack m
             rows.append([f"samples lacking {m}", f"{flat[f'test/absent/{m}/n']:.0f}",
                          _f(flat.get(f"test/absent/{m}/auc")), _f(flat.get(f"test/absent/{m}/es_auc"))])
     if rob.get("shift"):

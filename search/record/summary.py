@@ -249,7 +249,7 @@ def print_robustness(same: tuple, flat: dict[str, float], shift_root: str = "") 
     row("complete, same site", *same)
     for m in mods:
         row(f"without {m} (removed from all)", flat.get(f"test/missing/{m}/auc"), flat.get(f"test/missing/{m}/es_auc"))
-        if f"test/absent/{m}/n" in flat:
+        if flat.get(f"test/absent/{m}/n", 0) > 0:   # samples that really lack m
             row(f"samples lacking {m} (n {flat[f'test/absent/{m}/n']:.0f})", flat.get(f"test/absent/{m}/auc"),
                 flat.get(f"test/absent/{m}/es_auc"))
     if "test/shift/auc" in flat or "test/shift/es_auc" in flat:
