@@ -1,10 +1,11 @@
 """Search service: Ray Tune + Optuna TPE + ASHA over the MultiFair trainer, tracked in MLflow.
 
 Three stages, one folder each (docs/architecture.md has the table of who owns what):
-- search.run: the search itself: the stage (the Tune run, new or resumed), the trainable, the one Tuner factory (tuning), the space, the
-  objectives' searcher and scheduler side, MO-ASHA, progress, resume, embedded Ray, reaper,
-  cluster sizing, checkpoint storage, warm start, the sweeps, the cluster's data preparation.
-- search.decide: the stages after the search: selection, confirmation, the decision rule (a pure
+- search.run: the search itself: the stage (the Tune run, new or resumed), the trainable, the
+  one Tuner factory (tuning), the space, the objectives' searcher and scheduler side, MO-ASHA,
+  progress, resume, embedded Ray, reaper, cluster sizing, checkpoint storage, warm start, the
+  sweeps, the cluster's data preparation.
+- search.decide: the stages after the search: selection (best, front, finalists), confirmation, the decision rule (a pure
   function of a results table: `python -m search.decide --table`), the paired test, the Ray
   tasks that run them (remote), the registered model (registry, mlmodel).
 - search.record: the study folder (paths, trial ids, METRIC, reading trials), MLflow tracking,

@@ -97,7 +97,8 @@ def _front_table(decision: dict) -> str:
     floors' verdict when the study has floors."""
     keys = [k for k in decision.get("front_keys") or [] if k not in ("auc", "es_auc")]
     space, limits = list(decision.get("space", {})), decision.get("floors") or {}
-    head = ["trial", "val AUC", "val ES-AUC"] + [k if k.startswith("val/") else f"val {k}" for k in keys] + (["floors met"] if limits else []) + space
+    head = (["trial", "val AUC", "val ES-AUC"] + [k if k.startswith("val/") else f"val {k}" for k in keys]
+            + (["floors met"] if limits else []) + space)
     rows = [[t["trial_id"], _f(t["auc"]), _f(t["es_auc"])] + [_f((t.get("values") or {}).get(k)) for k in keys]
             + (["yes" if t.get("feasible", True) else "no"] if limits else [])
             + [_f(t["params"][k], 4) for k in space] for t in decision.get("front", [])]

@@ -29,7 +29,8 @@ def test_objective_names_map_to_the_trainers_result_keys():
 
 
 @pytest.mark.parametrize("kw, flag", [
-    (dict(objective="pareto", objectives="es_auc,es_auc_missing_note"), "--objectives es_auc_missing_note: unknown modality 'note'"),
+    (dict(objective="pareto", objectives="es_auc,es_auc_missing_note"),
+     "--objectives es_auc_missing_note: unknown modality 'note'"),
     (dict(objective="pareto", objectives="es_auc"), "give two or more distinct objectives"),
     (dict(objective="pareto", objectives="es_auc,es_auc"), "give two or more distinct objectives"),
     (dict(objectives="es_auc,es_auc_missing_oct"), "only --objective pareto trades objectives off"),
