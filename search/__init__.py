@@ -5,9 +5,9 @@ Three stages, one folder each (docs/architecture.md has the table of who owns wh
   one Tuner factory (tuning), the space, the objectives' searcher and scheduler side, MO-ASHA,
   progress, resume, embedded Ray, reaper, cluster sizing, checkpoint storage, warm start, the
   sweeps, the cluster's data preparation.
-- search.decide: the stages after the search: selection (best, front, finalists), confirmation, the decision rule (a pure
-  function of a results table: `python -m search.decide --table`), the paired test, the Ray
-  tasks that run them (remote), the registered model (registry, mlmodel).
+- search.decide: the stages after the search: selection (best, front, finalists), confirmation,
+  the decision rule (a pure function of a results table: `python -m search.decide --table`), the
+  paired test, the Ray tasks that run them (remote), the registered model (registry, mlmodel).
 - search.record: the study folder (paths, trial ids, METRIC, reading trials), MLflow tracking,
   re-log, figures and importances, the HTML report, the console summary, the analysis CLI.
 runner.py reads top to bottom (parse, prepare, search, decide, record); the entry scripts
