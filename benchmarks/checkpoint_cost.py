@@ -99,7 +99,7 @@ def measure(trainer, where: Path) -> dict:
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(full, target)
     m["persist_full_s"] = timed(persist)
-    # the search writes in the background (search/trainable.py BackgroundReporter): the training
+    # the search writes in the background (search/run/trainable.py BackgroundReporter): the training
     # thread pays for the snapshot, a memory copy of the state (the best weights are shared)
     m["snapshot_resume_s"] = timed(lambda: trainer.snapshot(resume=True))
     m["snapshot_best_s"] = timed(lambda: trainer.snapshot(resume=False))
@@ -112,7 +112,7 @@ def measure(trainer, where: Path) -> dict:
 
 
 def rungs(grace: int, rf: int, max_epochs: int) -> list[int]:
-    from search.trainable import asha_rungs
+    from search.run.trainable import asha_rungs
 
     return asha_rungs(grace, rf, max_epochs)
 
@@ -133,7 +133,7 @@ def policy_cost(m: dict, every: int, grace: int, rf: int, max_epochs: int, old: 
     lengths. Background: the thread pays the snapshot, plus whatever of the write and Tune's
     copy to storage is not done when the next epoch ends (one epoch in flight at most), plus the
     whole last write (the trial ends only once Tune has its last report)."""
-    from search.trainable import checkpoint_kind, checkpoint_policy
+    from search.run.trainable import checkpoint_kind, checkpoint_policy
 
     policy = checkpoint_policy(every, rungs(grace, rf, max_epochs))
     sizes = {"resume": m["state_bytes"] + m["best_bfloat16_bytes"], "best": m["best_bfloat16_bytes"]}

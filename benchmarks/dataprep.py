@@ -1,5 +1,5 @@
 """Data preparation benchmark: samples/s per core of the cluster preparation job
-(search/dataprep.py) on a generated FULL-SIZE FairVision set (200x200 SLO, 200^3 OCT), with 1 and
+(search/run/dataprep.py) on a generated FULL-SIZE FairVision set (200x200 SLO, 200^3 OCT), with 1 and
 2 Ray CPUs, beside the local one-process cache builder (trainer/data/cache.py) on the same files.
 The paper preset's preprocessing (224x224, 10 OCT slices). Prints JSON (and writes it with --json).
 
@@ -43,8 +43,8 @@ def _warm(cpus: int) -> float:
 
 
 def run_job(cfg, cpus: int, out: str, shard_samples: int) -> dict:
-    from search import dataprep
-    from search.embedded_ray import local_ray
+    from search.run import dataprep
+    from search.run.embedded_ray import local_ray
 
     with local_ray(num_cpus=cpus):
         warm_s = _warm(cpus)

@@ -100,7 +100,7 @@ def simulate(draws: int, k: int, repeats: int, sd_base: float, sd_cand: float, r
 
 def simulate_sequential(draws: int, k: int, first: int, budget: int, sd_base: float, sd_cand: float,
                         rho_bc: float, rho_cc: float, gains=None, alpha: float = 0.05, seed: int = 0) -> dict:
-    """search.confirm.run_confirmation's intensification (--confirm-seeds first --confirm-budget
+    """search.decide.confirm.run_confirmation's intensification (--confirm-seeds first --confirm-budget
     budget), vectorised: looks of `first` seeds, each at alpha / looks, Holm over all k with the
     dropped at p = 1; undecided = 95% interval above 0; stops when one is deployed or none is
     undecided. Returns the deployment rate (A/A: any; else candidate 0) and the mean number of

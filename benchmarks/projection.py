@@ -68,7 +68,7 @@ OPTIONS = [   # (label, instance type, nodes)
     ("4 x g6e.12xlarge (16 L40S 48 GB), aws-gpu.yaml's maximum", "g6e.12xlarge", 4),
 ]
 PREPARATION_PLACEHOLDER = ("Data preparation in this table: every node builds its own cache (--prepare-rate 0, "
-                           "the path without search/dataprep.py); --prepare-rate R --prepare-cores C puts the "
+                           "the path without search/run/dataprep.py); --prepare-rate R --prepare-cores C puts the "
                            "cluster's preparation job (benchmarks/results/dataprep-2core.json) in its place")
 
 
@@ -257,7 +257,7 @@ def markdown(result: dict) -> str:
         f"- Confirmation: (finalists {args['finalists']} + paper point + plain fusion) x "
         f"{args['confirm_seeds']} seeds = full {args['epochs']}-epoch trainings, in waves of one per GPU.",
         f"- Test: the chosen model and plain fusion over {args['n_test']:,} test samples on a GPU "
-        f"(forward at a third of a training step's cost, as Ray tasks on a trial node: search/remote.py) plus "
+        f"(forward at a third of a training step's cost, as Ray tasks on a trial node: search/decide/remote.py) plus "
         f"the paired bootstrap on a CPU ({FIGURES['bootstrap_s_per_320'][0]:.0f} s for 320 samples, "
         f"scaled linearly: {base['bootstrap_s']:.0f} s, extrapolated).",
         f"- GPU-hours billed: GPUs x (total + {args['idle_timeout_min']} min idle timeout); every node is "

@@ -37,7 +37,7 @@ def tiny_model(tmp: Path):
     """A tiny-preset model fitted for one epoch on generated data, logged and loaded as pyfunc."""
     import mlflow
 
-    from search.mlmodel import log_model
+    from search.decide.mlmodel import log_model
     from trainer.config import PRESETS, TrainConfig
     from trainer.data.synthetic import synthesize
     from trainer.loop import fit

@@ -7,7 +7,7 @@ seeds. Target: TPE + ASHA reaches random search's best ES-AUC for at most a thir
 import argparse
 import tempfile
 
-from search.embedded_ray import init_local_ray
+from search.run.embedded_ray import init_local_ray
 from search.runner import SearchConfig, run_search
 
 

@@ -14,7 +14,7 @@ benchmark, as HPOBench / Syne Tune's blackbox repository do):
           slots where one epoch takes one time unit: the REAL samplers (Optuna TPESampler
           multivariate + constant_liar, RandomSampler) ask for a configuration, the nearest design
           point (unit cube, log axes where the range is log) answers with a seed's recorded curve,
-          and the REAL schedulers (Ray's ASHAScheduler on ES-AUC, search.mo_asha.MOASHAScheduler)
+          and the REAL schedulers (Ray's ASHAScheduler on ES-AUC, search.run.mo_asha.MOASHAScheduler)
           decide at every epoch; a stopped or finished trial is told to Optuna with its last
           report, as OptunaSearch does. Every method gets the same epoch budget.
 
@@ -25,7 +25,7 @@ benchmark, as HPOBench / Syne Tune's blackbox repository do):
 
 Figures: hypervolume, with a reference point fixed per table (its worst validation AUC and
 ES-AUC at any configuration's best epoch; `--ref fixed`: AUC 0.5, ES-AUC 0.25), of the front of the
-full-length trials (validation, best epoch, as search.objectives.front); test hypervolume of the
+full-length trials (validation, best epoch, as search.decide.select.front); test hypervolume of the
 same trials' test figures; paired over runs (same run seed for every method).
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ HP = ("rho", "lambda_gm", "tau", "delta", "lambda_f")
 # -- the design and its coordinates ----------------------------------------------------------
 def unit(params: dict) -> np.ndarray:
     """A configuration in the unit cube (log axes where the range is log)."""
-    from search.space import RANGES
+    from search.run.space import RANGES
 
     out = []
     for k in HP:
@@ -61,7 +61,7 @@ def unit(params: dict) -> np.ndarray:
 
 
 def from_unit(u) -> dict:
-    from search.space import RANGES
+    from search.run.space import RANGES
 
     out = {}
     for k, x in zip(HP, u):
@@ -74,7 +74,7 @@ def from_unit(u) -> dict:
 def design(n: int, attribute: str, seed: int = 0) -> list[dict]:
     from scipy.stats import qmc
 
-    from search.space import baseline_point
+    from search.run.space import baseline_point
 
     pts = qmc.Sobol(len(HP), scramble=True, seed=seed).random(n - 1)
     return [baseline_point("fairvision", attribute)] + [from_unit(u) for u in pts]
@@ -207,7 +207,7 @@ RULES = ("asha_es_auc", "mo_asha", "mo_asha_front")
 def _scheduler(kind: str, epochs: int, grace: int, eta: int):
     from ray.tune.schedulers import ASHAScheduler
 
-    from search.mo_asha import MOASHAScheduler
+    from search.run.mo_asha import MOASHAScheduler
 
     if kind == "asha_es_auc":
         return ASHAScheduler(time_attr="epoch", metric="es_auc", mode="max", max_t=epochs,
@@ -225,7 +225,7 @@ def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int =
     import optuna
     from ray.tune.schedulers import TrialScheduler
 
-    from search.space import optuna_distributions
+    from search.run.space import optuna_distributions
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler_kind, sched_kind = METHODS[method]
@@ -365,10 +365,10 @@ def replay(a) -> None:
 def warm_saving(a, cold_tab: Table, r: int) -> dict:
     """Epochs a TPE + MO-ASHA search on the --warm-table data needs to reach its cold search's
     final hypervolume, cold vs seeded with the trials of a TPE + MO-ASHA search on the --table
-    data (another attribute or site), as search/warm_start.py seeds Optuna."""
+    data (another attribute or site), as search/run/warm_start.py seeds Optuna."""
     import optuna
 
-    from search.space import optuna_distributions
+    from search.run.space import optuna_distributions
 
     target_tab = Table(json.loads(Path(a.warm_table).read_text()))
     target_tab.ref = target_tab.nadir() if a.ref == "nadir" else REF

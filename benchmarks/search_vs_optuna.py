@@ -55,8 +55,8 @@ def run_peer(cfg, datasets, a) -> dict:
     """Plain Optuna, one process, two threads: the least a search of this budget costs."""
     import optuna
 
-    from search.space import baseline_point, optuna_distributions
-    from search.trainable import trial_config
+    from search.run.space import baseline_point, optuna_distributions
+    from search.run.trainable import trial_config
     from trainer.loop import fit
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

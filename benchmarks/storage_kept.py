@@ -1,5 +1,5 @@
 """What a search keeps on storage at the end, with and without deleting ended trials' resume
-state (search/storage.py), by the checkpoint policy's own arithmetic (search/trainable.py
+state (search/run/storage.py), by the checkpoint policy's own arithmetic (search/run/trainable.py
 checkpoint_kind, asha_rungs) and Tune's num_to_keep=2. No training: sizes per file come from
 `python benchmarks/checkpoint_cost.py` at the paper preset (2.03 GiB state.pt, 0.34 GiB bf16
 best model), or --state-gib / --best-gib.
@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search.trainable import asha_rungs, checkpoint_kind, checkpoint_policy  # noqa: E402
+from search.run.trainable import asha_rungs, checkpoint_kind, checkpoint_policy  # noqa: E402
 
-KEEP = 2   # search/runner.py and search/confirm.py: CheckpointConfig(num_to_keep=2)
+KEEP = 2   # search/runner.py and search/decide/confirm.py: CheckpointConfig(num_to_keep=2)
 
 
 def kept_gib(epochs: int, max_epochs: int, policy: dict, state: float, best: float,

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from search.space import baseline_point
-from search.summary import SearchOutcome, print_summary, summarize_results
+from search.run.space import baseline_point
+from search.record.summary import SearchOutcome, print_summary, summarize_results
 
 
 @dataclass
@@ -24,7 +24,7 @@ class SearchConfig:
     mode: str = "full"
     preset: str = "paper"
     data_root: str = ""            # "" -> generate a small dataset under the results folder
-    prepare_on_cluster: bool = False   # s3:// data roots always are (search/dataprep.py)
+    prepare_on_cluster: bool = False   # s3:// data roots always are (search/run/dataprep.py)
     synthetic_sizes: tuple[int, int, int] = (192, 96, 96)
     sets: list[str] = field(default_factory=list)              # trainer --set key=value
     num_samples: int = 16
@@ -50,8 +50,11 @@ class SearchConfig:
     scheduler: str = "asha"        # asha (MO-ASHA for pareto/constrained) | asha_es_auc | none
     log_best_model: bool = True
     final_test: bool = True        # score the chosen trial's model on the test split, once
-    objective: str = "es_auc"      # es_auc | pareto | constrained (search/objectives.py)
+    objective: str = "es_auc"      # es_auc | pareto | constrained (search/run/objectives.py)
     min_auc_drop: float | None = None   # constrained (and the confirmation's AUC floor)
+    objectives: str = ""           # pareto's, e.g. es_auc,es_auc_missing_oct ("" -> auc,es_auc)
+    min_missing_es_auc: str = ""   # floors, e.g. oct=0.6: val ES-AUC without the OCT >= 0.6
+    shift_root: str = ""           # another site's data (same layout): the final test scores it too
     finalists: int = 3             # 0: no confirmation stage (the best search trial is tested)
     confirm_seeds: int = 3
     confirm_budget: int = 0        # extra seeds per undecided candidate (confirm.looks)
@@ -59,12 +62,12 @@ class SearchConfig:
     min_gain: float = 0.0          # validation ES-AUC gain over plain fusion a candidate must show
     register_name: str = ""        # "" -> multifair-<dataset>-<attribute>
     figures: bool = True
-    warm_start: str = ""           # an earlier study folder or MLflow experiment (search/warm_start.py)
+    warm_start: str = ""           # an earlier study folder or MLflow experiment (search/run/warm_start.py)
     verbose: int = 1
     test_hooks: dict = field(default_factory=dict)             # see docs/search.md
 
     def __post_init__(self):
-        from search.space import hyperparameters
+        from search.run.space import hyperparameters
 
         # The entry scripts pass the paper's point, MultiFair's five; a method that searches
         # other hyperparameters (--mode ogm_ge: ogm_alpha) starts from its own default instead.
@@ -78,6 +81,8 @@ class SearchConfig:
         if not self.storage_path.startswith(("s3://", "gs://")):
             self.storage_path = str(Path(self.storage_path).expanduser().resolve())
         self.register_name = self.register_name or f"multifair-{self.dataset}-{self.attribute}"
+        if self.shift_root and "://" not in self.shift_root:   # trials and tasks run elsewhere
+            self.shift_root = str(Path(self.shift_root).expanduser().resolve())
         check(self)
 
     def to_dict(self) -> dict:
@@ -92,7 +97,7 @@ class SearchConfig:
 
     @property
     def study_dir(self) -> str:
-        from search.study import stage_path
+        from search.record.study import stage_path
 
         return stage_path(self.storage_path, self.name)
 
@@ -102,11 +107,17 @@ class BadFlag(ValueError):
 
 
 def check(scfg: SearchConfig) -> None:
-    from search.objectives import OBJECTIVES
+    from search.run.objectives import OBJECTIVES, PARETO, BadObjective, missing_floors, objective_keys
 
     def need(ok: bool, message: str) -> None:
         if not ok:
             raise BadFlag(message)
+
+    def named(flag: str, read):
+        try:
+            return read(scfg)
+        except BadObjective as exc:
+            raise BadFlag(f"{flag} {exc}") from None
 
     need(scfg.num_samples >= 1, f"--num-samples {scfg.num_samples}: give at least 1 trial")
     need(scfg.max_epochs >= 1, f"--max-epochs {scfg.max_epochs}: give at least 1 epoch")
@@ -120,6 +131,16 @@ def check(scfg: SearchConfig) -> None:
     need(scfg.objective in OBJECTIVES, f"--objective {scfg.objective}: choose one of {', '.join(OBJECTIVES)}")
     need(scfg.objective != "constrained" or scfg.min_auc_drop is not None,
          "--objective constrained needs --min-auc-drop X (AUC may fall at most X below plain fusion's)")
+    keys, floors = named("--objectives", objective_keys), named("--min-missing-es-auc", missing_floors)
+    need(scfg.objective == "pareto" or scfg.objectives in ("", PARETO), f"--objectives {scfg.objectives}: "
+         f"only --objective pareto trades objectives off (--objective {scfg.objective} maximises "
+         "validation ES-AUC); add --objective pareto, or --min-missing-es-auc for a floor")
+    need(len(keys) >= 2 and len(set(keys)) == len(keys), f"--objectives {scfg.objectives}: give two or "
+         "more distinct objectives, e.g. es_auc,es_auc_missing_oct")
+    need(not scfg.warm_start or (not floors and keys == ["auc", "es_auc"]), f"--warm-start {scfg.warm_start}: "
+         "an earlier study seeds only the default objectives (no --objectives, no --min-missing-es-auc)")
+    need(not scfg.shift_root or "://" in scfg.shift_root or Path(scfg.shift_root).is_dir(),
+         f"--shift-root {scfg.shift_root}: no such folder (another site's data root, same layout)")
     need(scfg.min_auc_drop is None or 0 <= scfg.min_auc_drop < 1,
          f"--min-auc-drop {scfg.min_auc_drop}: give an AUC difference in [0, 1), e.g. 0.01")
     need(scfg.finalists >= 0, f"--finalists {scfg.finalists}: give 0 (no confirmation) or more")
@@ -166,6 +187,13 @@ def parse_args(dataset: str, attribute: str, baseline: dict | None, argv=None) -
     add("--objective", default=defaults.objective, choices=["es_auc", "pareto", "constrained"],
         help="es_auc: max validation ES-AUC; pareto: front over (AUC, ES-AUC); constrained: max "
              "ES-AUC with AUC >= plain fusion's - --min-auc-drop")
+    add("--objectives", default="", metavar="A,B[,C]", help="what --objective pareto trades off "
+        "(default auc,es_auc): auc, es_auc, and per modality auc_missing_<m> / es_auc_missing_<m> "
+        "(validation with m removed from every sample), e.g. es_auc,es_auc_missing_oct")
+    add("--min-missing-es-auc", default="", metavar="M=X[,M2=Y]", help="floor on the validation "
+        "ES-AUC with modality M removed: trials below are infeasible (any --objective), e.g. oct=0.6")
+    add("--shift-root", default="", metavar="DIR", help="another site's data root in the same layout: "
+        "the final test also scores the deployed model on its test split (docs/search.md)")
     add("--min-auc-drop", type=float, default=None, help="AUC floor below plain fusion (constrained; "
         "also applied when choosing among the confirmed finalists)")
     add("--finalists", type=int, default=defaults.finalists, help="configurations re-trained with "
@@ -182,7 +210,7 @@ def parse_args(dataset: str, attribute: str, baseline: dict | None, argv=None) -
     add("--register-name", default="", help="registered model name (default multifair-<dataset>-<attribute>)")
     add("--no-figures", dest="figures", action="store_false", help="skip the sensitivity figures")
     add("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI or sqlite under --storage-path")
-    add("--no-tracking", action="store_true", help="skip MLflow; fill it later with search.relog")
+    add("--no-tracking", action="store_true", help="skip MLflow; fill it later with search.record.relog")
     add("--experiment", default="", help="MLflow experiment name")
     add("--storage-path", default=defaults.storage_path, help="results folder or s3://bucket/path")
     add("--name", default="", help="study name (folder under --storage-path)")
@@ -200,7 +228,7 @@ def parse_args(dataset: str, attribute: str, baseline: dict | None, argv=None) -
 
 
 def main(dataset: str, attribute: str, baseline: dict | None = None, argv=None) -> int:
-    from search.tracking import TrackingUnavailable
+    from search.record.tracking import TrackingUnavailable
 
     try:
         scfg = parse_args(dataset, attribute, baseline, argv)
@@ -226,6 +254,7 @@ def base_config(scfg: SearchConfig):
     return make_config(scfg.dataset, scfg.attribute, preset=scfg.preset, sets=scfg.sets,
                        data_root=scfg.data_root, mode=scfg.mode, epochs=scfg.max_epochs,
                        seed=scfg.seed, evaluate_test=False,
+                       **({"shift_root": scfg.shift_root} if scfg.shift_root else {}),
                        max_gpu_memory_fraction=scfg.gpus_per_trial if 0 < scfg.gpus_per_trial < 1 else 1.0,
                        **scfg.baseline)
 
@@ -263,38 +292,32 @@ def init_ray(scfg: SearchConfig) -> None:
             if os.environ.get("RAY_ADDRESS") or "Failed to connect to Ray cluster at" in str(exc):
                 raise ValueError(f"could not attach to the Ray cluster: {exc} (token-auth clusters "
                                  f"need RAY_AUTH_MODE=token; use --local for an embedded Ray)") from None
-    from search.embedded_ray import init_local_ray
+    from search.run.embedded_ray import init_local_ray
 
-    # every worker imports the trainer as it starts (search.trainable.preimport), off the trials' path
+    # every worker imports the trainer as it starts (search.run.trainable.preimport), off the trials' path
     init_local_ray(scfg.num_cpus or os.cpu_count(), scfg.num_gpus if scfg.num_gpus >= 0 else None,
-                   runtime_env={"worker_process_setup_hook": "search.trainable.preimport"})
+                   runtime_env={"worker_process_setup_hook": "search.run.trainable.preimport"})
     print(f"[search] embedded Ray (loopback only): {ray.cluster_resources()}", flush=True)
-
-
-def max_concurrent(scfg: SearchConfig) -> int:
-    """Trials at once: --max-concurrent, else what the cluster can become (search/cluster_size.py)."""
-    from search.cluster_size import trial_concurrency
-
-    return trial_concurrency(scfg, scfg.num_samples)
 
 
 def run_search(scfg: SearchConfig) -> SearchOutcome:
     """Prepare (store, data, Ray) -> search -> summarise -> decide (confirm, test, register,
     figures, report). Each stage is its own module."""
-    from search import study
+    from search.record import study
     from search.decide import decide
+    from search.run.stage import search
 
     started = time.time()
     timings: dict[str, float] = {}
     if scfg.warm_start and not scfg.resume:     # refuse another space or objective before any work
-        from search import warm_start
+        from search.run import warm_start
 
         print(f"[search] warm start: {len(warm_start.load(scfg))} trials of {scfg.warm_start} "
               "seed the sampler", flush=True)
     tracker, setup, cfg = prepare_study(scfg, timings)
     auc_floor = None
     if scfg.objective == "constrained":
-        from search.objectives import reference_auc
+        from search.run.objectives import reference_auc
 
         setup["reference_auc"] = setup.get("reference_auc") or reference_auc(cfg, scfg, setup)
         auc_floor = setup["reference_auc"] - scfg.min_auc_drop
@@ -303,7 +326,7 @@ def run_search(scfg: SearchConfig) -> SearchOutcome:
     if not scfg.resume:
         study.write_study(scfg.study_dir, scfg.to_dict(), setup)
     clock, timings["search_started"] = time.perf_counter(), time.time()
-    results, tracker = search_stage(scfg, setup, tracker, auc_floor, timings)
+    results, tracker = search(scfg, setup, tracker, auc_floor, timings)
     timings["search_s"] = time.perf_counter() - clock
     confirming = scfg.finalists > 0
     clock = time.perf_counter()
@@ -312,7 +335,7 @@ def run_search(scfg: SearchConfig) -> SearchOutcome:
     timings["summary_s"] = time.perf_counter() - clock   # incl. the best model logged when no confirmation
     clock = time.perf_counter()
     if not outcome.interrupted and outcome.best is not None:
-        from search.confirm import StageStopped
+        from search.decide.confirm import StageStopped
 
         try:   # an interrupted or incomplete stage leaves no decision and registers nothing
             outcome.decision = decide(scfg, setup, outcome.trials, tracker, auc_floor)
@@ -343,7 +366,8 @@ def prepare_study(scfg: SearchConfig, timings: dict | None = None):
     timings = {} if timings is None else timings
     clock = time.perf_counter()
 
-    from search import dataprep, study, tracking
+    from search.record import study, tracking   # their import (MLflow) counts in tracking_s
+    from search.run import dataprep
 
     scfg.results_dir.mkdir(parents=True, exist_ok=True)
     # Tune warns on every forced snapshot (num_to_keep=1 forces one per checkpoint): by design here
@@ -366,7 +390,7 @@ def prepare_study(scfg: SearchConfig, timings: dict | None = None):
 
     started_here = not ray.is_initialized()
     if started_here:
-        from search.reaper import reap_ray_on_exit
+        from search.run.reaper import reap_ray_on_exit
 
         reap_ray_on_exit()   # a SIGKILLed driver must not leave its embedded Ray's agents behind
     # Ray starts (seconds of process launches and waiting) while other threads generate and audit
@@ -381,7 +405,7 @@ def prepare_study(scfg: SearchConfig, timings: dict | None = None):
         init_ray(scfg)
         timings["ray_start_s"] = time.perf_counter() - clock
         try:
-            from search.cluster_size import check_room, request
+            from search.run.cluster_size import check_room, request
 
             # a trial nothing can hold would wait forever: refused here; the autoscaler starts
             # the trials' nodes now, while the data and the tracking store are prepared
@@ -394,7 +418,7 @@ def prepare_study(scfg: SearchConfig, timings: dict | None = None):
             if store is not None:
                 timings["tracking_s"] += store.result()
         except BaseException:
-            from search.cluster_size import release
+            from search.run.cluster_size import release
 
             release()            # no nodes kept for a search that will not run
             if started_here:
@@ -403,7 +427,7 @@ def prepare_study(scfg: SearchConfig, timings: dict | None = None):
     if scfg.resume:
         setup = study.read_study(scfg.study_dir)["setup"]   # the study's own constants, not today's flags
     else:
-        from search.trainable import asha_rungs, checkpoint_policy
+        from search.run.trainable import asha_rungs, checkpoint_policy
 
         rungs = asha_rungs(scfg.grace_period, scfg.reduction_factor, scfg.max_epochs) \
             if scfg.scheduler != "none" else []
@@ -411,7 +435,7 @@ def prepare_study(scfg: SearchConfig, timings: dict | None = None):
                  "test_hooks": {**scfg.test_hooks, "baseline": dict(scfg.baseline)},
                  "checkpoints": checkpoint_policy(scfg.checkpoint_every, rungs)}
     setup["card_path"] = str(prepared["card_path"])   # this machine's dataset card (counts only)
-    if prepared.get("prepared"):   # the shards' manifest: trials pull it (search/dataprep.py)
+    if prepared.get("prepared"):   # the shards' manifest: trials pull it (search/run/dataprep.py)
         setup["prepared"] = prepared["prepared"]
     return tracker, setup, cfg
 
@@ -420,7 +444,7 @@ def _prepare_data(scfg: SearchConfig):
     """Generated data if no --data-root, the base config, the audited cache (trials find it built):
     (synthetic spec, cfg, prepare() summary, seconds). The summary is None where the cluster
     prepares the data (dataprep.wanted): that job needs Ray, started meanwhile."""
-    from search import dataprep
+    from search.run import dataprep
     from trainer.data import prepare
 
     clock = time.perf_counter()
@@ -428,78 +452,3 @@ def _prepare_data(scfg: SearchConfig):
     cfg = base_config(scfg)
     prepared = None if dataprep.wanted(scfg) else prepare(cfg)
     return synthetic, cfg, prepared, time.perf_counter() - clock
-
-
-def search_stage(scfg: SearchConfig, setup: dict, tracker, auc_floor, timings: dict | None = None):
-    """The Optuna/ASHA Tune run (new or resumed); returns Tune's ResultGrid and the tracker
-    (a resumed study's own). `timings` receives the MLflow callback's seconds and when each trial
-    was started (benchmarks/search_vs_optuna.py)."""
-    from search import study
-    from search.tuning import make_tuner, tracking_callback
-
-    if scfg.resume:
-        print(f"[search] resuming {scfg.study_dir}", flush=True)
-        from search.resume import repair_stale_checkpoints
-
-        repair_stale_checkpoints(scfg.study_dir)   # a killed driver's snapshot can lag its trials
-        tuner = make_tuner(scfg, setup, scfg.name, restore=True)
-        callback = tracking_callback(tuner)   # the study's own tracker (same store, same parent run)
-        tracker = callback.tracker if callback else tracker
-    clock = time.perf_counter()
-    if tracker is not None:
-        from search.tracking import git_commit
-
-        tracker.start_study(tags=study.study_tags(scfg.to_dict(), git_commit()),
-                            params=study.study_params(scfg.to_dict()))
-        tracker.log_card(setup["card_path"])   # the dataset card: aggregate counts only
-        print(f"[search] MLflow: {tracker.tracking_uri} experiment {tracker.experiment_id} "
-              f"parent run {tracker.parent_run_id}", flush=True)
-    if timings is not None:
-        timings["mlflow_start_s"] = time.perf_counter() - clock   # store, experiment, parent run
-    from search.cluster_size import reserved
-
-    slots = max_concurrent(scfg)
-    if not scfg.resume:
-        tuner = _new_tuner(scfg, setup, tracker, auc_floor, slots)
-    if timings is not None:
-        timings["tune_started"] = time.time()
-    with reserved(scfg, slots):   # the autoscaler starts every slot's node now, not one at a time
-        results = tuner.fit()
-    logger = tracking_callback(tuner)
-    if logger is not None and logger.gave_up:
-        tracker = None   # MLflow still down after the flush (one line said so): the study ends without it
-    if scfg.resume and tracker is not None:
-        held = {study.trial_id_of(r.path) for r in results}
-        lost = tracker.close_lost_trials(held)
-        if lost:
-            print(f"[search] resume: trial(s) {', '.join(lost)} had started after the killed "
-                  f"driver's last snapshot; their MLflow runs are marked lost_at_driver_restart",
-                  flush=True)
-    if timings is not None:
-        from search.progress import ProgressCallback
-
-        for cb in tuner._local_tuner.get_run_config().callbacks or []:
-            if isinstance(cb, ProgressCallback):
-                timings["trial_started"], timings["trial_ended"] = dict(cb.started), dict(cb.ended)
-            elif hasattr(cb, "seconds"):
-                timings["mlflow_callback_s"] = cb.seconds
-    return results, tracker
-
-
-def _new_tuner(scfg, setup, tracker, auc_floor, slots: int):
-    from search import objectives, study
-    from search.progress import ProgressCallback
-    from search.space import param_space
-    from search.storage import ResumeStatePruner
-    from search.tracking import MLflowTrialCallback, git_commit
-    from search.tuning import make_tuner
-
-    callbacks = [ProgressCallback(scfg.max_epochs), ResumeStatePruner()]   # ended trials: best model only
-    if tracker is not None:
-        tags = study.study_tags(scfg.to_dict(), git_commit())
-        callbacks.append(MLflowTrialCallback(tracker, scfg.max_epochs, tags, setup["base"],
-                                             unlogged_dir=str(scfg.results_dir)))
-    return make_tuner(scfg, setup, scfg.name, restore=False, slots=slots, param_space=param_space(scfg.mode),
-                      callbacks=callbacks, verbose=scfg.verbose, **objectives.tune_metric(scfg),
-                      search_alg=objectives.make_searcher(scfg, auc_floor),
-                      scheduler=objectives.make_scheduler(scfg), num_samples=scfg.num_samples)

@@ -78,7 +78,7 @@ def requirements() -> list[str]:
 def log_model(tracking_uri: str, run_id: str, files_dir: str | Path, signature=None,
               metadata=None) -> str:
     """Log the best-model files in `files_dir` (best_model.safetensors + checkpoint.json, e.g.
-    search/mlmodel.py model_files) to `run_id` as the pyfunc model; returns its models:/ URI."""
+    search/decide/mlmodel.py model_files) to `run_id` as the pyfunc model; returns its models:/ URI."""
     import mlflow
 
     import trainer

@@ -1,6 +1,6 @@
 """After the search: finalists -> confirmation (Tune) -> the rule (search.decide.rule) -> test
 split once (paired against plain fusion) -> registry -> decision.json -> figures -> report, all
-written through search.study and logged to the study's MLflow run. Returns the decision dict.
+written through search.record.study and logged to the study's MLflow run. Returns the decision dict.
 
 decision.json is written as soon as the decision and registration are made, before figures and
 the report: a failure there (a plotting bug, a full disk) never loses the decision; a figure
@@ -9,33 +9,39 @@ from __future__ import annotations
 
 import math
 
-from search import study as S
+from search.record import study as S
 
 THRESHOLDED = ("val/dpd_at_val_threshold", "val/deodds_at_val_threshold")
 
 
 def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | None) -> dict:
-    from search import confirm, objectives
+    from search.decide import confirm, select
+
+    from search.run.objectives import floors, objective_keys
 
     search = scfg.to_dict()
     full = S.full_length(trials, scfg.max_epochs)
-    front = objectives.front(full)
-    decision = {"objective": scfg.objective, "auc_floor_search": auc_floor,
+    keys = objective_keys(scfg) if scfg.objective == "pareto" else ["auc", "es_auc"]
+    front = select.front(full, keys)
+    decision = {"objective": scfg.objective, "auc_floor_search": auc_floor, "front_keys": keys,
+                "floors": floors(scfg, auc_floor),
                 "space": {k: str(v) for k, v in S.space_summary(scfg.mode).items()},
                 "front": [{"trial_id": t["trial_id"], "auc": t["val"]["auc"], "es_auc": t["val"]["es_auc"],
-                           "params": t["params"]} for t in front]}
+                           "values": {k: t["val"].get(k) for k in keys},
+                           "feasible": select.feasible(t, floors(scfg, auc_floor)), "params": t["params"]}
+                          for t in front]}
     if len(full) >= 2:   # would more trials help? (search.decide.expected_max)
         from search.decide.expected_max import curve
 
         decision["expected_max"] = curve([t["val"]["es_auc"] for t in full], seed=scfg.seed)
-    if setup.get("prepared"):   # prepared by the cluster (search/dataprep.py): its manifest's hash
+    if setup.get("prepared"):   # prepared by the cluster (search/run/dataprep.py): its manifest's hash
         decision["data_fingerprint"] = setup["prepared"]["sha256"]
     elif scfg.data_root:
-        from search.report import data_fingerprint
+        from search.record.report import data_fingerprint
 
         decision["data_fingerprint"] = data_fingerprint(scfg.data_root)
     if scfg.finalists > 0 and full:
-        finals = objectives.finalists(scfg, full, auc_floor, scfg.finalists)
+        finals = select.finalists(scfg, full, auc_floor, scfg.finalists)
         conf = confirm.run_confirmation(scfg, setup, finals, tracker)
         decision["confirmation"] = {k: conf[k] for k in ("candidates", "stats", "seeds", "looks", "choice")}
         print(f"[decide] {conf['choice']['reason']}", flush=True)
@@ -47,8 +53,8 @@ def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | No
 
 
 def _test_and_register(scfg, conf: dict, tracker, decision: dict, setup: dict | None = None) -> None:
-    from search.confirm import BASELINE, seed_run
-    from search.paired import run_paired_test
+    from search.decide.confirm import BASELINE, seed_run
+    from search.decide.paired import run_paired_test
 
     choice = conf["choice"]
     label = choice["label"]
@@ -70,17 +76,35 @@ def _test_and_register(scfg, conf: dict, tracker, decision: dict, setup: dict | 
         decision["test"] = test
         if tracker is not None:
             _log_test(tracker, [chosen["run_id"], tracker.parent_run_id], test, side)
+    if scfg.final_test:   # the deployed model with each modality missing and on the other site
+        _robustness(scfg, chosen, label, tracker, decision, setup)
     if tracker is not None and chosen["run_id"] and scfg.register_name:
+        from search.record.summary import robustness_metrics
+
         tags = {**{f"hp.{k}": v for k, v in conf["candidates"][label].items()},
                 **{f"test.{k}": v for k, v in _flat_test(decision.get("test", {}), side).items()},
+                **{k.replace("/", "."): v for k, v in robustness_metrics(decision.get("robustness") or {}).items()},
                 "data_fingerprint": decision.get("data_fingerprint", ""), "report": "report/report.html",
                 "study_run_id": tracker.parent_run_id}
-        from search.registry import checkpoint_signature, register
-        from search.remote import data_of, run
+        from search.decide.registry import checkpoint_signature, register
+        from search.decide.remote import data_of, run
 
         sig = run(scfg, "model signature", checkpoint_signature, chosen["checkpoint"], data_of(setup))
         with chosen["checkpoint"].as_directory() as d:
             decision["registered"] = register(tracker, chosen["run_id"], d, scfg.register_name, tags, sig=sig)
+
+
+def _robustness(scfg, chosen: dict, label: str, tracker, decision: dict, setup) -> None:
+    """decision["robustness"]: the deployed model's test figures complete, with each modality
+    removed, on the samples that lack one and (--shift-root) on the other site's test split
+    (search.record.summary.robustness: one Ray task), logged as test/missing/<m>/... and
+    test/shift/... on its run and the study's."""
+    from search.record.summary import log_metrics, robustness, robustness_metrics
+
+    rob = robustness(chosen["checkpoint"], scfg, setup)
+    decision["robustness"] = {"candidate": label, **rob}
+    if tracker is not None:
+        log_metrics(tracker, [chosen["run_id"], tracker.parent_run_id], robustness_metrics(rob))
 
 
 def _flat_test(test: dict, side: str = "chosen") -> dict[str, float]:
@@ -106,9 +130,9 @@ def _log_test(tracker, run_ids, test: dict, side: str = "chosen") -> None:
 
 
 def _figures_and_report(scfg, search, trials, full, tracker, decision) -> None:
-    from search.figures import search_figures
-    from search.report import render
-    from search.tracking import git_commit
+    from search.record.figures import search_figures
+    from search.record.report import render
+    from search.record.tracking import git_commit
 
     out = S.local_dir(search)
     decision["figures"] = {}

@@ -164,7 +164,7 @@ class FakeAutoscalingCluster:
     def close(self) -> list[int]:
         """SIGKILL the head's process group and every recorded descendant (matched by pid and
         start time). gcs_server and the monitor ignore SIGTERM for 20-30 s: no grace period."""
-        from search.reaper import kill_recorded
+        from search.run.reaper import kill_recorded
 
         self.track()
         try:

@@ -16,7 +16,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_session(cache_dir):
-    from search.embedded_ray import local_ray
+    from search.run.embedded_ray import local_ray
 
     with local_ray(num_cpus=2):     # loopback only, as search --local
         yield

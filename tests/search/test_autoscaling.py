@@ -1,4 +1,4 @@
-"""Concurrency from what the cluster can become (search/cluster_size.py).
+"""Concurrency from what the cluster can become (search/run/cluster_size.py).
 
 Unit level: the slot arithmetic of an autoscaling config, of Ray's ClusterConfig, and the
 decision (with its refusals), against hand-worked counts.
@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from search.cluster_size import (UNLIMITED, Capacity, NoRoomForTrial, bundle, ceiling_from_cluster_config,
+from search.run.cluster_size import (UNLIMITED, Capacity, NoRoomForTrial, bundle, ceiling_from_cluster_config,
                                  ceiling_from_config, decide, fits)
 from tests.search.conftest import REPO, study_runs
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from search.study import STUDY_FILE
+from search.record.study import STUDY_FILE
 from tests.search.conftest import study_runs
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Data prepared once by the cluster (search/dataprep.py) from object storage: moto's server mode,
+"""Data prepared once by the cluster (search/run/dataprep.py) from object storage: moto's server mode,
 a FAKE of AWS S3 started here on 127.0.0.1, holds a generated dataset; a two-node local Ray
 (tests/search/multinode.py, each node with its own cache folder, as nodes with their own disks)
 runs the preparation job and a search whose trials never see a raw file: the raw folder is
@@ -83,7 +83,7 @@ def cluster(fake_s3, raw):
 
 
 def run_job(cluster, fake_s3, source: str, out: str = PREPARED):
-    cmd = [sys.executable, "-m", "search.dataprep", "--dataset", "fairvision", "--preset", "tiny",
+    cmd = [sys.executable, "-m", "search.run.dataprep", "--dataset", "fairvision", "--preset", "tiny",
            "--data-root", fake_s3.uri(source), "--out", fake_s3.uri(out)]
     return subprocess.run(cmd, env=cluster.driver_env(), capture_output=True, text=True,
                           timeout=400, cwd=REPO)
@@ -97,7 +97,7 @@ def job(cluster, fake_s3):
 
 
 def test_job_shards_equal_the_local_cache(job, raw, fake_s3, tmp_path, monkeypatch):
-    from search import dataprep
+    from search.run import dataprep
     from trainer.data import build_datasets
 
     result, log = job
@@ -144,7 +144,7 @@ def test_corrupt_npz_fails_the_job_naming_file_and_key(cluster, fake_s3, raw):
 def test_pull_waits_on_the_node_lock_with_a_timeout_naming_it(job, fake_s3, tmp_path, monkeypatch):
     from filelock import FileLock
 
-    from search import dataprep
+    from search.run import dataprep
 
     for key, value in fake_s3.env.items():
         monkeypatch.setenv(key, value)
@@ -185,7 +185,7 @@ def test_search_with_s3_data_root_on_nodes_without_raw_files(job, cluster, fake_
 
 
 def test_unreachable_data_root_is_one_line(monkeypatch):
-    from search import dataprep
+    from search.run import dataprep
     from trainer.data import LAYOUTS
     from trainer.data.common import DataError
     from tests.search.multinode import free_port
@@ -205,7 +205,7 @@ def test_local_root_job_on_the_embedded_ray_equals_the_cache(ray_session, data_r
     """--prepare-on-cluster's path: a local root (every node sees it), output to a local
     folder; the shards are the cache's arrays (FairVLMed: SLO and tokenised notes) and a second
     run reuses them."""
-    from search import dataprep
+    from search.run import dataprep
     from trainer.config import make_config
     from trainer.data import build_datasets
     if layout == "fairvlmed":
@@ -240,7 +240,7 @@ def test_search_prepare_on_cluster_flag_trials_use_the_shards(ray_session, searc
                                                              tmp_path):
     """--prepare-on-cluster with a local root: the search runs the job on its Ray, the study's
     setup names the manifest, and the trial's node pulled the shards into its cache."""
-    from search import study
+    from search.record import study
     from search.runner import run_search
 
     scfg = search_config(tmp_path, prepare_on_cluster=True, num_samples=1, max_epochs=1,

@@ -160,7 +160,7 @@ def test_holm_family_counts_candidates_no_longer_tested():
 def test_looks_split_the_budget_in_steps_of_the_first_look():
     from types import SimpleNamespace
 
-    from search.confirm import looks
+    from search.decide.confirm import looks
 
     cfg = SimpleNamespace(seed=10, confirm_seeds=3, confirm_budget=7)
     assert looks(cfg) == [[11, 12, 13], [14, 15, 16], [17, 18, 19], [20]]

@@ -4,7 +4,7 @@ by a real SIGINT (Ctrl-C) leaves no decision and no registration, then --resume 
 registers from the complete table; an incomplete table is refused with the stage named."""
 import pytest
 
-from search.confirm import BASELINE, StageStopped, complete
+from search.decide.confirm import BASELINE, StageStopped, complete
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def test_ogm_ge_search_with_figures_and_confirmation_decides_and_reports(ray_ses
     (they assumed MultiFair's five), decision.json, the report and the champion exist."""
     from pathlib import Path
 
-    from search.study import DECISION_FILE, read_json
+    from search.record.study import DECISION_FILE, read_json
 
     scfg = search_config(tmp_path, mode="ogm_ge", num_samples=3, max_epochs=2, grace_period=1,
                          finalists=1, confirm_seeds=2, figures=True, register_name="multifair-ogm")
@@ -69,7 +69,7 @@ def test_interrupted_confirmation_leaves_no_decision_then_resume_registers_from_
     from mlflow.exceptions import MlflowException
 
     import search.runner as runner
-    from search.study import DECISION_FILE, read_json
+    from search.record.study import DECISION_FILE, read_json
 
     hooks = {"interrupt_stage": "confirm", "interrupt_after_results": 3,
              "interrupt_marker": str(tmp_path / "interrupted-once")}
@@ -119,10 +119,10 @@ def test_a_figure_failure_keeps_the_decision_and_the_report(tmp_path, monkeypatc
     import json
     from pathlib import Path
 
-    import search.figures
+    import search.record.figures
     from search.decide.stage import decide
     from search.runner import SearchConfig
-    from search.study import DECISION_FILE
+    from search.record.study import DECISION_FILE
 
     scfg = SearchConfig("fairvision", "gender", preset="tiny", storage_path=str(tmp_path), finalists=0,
                         figures=True, max_epochs=2, grace_period=1)
@@ -134,7 +134,7 @@ def test_a_figure_failure_keeps_the_decision_and_the_report(tmp_path, monkeypatc
         seen["decision_on_disk"] = (Path(scfg.study_dir) / DECISION_FILE).exists()
         raise RuntimeError("plotting broke")
 
-    monkeypatch.setattr(search.figures, "search_figures", broken)
+    monkeypatch.setattr(search.record.figures, "search_figures", broken)
     d = decide(scfg, {}, trials, None, None)
     assert seen["decision_on_disk"]                         # written before the figures ran
     assert d["figures"]["error"] == "RuntimeError: plotting broke"

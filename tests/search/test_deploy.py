@@ -28,7 +28,7 @@ def decided(ray_session, search_config, tmp_path_factory):
 def test_pareto_confirmation_paired_test_and_champion(decided):
     from mlflow import MlflowClient
 
-    from search.study import DECISION_FILE, read_json
+    from search.record.study import DECISION_FILE, read_json
 
     scfg, outcome = decided
     d = outcome.decision
@@ -79,13 +79,13 @@ def test_pareto_confirmation_paired_test_and_champion(decided):
 
 
 def test_analysis_uses_only_the_search_trials_and_names_the_decision(decided, tmp_path, capsys):
-    """python -m search.analysis on a study with a confirmation: importances from the search's 3
+    """python -m search.record.analysis on a study with a confirmation: importances from the search's 3
     trials only (the confirmation's re-runs, plain fusion among them, are left out), and the
     deployment line names what the decision deployed, from MLflow and from the results folder."""
     import json
 
-    from search.analysis import main
-    from search.space import hyperparameters
+    from search.record.analysis import main
+    from search.run.space import hyperparameters
 
     scfg, outcome = decided
     conf = outcome.decision["confirmation"]
@@ -118,7 +118,7 @@ def test_relog_rebuilds_the_confirmation_runs_as_the_live_search_logged_them(dec
     params and per-epoch histories as logged live; a second relog adds nothing."""
     from mlflow import MlflowClient
 
-    from search.relog import relog
+    from search.record.relog import relog
 
     scfg, outcome = decided
 
@@ -151,7 +151,7 @@ def test_relog_rebuilds_the_confirmation_runs_as_the_live_search_logged_them(dec
 def test_champion_scores_a_data_folder_to_a_local_file_with_the_logged_metrics(decided, data_root, tmp_path):
     import mlflow
 
-    from search.registry import main
+    from search.decide.registry import main
     from trainer.metrics import roc_auc_score
 
     scfg, outcome = decided

@@ -1,4 +1,4 @@
-"""The head does no model work (search/remote.py): the final test, the paired test, the model
+"""The head does no model work (search/decide/remote.py): the final test, the paired test, the model
 signature and the constrained reference fit run as Ray tasks with a trial's resources, reading the
 checkpoint from storage and the data through the trials' path on the task's node.
 
@@ -56,12 +56,12 @@ def _close(a, b, path=""):
 
 
 def test_the_four_run_as_tasks_and_equal_the_local_computation(ray_session, search_config, tmp_path):
-    from search import remote
-    from search.objectives import reference_auc
-    from search.paired import run_paired_test
-    from search.registry import checkpoint_signature, signature
+    from search.decide import remote
+    from search.run.objectives import reference_auc
+    from search.decide.paired import run_paired_test
+    from search.decide.registry import checkpoint_signature, signature
     from search.runner import base_config
-    from search.summary import final_test
+    from search.record.summary import final_test
 
     scfg = search_config(tmp_path, max_epochs=1, objective="constrained", min_auc_drop=0.05)
     cfg = base_config(scfg)
@@ -152,7 +152,7 @@ def test_search_to_registration_with_a_head_that_holds_no_data(fake_s3, tmp_path
 
 PROBE = """
 import json, os, ray, types
-from search import remote
+from search.decide import remote
 ray.init()
 trial = types.SimpleNamespace(cpus_per_trial=1, gpus_per_trial=1)   # a GPU trial's shape
 head = ray.get_runtime_context().get_node_id()

@@ -17,7 +17,7 @@ import uuid
 
 import psutil
 import pytest
-from search.tracking import ui_hint
+from search.record.tracking import ui_hint
 from tests.search.conftest import REPO, subprocess_env
 from tests.search.test_tracking import free_port
 

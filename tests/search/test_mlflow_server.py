@@ -177,7 +177,7 @@ def test_search_logs_to_team_server_with_env_credentials_and_s3(team_server, dat
     assert any(k.startswith("mlflow/") and k.endswith("MLmodel") for k in s3.keys("mlflow/"))
     assert any(k.startswith("studies/team/") and "/checkpoint_" in k for k in s3.keys("studies/"))
 
-    from search.relog import relog
+    from search.record.relog import relog
 
     for k, v in s3.env.items():   # this process reads the study from the fake S3 itself
         monkeypatch.setenv(k, v)

@@ -1,4 +1,4 @@
-"""MO-ASHA (search/mo_asha.py): non-dominated sorting checked against the definition, a scripted
+"""MO-ASHA (search/run/mo_asha.py): non-dominated sorting checked against the definition, a scripted
 rung worked by hand (and Ray's own ES-AUC ASHA on the same results, which stops a trial the
 front needs), and a real pareto search whose stops are the rule's."""
 import math
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from search.mo_asha import MOASHAScheduler, crowding_distance, nondominated_fronts, nsga_order, promotes
+from search.run.mo_asha import MOASHAScheduler, crowding_distance, nondominated_fronts, nsga_order, promotes
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
@@ -83,7 +83,7 @@ def test_last_epoch_stops_and_a_trial_is_judged_once_per_rung():
 
 
 def test_pareto_and_constrained_use_mo_asha_single_objective_keeps_asha(tmp_path):
-    from search.objectives import make_scheduler
+    from search.run.objectives import make_scheduler
     from search.runner import SearchConfig
 
     def make(**kw):
@@ -97,7 +97,7 @@ def test_pareto_and_constrained_use_mo_asha_single_objective_keeps_asha(tmp_path
 
 @pytest.mark.slow
 def test_a_real_pareto_search_stops_by_the_rule(ray_session, search_config, tmp_path, monkeypatch):
-    from search import objectives
+    from search.run import objectives
     from search.runner import run_search
 
     made = []

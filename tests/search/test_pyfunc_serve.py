@@ -254,12 +254,12 @@ def test_loaded_model_runs_its_own_trainer_copy_without_the_project_on_the_path(
 
 
 def test_scoring_command_scores_patients_without_an_oct_and_names_what_each_used(fv, tmp_path, capsys):
-    """search.registry's scoring command on a copy of the test split where two patients' npz
+    """search.decide.registry's scoring command on a copy of the test split where two patients' npz
     lack the OCT key: the CSV says slo for them, slo,oct for the rest; the scores equal the
     trainer's own (contract for the absent OCT); on the full split the AUC is the logged one."""
     import mlflow
 
-    from search.registry import main
+    from search.decide.registry import main
     from trainer.data import LAYOUTS
     from trainer.metrics import roc_auc_score
 

@@ -12,7 +12,7 @@ HYPER = {"rho": 1.3, "lambda_gm": 0.2, "tau": 0.03, "delta": 0.4, "lambda_f": 0.
 def test_reused_worker_trains_exactly_like_a_fresh_process(ray_session, data_root, cache_dir, tmp_path):
     from ray import tune
 
-    from search.trainable import train_trial, trial_config
+    from search.run.trainable import train_trial, trial_config
     from trainer.config import make_config
     from trainer.loop import fit
 
@@ -49,14 +49,14 @@ def test_reused_worker_trains_exactly_like_a_fresh_process(ray_session, data_roo
 
 def test_a_stopped_trial_ends_and_hands_its_worker_on(ray_session, data_root, cache_dir, tmp_path):
     """Checkpoints are written and reported on a second thread while the next epoch trains
-    (search.trainable.BackgroundReporter). A trial that Tune stops (here a stopper at epoch 2 of 4,
+    (search.run.trainable.BackgroundReporter). A trial that Tune stops (here a stopper at epoch 2 of 4,
     the way ASHA stops one at a rung) must end although its training thread is already in epoch
     3: each trial reports exactly epochs 1-2, in order, its epoch-2 checkpoint is complete on
     storage, and all trials run in one worker (a training thread that did not end within Tune's
     reset timeout would cost a new worker per trial)."""
     from ray import tune
 
-    from search.trainable import checkpoint_policy, complete_checkpoints, train_trial
+    from search.run.trainable import checkpoint_policy, complete_checkpoints, train_trial
     from trainer.config import make_config
 
     base = make_config("fairvision", "gender", preset="tiny", data_root=data_root, epochs=4,

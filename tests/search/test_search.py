@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from search.runner import run_search
-from search.space import HYPERPARAMETERS
+from search.run.space import HYPERPARAMETERS
 from tests.search.conftest import REPO, study_runs, subprocess_env
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def test_search_asha_stops_trials_and_mlflow_has_every_trial(study):
 
 
 def test_relog_fills_an_empty_store_twice_without_duplicates(study, tmp_path):
-    from search.relog import relog
+    from search.record.relog import relog
 
     scfg, outcome = study
     uri = "sqlite:///" + str(tmp_path / "relog.db")
@@ -149,7 +149,7 @@ def test_resume_after_interrupt_does_not_repeat_finished_trials(ray_session, sea
 
 
 def test_analysis_importance_and_champion(study, tmp_path):
-    from search.analysis import main
+    from search.record.analysis import main
 
     scfg, outcome = study
     report = tmp_path / "analysis.json"

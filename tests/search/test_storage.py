@@ -15,9 +15,9 @@ from tests.search.conftest import REPO, subprocess_env
 from tests.search.test_tracking import free_port
 
 
-# -- study paths and trial ids: one function each (search.study) -----------------------------
+# -- study paths and trial ids: one function each (search.record.study) -----------------------------
 def test_stage_paths_keep_the_s3_query_and_trial_ids_parse_from_any_path():
-    from search.study import stage_path, trial_id_of
+    from search.record.study import stage_path, trial_id_of
 
     q = "?endpoint_override=127.0.0.1:9000&scheme=http"
     assert stage_path(f"s3://b/runs/{q}", "s-confirm") == f"s3://b/runs/s-confirm{q}"
@@ -40,8 +40,8 @@ def test_ended_trials_keep_the_best_model_and_lose_the_resume_state(ray_session,
     import pyarrow.fs
 
     from search.runner import run_search
-    from search.storage import stored_bytes
-    from search.trainable import model_checkpoint
+    from search.run.storage import stored_bytes
+    from search.run.trainable import model_checkpoint
     from trainer.checkpoint import BEST_FILE, MANIFEST, STATE_FILE, folder_complete
 
     scfg = search_config(tmp_path, num_samples=4, max_epochs=3, grace_period=2, reduction_factor=2,
@@ -76,9 +76,9 @@ def test_ended_trials_keep_the_best_model_and_lose_the_resume_state(ray_session,
           f"({deleted} bytes of resume state deleted, {kept_state} kept by the errored trial); "
           f"at the paper preset: 75.6 of 131.1 GiB for 100 trials, benchmarks/storage_kept.py)")
     assert after["state"] == kept_state
-    from search.storage import prune_study
+    from search.run.storage import prune_study
 
-    assert prune_study(str(study)) == 0   # `python -m search.storage`: nothing left, the errored trial's state kept
+    assert prune_study(str(study)) == 0   # `python -m search.run.storage`: nothing left, the errored trial's state kept
     assert stored_bytes(pyarrow.fs.LocalFileSystem(), str(study))["state"] == kept_state
     assert outcome.best is not None and outcome.best_run_id   # the best model was logged from it
 
@@ -126,7 +126,7 @@ def counting_filesystem(inner):
 
 
 def _relog_counted(study_path, fs, uri):
-    from search.relog import relog
+    from search.record.relog import relog
     from tests.search.conftest import study_runs
 
     counted, handler = counting_filesystem(fs)
@@ -142,7 +142,7 @@ def test_relog_reads_only_the_json_it_needs_local_and_s3(study, tmp_path, monkey
     checkpoint; the same from a copy of the study on S3 (moto's server: a FAKE of AWS S3)."""
     import pyarrow.fs
 
-    from search.storage import stored_bytes
+    from search.run.storage import stored_bytes
     from tests.search.servers import FakeS3
 
     monkeypatch.chdir(tmp_path)
@@ -176,7 +176,7 @@ def test_relog_reads_only_the_json_it_needs_local_and_s3(study, tmp_path, monkey
 # -- a new sqlite store opened by two processes at once ---------------------------------------
 OPEN_AT = """
 import sys, time
-from search.tracking import StudyTracker
+from search.record.tracking import StudyTracker
 tracker = StudyTracker(sys.argv[1], "race", "/nonexistent/study")
 start = float(sys.argv[2])
 while time.time() < start:
@@ -217,7 +217,7 @@ def test_operations_queued_while_mlflow_is_down_are_written_out_and_replayed(tmp
 
     from mlflow import MlflowClient
 
-    from search.tracking import MLflowTrialCallback, StudyTracker
+    from search.record.tracking import MLflowTrialCallback, StudyTracker
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")   # fail fast; the queue retries
     down = StudyTracker(f"http://127.0.0.1:{free_port()}", "multifair-down", str(tmp_path / "study"))
@@ -256,7 +256,7 @@ def test_fairvlmed_search_registers_a_champion_with_a_note_signature(ray_session
     import mlflow
     from mlflow import MlflowClient
 
-    from search.registry import main as score_main
+    from search.decide.registry import main as score_main
     from search.runner import SearchConfig, run_search
     from trainer.metrics import roc_auc_score
 

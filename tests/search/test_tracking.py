@@ -9,8 +9,8 @@ import urllib.request
 import pytest
 
 from search.runner import main
-from search.space import RANGES, baseline_point
-from search.tracking import TrackingUnavailable, check_tracking_uri, default_tracking_uri, ui_hint
+from search.run.space import RANGES, baseline_point
+from search.record.tracking import TrackingUnavailable, check_tracking_uri, default_tracking_uri, ui_hint
 from tests.search.conftest import study_runs
 
 
@@ -43,7 +43,7 @@ def test_unreachable_server_stops_before_the_search(tmp_path, capsys):
         check_tracking_uri(f"http://127.0.0.1:{port}", timeout=2)
     rc = main("fairvision", "gender", argv=["--tracking-uri", f"http://127.0.0.1:{port}",
                                             "--storage-path", str(tmp_path), "--preset", "tiny"])
-    assert rc == 2 and "search.relog" in capsys.readouterr().err
+    assert rc == 2 and "search.record.relog" in capsys.readouterr().err
     assert not list(tmp_path.glob("*/trial_*"))
     with pytest.raises(TrackingUnavailable):
         check_tracking_uri("file:///tmp/mlruns")
@@ -51,7 +51,7 @@ def test_unreachable_server_stops_before_the_search(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_relog_into_a_real_mlflow_server(study, tmp_path):
-    from search.relog import relog
+    from search.record.relog import relog
 
     scfg, _ = study
     port = free_port()
@@ -87,7 +87,7 @@ def test_resumed_trial_replays_epochs_a_killed_driver_never_logged(tmp_path):
 
     from mlflow import MlflowClient
 
-    from search.tracking import MLflowTrialCallback, StudyTracker
+    from search.record.tracking import MLflowTrialCallback, StudyTracker
 
     uri = "sqlite:///" + str(tmp_path / "mlflow.db")
     tracker = StudyTracker(uri, "multifair-replay", str(tmp_path / "study"),

@@ -1,14 +1,14 @@
-"""--warm-start (search/warm_start.py): an earlier study's trials seed the sampler, read from its
+"""--warm-start (search/run/warm_start.py): an earlier study's trials seed the sampler, read from its
 folder and from MLflow (the two agree), refused for another space or objective, and a real
 search that starts from them."""
 import math
 
 import pytest
 
-from search import warm_start
-from search.objectives import make_searcher
-from search.space import param_space
-from search.study import read_trials
+from search.run import warm_start
+from search.run.objectives import make_searcher
+from search.run.space import param_space
+from search.record.study import read_trials
 
 
 def _last(t):

@@ -150,7 +150,7 @@ def test_undefined_group_one_treatment_hand_worked_and_fairlearn():
     assert once["worst_group_auc"][0] == 0.75
     assert once["es_auc"][0] == pytest.approx(32 / 45, abs=1e-12)
     assert math.isnan(once["auc/c"][0])
-    from search.paired import point_metrics
+    from search.decide.paired import point_metrics
     assert point_metrics(y, p, g, names)["worst_group_auc"] == 0.75
 
 

@@ -2,7 +2,7 @@
 object storage), audits and preprocesses them, and writes shards plus a manifest to shared
 storage; each node pulls the shards to local disk once and trials map them (docs/dataprep.md).
 
-    python -m search.dataprep --dataset fairvision --data-root "s3://bucket/fv?region=..." \
+    python -m search.run.dataprep --dataset fairvision --data-root "s3://bucket/fv?region=..." \
         --out "s3://bucket/prepared?region=..."   # or the search does it (--data-root s3://...)
 
 - The job: one Ray task per shard (trainer/data/shards.py SHARD_SAMPLES consecutive files of a
@@ -404,7 +404,7 @@ def main(argv=None) -> int:
     try:
         cfg = make_config(a.dataset, "gender", preset=a.preset, sets=a.sets, data_root=a.data_root)
         if a.local:
-            from search.embedded_ray import init_local_ray
+            from search.run.embedded_ray import init_local_ray
 
             init_local_ray(a.local)
         else:

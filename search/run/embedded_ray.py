@@ -21,7 +21,7 @@ import os
 LOOPBACK = "127.0.0.1"
 SINGLE_MACHINE_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 AUTH_VAR = "RAY_AUTH_MODE"
-_started: dict = {}   # the GCS address of the Ray this process started (search/cluster_size.py)
+_started: dict = {}   # the GCS address of the Ray this process started (search/run/cluster_size.py)
 
 
 @contextlib.contextmanager

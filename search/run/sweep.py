@@ -1,10 +1,10 @@
 """The paper's one-at-a-time sensitivity sweeps (MultiFair, Figs. 4-5): each searched
 hyperparameter of the study's method (`--mode`: MultiFair's five, or a comparison method's own,
-search/space.py) is moved across its range while the others stay at the chosen point, each
+search/run/space.py) is moved across its range while the others stay at the chosen point, each
 value trained with several seeds, as one Tune run (it spreads over a cluster); validation AUC and
 ES-AUC are plotted against the value with mean ± sd error bars.
 
-    python -m search.sweep --results multifair-results/fairvision-race-full [--points 4] [--seeds 3]
+    python -m search.run.sweep --results multifair-results/fairvision-race-full [--points 4] [--seeds 3]
 
 Centre: the study's deployed configuration (decision.json), else the paper's point. Values:
 `--points` evenly spaced on the range's scale (log for log ranges), plus the centre itself.
@@ -18,8 +18,8 @@ import sys
 
 import numpy as np
 
-from search import study as S
-from search.space import HYPERPARAMETERS, RANGES, hyperparameters
+from search.record import study as S
+from search.run.space import HYPERPARAMETERS, RANGES, hyperparameters
 
 
 def sweep_values(centre: dict[str, float], points: int,
@@ -100,7 +100,7 @@ def plot(summary: dict, centre: dict, out_dir) -> list:
 
 def main(argv=None) -> int:
     from search.runner import SearchConfig, init_ray
-    from search.tracking import StudyTracker, default_tracking_uri
+    from search.record.tracking import StudyTracker, default_tracking_uri
 
     ap = argparse.ArgumentParser(description="one-at-a-time sensitivity sweeps around the chosen point")
     ap.add_argument("--results", required=True, help="the study folder (<storage-path>/<name>)")
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
         tracker = StudyTracker(uri, scfg.experiment, scfg.study_dir)
         tracker.start_study(tags={}, params={})
     init_ray(scfg)
-    from search.confirm import StageStopped, grid_run
+    from search.decide.confirm import StageStopped, grid_run
 
     try:
         runs = grid_run(scfg, st["setup"], cands, [scfg.seed + 100 + i for i in range(a.seeds)], "sweep", tracker)

@@ -1,6 +1,6 @@
 """Confirmation stage: re-train the finalists with fresh seeds, as one more Tune run, and choose.
 
-Candidates: the top `--finalists` K configurations of the search (search.objectives.finalists),
+Candidates: the top `--finalists` K configurations of the search (search.decide.select.finalists),
 the paper's point (same mode) and plain fusion (`--mode baseline`), each with `--confirm-seeds`
 S seeds (seed+1 ... seed+S: none of them the seed the search picked on). Every run trains all
 epochs (no early stopping); its value is its best-epoch validation score, as in the search.
@@ -20,8 +20,8 @@ import os
 
 import numpy as np
 
-from search.cluster_size import reserved, trial_concurrency
-from search.study import full_length, trial_record
+from search.run.cluster_size import reserved, trial_concurrency
+from search.record.study import full_length, trial_record
 
 BASELINE = "baseline"
 PAPER = "paper"
@@ -118,15 +118,15 @@ def complete(runs: list[dict], cands: dict, seed_list: list[int], max_epochs: in
 def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, tracker,
              look: int = 1) -> list[dict]:
     """One Tune run `<name>-<stage>` over candidates x seeds, every run all epochs, resumable;
-    returns search.study.trial_record dicts with candidate, seed, checkpoint and run id."""
+    returns search.record.study.trial_record dicts with candidate, seed, checkpoint and run id."""
     from ray import tune
 
-    from search.progress import ProgressCallback
-    from search.storage import ResumeStatePruner
-    from search.study import METRIC, stage_path, trial_id_of
-    from search.tracking import MLflowTrialCallback
-    from search.trainable import checkpoint_policy, model_checkpoint
-    from search.tuning import make_tuner, tracking_callback
+    from search.run.progress import ProgressCallback
+    from search.run.storage import ResumeStatePruner
+    from search.record.study import METRIC, stage_path, trial_id_of
+    from search.record.tracking import MLflowTrialCallback
+    from search.run.trainable import checkpoint_policy, model_checkpoint
+    from search.run.tuning import make_tuner, tracking_callback
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")   # runner.py
     every = (setup.get("checkpoints") or {}).get("every", scfg.checkpoint_every)

@@ -12,7 +12,7 @@ alone too. Storage is reached through the trial's own filesystem (local, NFS or 
 Order inside a folder: the manifest is rewritten first (resume false, state.pt no longer listed)
 and the state deleted after, so a folder is complete (trainer/checkpoint.py) at every moment; a
 driver killed in between leaves a complete folder with a stray state.pt, removed by the next
-prune (`python -m search.storage --results <study>` prunes a finished study by hand).
+prune (`python -m search.run.storage --results <study>` prunes a finished study by hand).
 """
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def prune_study(study_dir: str) -> int:
     which); returns the bytes freed. ERROR'd and unfinished trials keep their state."""
     import pyarrow.fs
 
-    from search.study import trial_statuses
+    from search.record.study import trial_statuses
 
     fs, path = pyarrow.fs.FileSystem.from_uri(study_dir)
     freed = 0
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     p.add_argument("--results", required=True, help="the study folder, local or s3://...")
     a = p.parse_args(argv)
     study = a.results if "://" in a.results else str(Path(a.results).resolve())
-    from search.study import is_dir
+    from search.record.study import is_dir
 
     if not is_dir(study):
         print(f"error: --results {a.results} is not a study folder", file=sys.stderr)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from search import study
-from search.space import RANGES
+from search.decide import select
+from search.record import study
 
 
 @dataclass
@@ -22,28 +22,15 @@ class SearchOutcome:
     experiment_id: str | None
     parent_run_id: str | None
     best_run_id: str | None
-    trials: list = field(default_factory=list)      # search.study.trial_record dicts
+    trials: list = field(default_factory=list)      # search.record.study.trial_record dicts
     decision: dict | None = None                    # search.decide: front, confirmation, test
     timings: dict = field(default_factory=dict)     # seconds per stage (runner.run_search)
     stopped_stage: str = ""          # a stage after the search that stopped (confirm): no decision
     stop_message: str = ""
 
 
-def select_best(trials: list[dict], max_epochs: int) -> dict | None:
-    """Best validation ES-AUC (best epoch) among trials that trained all epochs; when none did,
-    among all trials (flagged full=False). `trials`: search.study.trial_record dicts."""
-    for full in (True, False):
-        pool = study.full_length(trials, max_epochs if full else 0)
-        if not pool:
-            continue
-        t = max(pool, key=lambda t: t["val"]["es_auc"])
-        return {"trial_id": t["trial_id"], "config": {k: v for k, v in t["config"].items() if k in RANGES},
-                "val": t["val"], "epoch": t["best_epoch"], "full": full, "path": t.get("path")}
-    return None
-
-
 def trials_from_results(results) -> list[dict]:
-    """Per trial: search.study.trial_record plus path, Tune result and status (FINISHED /
+    """Per trial: search.record.study.trial_record plus path, Tune result and status (FINISHED /
     FAILED / UNFINISHED)."""
     tune_status = {t.trial_id: t.status for t in getattr(results._experiment_analysis, "trials", [])}
     out = []
@@ -65,7 +52,7 @@ def summarize_results(scfg, results, tracker, wall_s, test_best: bool = True,
     the confirmed pick."""
 
     trials = trials_from_results(results)
-    best = select_best(trials, scfg.max_epochs)
+    best = select.best(trials, scfg.max_epochs)
     failed = sum(t["status"] == "FAILED" for t in trials)
     stopped = sum(t["status"] == "FINISHED" and t["epochs"] < scfg.max_epochs for t in trials)
     # Tune returns normally after Ctrl-C: unfinished trials (or fewer than asked) tell it apart.
@@ -76,7 +63,7 @@ def summarize_results(scfg, results, tracker, wall_s, test_best: bool = True,
         # The newest checkpoint: each holds the validation-best weights so far (trainer
         # BEST_FILE), while Tune's score-best record can name a folder that num_to_keep deleted
         # before a driver restart (seen after SIGKILL + --resume on S3).
-        from search.trainable import model_checkpoint
+        from search.run.trainable import model_checkpoint
 
         ckpt = model_checkpoint(result.checkpoint)
     if tracker is not None and best is not None and test_best:
@@ -93,24 +80,85 @@ def summarize_results(scfg, results, tracker, wall_s, test_best: bool = True,
                          tracker.parent_run_id if tracker else None, best_run_id, trials)
 
 
-def score_checkpoint(ckpt, data: dict | None = None) -> dict:
+def score_checkpoint(ckpt, data: dict | None = None, overrides: dict | None = None) -> dict:
     """trainer.loop.evaluate_checkpoint of a Tune Checkpoint (read from storage), the data
-    opened through the trials' path (data: search.remote.data_of); aggregates only."""
-    from search.remote import datasets
+    opened through the trials' path (data: search.decide.remote.data_of); aggregates only.
+    `overrides`: config fields (shift_root: the other site the test also scores)."""
+    from search.decide.remote import datasets
     from trainer.loop import evaluate_checkpoint
 
     with ckpt.as_directory() as d:
-        return evaluate_checkpoint(d, datasets=None if data is None else lambda cfg: datasets(cfg, data))
+        return evaluate_checkpoint(d, datasets=None if data is None else lambda cfg: datasets(cfg, data),
+                                   **(overrides or {}))
+
+
+def test_overrides(scfg) -> dict:
+    """The final test's config overrides: --shift-root, with evaluate_test on (the trials ran
+    with it off, and the trainer opens the other site's test split only with it on)."""
+    if scfg is None or not getattr(scfg, "shift_root", ""):
+        return {}
+    return {"shift_root": scfg.shift_root, "evaluate_test": True}
+
+
+def robustness_of(scored: dict) -> dict:
+    """The test figures with each modality missing and on the other site, from a scoring's
+    result (the trainer's test["missing"][m] = {"removed", "absent"} and test["shift"]): with
+    the complete same-site point figures beside them."""
+    point = scored.get("point") or {}
+    return {"same_site": {k: point.get(k) for k in ("auc", "es_auc", "group_auc")},
+            "missing": scored.get("missing", point.get("missing")) or {},
+            "shift": scored.get("shift", point.get("shift"))}
+
+
+def robustness_metrics(rob: dict) -> dict[str, float]:
+    """test/missing/<m>/auc|es_auc (m removed from every sample), test/absent/<m>/n|auc|es_auc
+    (the samples that lack m), test/shift/... (the other site; its missing figures under
+    test/shift/missing/<m>/...): the finite ones, for MLflow."""
+    out: dict[str, float] = {}
+
+    def put(key: str, v) -> None:
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            out[key] = float(v)
+
+    def per_modality(prefix: str, missing: dict) -> None:
+        for m, d in (missing or {}).items():
+            removed, absent = d.get("removed") or {}, d.get("absent") or {}
+            for k in ("auc", "es_auc"):
+                put(f"{prefix}missing/{m}/{k}", removed.get(k))
+                put(f"{prefix}absent/{m}/{k}", absent.get(k))
+            put(f"{prefix}absent/{m}/n", absent.get("n"))
+
+    per_modality("test/", rob.get("missing"))
+    shift = rob.get("shift") or {}
+    for k in ("auc", "es_auc", "dpd", "deodds", "n"):
+        put(f"test/shift/{k}", shift.get(k))
+    per_modality("test/shift/", shift.get("missing"))
+    return out
+
+
+def robustness(ckpt, scfg, setup: dict | None = None) -> dict:
+    """robustness_of the deployed checkpoint's scoring, as a Ray task (the decide stage: the
+    paired test scores predictions only). Cost: one test pass, M fusion-only passes (the
+    features encoded once) and, with --shift-root, one pass over the other site's test split."""
+    from search.decide.remote import data_of, run
+
+    return robustness_of(run(scfg, "robustness test", score_checkpoint, ckpt, data_of(setup), test_overrides(scfg)))
+
+
+def log_metrics(tracker, run_ids, metrics: dict[str, float]) -> None:
+    for run_id in filter(None, run_ids):
+        for k, v in metrics.items():
+            tracker.client.log_metric(run_id, k, float(v))
 
 
 def final_test(ckpt, tracker, best_run_id, scfg=None, setup: dict | None = None) -> dict:
     """The test split, touched once: the chosen trial's validation-best model, with bootstrap,
-    scored by a Ray task with a trial's resources (search.remote; without `scfg`, here).
+    scored by a Ray task with a trial's resources (search.decide.remote; without `scfg`, here).
     Aggregate metrics only go to MLflow (test/<metric> and test/<metric>_std)."""
-    from search.remote import data_of, run
+    from search.decide.remote import data_of, run
 
-    scored = (run(scfg, "final test", score_checkpoint, ckpt, data_of(setup)) if scfg is not None
-              else score_checkpoint(ckpt))
+    scored = (run(scfg, "final test", score_checkpoint, ckpt, data_of(setup), test_overrides(scfg))
+              if scfg is not None else score_checkpoint(ckpt))
     metrics = {f"test/{k}": float(v) for k, v in scored.get("mean", {}).items() if math.isfinite(v)}
     metrics.update({f"test/{k}_std": float(v) for k, v in scored.get("std", {}).items() if math.isfinite(v)})
     point = scored["point"]   # validation-threshold fairness and reliance: point figures
@@ -118,10 +166,9 @@ def final_test(ckpt, tracker, best_run_id, scfg=None, setup: dict | None = None)
                                                           "deodds_at_val_threshold") if k in point})
     metrics.update({f"test/reliance/{m}/{k}": float(v) for m, d in point.get("reliance", {}).items()
                     for k, v in d.items() if math.isfinite(v)})
+    metrics.update(robustness_metrics(robustness_of(scored)))   # each modality missing, other site
     if tracker is not None:
-        for run_id in filter(None, (best_run_id, tracker.parent_run_id)):
-            for k, v in metrics.items():
-                tracker.client.log_metric(run_id, k, v)
+        log_metrics(tracker, (best_run_id, tracker.parent_run_id), metrics)
     return metrics
 
 
@@ -140,9 +187,14 @@ def _ci(row: dict, key: str) -> str:
 def print_decision(d: dict) -> None:
     """The front, the confirmation and the paired test, a few lines each."""
     front = d.get("front", [])
-    print(f"Pareto front (validation AUC, ES-AUC; full-length trials): {len(front)} trial(s)")
+    keys = d.get("front_keys") or ["auc", "es_auc"]
+    print(f"Pareto front ({', '.join(keys)}, validation; full-length trials): {len(front)} trial(s)")
     for t in front[:6]:
-        print(f"  {t['trial_id']:14s} auc {t['auc']:.4f}  es_auc {t['es_auc']:.4f}")
+        values = t.get("values") or {"auc": t["auc"], "es_auc": t["es_auc"]}
+        flag = "" if t.get("feasible", True) else "  (below a floor)"
+        print(f"  {t['trial_id']:14s} " + "  ".join(f"{k} {_f4(values.get(k))}" for k in keys) + flag)
+    if d.get("floors"):
+        print("floors (infeasible below): " + ", ".join(f"{k} >= {v:.4f}" for k, v in d["floors"].items()))
     if d.get("expected_max"):
         from search.decide.expected_max import line
 
@@ -172,10 +224,47 @@ def print_decision(d: dict) -> None:
                   f"{test[k]['baseline']:.4f}  difference {_ci(test[k], 'diff')}")
     for k, v in (d.get("thresholded") or {}).items():
         print(f"  deployed run's {k} {v:.4f} (threshold chosen on validation)")
+    rob = d.get("robustness")
+    if rob:
+        same = rob.get("same_site") or {}
+        print_robustness((same.get("auc"), same.get("es_auc")), robustness_metrics(rob), rob.get("shift_root", ""))
     if d.get("registered"):
         print(f"registered {d['registered']['uri']} (version {d['registered']['version']})")
     if d.get("report"):
         print(f"report: {d['report']}")
+
+
+def print_robustness(same: tuple, flat: dict[str, float], shift_root: str = "") -> None:
+    """The deployed model's test figures: complete on the same site (`same`: auc, es_auc), with
+    each modality removed, on the samples lacking one, on the other site (`flat`:
+    robustness_metrics keys). Nothing when none was measured."""
+    mods = sorted({k.split("/")[2] for k in flat if k.startswith(("test/missing/", "test/absent/"))})
+    if not mods and "test/shift/auc" not in flat:
+        return
+    print("deployed model on the test split, complete / a modality missing / another site (point figures):")
+
+    def row(label: str, auc, es_auc) -> None:
+        print(f"  {label:34s} auc {_f4(auc)}  es_auc {_f4(es_auc)}")
+
+    row("complete, same site", *same)
+    for m in mods:
+        row(f"without {m} (removed from all)", flat.get(f"test/missing/{m}/auc"), flat.get(f"test/missing/{m}/es_auc"))
+        if flat.get(f"test/absent/{m}/n", 0) > 0:   # samples that really lack m
+            row(f"samples lacking {m} (n {flat[f'test/absent/{m}/n']:.0f})", flat.get(f"test/absent/{m}/auc"),
+                flat.get(f"test/absent/{m}/es_auc"))
+    if "test/shift/auc" in flat or "test/shift/es_auc" in flat:
+        n = f", n {flat['test/shift/n']:.0f}" if "test/shift/n" in flat else ""
+        row(f"other site{n}", flat.get("test/shift/auc"), flat.get("test/shift/es_auc"))
+        for m in mods:
+            if f"test/shift/missing/{m}/es_auc" in flat or f"test/shift/missing/{m}/auc" in flat:
+                row(f"other site, without {m}", flat.get(f"test/shift/missing/{m}/auc"),
+                    flat.get(f"test/shift/missing/{m}/es_auc"))
+    if shift_root:
+        print(f"  (other site: --shift-root {shift_root})")
+
+
+def _f4(v) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
 
 
 def print_evidence(choice: dict, indent: str = "  ") -> None:
@@ -196,7 +285,7 @@ def print_evidence(choice: dict, indent: str = "  ") -> None:
 
 
 def print_summary(scfg: SearchConfig, o: SearchOutcome) -> None:
-    from search.tracking import ui_hint
+    from search.record.tracking import ui_hint
 
     if o.stopped_stage:
         print(f"\n=== MultiFair study STOPPED in the {o.stopped_stage} stage: no decision, nothing "
@@ -228,6 +317,7 @@ def print_summary(scfg: SearchConfig, o: SearchOutcome) -> None:
             print("test split (scored once, bootstrap mean ± std): " + ", ".join(
                 f"{k} {t[f'test/{k}']:.4f} ± {t.get(f'test/{k}_std', float('nan')):.4f}"
                 for k in ("auc", "es_auc", "dpd", "deodds") if f"test/{k}" in t))
+            print_robustness((t.get("test/auc"), t.get("test/es_auc")), t, scfg.shift_root)
     if o.decision:
         print_decision(o.decision)
     if o.tracking_uri:
@@ -237,4 +327,4 @@ def print_summary(scfg: SearchConfig, o: SearchOutcome) -> None:
               f"chosen run id {deployed}")
         print(f"open the UI:  {command}\n  runs table: {url}")
     else:
-        print(f"MLflow was skipped: python -m search.relog --results {scfg.study_dir} --tracking-uri URI")
+        print(f"MLflow was skipped: python -m search.record.relog --results {scfg.study_dir} --tracking-uri URI")

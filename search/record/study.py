@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from search.space import RANGES
+from search.run.space import RANGES
 from trainer.jsonout import dumps
 
 STUDY_FILE = "study.json"
@@ -31,7 +31,7 @@ def stage_path(storage_path: str, name: str) -> str:
 
 
 def trial_id_of(path) -> str:
-    """The Tune trial id of a trial folder (`.../trial_<id>`, search.trainable.trial_dirname):
+    """The Tune trial id of a trial folder (`.../trial_<id>`, search.run.trainable.trial_dirname):
     local or s3:// (a ?query dropped), with or without a trailing slash."""
     name = str(path).partition("?")[0].rstrip("/").rsplit("/", 1)[-1]
     return name.removeprefix("trial_")
@@ -110,8 +110,8 @@ def local_dir(search: dict) -> Path:
 
 
 def space_summary(mode: str = "full") -> dict[str, str]:
-    """The searched ranges of a training method (search/space.py)."""
-    from search.space import hyperparameters
+    """The searched ranges of a training method (search/run/space.py)."""
+    from search.run.space import hyperparameters
 
     return {k: f"[{r.low}, {r.high}]{' log' if r.log else ''}" for k, r in RANGES.items()
             if k in hyperparameters(mode)}
@@ -122,14 +122,15 @@ def study_tags(search: dict, commit: str) -> dict[str, str]:
     return {"dataset": search["dataset"], "attribute": search["attribute"], "mode": search["mode"],
             "seed": str(search["seed"]), "git_commit": commit, "preset": search["preset"],
             "searcher": search["searcher"], "scheduler": search["scheduler"],
-            "objective": search.get("objective", "es_auc")}
+            "objective": search.get("objective", "es_auc"),
+            "shift_test": str(bool(search.get("shift_root"))).lower()}   # never the path itself
 
 
 def study_params(search: dict) -> dict[str, str]:
     keep = ("num_samples", "max_epochs", "grace_period", "reduction_factor", "cpus_per_trial",
             "gpus_per_trial", "max_failures", "seed", "searcher", "scheduler", "preset", "mode",
             "objective", "min_auc_drop", "finalists", "confirm_seeds", "confirm_budget", "alpha",
-            "min_gain", "warm_start")
+            "min_gain", "warm_start", "objectives", "min_missing_es_auc")
     params = {k: str(search[k]) for k in keep if k in search}
     params.update({f"range.{k}": v for k, v in space_summary(search.get("mode", "full")).items()})
     params.update({f"baseline.{k}": str(v) for k, v in search["baseline"].items()})

@@ -1,7 +1,7 @@
 """MLflow on the driver: one parent run per study, one nested child run per trial.
 
 `StudyTracker` is the only writer; the live search (`MLflowTrialCallback`) and the re-log
-command (search.relog) both go through it, so a trial logged twice is found by its tags
+command (search.record.relog) both go through it, so a trial logged twice is found by its tags
 (study_dir + trial_id) and only the epochs not yet logged are added. Only aggregate metrics,
 hyperparameters and the configuration are logged, never patient content.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from search.space import RANGES
+from search.run.space import RANGES
 
 LOGGED_PREFIXES = ("val/", "train/", "mod/")
 LOGGED_KEYS = ("es_auc", "auc", "time_this_iter_s")
@@ -47,7 +47,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
             raise TrackingUnavailable(
                 f"MLflow tracking server {uri} is unreachable ({exc}). Start it (mlflow/serve.sh), "
                 "or run with --no-tracking and fill MLflow afterwards with "
-                "`python -m search.relog --results <study folder> --tracking-uri URI`.") from None
+                "`python -m search.record.relog --results <study folder> --tracking-uri URI`.") from None
     elif uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         if not path.is_absolute():
@@ -254,9 +254,9 @@ class StudyTracker:
 
     def log_model(self, run_id: str, checkpoint_dir: str, signature=None, metadata=None) -> str:
         """Log the trial's kept best model (the bf16 safetensors file of its checkpoint, as
-        stored: search/mlmodel.py) as the run's MLflow model; returns the model URI.
+        stored: search/decide/mlmodel.py) as the run's MLflow model; returns the model URI.
         `metadata` (e.g. the trainer config) is stored in the MLmodel file."""
-        from search.mlmodel import log_model
+        from search.decide.mlmodel import log_model
 
         uri = log_model(self.tracking_uri, run_id, checkpoint_dir, signature=signature,
                         metadata=metadata)
@@ -351,7 +351,7 @@ class MLflowTrialCallback(Callback):
     queue drains (every operation is idempotent: runs are found by tags, epochs already logged
     are skipped). `flush` (Tune's on_experiment_end) waits for the queue, at most
     MULTIFAIR_MLFLOW_FLUSH_S seconds (default 120); what is still queued then is written to a
-    local JSON file that `python -m search.relog --pending FILE` replays (`unlogged_path`)."""
+    local JSON file that `python -m search.record.relog --pending FILE` replays (`unlogged_path`)."""
 
     def __init__(self, tracker: StudyTracker, max_epochs: int, trial_tags: dict[str, str], base: dict,
                  candidates: dict | None = None, stage: str = "confirm", unlogged_dir: str | None = None):
@@ -424,7 +424,7 @@ class MLflowTrialCallback(Callback):
             except Exception as exc:   # noqa: BLE001 - decided below: retry or set aside
                 if not retryable(exc):
                     print(f"[search] MLflow refused a {op['op']} of trial {op.get('trial_id')}: "
-                          f"{str(exc).splitlines()[0][:300]} (kept for search.relog)", flush=True)
+                          f"{str(exc).splitlines()[0][:300]} (kept for search.record.relog)", flush=True)
                     with self._cond:
                         self._set_aside.append(op)
                         self._pending.popleft()
@@ -477,7 +477,7 @@ class MLflowTrialCallback(Callback):
         why = f"still unreachable after waiting {timeout:.0f} s" if left else "refused them"
         print(f"[search] MLflow at {self.tracker.tracking_uri} {why}: {len(left) + len(refused)} "
               f"operation(s) not logged, written to {self.unlogged_path}; nothing is lost: python -m "
-              f"search.relog --results {self.tracker.study_dir} --tracking-uri "
+              f"search.record.relog --results {self.tracker.study_dir} --tracking-uri "
               f"{self.tracker.tracking_uri} --pending {self.unlogged_path}", flush=True)
         return False
 
@@ -492,7 +492,7 @@ class MLflowTrialCallback(Callback):
         return str(path)
 
     def pending_document(self, ops: list[dict]) -> dict:
-        """What `python -m search.relog --pending` needs to replay `ops` (no patient content:
+        """What `python -m search.record.relog --pending` needs to replay `ops` (no patient content:
         hyperparameters, configuration, aggregate metrics, tags)."""
         return {"kind": "multifair-mlflow-unlogged", "tracking_uri": self.tracker.tracking_uri,
                 "experiment": self.tracker.experiment, "study_dir": self.tracker.study_dir,

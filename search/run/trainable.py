@@ -17,8 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-from search.space import RANGES
-from search.study import METRIC  # noqa: F401  (owned by search.study; an alias for old importers)
+from search.run.space import RANGES
+from search.record.study import METRIC  # noqa: F401  (owned by search.record.study; an alias for old importers)
 
 
 def trial_dirname(trial) -> str:
@@ -79,7 +79,7 @@ def datasets_for(cfg, synthetic: dict | None, prepared: dict | None = None) -> d
     auditing and opening the cache again. Every process on a node maps the same cache files, so
     the pages are shared by the operating system. The datasets are never written to (the trainer
     reads batches by index); each trial draws its own order from its own seed. `prepared`
-    (setup["prepared"], search/dataprep.py): the cluster prepared the data; this node pulls its
+    (setup["prepared"], search/run/dataprep.py): the cluster prepared the data; this node pulls its
     shards once and never reads the raw files."""
     key = (*((name, str(getattr(cfg, name))) for name in DATA_FIELDS), str(prepared))
     if key not in _DATASETS:
@@ -87,7 +87,7 @@ def datasets_for(cfg, synthetic: dict | None, prepared: dict | None = None) -> d
 
         folder = None
         if prepared:
-            from search.dataprep import local_folder
+            from search.run.dataprep import local_folder
 
             folder = local_folder(cfg, prepared)
         else:

@@ -7,7 +7,7 @@ import time
 
 from ray.tune import Callback
 
-from search.study import METRIC
+from search.record.study import METRIC
 
 
 class ProgressCallback(Callback):

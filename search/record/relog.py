@@ -1,6 +1,6 @@
 """Re-log a finished or interrupted study from its Tune results folder into MLflow.
 
-    python -m search.relog --results multifair-results/fairvision-gender-full \\
+    python -m search.record.relog --results multifair-results/fairvision-gender-full \\
         --tracking-uri http://mlflow.example:5000
 
 Ray's results folder is the source of truth (study.json, experiment_state-*.json, and per
@@ -15,16 +15,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from search import study as S
-from search.confirm import CONFIRM
-from search.tracking import (StudyTracker, check_tracking_uri, default_tracking_uri, git_commit,
+from search.record import study as S
+from search.decide.confirm import CONFIRM
+from search.record.tracking import (StudyTracker, check_tracking_uri, default_tracking_uri, git_commit,
                              stage_run, ui_hint)
 
 
 def relog(study_dir: str | Path, tracking_uri: str, experiment: str | None = None,
           filesystem=None, pending: str | None = None) -> StudyTracker:
     """Re-log a study folder: a local path, an s3:// (gs://) URI, or a path inside `filesystem`
-    (a pyarrow filesystem). Only JSON files are read, in place (search.study.read_trials): the
+    (a pyarrow filesystem). Only JSON files are read, in place (search.record.study.read_trials): the
     study's checkpoints (tens of GiB for 100 trials) are never opened or copied. `pending`: a
     file of MLflow operations a search could not log (its server was down at the end), replayed
     before the trials' results (tags such as retries and nodes, which the results folder lacks)."""
@@ -48,7 +48,7 @@ def relog(study_dir: str | Path, tracking_uri: str, experiment: str | None = Non
     if pending:   # first: its epochs are new to the store, so none counts as trained twice
         import json
 
-        from search.tracking import MLflowTrialCallback
+        from search.record.tracking import MLflowTrialCallback
 
         MLflowTrialCallback.replay(tracker, json.loads(Path(pending).read_text()))
     stopped = failed = 0
@@ -75,7 +75,7 @@ def _log_trial(tracker, t: dict, config: dict, tags: dict, base: dict, max_epoch
 
 def _relog_confirmation(tracker, fs, study_path: str, search: dict, tags: dict, base: dict,
                         max_epochs: int) -> int:
-    """The confirmation stage's runs, as search.confirm.grid_run's MLflow callback logs them;
+    """The confirmation stage's runs, as search.decide.confirm.grid_run's MLflow callback logs them;
     the number re-logged (0 when the study had no confirmation stage)."""
     folder = f"{study_path}-{CONFIRM}"
     try:

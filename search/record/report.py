@@ -92,6 +92,47 @@ def _evidence(choice: dict) -> list[str]:
     return out
 
 
+def _front_table(decision: dict) -> str:
+    """The front over the pareto objectives (front_keys; AUC and ES-AUC before them), with the
+    floors' verdict when the study has floors."""
+    keys = [k for k in decision.get("front_keys") or [] if k not in ("auc", "es_auc")]
+    space, limits = list(decision.get("space", {})), decision.get("floors") or {}
+    head = (["trial", "val AUC", "val ES-AUC"] + [k if k.startswith("val/") else f"val {k}" for k in keys]
+            + (["floors met"] if limits else []) + space)
+    rows = [[t["trial_id"], _f(t["auc"]), _f(t["es_auc"])] + [_f((t.get("values") or {}).get(k)) for k in keys]
+            + (["yes" if t.get("feasible", True) else "no"] if limits else [])
+            + [_f(t["params"][k], 4) for k in space] for t in decision.get("front", [])]
+    floors = (f"<p>Floors: {html.escape(', '.join(f'{k} >= {_f(v)}' for k, v in limits.items()))}</p>"
+              if limits else "")
+    return _table(head, rows) + floors
+
+
+def _robustness(rob: dict | None) -> list[str]:
+    """The deployed model on the test split: complete (same site), each modality removed from
+    every sample, the samples that lack one, and the other site (--shift-root)."""
+    if not rob:
+        return []
+    from search.record.summary import robustness_metrics
+
+    flat, same = robustness_metrics(rob), rob.get("same_site") or {}
+    mods = sorted({k.split("/")[2] for k in flat if k.startswith(("test/missing/", "test/absent/"))})
+    rows = [["complete, same site", "", _f(same.get("auc")), _f(same.get("es_auc"))]]
+    for m in mods:
+        rows.append([f"without {m} (removed from every sample)", "", _f(flat.get(f"test/missing/{m}/auc")),
+                     _f(flat.get(f"test/missing/{m}/es_auc"))])
+        if flat.get(f"test/absent/{m}/n", 0) > 0:   # samples that really lack m
+            rows.append([f"samples lacking {m}", f"{flat[f'test/absent/{m}/n']:.0f}",
+                         _f(flat.get(f"test/absent/{m}/auc")), _f(flat.get(f"test/absent/{m}/es_auc"))])
+    if rob.get("shift"):
+        rows.append(["other site (--shift-root)", f"{flat.get('test/shift/n', float('nan')):.0f}",
+                     _f(flat.get("test/shift/auc")), _f(flat.get("test/shift/es_auc"))])
+        rows += [[f"other site, without {m}", "", _f(flat.get(f"test/shift/missing/{m}/auc")),
+                  _f(flat.get(f"test/shift/missing/{m}/es_auc"))] for m in mods
+                 if f"test/shift/missing/{m}/auc" in flat or f"test/shift/missing/{m}/es_auc" in flat]
+    return [f"<h2>Robustness of the deployed model ({html.escape(str(rob.get('candidate', '')))}; test "
+            "split, point figures)</h2>", _table(["test set", "n", "AUC", "ES-AUC"], rows)]
+
+
 def render(search: dict, decision: dict, figure_files: list[Path], full: list[dict], commit: str) -> str:
     conf, test = decision.get("confirmation", {}), decision.get("test", {})
     choice = conf.get("choice", {})
@@ -107,9 +148,7 @@ def render(search: dict, decision: dict, figure_files: list[Path], full: list[di
                                f"grace {search['grace_period']}, reduction {search['reduction_factor']}"],
                     ["space", ", ".join(f"{k} {v}" for k, v in decision.get("space", {}).items())]]),
                 "<h2>Pareto front of the search (validation, best epoch, full-length trials)</h2>",
-                _table(["trial", "val AUC", "val ES-AUC"] + list(decision.get("space", {})),
-                       [[t["trial_id"], _f(t["auc"]), _f(t["es_auc"])] + [_f(t["params"][k], 4)
-                        for k in decision.get("space", {})] for t in decision.get("front", [])]),
+                _front_table(decision),
                 "<h2>Confirmation (fresh seeds, validation)</h2>",
                 f"<p>Rule: {html.escape(choice.get('rule', 'n/a'))}. Chosen: <b>{html.escape(label)}</b> "
                 f"{html.escape(str({k: v for k, v in cand.items() if k != 'trial_id'}) if cand else '(plain fusion)')}</p>",
@@ -139,6 +178,7 @@ def render(search: dict, decision: dict, figure_files: list[Path], full: list[di
         extra = decision.get("thresholded") or {}
         if extra:   # present once the trainer reports thresholded fairness (science issue)
             sections.append("<p>" + html.escape(", ".join(f"{k} {_f(v)}" for k, v in extra.items())) + "</p>")
+    sections += _robustness(decision.get("robustness"))
     if decision.get("registered"):
         r = decision["registered"]
         sections.append(f"<h2>Registry</h2><p>{html.escape(r['uri'])} (version {r['version']})</p>")

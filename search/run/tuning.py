@@ -1,8 +1,8 @@
-"""The one place a Tuner is built, new or restored: the search (runner.search_stage) and every
+"""The one place a Tuner is built, new or restored: the search (search.run.stage.search) and every
 grid stage (confirmation and its looks, the sweeps: confirm.grid_run) share the trainable's
-resources, the Tune folder (search.study.stage_path, the s3 ?query kept last), the trial folder
+resources, the Tune folder (search.record.study.stage_path, the s3 ?query kept last), the trial folder
 names, the failure retries and the checkpoints kept. Nothing here is pickled by Tune: the
-trainable (search.trainable.train_trial) and the callbacks keep their modules, so old studies
+trainable (search.run.trainable.train_trial) and the callbacks keep their modules, so old studies
 resume."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ def trainable_of(scfg, setup: dict):
     """train_trial with the trial constants and one trial's resources (--cpus/--gpus-per-trial)."""
     from ray import tune
 
-    from search.trainable import train_trial
+    from search.run.trainable import train_trial
 
     return tune.with_resources(tune.with_parameters(train_trial, setup=setup),
                                {"cpu": scfg.cpus_per_trial, "gpu": scfg.gpus_per_trial})
@@ -24,8 +24,8 @@ def make_tuner(scfg, setup: dict, name: str, *, restore: bool, slots: int = 1, p
     mode, searcher, scheduler, num_samples) at `slots` concurrent trials."""
     from ray import tune
 
-    from search.study import stage_path
-    from search.trainable import trial_dirname
+    from search.record.study import stage_path
+    from search.run.trainable import trial_dirname
 
     trainable = trainable_of(scfg, setup)
     if restore:
@@ -46,7 +46,7 @@ def make_tuner(scfg, setup: dict, name: str, *, restore: bool, slots: int = 1, p
 def tracking_callback(tuner):
     """The Tuner's MLflowTrialCallback (a restored Tuner's: it holds the study's own tracker and
     the run ids of the trials it logged), or None."""
-    from search.tracking import MLflowTrialCallback
+    from search.record.tracking import MLflowTrialCallback
 
     for cb in tuner._local_tuner.get_run_config().callbacks or []:
         if isinstance(cb, MLflowTrialCallback):

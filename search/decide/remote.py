@@ -4,12 +4,12 @@ The final test, the paired test, the registered model's signature and the constr
 objective's reference fit each run as ONE Ray task with a trial's resources (`--cpus-per-trial`,
 `--gpus-per-trial`: a GPU where trials have one). The task reads the checkpoint from the study's
 storage (a Tune Checkpoint, s3:// included) and the data through the trials' own path
-(`search.trainable.datasets_for`: a prepared dataset's shards are pulled by the task's node), so
+(`search.run.trainable.datasets_for`: a prepared dataset's shards are pulled by the task's node), so
 the head needs neither the data nor the cache, and scores in bf16 on a GPU instead of float32 on
 its CPU (docs/scaling.md). Only aggregates come back: metrics, intervals, a signature's schema;
 never a prediction per patient (the paired bootstrap runs inside the task).
 
-Scheduling with the autoscaler: a stage's request (search.cluster_size.reserved) is withdrawn
+Scheduling with the autoscaler: a stage's request (search.run.cluster_size.reserved) is withdrawn
 when the stage ends, and an idle node goes after the autoscaler's idle timeout; `run` asks for
 one trial's resources again while its task runs, so the task finds (or gets) a node whatever the
 idle timeout. `reserve=False` where a standing request already covers it (the reference fit runs
@@ -32,7 +32,7 @@ def data_of(setup: dict | None) -> dict:
 
 def datasets(cfg, data: dict | None) -> dict:
     """The splits of cfg's data on this node, through the trials' path (in a task)."""
-    from search.trainable import datasets_for
+    from search.run.trainable import datasets_for
 
     data = data or {}
     return datasets_for(cfg, data.get("synthetic"), data.get("prepared"))
@@ -42,7 +42,7 @@ def _call(fn, args, kwargs):
     """The task's body: torch threads = the task's CPUs (as a trial's), then fn."""
     import ray
 
-    from search.trainable import _match_threads_to_cpus
+    from search.run.trainable import _match_threads_to_cpus
 
     _match_threads_to_cpus()
     return ray.get_runtime_context().get_node_id(), os.getpid(), fn(*args, **kwargs)
@@ -52,7 +52,7 @@ def run(scfg, what: str, fn, *args, reserve: bool = True, **kwargs):
     """fn(*args, **kwargs) as a Ray task with one trial's resources; its (small) result."""
     import ray
 
-    from search.cluster_size import reserved
+    from search.run.cluster_size import reserved
 
     task = ray.remote(_call).options(num_cpus=scfg.cpus_per_trial, num_gpus=scfg.gpus_per_trial,
                                      max_retries=2,   # a lost node: the task runs again elsewhere

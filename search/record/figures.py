@@ -6,8 +6,8 @@ figures rebuild an Optuna study (create_trial) with values that compare:
 - sensitivity (slices, importances, parallel coordinates, contour): every trial's validation AUC
   and ES-AUC at ONE common epoch that every non-failed trial reached (the ASHA grace period);
 - Pareto front: trials that trained every epoch, at their best validation epoch.
-The study rebuild (over the mode's own hyperparameters) and the importances are search.analysis's,
-the same as `python -m search.analysis` prints. The HTML files share one plotly.min.js in the same
+The study rebuild (over the mode's own hyperparameters) and the importances are search.record.analysis's,
+the same as `python -m search.record.analysis` prints. The HTML files share one plotly.min.js in the same
 folder (include_plotlyjs="directory"): they open offline (a hospital network) without 4.7 MB per
 figure.
 """
@@ -17,7 +17,7 @@ import math
 import warnings
 from pathlib import Path
 
-from search.analysis import importances, rebuild_study   # the one rebuild and importances
+from search.record.analysis import importances, rebuild_study   # the one rebuild and importances
 
 OBJ = ("auc", "es_auc")
 

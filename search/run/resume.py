@@ -7,7 +7,7 @@ checkpoints of each trial, so the snapshot can name a checkpoint already deleted
 the trial on every retry ("Could not recover from checkpoint as it does not exist on storage
 anymore"). Before `Tuner.restore`, each trial whose recorded checkpoint is gone is pointed at the
 newest complete checkpoint in its folder (none left: it starts over). The trainable then moves
-on to the newest checkpoint if an even newer one exists (search.trainable.newest_checkpoint), so
+on to the newest checkpoint if an even newer one exists (search.run.trainable.newest_checkpoint), so
 a trial that had finished trains nothing again.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _repair(manager) -> bool:
     if _exists(fs, path):
         return False
     kept = [r for r in manager._checkpoint_results if r.checkpoint and _exists(fs, r.checkpoint.path)]
-    from search.trainable import newest_checkpoint
+    from search.run.trainable import newest_checkpoint
 
     newest, _ = newest_checkpoint(latest.checkpoint, need_state=False)   # complete folders only
     found = newest.path if newest is not None else None

@@ -1,6 +1,6 @@
 """Sensitivity of validation ES-AUC to the searched hyperparameters, and what was deployed.
 
-    python -m search.analysis --tracking-uri sqlite:////abs/multifair-results/mlflow.db \\
+    python -m search.record.analysis --tracking-uri sqlite:////abs/multifair-results/mlflow.db \\
         --experiment multifair-fairvision-gender [--policy full|common] [--register NAME]
 
 The study is rebuilt as an Optuna study (optuna.trial.create_trial) from the search's own trials
@@ -22,11 +22,11 @@ import argparse
 import math
 import sys
 
-from search.space import hyperparameters, optuna_distributions
-from search.study import METRIC, best_epoch
+from search.run.space import hyperparameters, optuna_distributions
+from search.record.study import METRIC, best_epoch
 from trainer.jsonout import dumps
 
-SEARCH_KIND = "trial"   # run_kind of the search's own child runs (search.tracking)
+SEARCH_KIND = "trial"   # run_kind of the search's own child runs (search.record.tracking)
 
 
 def trials_from_mlflow(tracking_uri: str, experiment: str, parent_run_id: str | None = None):
@@ -66,7 +66,7 @@ def trials_from_mlflow(tracking_uri: str, experiment: str, parent_run_id: str | 
 def trials_from_results(study_dir: str):
     """The same records from a study's own Tune folder (the confirmation has its own folder,
     `<study>-confirm`; no MLflow needed)."""
-    from search.study import STATUS, read_study, read_trials
+    from search.record.study import STATUS, read_study, read_trials
 
     search = read_study(study_dir)["search"]
     names = hyperparameters(search.get("mode", "full"))
@@ -81,7 +81,7 @@ def trials_from_results(study_dir: str):
 def read_decision(study_dir: str | None) -> dict | None:
     """The study's decision.json, or None when it has none (no confirmation stage, a study
     still running, or a study folder this machine cannot read)."""
-    from search.study import DECISION_FILE, read_json
+    from search.record.study import DECISION_FILE, read_json
 
     if not study_dir:
         return None
@@ -107,8 +107,8 @@ def trial_values(trials, max_epochs: int, policy: str = "full", epoch: int | Non
 
 
 def rebuild_study(points, mode: str = "full"):
-    """The one Optuna study rebuild (here and search.figures): over the mode's own searched
-    hyperparameters (search.space.hyperparameters; --mode ogm_ge: ogm_alpha only), every
+    """The one Optuna study rebuild (here and search.record.figures): over the mode's own searched
+    hyperparameters (search.run.space.hyperparameters; --mode ogm_ge: ogm_alpha only), every
     objective maximised. `points`: [(trial, value)] or [(trial, (value, value, ...))]."""
     import optuna
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from search.space import RANGES, hyperparameters
+from search.run.space import RANGES, hyperparameters
 
 MULTI = ("pareto",)          # objectives whose Optuna study has two values (auc, es_auc)
 
@@ -63,7 +63,7 @@ def load(scfg) -> list[dict]:
 
 
 def _from_study(study_dir: str):
-    from search.study import read_study, read_trials
+    from search.record.study import read_study, read_trials
 
     if study_dir.startswith(("s3://", "gs://")):
         raise ValueError(f"--warm-start {study_dir}: give a local study folder or an MLflow "
@@ -84,7 +84,7 @@ def _from_study(study_dir: str):
 def _from_mlflow(scfg, experiment: str):
     from mlflow import MlflowClient
 
-    from search.tracking import default_tracking_uri
+    from search.record.tracking import default_tracking_uri
 
     uri = scfg.tracking_uri or default_tracking_uri(scfg.results_dir)
     client = MlflowClient(uri)
@@ -115,7 +115,7 @@ def optuna_trials(warm: list[dict], mode: str, objective: str, auc_floor: float 
     objective's constraint, computed against THIS search's floor)."""
     import optuna
 
-    from search.space import optuna_distributions
+    from search.run.space import optuna_distributions
 
     dists = optuna_distributions(hyperparameters(mode))
     out = []

@@ -2,11 +2,11 @@
 
 Registered as an MLflow pyfunc model (search/decide/pyfunc.py: one optional column per modality,
 images as arrays or npz/npy paths, the note as text, any modality absent; output: probability and
-the modalities used), the kept bf16 safetensors weights inside (search/mlmodel.py), its trainer
+the modalities used), the kept bf16 safetensors weights inside (search/decide/mlmodel.py), its trainer
 configuration in the MLmodel metadata, tags (hyperparameters, test metrics, data fingerprint,
 report artifact) and the alias `champion`.
 
-    python -m search.registry --model models:/multifair-fairvision-race@champion \\
+    python -m search.decide.registry --model models:/multifair-fairvision-race@champion \\
         --tracking-uri URI --data-root /data/FairVision --split test --out predictions.csv
 
 scores a data folder in the released format and writes per-sample predictions to a LOCAL file
@@ -31,7 +31,7 @@ def signature(cfg):
 
 
 def checkpoint_signature(ckpt, data: dict | None = None):
-    """The signature of a Tune Checkpoint's model (in a Ray task: search.remote), from its
+    """The signature of a Tune Checkpoint's model (in a Ray task: search.decide.remote), from its
     config alone: the columns do not depend on the data (`data` is kept for the callers)."""
     from trainer.checkpoint import read_manifest
     from trainer.config import config_from_dict
@@ -70,7 +70,7 @@ def score(model_uri: str, data_root: str, split: str, out: str, without=()) -> d
     import mlflow
 
     from search.decide.pyfunc import patients
-    from search.paired import point_metrics
+    from search.decide.paired import point_metrics
     from trainer.config import ATTRIBUTES, canonical_attribute, config_from_dict
 
     info = mlflow.models.get_model_info(model_uri)

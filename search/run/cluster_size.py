@@ -148,7 +148,7 @@ def read_capacity(shape: dict) -> Capacity:
     """Capacity of the Ray this driver is attached to (ray.init done)."""
     import ray
 
-    from search.embedded_ray import is_embedded
+    from search.run.embedded_ray import is_embedded
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     present = sum(fits(n.get("Resources", {}), shape) for n in nodes)
@@ -244,7 +244,7 @@ def request(scfg, slots: int) -> None:
     bypassing its upscaling_speed), until `release()`, a new request, or this driver's exit (an
     atexit hook; a SIGKILLed driver leaves the request standing until the next search or
     `ray.autoscaler.sdk.request_resources(bundles=[])`). A no-op on an embedded Ray."""
-    from search.embedded_ray import is_embedded
+    from search.run.embedded_ray import is_embedded
 
     if is_embedded() or slots <= 0:
         return

@@ -1,0 +1,159 @@
+"""Studies, models and commands from before the search/{run,decide,record} layout.
+
+Tune pickled the trainable, the callbacks, the searcher and the scheduler by the modules' old
+names (search.trainable, search.tracking, search.objectives, search.mo_asha, search.progress,
+search.storage: what a study saved by the old code holds, read from one with pickletools); the
+registered model's loader path is search.mlmodel.load_model; users type `python -m search.relog`.
+search.OLD_NAMES keeps each old name importable as the new module itself."""
+import json
+import pickle
+import pickletools
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.search.conftest import REPO, study_runs, subprocess_env
+
+
+def test_old_names_are_the_new_modules_and_import_search_stays_light():
+    code = ("import sys, search; assert 'ray' not in sys.modules and 'torch' not in sys.modules; "
+            "import importlib; from search import OLD_NAMES; "
+            "bad = [o for o, n in OLD_NAMES.items() if importlib.import_module(o) is not importlib.import_module(n)"
+            " or importlib.import_module(o).__spec__.name != n]; print(len(OLD_NAMES), bad)")
+    out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.split() == ["26", "[]"], out.stderr[-2000:]
+
+
+def test_a_pickle_with_old_names_loads_the_new_classes():
+    from search.record.tracking import MLflowTrialCallback
+    from search.run.progress import ProgressCallback
+
+    blob = to_old_names(pickle.dumps([ProgressCallback, MLflowTrialCallback]))
+    assert b"search.progress" in blob and b"search.run." not in blob and b"search.record." not in blob
+    assert pickle.loads(blob) == [ProgressCallback, MLflowTrialCallback]
+
+
+@pytest.mark.parametrize("module", ["relog", "analysis", "sweep", "registry", "storage", "dataprep"])
+def test_old_cli_names_still_run(module):
+    """`python -m search.<m>` as the docs had it runs search.<stage>.<m>'s command line."""
+    out = subprocess.run([sys.executable, "-m", f"search.{module}", "--help"], env=subprocess_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.startswith("usage: ") and " -h" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_study_pickled_with_old_module_names_resumes(ray_session, search_config, data_root, tmp_path):
+    """An interrupted Pareto study (MO-ASHA, the Optuna searcher, the MLflow callback), its
+    tuner.pkl and experiment state rewritten to the old module names, resumes: finished trials are
+    not trained again and the restored (old-named) MLflow callback logs every trial."""
+    from search.runner import run_search
+
+    shutil.copy(REPO / "search" / "fairvision_gender.py", tmp_path)
+    args = ["--local", "--num-cpus", "2", "--preset", "tiny", "--cpus-per-trial", "1", "--finalists", "0",
+            "--no-figures", "--objective", "pareto", "--num-samples", "8", "--max-epochs", "3",
+            "--max-concurrent", "1", "--data-root", data_root, "--storage-path", str(tmp_path / "results"),
+            "--tracking-uri", "sqlite:///" + str(tmp_path / "mlflow.db")]
+    proc = subprocess.Popen([sys.executable, "fairvision_gender.py", *args], cwd=tmp_path, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    study_dir = tmp_path / "results" / "fairvision-gender-full"
+    deadline = time.time() + 300
+    while time.time() < deadline and sum(bool(p.read_text().strip())
+                                         for p in study_dir.glob("trial_*/result.json")) < 2:
+        time.sleep(0.2)   # two trials reported: six of eight left to interrupt
+    assert proc.poll() is None, "the search ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    assert "INTERRUPTED" in out, out[-3000:]
+    before = epochs_of(study_dir)
+
+    old = rewrite_study_to_old_names(study_dir)
+    assert {"search.trainable", "search.tracking", "search.mo_asha", "search.progress"} <= old, old
+
+    scfg = search_config(tmp_path, objective="pareto", num_samples=8, max_epochs=3, max_concurrent=1, resume=True)
+    outcome = run_search(scfg)
+    assert not outcome.interrupted and len(outcome.results) == 8
+    after = epochs_of(study_dir)
+    assert all(after[name][:len(epochs)] == epochs for name, epochs in before.items()), (before, after)
+    assert all(after[name] == epochs for name, epochs in before.items() if epochs[-1:] == [3]), \
+        "a finished trial ran again"
+    _, parents, children = study_runs(scfg.tracking_uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(c.data.tags["trial_id"] for c in children) == sorted(n.removeprefix("trial_") for n in after)
+
+
+def epochs_of(study_dir: Path) -> dict[str, list[int]]:
+    return {p.parent.name: [json.loads(line)["training_iteration"] for line in p.read_text().splitlines()]
+            for p in study_dir.glob("trial_*/result.json")}
+
+
+# --- what the old code wrote: the same pickles with the old module names ---
+
+def _new_to_old() -> dict[str, str]:
+    from search import OLD_NAMES
+
+    return {new: old for old, new in OLD_NAMES.items()}
+
+
+def to_old_names(data: bytes) -> bytes:
+    """`data` (one pickle) with every module name search.<stage>.<m> written as search.<m>, opcode
+    by opcode (frames dropped: they are optional and their lengths would change)."""
+    names, out = _new_to_old(), bytearray()
+    ops = list(pickletools.genops(data))
+    for (op, arg, pos), nxt in zip(ops, [p for _, _, p in ops[1:]] + [len(data)]):
+        if op.name == "FRAME":
+            continue
+        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8") and arg in names:
+            raw = names[arg].encode()
+            out += b"\x8c" + bytes([len(raw)]) + raw   # SHORT_BINUNICODE
+        elif op.name == "GLOBAL" and arg.split(" ")[0] in names:
+            module, name = arg.split(" ", 1)
+            out += b"c" + f"{names[module]}\n{name}\n".encode()
+        else:
+            out += data[pos:nxt]
+    out += b"" if ops[-1][0].name == "STOP" else data[ops[-1][2]:]
+    return bytes(out)
+
+
+def _old_names_in(data: bytes) -> set[str]:
+    old = set(_new_to_old().values())
+    return {n.decode() for n in re.findall(rb"search\.[a-z_]+", data)} & old
+
+
+def rewrite_study_to_old_names(study_dir: Path) -> set[str]:
+    """tuner.pkl and the experiment state's cloudpickled values rewritten as the old code wrote
+    them; returns the old module names they now hold (none of the new ones remain)."""
+    seen: set[str] = set()
+
+    def blob(data: bytes) -> bytes:
+        new = to_old_names(data)
+        assert not re.search(rb"search\.(run|decide|record)\.", new), "a new module name is left"
+        seen.update(_old_names_in(new))
+        return new
+
+    def walk(x):
+        if isinstance(x, dict):
+            return {k: walk(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        if isinstance(x, str) and re.fullmatch(r"(?:[0-9a-f]{2}){8,}", x) and x.startswith("80"):
+            return blob(bytes.fromhex(x)).hex()    # a cloudpickle (protocol 2+ starts with 0x80)
+        if isinstance(x, str) and x[:1] in "{[":
+            try:
+                return json.dumps(walk(json.loads(x)), indent=2)
+            except ValueError:
+                return x
+        return x
+
+    tuner = study_dir / "tuner.pkl"
+    tuner.write_bytes(blob(tuner.read_bytes()))
+    for state in study_dir.glob("experiment_state-*.json"):
+        state.write_text(json.dumps(walk(json.loads(state.read_text()))))
+    return seen
