@@ -201,10 +201,7 @@ def _prepare_shard(cfg, folder: str, names: list[str], split: str, index: int, t
         data = shards.npy_bytes(array)
         _write(out_fs, f"{out}/{name}", data)
         parts[m] = shards.describe(name, data, array)
-    small = {"labels": np.array([r["meta"][0] for r in rows], np.int64),
-             "codes": np.array([r["meta"][1] for r in rows], np.int64).reshape(len(rows), -1),
-             "files": np.array(names), "rgb": np.array([r.get("rgb", False) for r in rows], bool)}
-    small.update({f"hash-{m}": np.stack([r[f"hash:{m}"] for r in rows]) for m in images})
+    small = shards.small_parts(rows, names, modalities)   # + present-<m>: the local cache's flags
     return {"defects": [], "index": index, "parts": parts, "small": small,
             "cpu_s": time.process_time() - cpu}
 
@@ -266,7 +263,8 @@ def _assemble(cfg, fs, path: str, listing: dict, results: dict, params: dict) ->
     for split, res in results.items():
         small = {k: np.concatenate([r["small"][k] for r in res]) for k in res[0]["small"]}
         folder = shards.SourceFolder(shown(listing[split][0]))
-        metas[split] = {"labels": small["labels"], "codes": small["codes"]}
+        metas[split] = {"labels": small["labels"], "codes": small["codes"],   # card: missing counts
+                        **{f"present:{m}": small[f"present-{m}"] for m in params["modalities"]}}
         hashes[split] = ([folder / str(n) for n in small["files"]],
                          {MODALITY_KEYS[m]: small[f"hash-{m}"] for m in params["modalities"]
                           if m in shards.IMAGE_MODALITIES})

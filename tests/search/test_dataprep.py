@@ -251,3 +251,33 @@ def test_search_prepare_on_cluster_flag_trials_use_the_shards(ray_session, searc
     assert prepared["uri"].startswith(str(tmp_path / "results" / "prepared-data"))
     pulled = [p.parent.name for p in Path(cache_dir).rglob("prepared/*/manifest.json")]
     assert prepared["sha256"] in pulled
+
+
+@pytest.mark.parametrize("layout,missing", [("fairvision", "oct=0.3"), ("fairvlmed", "slo=0.2,note=0.2")])
+def test_prepared_shards_keep_which_modalities_are_missing(ray_session, fresh_dataset, tmp_path,
+                                                          layout, missing):
+    """Samples lacking a modality: the job's presence flags and dataset card (missing counts per
+    split and group) equal the local cache's of the same files, and batches carry them."""
+    from search.run import dataprep
+    from trainer.config import make_config
+    from trainer.data import audit_dataset, build_datasets
+
+    root = fresh_dataset(layout=layout, n_train=48, n_val=24, n_test=24, missing=missing,
+                         missing_by="race")
+    cfg = make_config(layout, "race", preset="tiny", data_root=str(root),
+                      cache_dir=str(tmp_path / "cache"))
+    job = dataprep.prepare_on_cluster(cfg, str(tmp_path / "out"), log=lambda s, **_: None,
+                                      shard_samples=20)
+    local = dataprep.pull(job["uri"], tmp_path / "node")
+    prepared, cached = build_datasets(cfg, prepared=local), build_datasets(cfg)
+    absent = 0
+    for split in cached:
+        idx = np.arange(len(cached[split]))
+        a, b = prepared[split].get_batch(idx)["present"], cached[split].get_batch(idx)["present"]
+        assert set(a) == set(b) == set(cfg.resolved_modalities())
+        for m in a:
+            assert np.array_equal(a[m].numpy(), b[m].numpy()), (split, m)
+            absent += int((~a[m]).sum())
+    assert absent > 0, "the generated data lacks no modality: the test would prove nothing"
+    manifest = json.loads((local / "manifest.json").read_text())
+    assert manifest["card"] == audit_dataset(cfg)["card"]
