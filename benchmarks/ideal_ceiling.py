@@ -4,6 +4,12 @@ docs/data.md, "The known answer", cites its output.
 
     python benchmarks/ideal_ceiling.py --n 60000 --seed 1 \
         --json benchmarks/results/ideal-ceiling-60k.json
+    python benchmarks/ideal_ceiling.py --n 60000 --seed 1 --site shifted \
+        --json benchmarks/results/ideal-ceiling-60k-shifted.json
+
+`--site shifted`: the shifted site's population (trainer/data/acquisition.py SITES); its scanner
+changes the pixels only, which the ideal reader sees through, so the ceiling moves with the group
+mix alone.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from scipy.stats import rankdata
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer.config import ATTRIBUTES  # noqa: E402
+from trainer.data.acquisition import SITES  # noqa: E402
 from trainer.data.ideal import evidence  # noqa: E402
 from trainer.data.synthetic import synthesize_metadata  # noqa: E402
 from trainer.metrics import evaluate_fairness  # noqa: E402
@@ -28,9 +35,10 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=60_000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", default="")
+    p.add_argument("--site", default="default", choices=sorted(SITES))
     a = p.parse_args(argv)
-    meta = synthesize_metadata("fairvision", a.n, seed=a.seed)
-    ev = evidence("fairvision", meta, modalities=("oct", "slo"))
+    meta = synthesize_metadata("fairvision", a.n, seed=a.seed, site=a.site)
+    ev = evidence("fairvision", meta, modalities=("oct", "slo"), site=a.site)
     y = np.asarray(meta["glaucoma"])
     out = {"args": vars(a), "readers": {}}
     for reader, label in (("oct", "OCT"), ("slo", "SLO"), ("all", "both (joint)")):

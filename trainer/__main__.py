@@ -13,6 +13,8 @@ def _fit_parser(sub) -> None:
     p = sub.add_parser("fit", help="train one MultiFair model; prints one JSON line at the end")
     p.add_argument("--dataset", choices=DATASETS, required=True)
     p.add_argument("--data-root", required=True)
+    p.add_argument("--shift-root", help="data root of another site in the same layout: its test "
+                   "split is scored beside the same-site test (test.shift in the JSON)")
     p.add_argument("--attribute", default="gender",
                    help="gender | race | ethnicity | language | maritalstatus")
     p.add_argument("--mode", choices=available_methods(), default="full",
@@ -80,6 +82,8 @@ def _ceiling_parser(sub) -> None:
     p.add_argument("--attribute", default="race")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--out", help="JSON file (default <data-root>/ceiling_<attribute>_<split>.json)")
+    p.add_argument("--shift-root", help="another generated site (synthesize --site shifted): its "
+                   "ceiling too, under the JSON key 'shift'")
 
 
 def _run_fit(args) -> int:
@@ -95,7 +99,7 @@ def _run_fit(args) -> int:
         cfg = make_config(args.dataset, args.attribute, preset=args.preset,
                           config_file=args.config, sets=args.set, data_root=args.data_root,
                           mode=args.mode, epochs=args.epochs, seed=args.seed,
-                          modalities=args.modalities,
+                          modalities=args.modalities, shift_root=args.shift_root,
                           allow_duplicates=args.allow_duplicates or None)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -130,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     _ceiling_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "synthesize":
-        return synthetic.run(args) or 0
+        try:
+            return synthetic.run(args) or 0
+        except ValueError as exc:   # a bad flag value: one line naming it
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.command == "ceiling":
         from trainer.data.ideal import run_ceiling
         try:

@@ -45,6 +45,7 @@ class TrainConfig:
     # --- data ---
     dataset: str = "fairvision"
     data_root: str = ""
+    shift_root: str = ""                    # another site's data root (same layout): test["shift"]
     attribute: str = "gender"
     modalities: tuple[str, ...] = ()        # () -> DEFAULT_MODALITIES[dataset]
     note_source: str = "note"               # note | note_extra | gpt4_summary (CSV)
@@ -292,7 +293,7 @@ def make_config(dataset: str = "fairvision", attribute: str = "gender", *, prese
         parsed[k.strip()] = v.strip()
     cfg = apply_overrides(cfg, parsed, "--set")
     # Paths are resolved where the user typed them: Tune runs each trial in its own directory.
-    for name in ("data_root", "cache_dir", "slo_weights", "oct_weights"):
+    for name in ("data_root", "shift_root", "cache_dir", "slo_weights", "oct_weights"):
         value = getattr(cfg, name)
         if value and "://" not in value:
             setattr(cfg, name, str(Path(value).expanduser().resolve()))

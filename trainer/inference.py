@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from trainer.data.transforms import batch_transform
+from trainer.models.presence import complete
 
 
 def to_device(batch, device):
@@ -60,14 +61,15 @@ def forward(model, dataset, batch_size: int, device="cpu", num_workers: int = 0,
             autocast: Callable = nullcontext, encode: bool = False) -> Iterator[tuple[dict, object]]:
     """(batch, output) for each batch of `dataset` in order, the model in eval mode.
 
-    `batch` is what the model saw (eval transforms applied, on `device`; "label" and "group" ride
-    along); `output` is one float32 logit per sample, or with `encode` the encoded features
-    {modality: float32 (B, d)} (model(batch) == model.fuse(model.encode(batch)))."""
+    `batch` is what the model saw (eval transforms applied, on `device`; "label", "group" and,
+    when a modality is missing in the batch, "present" ride along); `output` is one float32 logit
+    per sample, or with `encode` the encoded features {modality: float32 (B, d)}, zeros for
+    absent rows (model(batch) == model.fuse(model.encode(batch), batch.get("present")))."""
     model.eval()
     device = torch.device(device)
     for batch in batches(dataset, torch.arange(len(dataset)), batch_size, False, num_workers,
                          pin_memory=device.type == "cuda"):
-        batch = batch_transform(to_device(batch, device), train=False, generator=None)
+        batch = batch_transform(to_device(complete(batch), device), train=False, generator=None)
         with autocast():
             out = model.encode(batch) if encode else model(batch)
         yield batch, ({m: h.float() for m, h in out.items()} if encode else out.float())

@@ -22,15 +22,17 @@ from tqdm.auto import tqdm
 from trainer.checkpoint import (as_kept, checkpoint_weights, load_best, load_state, snapshot,
                                 write_checkpoint)
 from trainer.config import ATTRIBUTES, TrainConfig, config_from_dict
-from trainer.data import build_datasets
+from trainer.data import DataError, build_datasets
 from trainer.data.transforms import batch_transform
 from trainer.guards import FiniteWatch, check_predictions, check_train_size
 from trainer.inference import batches, forward, to_device
 from trainer.jsonout import dumps
 from trainer.metrics import at_val_threshold, bootstrap_fairness, evaluate_fairness
-from trainer.models import build_classifiers, build_model, load_tokenizer
+from trainer.models import build_classifiers, build_model, complete, load_tokenizer
 from trainer.methods import create_method
-from trainer.reliance import encode_split, flat_reliance, fused_probs, modality_reliance
+from trainer.metrics import auc_summary
+from trainer.reliance import (encode_split, flat_missing, flat_reliance, fused_probs,
+                              missing_modalities, modality_reliance)
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -76,6 +78,7 @@ class EpochReport:
                     "deodds_at_val_threshold"):
             out[f"val/{key}"] = float(self.val[key])
         out.update(flat_reliance(self.val.get("reliance", {}), "val"))
+        out.update(flat_missing(self.val.get("missing", {}), "val"))
         out.update({f"val/auc/{g}": float(v) for g, v in self.val["group_auc"].items()})
         out["epoch"] = float(self.epoch)
         return out
@@ -92,8 +95,12 @@ class Trainer:
         _seed_everything(cfg.seed)
         mods = cfg.resolved_modalities()
         tokenizer = load_tokenizer(cfg.note_encoder) if "note" in mods else None
-        self.data = datasets or build_datasets(cfg, tokenizer=tokenizer)
+        self.data = dict(datasets or build_datasets(cfg, tokenizer=tokenizer))
         check_train_size(len(self.data["train"]), cfg.batch_size)
+        if cfg.shift_root and cfg.evaluate_test and "shift" not in self.data:
+            # the other site's test split through the same data layer, opened now: a bad folder
+            # fails before training, not after it
+            self.data["shift"] = shift_test_split(cfg, tokenizer)
         self.group_names = ATTRIBUTES[cfg.attribute]
         self.model = build_model(cfg).to(self.device)
         self.classifiers = build_classifiers(cfg, self.model).to(self.device)
@@ -125,12 +132,15 @@ class Trainer:
     def train_step(self, batch: dict, generator: torch.Generator | None) -> dict:
         """One step of the method on a collated batch; returns the step contract dict (tensors)."""
         cfg, model, method = self.cfg, self.model, self.method
-        batch = batch_transform(to_device(batch, self.device), train=True, generator=generator)
+        batch = batch_transform(to_device(complete(batch), self.device), train=True,
+                                generator=generator)
         labels, groups = batch["label"].float(), batch["group"].long()
+        present = batch.get("present")                     # None: every modality in every row
         with self.autocast():
             features = model.encode(batch)                                        # forward
-            logits = model.fuse(method.features(features, generator))            # (dropout, frozen)
-            out = method.step(model, self.classifiers, features, logits, labels, groups)  # losses
+            logits = model.fuse(*method.features(features, present, generator))  # (dropout, frozen)
+            out = method.step(model, self.classifiers, features, logits, labels, groups,
+                              present)                                            # losses
         on_update = cfg.modulation_target == "update"
         for i, m in enumerate(method.modalities):                                 # modulate
             if not on_update and features[m].requires_grad:
@@ -204,18 +214,20 @@ class Trainer:
         probabilities are the fusion of the encoded features (model(batch) = fuse(encode(batch))),
         and `encoded` serves modality reliance, which only re-runs the fusion."""
         encoded = encode_split(self, split)
-        features, y, g = encoded
-        return y, fused_probs(self, features), g, encoded
+        features, y, g, present = encoded
+        return y, fused_probs(self, features, present=present), g, encoded
 
     def evaluate(self, split: str, threshold_val: float | None = None) -> dict:
         """Metrics at cfg.threshold, at the validation-chosen threshold (chosen on these
-        predictions when threshold_val is None) and modality reliance."""
+        predictions when threshold_val is None), modality reliance and the missing-modality
+        block (each modality removed; the samples that lack it), all from one encoder pass."""
         y, p, g, encoded = self.predict_encoded(split)
         check_predictions(p, split, self.epoch)
         out = evaluate_fairness(y, p, g, threshold=self.cfg.threshold,
                                 group_names=self.group_names)
         out.update(at_val_threshold(y, p, g, threshold_val, self.group_names))
-        return {**out, "reliance": modality_reliance(self, split, encoded=encoded, probs=p)}
+        return {**out, "reliance": modality_reliance(self, split, encoded=encoded, probs=p),
+                "missing": missing_modalities(self, encoded, p)}
 
     # --- checkpointing ----------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -292,11 +304,44 @@ def _score_test(trainer: Trainer) -> dict:
     point = {**evaluate_fairness(y, p, g, cfg.threshold, trainer.group_names),
              **at_val_threshold(y, p, g, threshold_val, trainer.group_names),
              "reliance": modality_reliance(trainer, "test", encoded=encoded, probs=p)}
+    robust = {"missing": missing_modalities(trainer, encoded, p)}
+    if "shift" in trainer.data:
+        robust["shift"] = _score_shift(trainer, threshold_val)
     if not cfg.bootstrap:                                       # bootstrap=0: point only
-        return {"point": point}
+        return {"point": point, **robust}
     return {"point": point,
             **bootstrap_fairness(y, p, g, n=cfg.bootstrap, seed=cfg.seed,
-                                 threshold=cfg.threshold, group_names=trainer.group_names)}
+                                 threshold=cfg.threshold, group_names=trainer.group_names),
+            **robust}
+
+
+def _score_shift(trainer: Trainer, threshold_val: float) -> dict:
+    """The other site's test split (cfg.shift_root): same model, the same validation threshold;
+    point estimates, with its own missing-modality block. dpd/deodds at cfg.threshold as the
+    same-site point; *_at_val_threshold at the validation threshold."""
+    y, p, g, encoded = trainer.predict_encoded("shift")
+    check_predictions(p, "shift", trainer.epoch)
+    names, cfg = trainer.group_names, trainer.cfg
+    out = {"n": int(len(y)), **auc_summary(y, p, g, names)}
+    if np.isfinite(out["auc"]):
+        fair = evaluate_fairness(y, p, g, cfg.threshold, names)
+        out.update(dpd=fair["dpd"], deodds=fair["deodds"],
+                   **at_val_threshold(y, p, g, threshold_val, names))
+    else:                  # one class only: rates' gaps are still defined, AUCs are not
+        out.update(dpd=float("nan"), deodds=float("nan"), threshold_val=threshold_val,
+                   dpd_at_val_threshold=float("nan"), deodds_at_val_threshold=float("nan"))
+    out["missing"] = missing_modalities(trainer, encoded, p)
+    return out
+
+
+def shift_test_split(cfg: TrainConfig, tokenizer=None):
+    """The TEST split of the site at cfg.shift_root, read through the same data layer (cache,
+    audit, presence) with this fit's preprocessing and attribute."""
+    if "://" not in cfg.shift_root and not Path(cfg.shift_root).is_dir():
+        raise DataError(f"shift_root {cfg.shift_root}: no such folder (--shift-root names the "
+                        f"data root of another site, in the same layout as --data-root)")
+    return build_datasets(cfg.replace(data_root=cfg.shift_root, shift_root=""),
+                          tokenizer=tokenizer)["test"]
 
 
 def _finish(trainer: Trainer) -> dict:

@@ -166,6 +166,25 @@ def evaluate_fairness(y_true, y_prob, groups, threshold: float = 0.5,
     }
 
 
+def auc_summary(y_true, y_prob, groups, group_names: Mapping[int, str] | None = None) -> dict:
+    """{"auc", "es_auc", "group_auc"} of a subset that may be empty, hold one class or one group
+    (the missing-modality and shifted-site blocks): NaN where undefined, never an error. The
+    definitions are evaluate_fairness's (unknown group -1 excluded; undefined groups left out of
+    es_auc; es_auc NaN when no group AUC is defined)."""
+    y, p, g = (_to_numpy(a, n) for a, n in ((y_true, "y_true"), (y_prob, "y_prob"),
+                                            (groups, "groups")))
+    keep = g != UNKNOWN_GROUP
+    y, p, g = y[keep], p[keep].astype(np.float64), g[keep].astype(np.int64)
+
+    def auc_of(mask) -> float:
+        return float(roc_auc_score(y[mask], p[mask])) if len(np.unique(y[mask])) == 2 else math.nan
+
+    auc = auc_of(np.ones(len(y), bool))
+    group_auc = {name: auc_of(g == code) for code, name in _group_table(g, group_names)}
+    es = _es_auc(auc, np.array(list(group_auc.values()), dtype=np.float64)) if group_auc else math.nan
+    return {"auc": auc, "es_auc": float(es), "group_auc": group_auc}
+
+
 # ----------------------------------------------------------------------------- bootstrap
 
 def _weighted_auc(weights: np.ndarray, y_sorted: np.ndarray, starts: np.ndarray,

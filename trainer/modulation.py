@@ -20,6 +20,12 @@ Per step, for modalities m = 1..M and groups g = 1..G:
   trigger    = (max_g - min_g of the EMA of the FUSED model's exact group AUC) >= tau (Alg. 1).
 Scale for encoder m: B_m * (trigger ? f_m : 1); the loop applies it with a gradient hook on h_m,
 so only the modality branch (encoder) is scaled, never projections, fusion or head.
+
+Missing modalities (`present`, trainer/methods/base.py): A_m, E_{m,g}, the group shares p_g of
+f_m, c_m's losses and L_gm's classifier gradient use only the samples that have modality m. A
+group with no (positive, negative) pair of such samples keeps its previous EMA (never NaN); a
+modality absent from the whole batch keeps its speed EMA and gets f_m = 1. The trigger reads the
+FUSED prediction, which every sample has.
 """
 from __future__ import annotations
 
@@ -29,15 +35,20 @@ from torch import nn
 from torch.func import functional_call
 
 from trainer.metrics import batch_auc, group_auc_tensor
+from trainer.models.presence import classifier_loss_of, present_rows
 
 SPEED_EPS = 1e-4
 
 
 def surrogate_group_auc(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor,
-                        num_groups: int, temperature: float) -> torch.Tensor:
+                        num_groups: int, temperature: float,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
     """(G,) differentiable AUC per group: mean over (pos, neg) pairs of sigmoid((s+ - s-)/T).
-    NaN where a group lacks a positive or a negative in the batch."""
+    NaN where a group lacks a positive or a negative in the batch. `mask` (bool (B,)) keeps only
+    those samples (the ones that have the modality)."""
     pos, neg = labels > 0.5, labels <= 0.5
+    if mask is not None:
+        pos, neg = pos & mask, neg & mask
     same = groups[:, None] == groups[None, :]
     pair = (pos[:, None] & neg[None, :] & same).to(scores.dtype)                     # (B, B)
     onehot = F.one_hot(groups.clamp_min(0), num_groups).to(scores.dtype)            # (B, G)
@@ -46,6 +57,20 @@ def surrogate_group_auc(scores: torch.Tensor, labels: torch.Tensor, groups: torc
     num = onehot.T @ (pair * soft).sum(dim=1)
     den = onehot.T @ pair.sum(dim=1)
     return torch.where(den > 0, num / den.clamp_min(1.0), torch.full_like(num, float("nan")))
+
+
+def group_shares(groups: torch.Tensor, num_groups: int, rows: list) -> torch.Tensor:
+    """p_g: each group's share of the batch, (G,); with presence masks, of the samples that have
+    modality m, (M, G) (all zeros for a modality absent from the whole batch)."""
+    # one_hot, not bincount: bincount sizes its output from the data (a device sync on CUDA)
+    onehot = F.one_hot(groups, num_groups).float()
+    if all(r is None for r in rows):
+        return onehot.mean(dim=0)
+    out = []
+    for r in rows:
+        w = torch.ones_like(onehot[:, 0]) if r is None else r.float()
+        out.append((onehot * w[:, None]).sum(dim=0) / w.sum().clamp_min(1.0))
+    return torch.stack(out)
 
 
 class MultiFairModulator(nn.Module):
@@ -66,9 +91,11 @@ class MultiFairModulator(nn.Module):
         self.register_buffer("fused_group_ema", torch.full((g,), 0.5))  # trigger statistic
 
     # --- Eq. 4-5 ---------------------------------------------------------------------------
-    def balance_factors(self, cls_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def balance_factors(self, cls_probs: torch.Tensor, labels: torch.Tensor,
+                        rows: list | None = None) -> torch.Tensor:
         cfg = self.cfg
-        auc = torch.stack([batch_auc(p, labels) for p in cls_probs])
+        rows = rows or [None] * len(cls_probs)
+        auc = torch.stack([batch_auc(p, labels, mask=r) for p, r in zip(cls_probs, rows)])
         new = torch.where(auc.isnan(), self.speed_ema,
                           cfg.speed_ema_decay * self.speed_ema + (1 - cfg.speed_ema_decay) * auc)
         a = (new - self.speed_ema).abs() + SPEED_EPS
@@ -77,10 +104,12 @@ class MultiFairModulator(nn.Module):
         return balance.clamp(cfg.balance_floor, cfg.rho)
 
     # --- Eq. 9-13 --------------------------------------------------------------------------
-    def group_terms(self, live_probs: list[torch.Tensor], labels, groups):
+    def group_terms(self, live_probs: list[torch.Tensor], labels, groups, rows: list | None = None):
         cfg = self.cfg
+        rows = rows or [None] * len(live_probs)
         batch = torch.stack([surrogate_group_auc(p, labels, groups, self.num_groups,
-                                                 cfg.surrogate_temperature) for p in live_probs])
+                                                 cfg.surrogate_temperature, r)
+                             for p, r in zip(live_probs, rows)])
         old = self.group_ema.detach()
         ema = torch.where(batch.isnan(), old, cfg.ema_decay * old + (1 - cfg.ema_decay)
                           * batch.nan_to_num(0.5))
@@ -88,9 +117,9 @@ class MultiFairModulator(nn.Module):
         mean = ema.mean(dim=1, keepdim=True)                                   # Ebar_m
         fairness_loss = (ema - mean).abs().mean()                              # F_G
         factor_g = 1 + cfg.delta * (mean - ema).detach() / cfg.tau             # F_m^g
-        # one_hot, not bincount: bincount sizes its output from the data (a device sync on CUDA)
-        share = F.one_hot(groups, self.num_groups).float().mean(dim=0)                  # p_g
+        share = group_shares(groups, self.num_groups, rows)                     # p_g
         factor = (factor_g * share).sum(dim=1)                                 # f_m
+        factor = torch.where(share.sum(dim=-1) > 0, factor, torch.ones_like(factor))
         return fairness_loss, factor.clamp(cfg.balance_floor, 1 + cfg.delta / cfg.tau)
 
     def trigger(self, fused_probs: torch.Tensor, labels, groups) -> torch.Tensor:
@@ -103,24 +132,27 @@ class MultiFairModulator(nn.Module):
 
     # --- the step --------------------------------------------------------------------------
     def step(self, model, classifiers: nn.ModuleDict, features: dict[str, torch.Tensor],
-             logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> dict:
+             logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor,
+             present: dict | None = None) -> dict:
         """Losses and per-modality scales for one batch. Returns the step contract dict; the
-        loop backpropagates out["loss"] + out["classifier_loss"] and applies out["scale"]."""
+        loop backpropagates out["loss"] + out["classifier_loss"] and applies out["scale"].
+        `present`: the batch's presence masks (None = complete)."""
         cfg, mods = self.cfg, self.modalities
         task = F.binary_cross_entropy_with_logits(logits.float(), labels)
+        rows = [present_rows(present, m, labels) for m in mods]
 
         # Classifiers learn on detached features (their own update; no second forward pass).
         det_logits = [classifiers[m](features[m].detach()).squeeze(-1).float() for m in mods]
-        classifier_loss = sum(F.binary_cross_entropy_with_logits(z, labels) for z in det_logits)
+        classifier_loss = sum(classifier_loss_of(z, labels, r) for z, r in zip(det_logits, rows))
         with torch.no_grad():
-            balance = self.balance_factors([z.sigmoid() for z in det_logits], labels)
+            balance = self.balance_factors([z.sigmoid() for z in det_logits], labels, rows)
             trig = self.trigger(logits.sigmoid(), labels, groups)
 
         zero = task.new_zeros(())
         gm, fair = zero, zero
         need_live = self.uses_balance or self.uses_fairness
         live_logits, last_grads = [], []
-        for m in mods:
+        for m, r in zip(mods, rows):
             if not need_live:
                 break
             # c_m on NON-detached h_m with detached parameter copies: the gradient of these terms
@@ -132,7 +164,7 @@ class MultiFairModulator(nn.Module):
             if self.uses_balance:
                 last = [params[f"{len(classifiers[m]) - 1}.weight"],
                         params[f"{len(classifiers[m]) - 1}.bias"]]
-                g = torch.autograd.grad(F.binary_cross_entropy_with_logits(z, labels), last,
+                g = torch.autograd.grad(classifier_loss_of(z, labels, r), last,
                                         create_graph=True)
                 last_grads.append(torch.cat([t.flatten() for t in g]))
 
@@ -146,10 +178,12 @@ class MultiFairModulator(nn.Module):
 
         factor = torch.ones_like(balance)
         if self.uses_fairness:
-            fair, factor = self.group_terms([z.sigmoid() for z in live_logits], labels, groups)
+            fair, factor = self.group_terms([z.sigmoid() for z in live_logits], labels, groups,
+                                            rows)
         elif need_live:
             with torch.no_grad():
-                _, factor = self.group_terms([z.sigmoid() for z in live_logits], labels, groups)
+                _, factor = self.group_terms([z.sigmoid() for z in live_logits], labels, groups,
+                                             rows)
 
         loss = task
         if self.uses_balance:

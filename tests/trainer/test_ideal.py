@@ -80,3 +80,35 @@ def test_ceiling_command(fresh_dataset, tmp_path, capsys):
     assert set(result["readers"]) == {"slo", "oct", "all"}
     assert not any(p.name == "ideal_reader.csv" for p in (root / "Glaucoma").rglob("*"))
     assert main(["ceiling", "--data-root", str(tmp_path), "--attribute", "race"]) == 2
+
+
+# ----------------------------------------------------------------------------- the shifted site
+
+def test_shifted_site_evidence_is_its_calibrated_posterior():
+    """The shifted site's reader knows that site's group mix: calibrated on samples drawn there,
+    and the same-site reader (the published mix) is not (a test that can fail)."""
+    meta = synthesize_metadata("fairvision", 40_000, seed=12, site="shifted")
+    ev = evidence("fairvision", meta, modalities=("slo", "oct"), site="shifted")
+    for reader in ("oct", "all"):
+        assert _calibration_gap(meta["glaucoma"], ev[reader]) < 0.025
+    wrong = evidence("fairvision", meta, modalities=("oct",))["oct"]
+    assert not np.allclose(wrong, ev["oct"])
+
+
+def test_ceiling_command_reports_the_shifted_site(fresh_dataset, tmp_path, capsys):
+    same = fresh_dataset(n_train=8, n_val=8, n_test=150, seed=4)
+    other = fresh_dataset(n_train=8, n_val=8, n_test=150, seed=4, site="shifted")
+    out = tmp_path / "ceiling.json"
+    assert main(["ceiling", "--data-root", str(same), "--shift-root", str(other),
+                 "--attribute", "race", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "site default" in printed and "site shifted" in printed
+    result = json.loads(out.read_text())
+    assert result["site"] == "default" and result["shift"]["site"] == "shifted"
+    rows = read_side_file(other, "test")
+    y = np.array([int(r["glaucoma"]) for r in rows])
+    ev = np.array([float(r["evidence_all"]) for r in rows])
+    assert result["shift"]["readers"]["all"]["auc"] == pytest.approx(roc_auc_score(y, ev))
+    assert result["shift"]["n"] == 150
+    assert json.loads((other / "site.json").read_text())["scanner"]["resolution"] == 0.5
+    assert not (same / "site.json").exists()

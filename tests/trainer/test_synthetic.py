@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict
 
-from trainer.data import build_datasets
+from trainer.data import acquisition, build_datasets
 from trainer.data.synthetic import add_arguments, run, synthesize, synthesize_metadata
 from trainer.models.text import TINY_VOCAB
 
@@ -117,3 +118,77 @@ def test_designed_structure(fv3_root, make_cfg):
     assert oct_race[2] - min(oct_race[0], oct_race[1]) > 0.03        # white > asian/black
     slo_gender = out["gender"]["slo"][1]
     assert abs(slo_gender[1] - slo_gender[0]) < oct_gender[1] - oct_gender[0]
+
+
+# ----------------------------------------------------------------------------- the shifted site
+# docs/data.md: contrast x0.6, pixel noise x2 at half resolution resampled back; race mix
+# Asian/Black/White 0.20/0.35/0.45, female 0.48; the same disease.
+
+def _high_frequency_share(images: np.ndarray) -> float:
+    """Share of the (mean-removed) images' spectral power above half the Nyquist frequency."""
+    x = images.astype(float) - images.mean(axis=(-2, -1), keepdims=True)
+    power = np.abs(np.fft.fft2(x)) ** 2
+    h, w = x.shape[-2:]
+    high = np.maximum(np.abs(np.fft.fftfreq(h))[:, None], np.abs(np.fft.fftfreq(w))[None]) > 0.25
+    return float((power * high).sum() / power.sum())
+
+
+def _images(root, key):
+    return np.stack([np.load(f)[key] for f in sorted(root.rglob("data_*.npz"))]).astype(float)
+
+
+def test_shifted_site_changes_contrast_noise_resolution(fresh_dataset, make_cfg):
+    kw = dict(n_train=30, n_val=20, n_test=20, seed=8)
+    same, other = fresh_dataset(**kw), fresh_dataset(**kw, site="shifted")
+    # the same layout: the loaders read it as is
+    assert build_datasets(make_cfg("fairvision", other))["test"][0]["oct"].shape == (4, 32, 32)
+    octs = {"same": _images(same, "oct_bscans"), "other": _images(other, "oct_bscans")}
+    slos = {"same": _images(same, "slo_fundus"), "other": _images(other, "slo_fundus")}
+    assert octs["same"].shape == octs["other"].shape and slos["same"].shape == slos["other"].shape
+    # contrast: range of the mean depth profile of the B-scans (the noise averages out)
+    profile = {k: v.mean(axis=(0, 1, 3)) for k, v in octs.items()}
+    span = {k: p.max() - p.min() for k, p in profile.items()}
+    assert 0.5 < span["other"] / span["same"] < 0.7
+    # noise against that contrast: adjacent B-scans share their signal, not their speckle
+    noise = {k: (v[:, 1:] - v[:, :-1]).std() / np.sqrt(2) / span[k] for k, v in octs.items()}
+    assert noise["other"] > 1.2 * noise["same"]
+    # resolution: little power left above half the Nyquist frequency
+    for images in (octs, slos):
+        assert _high_frequency_share(images["other"]) < 0.3 * _high_frequency_share(images["same"])
+    spread = {k: np.mean([np.percentile(x, 95) - np.percentile(x, 5) for x in v])
+              for k, v in slos.items()}
+    assert 0.55 < spread["other"] / spread["same"] < 0.85
+
+
+def test_shifted_site_same_disease_other_population(fresh_dataset):
+    a = synthesize_metadata("fairvision", 50_000, seed=2)
+    b = synthesize_metadata("fairvision", 50_000, seed=2, site="shifted")
+    assert np.array_equal(a["glaucoma"], b["glaucoma"]) and np.array_equal(a["cdr"], b["cdr"])
+    assert np.allclose(np.bincount(b["race"]) / 50_000, (0.20, 0.35, 0.45), atol=0.01)
+    assert abs((b["gender"] == 0).mean() - 0.48) < 0.01
+    root = fresh_dataset(n_train=200, n_val=100, n_test=100, seed=3, site="shifted")
+    race = np.array([int(np.load(f)["race"]) for f in root.rglob("data_*.npz")])
+    share = np.bincount(race, minlength=3) / len(race)
+    assert np.all(np.abs(share - (0.20, 0.35, 0.45)) < 4 * np.sqrt(0.25 / len(race)))
+
+
+def test_shift_overrides_and_their_errors(tmp_path, capsys):
+    from trainer.__main__ import main
+
+    base = ["synthesize", "--layout", "fairvision", "--n-train", "6", "--n-val", "4",
+            "--n-test", "4", "--seed", "3"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--site", "shifted",
+                 "--shift", "resolution=0.25,race=0.5/0.25/0.25"]) == 0
+    site = json.loads((tmp_path / "a" / "site.json").read_text())
+    assert site == {"site": "custom", "scanner": {"contrast": 0.6, "noise": 2.0,
+                                                  "resolution": 0.25},
+                    "female": 0.48, "race": [0.5, 0.25, 0.25]}
+    meta = synthesize_metadata("fairvision", 40_000, seed=1, site=acquisition.with_overrides(
+        "default", "race=0.5/0.25/0.25"))
+    assert np.allclose(np.bincount(meta["race"]) / 40_000, (0.5, 0.25, 0.25), atol=0.01)
+    for spec, why in (("contrast=0", "expected contrast, noise (> 0)"),
+                      ("resolution=2", "resolution (0, 1]"), ("race=0.5/0.5", "race=A/B/W"),
+                      ("noise=loud", "'loud' is not a number"), ("tilt=3", "expected")):
+        assert main([*base, "--out", str(tmp_path / "b"), "--shift", spec]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: --shift {spec}: ") and why in err[0]

@@ -11,6 +11,13 @@ and pulled to the node) replaces the raw files and the cache: same checks, same 
 
 Samples whose code for cfg.attribute is -1 (unknown) are dropped, for that attribute only. Every
 path here audits the data first (audit.py): a defect refuses the dataset before any training.
+
+Missing modalities (docs/data.md): a sample may lack a modality (no npz key; a note: no key or
+blank text). Its cached row is zeros and every item and batch carries
+`batch["present"] = {modality: bool tensor}` for every modality held (all True when none is
+missing), so the model encodes present rows only. A split where a modality is absent in every
+sample is refused (DataError naming split and modality); samples with none of the chosen
+modalities are dropped with a warning counting them.
 """
 from __future__ import annotations
 
@@ -23,20 +30,24 @@ from torch.utils.data import Dataset
 from trainer.config import ATTRIBUTES, canonical_attribute
 from trainer.data import audit, fairvision, fairvlmed, shards
 from trainer.data.cache import _hash, cache_root, load_split
-from trainer.data.common import ATTRIBUTE_ORDER, SPLITS, DataError, check_codes
+from trainer.data.common import ATTRIBUTE_ORDER, MODALITY_KEYS, SPLITS, DataError, check_codes
 
 LAYOUTS = {"fairvision": fairvision.LAYOUT, "fairvlmed": fairvlmed.LAYOUT}
-__all__ = ["DataError", "CachedDataset", "build_datasets", "prepare", "audit_dataset", "LAYOUTS"]
+__all__ = ["DataError", "CachedDataset", "build_datasets", "prepare", "audit_dataset", "LAYOUTS",
+           "presence"]
 
 
 class CachedDataset(Dataset):
     """Rows of the cache for one split and attribute. Items follow docs/architecture.md."""
 
     def __init__(self, arrays: dict, labels: np.ndarray, groups: np.ndarray, rows: np.ndarray,
-                 group_names: dict[int, str]):
+                 group_names: dict[int, str], present: dict | None = None):
         self.arrays, self.rows, self.group_names = arrays, rows, group_names
         self.labels = labels[rows].astype(np.float32)     # per-item label, in item order
         self.groups = groups[rows].astype(np.int64)       # per-item group code, in item order
+        present = present or {}   # per-item presence of each modality (N bytes each), item order
+        self.present = {m: np.asarray(present[m], bool)[rows] if m in present
+                        else np.ones(len(rows), bool) for m in arrays}
 
     def __getstate__(self):  # DataLoader workers: pass memmap paths, not array copies
         state = dict(self.__dict__)    # (a ShardedArray pickles as its shard paths itself)
@@ -67,6 +78,7 @@ class CachedDataset(Dataset):
         item = self._take(int(self.rows[i]))
         item["label"] = torch.tensor(self.labels[i])
         item["group"] = torch.tensor(self.groups[i])
+        item["present"] = {m: torch.tensor(bool(p[i])) for m, p in self.present.items()}
         return item
 
     def get_batch(self, indices) -> dict:
@@ -75,6 +87,7 @@ class CachedDataset(Dataset):
         batch = self._take(self.rows[idx])
         batch["label"] = torch.from_numpy(self.labels[idx])
         batch["group"] = torch.from_numpy(self.groups[idx])
+        batch["present"] = {m: torch.from_numpy(p[idx]) for m, p in self.present.items()}
         return batch
 
 
@@ -85,12 +98,38 @@ def _tokenizer_for(cfg, tokenizer):
     return tokenizer
 
 
+def presence(meta: dict, modalities) -> dict[str, np.ndarray]:
+    """{modality: bool (N,)} of a split's meta (all True where its producer recorded none)."""
+    n = len(meta["labels"])
+    return {m: np.asarray(meta.get(f"present:{m}", np.ones(n, bool)), bool) for m in modalities}
+
+
+def _with_modalities(cfg, split, meta, folder, keep: np.ndarray) -> np.ndarray:
+    """`keep` less the samples with none of the chosen modalities (counted in a warning); a
+    modality absent from every kept sample refuses the split."""
+    mods = cfg.resolved_modalities()
+    present = presence(meta, mods)
+    anything = np.logical_or.reduce([present[m] for m in mods])
+    dropped = int((keep & ~anything).sum())
+    if dropped:
+        warnings.warn(f"{folder}: split {split!r}: {dropped} sample(s) have none of the "
+                      f"modalities {','.join(mods)}: dropped", stacklevel=5)
+    keep = keep & anything
+    for m in mods:
+        if keep.any() and not (present[m] & keep).any():
+            raise DataError(f"{folder}: split {split!r} has no sample with modality {m!r} (key "
+                            f"{MODALITY_KEYS[m]!r} absent in every file); choose --modalities "
+                            f"without it")
+    return keep
+
+
 def _select(cfg, layout, split, meta, folder):
-    """Rows kept for cfg.attribute, their group codes, and the per-group counts."""
+    """Rows kept for cfg.attribute (and having a chosen modality), their group codes, and the
+    per-group counts."""
     attribute = canonical_attribute(cfg.attribute)
     codes = meta["codes"][:, ATTRIBUTE_ORDER.index(attribute)]
     check_codes(codes, meta["files"], folder, layout, attribute)
-    rows = np.flatnonzero(codes != -1)
+    rows = np.flatnonzero(_with_modalities(cfg, split, meta, folder, codes != -1))
     counts = {name: int((codes[rows] == c).sum()) for c, name in ATTRIBUTES[attribute].items()}
     keys = "/".join(layout.attribute_keys[attribute])
     empty = [name for name, k in counts.items() if k == 0]
@@ -162,7 +201,8 @@ def build_datasets(cfg, tokenizer=None, prepared=None) -> dict[str, CachedDatase
     names = ATTRIBUTES[canonical_attribute(cfg.attribute)]
     out = {}
     for split, meta, arrays, _folder, (rows, codes, _c, _e) in _load(cfg, tokenizer, prepared):
-        out[split] = CachedDataset(arrays, meta["labels"], codes, rows, names)
+        out[split] = CachedDataset(arrays, meta["labels"], codes, rows, names,
+                                   presence(meta, arrays))
     return out
 
 
@@ -172,9 +212,11 @@ def audit_dataset(cfg, tokenizer=None, attribute: str | None = None) -> dict:
     loaded, card, path, notes = _load_all(cfg, tokenizer)
     attributes = [canonical_attribute(attribute)] if attribute else list(ATTRIBUTES)
     notes += [line for a in attributes for line in audit.thin_groups(card, a)]
-    if attribute:
-        for split, (meta, _arrays, folder) in loaded.items():
+    for split, (meta, _arrays, folder) in loaded.items():
+        if attribute:
             _select(cfg.replace(attribute=attribute), LAYOUTS[cfg.dataset], split, meta, folder)
+        else:
+            _with_modalities(cfg, split, meta, folder, np.ones(len(meta["labels"]), bool))
     return {"card": card, "card_path": str(path), "warnings": notes}
 
 
@@ -186,7 +228,12 @@ def prepare(cfg, tokenizer=None, prepared=None) -> dict:
     for split, meta, _arrays, _folder, (rows, _codes, counts, empty) in _load(cfg, tokenizer,
                                                                               prepared):
         summary["card_path"] = meta["card_path"]
+        attribute = ATTRIBUTE_ORDER.index(summary["attribute"])
+        unknown = int((meta["codes"][:, attribute] == -1).sum())
         summary["splits"][split] = {
-            "n": int(len(rows)), "dropped_unknown": int(len(meta["labels"]) - len(rows)),
+            "n": int(len(rows)), "dropped_unknown": unknown,
+            "dropped_no_modality": int(len(meta["labels"]) - len(rows) - unknown),
+            "missing": {m: int((~p[rows]).sum()) for m, p in presence(
+                meta, summary["modalities"]).items()},
             "positives": int(meta["labels"][rows].sum()), "groups": counts, "empty_groups": empty}
     return summary

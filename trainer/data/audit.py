@@ -1,7 +1,9 @@
 """Data audit: every file checked in the pass that builds the cache, duplicates, the dataset card.
 
 Per file (cache.py calls these on the arrays it reads anyway, so the audit costs no extra read):
-- keys: the label `glaucoma`, each requested modality's key, a key for the evaluated attribute;
+- keys: the label `glaucoma` and a key for the evaluated attribute; a requested modality's key
+  may be absent (a missing modality: counted in the card, never checked, never hashed), but a
+  present one is checked like any image and refused when corrupt;
 - label: one value, 0 or 1 (an integer, not 0.5);
 - attribute codes: one value, a code of trainer.config.ATTRIBUTES or -1 (unknown), for every
   attribute whose key exists (strings: the released race spellings);
@@ -34,6 +36,7 @@ from trainer.data.common import ATTRIBUTE_ORDER, LABEL_KEY, MISSING, SPLITS, Dat
 from trainer.data.transforms import LUMA
 
 HASH_BYTES = 16
+NO_IMAGE = np.zeros(HASH_BYTES, np.uint8)   # the "hash" of an absent image: never a duplicate
 # Fewer positives or negatives than this in a group of the validation or test split: its AUC is
 # noise. Hanley & McNeil (Radiology 1982) standard error at AUC 0.8 with 10 + 10 cases is ~0.10.
 MIN_PER_CLASS = 10
@@ -126,6 +129,8 @@ def duplicates(splits: dict) -> list[tuple[str, Path, str, Path, str]]:
         files, hashes = splits[split]
         for key, table in hashes.items():
             for path, digest in zip(files, table):
+                if not digest.any():   # NO_IMAGE: the sample lacks this modality
+                    continue
                 seen = first.setdefault((key, digest.tobytes()), (path, split))
                 if seen[0] != path:
                     found.setdefault((path, split, *seen), []).append(repr(key))
@@ -150,7 +155,9 @@ def check_duplicates(found: list, allow: bool) -> list[str]:
 # ----------------------------------------------------------------------------- the card
 
 def dataset_card(layout_name: str, split_meta: dict, rgb: int, n_duplicates: int) -> dict:
-    """Per split, attribute and group: n, positives, negatives; unknown (-1) and absent keys.
+    """Per split, attribute and group: n, positives, negatives; unknown (-1) and absent keys;
+    under "missing", per modality lacking in at least one sample of the split (from the meta's
+    `present:<modality>` flags), how many lack it, overall and per group of every attribute.
 
     Aggregates only (no file names): safe to print, save and log."""
     card = {"layout": layout_name, "min_per_class": MIN_PER_CLASS, "rgb_converted": int(rgb),
@@ -165,8 +172,27 @@ def dataset_card(layout_name: str, split_meta: dict, rgb: int, n_duplicates: int
                       for c, name in ATTRIBUTES[attribute].items()}
             entry["attributes"][attribute] = {"groups": groups, "unknown": int((col == -1).sum()),
                                               "absent": int((col == MISSING).sum())}
+        entry["missing"] = missing_counts(meta)
         card["splits"][split] = entry
     return card
+
+
+def missing_counts(meta: dict) -> dict:
+    """{modality: {"n", "attributes": {attribute: {group: n, "unknown": n}}}} of the samples
+    lacking each modality; a modality every sample has is left out (a complete split: {})."""
+    out, codes = {}, meta["codes"]
+    for key in sorted(k for k in meta if k.startswith("present:")):
+        absent = ~np.asarray(meta[key], bool)
+        if not absent.any():
+            continue
+        per = {}
+        for j, attribute in enumerate(ATTRIBUTE_ORDER):
+            col = codes[:, j]
+            per[attribute] = {name: int((absent & (col == c)).sum())
+                              for c, name in ATTRIBUTES[attribute].items()}
+            per[attribute]["unknown"] = int((absent & (col == -1)).sum())
+        out[key.removeprefix("present:")] = {"n": int(absent.sum()), "attributes": per}
+    return out
 
 
 def thin_groups(card: dict, attribute: str) -> list[str]:
@@ -199,10 +225,29 @@ def render_card(card: dict, attributes=None) -> str:
             rows.append(f"{attribute:<14}{name:<18}{cells}")
         cells = "".join(f"{_missing(p):>20}" for p in parts)
         rows.append(f"{attribute:<14}{'unknown (-1)':<18}{cells}")
+    rows += _render_missing(card, splits, attributes or list(ATTRIBUTES))
     rows.append(f"RGB fundus converted to grey: {card['rgb_converted']}; duplicated files: "
                 f"{card['duplicates']}; groups need >= {card['min_per_class']} positives and "
                 f"negatives in val/test for a usable group AUC")
     return "\n".join(rows)
+
+
+def _render_missing(card: dict, splits: list, attributes: list) -> list[str]:
+    """Rows of samples lacking a modality, per group and split (none: one line saying so)."""
+    found = sorted({m for s in splits for m in card["splits"][s].get("missing", {})})
+    if not found:
+        return ["missing modalities: none (every sample has every modality read)"]
+    rows = []
+    for m in found:
+        parts = [card["splits"][s].get("missing", {}).get(m) for s in splits]
+        cells = "".join(f"{(p['n'] if p else 0):>20}" for p in parts)
+        rows.append(f"{'missing ' + m:<14}{'all':<18}{cells}")
+        for attribute in attributes:
+            for name in [*ATTRIBUTES[attribute].values(), "unknown"]:
+                cells = "".join(f"{(p['attributes'][attribute][name] if p else 0):>20}"
+                                for p in parts)
+                rows.append(f"{'  ' + attribute:<14}{name:<18}{cells}")
+    return rows
 
 
 def _missing(part: dict) -> str:
@@ -223,6 +268,7 @@ def save_card(card: dict, directory: Path, key: str) -> Path:
     return base.with_suffix(".txt")
 
 
-__all__ = ["AuditError", "check_slo", "check_oct", "check_label", "check_codes", "content_hash",
+__all__ = ["AuditError", "NO_IMAGE", "missing_counts", "check_slo", "check_oct", "check_label",
+           "check_codes", "content_hash",
            "check_duplicates", "dataset_card", "thin_groups", "render_card", "save_card",
            "MIN_PER_CLASS", "LUMA"]

@@ -7,9 +7,14 @@ small meta .npz (cache only; never logged). Location: cfg.cache_dir, else $MULTI
 ~/.cache/multifair-tune.
 
 Audit (audit.py): the same pass checks every file it reads and hashes every image; a defect in
-any file publishes nothing and raises audit.AuditError once all files were read. The hashes and
-the RGB flags of an image entry live beside it (`<entry>.audit.npz`, published first), so a
-later run checks duplicates and writes the dataset card without reading an npz again.
+any file publishes nothing and raises audit.AuditError once all files were read. The presence
+flags of every modality entry, and the hashes and RGB flags of an image entry, live beside it
+(`<entry>.audit.npz`, published first), so a later run checks duplicates and writes the dataset
+card without reading an npz again.
+
+Missing modalities (docs/data.md): a sample whose npz has no key for a modality (a note: no key,
+or blank text in the source used) gets a row of zeros in that entry and `present` False; the
+row is never read as data (CachedDataset hands the flags out as batch["present"]).
 
 Concurrency: each entry has a filelock.FileLock; a builder takes the locks of all entries it is
 missing (in one global order, so no deadlock), re-checks, builds into a temp file in one pass over
@@ -31,7 +36,7 @@ from trainer.data import audit, common
 from trainer.data.common import ATTRIBUTE_ORDER, MODALITY_KEYS, DataError, Layout
 from trainer.data.transforms import preprocess_oct, preprocess_slo
 
-CACHE_VERSION = 2   # 2: audit side files, RGB fundus -> grey by luma
+CACHE_VERSION = 3   # 2: audit side files, RGB fundus -> grey by luma; 3: presence flags
 
 
 def cache_root(cfg) -> Path:
@@ -101,9 +106,10 @@ def load_split(cfg, layout: Layout, root, split: str, modalities, tokenizer=None
     with np.load(paths["meta"], allow_pickle=False) as z:
         meta = {k: z[k] for k in z.files}
     meta["entry"] = paths["meta"].stem
-    for m in modalities:
-        if m in IMAGE_MODALITIES:   # audit.* keys: hashes and RGB flags of the image entries
-            with np.load(_audit_path(paths[m]), allow_pickle=False) as z:
+    for m in modalities:   # side files: presence of every entry; hashes, RGB flags of images
+        with np.load(_audit_path(paths[m]), allow_pickle=False) as z:
+            meta[f"present:{m}"] = z["present"]
+            if m in IMAGE_MODALITIES:
                 meta[f"hash:{MODALITY_KEYS[m]}"], meta[f"rgb:{m}"] = z["hashes"], z["rgb"]
     arrays = {m: np.load(paths[m], mmap_mode="r") for m in modalities}
     return meta, arrays, files[0].parent
@@ -133,6 +139,7 @@ def _build(cfg, layout, root, files, targets: dict[str, Path], tokenizer) -> Non
     read_notes = "note" in targets and note_key is not None
     labels, codes, notes = np.zeros(n, np.int64), np.zeros((n, len(ATTRIBUTE_ORDER)), np.int64), []
     hashes = {m: np.zeros((n, audit.HASH_BYTES), np.uint8) for m in writers}
+    present = {m: np.ones(n, bool) for m in targets if m != "meta"}
     rgb, defects = np.zeros(n, bool), []
     parts = [name for name in ("meta", "slo", "oct") if name in targets]
     if writers or read_notes or "meta" in targets:
@@ -145,7 +152,9 @@ def _build(cfg, layout, root, files, targets: dict[str, Path], tokenizer) -> Non
             if "meta" in row:
                 labels[i], codes[i] = row["meta"]
             for m in writers:
-                writers[m][i], hashes[m][i] = row[m], row[f"hash:{m}"]
+                hashes[m][i], present[m][i] = row[f"hash:{m}"], row[f"present:{m}"]
+                if present[m][i]:   # an absent row stays the new file's zeros (a sparse hole)
+                    writers[m][i] = row[m]
             if "slo" in row:
                 rgb[i] = row["rgb"]
             if "note" in row:
@@ -156,13 +165,16 @@ def _build(cfg, layout, root, files, targets: dict[str, Path], tokenizer) -> Non
     for name, w in writers.items():
         w.flush()
         np.savez(_audit_path(targets[name]), hashes=hashes[name], rgb=rgb if name == "slo" else
-                 np.zeros(n, bool))
+                 np.zeros(n, bool), present=present[name])
         os.replace(_tmp(targets[name]), targets[name])
     writers.clear()
     if "note" in targets:
         if not read_notes:
             notes = csv_notes(find_csv(layout, root), files)
-        np.save(_tmp(targets["note"]), tokenize(notes, tokenizer, cfg.note_max_length))
+        present["note"] = np.array([bool(t.strip()) for t in notes], bool)
+        np.savez(_audit_path(targets["note"]), present=present["note"])
+        np.save(_tmp(targets["note"]), tokenize(notes, tokenizer, cfg.note_max_length,
+                                                present["note"]))
         os.replace(_tmp(targets["note"]), targets["note"])
     if "meta" in targets:
         with open(_tmp(targets["meta"]), "wb") as fh:
@@ -176,8 +188,9 @@ def preprocess_file(cfg, layout, path, parts, note_key=None, fileobj=None) -> di
     The one per-file step of both the local builder and the cluster preparation job
     (search/dataprep.py, which passes the downloaded bytes as `fileobj` and the object's URI as
     `path`). Returns {"meta": (label, codes), "slo": uint8 (S, S), "hash:slo", "rgb", "oct":
-    float16 (K, S, S), "hash:oct", "note"} for what was asked; a defect raises DataError naming
-    the file and key."""
+    float16 (K, S, S), "hash:oct", "note", "present:<modality>"} for what was asked; a defect
+    raises DataError naming the file and key. A modality whose key is absent (a note: or blank)
+    is not a defect: its row is zeros (a note ""), its hash all zeros, `present:<m>` False."""
     row = {}
     with common.open_npz(path, fileobj) as z:
         if "meta" in parts:
@@ -185,21 +198,46 @@ def preprocess_file(cfg, layout, path, parts, note_key=None, fileobj=None) -> di
             codes = [common.attribute_code(z, path, layout, a) for a in ATTRIBUTE_ORDER]
             audit.check_codes(codes, path, layout)
             row["meta"] = (label, codes)
-        if "slo" in parts:
-            key = MODALITY_KEYS["slo"]
-            image = common.read_key(z, path, key)
-            row["rgb"] = audit.check_slo(image, path, key)
-            row["hash:slo"] = audit.content_hash(image)
-            row["slo"] = preprocess_slo(image, cfg.image_size)
-        if "oct" in parts:
-            key = MODALITY_KEYS["oct"]
-            volume = common.read_key(z, path, key)
-            audit.check_oct(volume, path, key)
-            row["hash:oct"] = audit.content_hash(volume)
-            row["oct"] = preprocess_oct(volume, cfg.oct_slices, cfg.image_size)
+        for m in IMAGE_MODALITIES:
+            if m in parts:
+                row.update(_image_row(cfg, z, path, m))
         if note_key is not None:
-            row["note"] = str(np.asarray(common.read_key(z, path, note_key)).reshape(-1)[0])
+            row["note"] = note_text(z, path, note_key)
+            row["present:note"] = bool(row["note"].strip())
     return row
+
+
+def absent_row(cfg, modality: str) -> np.ndarray:
+    """The zeros stored for a sample without `modality` (never read as data)."""
+    size = cfg.image_size
+    if modality == "slo":
+        return np.zeros((size, size), np.uint8)
+    return np.zeros((cfg.oct_slices, size, size), np.float16)
+
+
+def _image_row(cfg, z, path, m: str) -> dict:
+    key = MODALITY_KEYS[m]
+    if key not in z.files:    # the sample has no such image (docs/data.md, missing modalities)
+        row = {m: absent_row(cfg, m), f"hash:{m}": audit.NO_IMAGE.copy(), f"present:{m}": False}
+        return {**row, "rgb": False} if m == "slo" else row
+    image = common.read_key(z, path, key)
+    row = {f"present:{m}": True}
+    if m == "slo":
+        row["rgb"] = audit.check_slo(image, path, key)
+        row["slo"] = preprocess_slo(image, cfg.image_size)
+    else:
+        audit.check_oct(image, path, key)
+        row["oct"] = preprocess_oct(image, cfg.oct_slices, cfg.image_size)
+    row[f"hash:{m}"] = audit.content_hash(image)
+    return row
+
+
+def note_text(z, path, key: str) -> str:
+    """The note under `key` of an open npz; "" (missing) when the key is absent or empty."""
+    if key not in z.files:
+        return ""
+    flat = np.asarray(common.read_key(z, path, key)).reshape(-1)
+    return str(flat[0]) if flat.size else ""
 
 
 def _discard(writers: dict, targets: dict) -> None:
@@ -208,11 +246,16 @@ def _discard(writers: dict, targets: dict) -> None:
         _tmp(targets[name]).unlink(missing_ok=True)
 
 
-def tokenize(notes: list[str], tokenizer, max_length: int) -> np.ndarray:
-    """Notes -> int32 (N, 2, L): input_ids and attention_mask."""
+def tokenize(notes: list[str], tokenizer, max_length: int, present=None) -> np.ndarray:
+    """Notes -> int32 (N, 2, L): input_ids and attention_mask; rows not `present` (default:
+    blank notes) are zeros, as every absent row of the cache."""
     enc = tokenizer(notes, padding="max_length", truncation=True, max_length=max_length,
                     return_tensors="np")
-    return np.stack([enc["input_ids"], enc["attention_mask"]], axis=1).astype(np.int32)
+    out = np.stack([enc["input_ids"], enc["attention_mask"]], axis=1).astype(np.int32)
+    if present is None:
+        present = np.array([bool(t.strip()) for t in notes], bool)
+    out[~np.asarray(present, bool)] = 0
+    return out
 
 
 def csv_notes(csv: Path, files: list[Path], column: str = "gpt4_summary") -> list[str]:

@@ -22,11 +22,13 @@ sample's "evidence". Readings chosen (docs/data.md):
 
 Side file `<out>/ideal_reader.csv` (beside the data, never inside an npz): one row per sample,
 keyed by npz `filename` and `split`, with glaucoma, the five attribute codes, `evidence_<m>` per
-written modality and `evidence_all`.
+written modality and `evidence_all`; with --missing also `evidence_available` (each sample's
+joint reader over the modalities it has) and `present_<m>`.
 """
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -36,9 +38,11 @@ from scipy.stats import norm, rankdata
 
 from trainer.config import ATTRIBUTES, canonical_attribute
 from trainer.data import generative as gen
+from trainer.data.acquisition import site_profile
 from trainer.jsonout import dumps
 
 SIDE_FILE = "ideal_reader.csv"
+SITE_FILE = "site.json"     # beside a generated site's data (not the default): what was changed
 ATTRS = ("gender", "race", "ethnicity", "language", "maritalstatus")
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(96)
 _LO, _HI = gen.SEVERITY
@@ -46,9 +50,9 @@ SEVERITY = _LO + (_HI - _LO) / 2 * (_NODES + 1)     # nodes on [0.4, 1]
 LOG_W = np.log(_WEIGHTS * ((_HI - _LO) / 2) / (_HI - _LO))   # Gauss weights * (b-a)/2 * 1/(b-a)
 
 
-def _oct_loglik(rnfl: np.ndarray, layout: str, severity: np.ndarray) -> np.ndarray:
-    """log p(rnfl | s) for each sample (rows) and severity (columns), the group mixed out."""
-    prof = gen.PROFILES[layout]
+def _oct_loglik(rnfl: np.ndarray, prof: dict, severity: np.ndarray) -> np.ndarray:
+    """log p(rnfl | s) for each sample (rows) and severity (columns), the group mixed out with
+    the site's proportions `prof`."""
     r = rnfl[:, None]
     parts = []
     for race, p_race in enumerate(prof["race"]):
@@ -75,18 +79,23 @@ def _note_loglik(pos: np.ndarray, y: int) -> np.ndarray:
     return np.log(np.where(agree, 1 - gen.NOTE_LABEL_NOISE, gen.NOTE_LABEL_NOISE))[:, None]
 
 
-def evidence(layout: str, meta: dict, positive=None, modalities=("slo", "oct")) -> dict:
-    """Posterior log-odds of glaucoma per modality in `modalities` and combined ("all")."""
+def evidence(layout: str, meta: dict, positive=None, modalities=("slo", "oct"),
+             site="default", absent=None) -> dict:
+    """Posterior log-odds of glaucoma per modality in `modalities` and combined ("all"), for a
+    reader who knows the site's population (its group mix: acquisition.SITES) but not the
+    patient's group. With `absent` ({modality: bool (n,)}, generated --missing) also
+    "available": each sample read from the modalities it has (none: the prior)."""
     informative = set(np.asarray(meta.get("informative", gen.LABELLED)).tolist())
-    prior = gen.PROFILES[layout]["glaucoma"]
+    prof = site_profile(layout, site)
+    prior = prof["glaucoma"]
     zero = np.zeros((len(meta["glaucoma"]), 1))
     terms = {}   # modality -> (loglik at s-nodes given y=1, loglik given y=0 [s=0])
     for m in modalities:
         if m not in informative:
             terms[m] = (zero, zero)
         elif m == "oct":
-            terms[m] = (_oct_loglik(meta["rnfl"], layout, SEVERITY),
-                        _oct_loglik(meta["rnfl"], layout, np.zeros(1)))
+            terms[m] = (_oct_loglik(meta["rnfl"], prof, SEVERITY),
+                        _oct_loglik(meta["rnfl"], prof, np.zeros(1)))
         elif m == "slo":
             terms[m] = (_slo_loglik(meta["cdr"], SEVERITY), _slo_loglik(meta["cdr"], np.zeros(1)))
         else:
@@ -101,18 +110,32 @@ def evidence(layout: str, meta: dict, positive=None, modalities=("slo", "oct")) 
 
     out = {m: log_odds([m]) for m in modalities}
     out["all"] = log_odds(list(modalities))
+    if absent is not None:
+        n = len(meta["glaucoma"])
+        has = np.stack([~absent.get(m, np.zeros(n, bool)) for m in modalities], axis=1)
+        out["available"] = np.empty(n)
+        for pattern in np.unique(has, axis=0):   # at most 2^modalities joint readers
+            rows = (has == pattern).all(axis=1)
+            mods = [m for m, p in zip(modalities, pattern) if p]
+            out["available"][rows] = log_odds(mods)[rows]
     return out
 
 
-def evidence_rows(layout, meta, texts, modalities, split_rows, split) -> list[dict]:
-    """Side-file rows of one split (filename from the written CSV rows, same order)."""
+def evidence_rows(layout, meta, texts, modalities, split_rows, split, site="default",
+                  absent=None) -> list[dict]:
+    """Side-file rows of one split (filename from the written CSV rows, same order); with
+    `absent` ({modality: bool}, from --missing) also `evidence_available` and `present_<m>`
+    (1/0) per modality."""
     positive = texts["positive"] if texts is not None else None
-    ev = evidence(layout, meta, positive, tuple(modalities))
+    ev = evidence(layout, meta, positive, tuple(modalities), site, absent)
     rows = []
     for i, row in enumerate(split_rows):
         rec = {"filename": row["filename"], "split": split, "glaucoma": int(meta["glaucoma"][i])}
         rec.update({a: int(meta[a][i]) for a in ATTRS})
         rec.update({f"evidence_{k}": f"{v[i]:.10g}" for k, v in ev.items()})
+        if absent is not None:
+            rec.update({f"present_{m}": int(not (m in absent and absent[m][i]))
+                        for m in modalities})
         rows.append(rec)
     return rows
 
@@ -139,7 +162,8 @@ def ceiling(data_root, attribute: str, split: str = "test") -> dict:
     rows = read_side_file(data_root, split)
     y = np.array([int(r["glaucoma"]) for r in rows])
     g = np.array([int(r[attribute]) for r in rows])
-    out = {"split": split, "attribute": attribute, "n": len(rows), "readers": {}}
+    out = {"split": split, "attribute": attribute, "n": len(rows), "site": site_of(data_root),
+           "readers": {}}
     for key in (k for k in rows[0] if k.startswith("evidence_")):
         ev = np.array([float(r[key]) for r in rows])
         score = rankdata(ev) / (len(ev) + 1)   # same order, no saturation of sigmoid(log-odds)
@@ -149,19 +173,29 @@ def ceiling(data_root, attribute: str, split: str = "test") -> dict:
     return out
 
 
+def site_of(data_root) -> str:
+    """The generated site of a data root: SITE_FILE's name, else "default"."""
+    path = Path(data_root) / SITE_FILE
+    return json.loads(path.read_text())["site"] if path.is_file() else "default"
+
+
 def format_ceiling(result: dict) -> str:
     lines = [f"ideal-reader ceiling on {result['split']} (n={result['n']}), "
-             f"attribute {result['attribute']}"]
+             f"attribute {result['attribute']}, site {result.get('site', 'default')}"]
     for name, m in result["readers"].items():
         groups = ", ".join(f"{g} {a:.3f}" for g, a in m["group_auc"].items())
-        lines.append(f"  {name:>4}: AUC {m['auc']:.3f}  ES-AUC {m['es_auc']:.3f}  ({groups})")
+        lines.append(f"  {name:>9}: AUC {m['auc']:.3f}  ES-AUC {m['es_auc']:.3f}  ({groups})")
     return "\n".join(lines)
 
 
 def run_ceiling(args) -> int:
-    """`python -m trainer ceiling`: print the table and write JSON (--out, default beside data)."""
+    """`python -m trainer ceiling`: print the table and write JSON (--out, default beside data);
+    with --shift-root, the other site's ceiling too (printed after, JSON key "shift")."""
     result = ceiling(args.data_root, args.attribute, args.split)
     print(format_ceiling(result))
+    if getattr(args, "shift_root", None):
+        result["shift"] = ceiling(args.shift_root, args.attribute, args.split)
+        print(format_ceiling(result["shift"]))
     default = Path(args.data_root) / f"ceiling_{result['attribute']}_{args.split}.json"
     out = Path(args.out or default)
     out.write_text(dumps(result, indent=2))   # strict JSON: undefined AUC -> null

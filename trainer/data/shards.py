@@ -7,7 +7,10 @@ A prepared folder holds `manifest.json` and .npy files named in it:
   (cache.preprocess_file makes both);
 - per split: `<split>.labels.npy` (int64), `<split>.codes.npy` (int64, columns ATTRIBUTE_ORDER),
   `<split>.files.npy` (npz names, for error messages only), `<split>.hash-<modality>.npy` (the
-  audit's content hashes) and `<split>.rgb.npy` (RGB fundus flags).
+  audit's content hashes), `<split>.rgb.npy` (RGB fundus flags) and `<split>.present-<modality>.npy`
+  (bool, N bytes: which samples have the modality; absent rows of a shard are zeros). A folder
+  without the presence files (made before them) reads an image as absent where its hash is the
+  audit's NO_IMAGE (all zeros), and every note as present.
 The manifest lists every file with its sha256, shape and dtype, the preprocessing parameters,
 the label and group counts per split and the dataset card. Its own sha256 names it: a node's
 local copy lives in a folder of that name, so changed data or parameters never reuse a copy.
@@ -31,7 +34,7 @@ MANIFEST = "manifest.json"
 SHARD_SAMPLES = 32     # ~32 MB of paper-size OCT rows per shard file: 313 tasks for 10,000 samples
 IMAGE_MODALITIES = ("slo", "oct")   # hashed by the audit; notes are not (short notes repeat)
 NOTE_KEYS = ("note", "note_extra")   # note sources inside the npz (not the CSV's summaries)
-META_PARTS = ("labels", "codes", "files", "rgb")
+META_PARTS = ("labels", "codes", "files", "rgb")   # + hash-<m> per image, present-<m> per modality
 
 
 class SourceFolder(str):
@@ -166,6 +169,27 @@ def check_params(manifest: dict, cfg, layout_name: str, where) -> None:
                         f"modalities; prepared: {','.join(made['modalities'])})")
 
 
+def small_parts(rows: list[dict], names: list[str], modalities) -> dict[str, np.ndarray]:
+    """The per-split meta arrays of a shard from its cache.preprocess_file rows (in order):
+    labels, codes, files, rgb, hash-<image modality>, present-<modality>."""
+    out = {"labels": np.array([r["meta"][0] for r in rows], np.int64),
+           "codes": np.array([r["meta"][1] for r in rows], np.int64).reshape(len(rows), -1),
+           "files": np.array(names), "rgb": np.array([r.get("rgb", False) for r in rows], bool)}
+    out.update({f"hash-{m}": np.stack([r[f"hash:{m}"] for r in rows])
+                for m in modalities if m in IMAGE_MODALITIES})
+    out.update({f"present-{m}": np.array([r.get(f"present:{m}", True) for r in rows], bool)
+                for m in modalities})
+    return out
+
+
+def _presence(folder: Path, entry: dict, meta: dict, m: str) -> np.ndarray:
+    if f"present-{m}" in entry["meta"]:
+        return np.load(folder / entry["meta"][f"present-{m}"]["file"])
+    if m in IMAGE_MODALITIES:   # made before presence files: absent images hash to NO_IMAGE
+        return meta[f"hash:{MODALITY_KEYS[m]}"].any(axis=1)
+    return np.ones(len(meta["labels"]), bool)
+
+
 def load(folder, cfg, layout_name: str) -> dict:
     """{split: (meta, {modality: ShardedArray}, source folder)} from a local prepared folder,
     shaped as cache.load_split returns it, so the dataset classes and the audit's duplicate check
@@ -187,6 +211,7 @@ def load(folder, cfg, layout_name: str) -> dict:
                     folder / entry["meta"][f"hash-{m}"]["file"])
             if m == "slo":
                 meta["rgb:slo"] = np.load(folder / entry["meta"]["rgb"]["file"])
+            meta[f"present:{m}"] = _presence(folder, entry, meta, m)
             parts = [shard["parts"][m] for shard in entry["shards"]]
             arrays[m] = ShardedArray([folder / p["file"] for p in parts],
                                      [p["shape"][0] for p in parts], parts[0]["shape"][1:],

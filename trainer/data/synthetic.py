@@ -8,17 +8,26 @@ datasets' demographic and label proportions, and DESIGNED STRUCTURE (docs/data.m
 - note: medium signal via clinical phrases (IOP, CDR, VF defect, plan) with label noise,
   group-uniform.
 Deterministic by seed: the same arguments give byte-identical files.
+
+Acquisition (acquisition.py, docs/data.md): `--missing slo=0.3,oct=0.1 [--missing-by race]`
+leaves modalities out of some samples (the npz key absent; a note also blank in the CSV), and
+`--site shifted` renders another hospital's scanner (contrast, noise, resolution) and population
+(group mix). Without these flags nothing extra is drawn: the files are byte-identical to before.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from trainer.config import DEFAULT_MODALITIES
-from trainer.data import ideal
+from trainer.data import acquisition, ideal
+from trainer.data.acquisition import SITES, Scanner
 from trainer.data.common import SPLITS
 from trainer.data.generative import (CDR_RANGE, LABELLED, LANGUAGE_P, MARITAL_P, NOTE_LABEL_NOISE,
                                      PROFILES, SEVERITY, SLO_CDR_NOISE, cdr_mean, oct_quality,
@@ -35,16 +44,17 @@ SIZES = {  # (SLO shape, OCT shape): small default, --full-size
 
 
 def synthesize_metadata(layout: str, n: int, seed: int = 0,
-                        informative=LABELLED) -> dict[str, np.ndarray]:
+                        informative=LABELLED, site="default") -> dict[str, np.ndarray]:
     """Demographics, labels and latent severities for n samples (no images), drawn from the
     generative model (trainer/data/generative.py).
 
     A modality left out of `informative` is rendered from a DECOY label and severity drawn
     independently of the true label (same marginal distribution, no label information): a
     known-answer test of which modality a model relies on. The default draws nothing extra, so
-    existing datasets stay byte-identical.
+    existing datasets stay byte-identical. `site` changes the group mix only (acquisition.SITES):
+    the same draws, so the disease model is the same at every site.
     """
-    p = PROFILES[layout]
+    p = acquisition.site_profile(layout, site)
     rng = np.random.default_rng(seed)
     meta = {
         "gender": (rng.random(n) >= p["female"]).astype(np.int64),
@@ -78,8 +88,28 @@ def synthesize_metadata(layout: str, n: int, seed: int = 0,
     return meta
 
 
-def render_oct(rng, shape, rnfl: float) -> np.ndarray:
-    """uint8 (D, H, W) volume: B-scans with a bright top band of relative thickness ~rnfl."""
+def render_oct(rng, shape, rnfl: float, scanner: Scanner | None = None) -> np.ndarray:
+    """uint8 (D, H, W) volume: B-scans with a bright top band of relative thickness ~rnfl.
+    A `scanner` renders each B-scan at its resolution with its speckle, scales the contrast
+    and resamples back to (H, W)."""
+    if scanner is None:
+        return _to_uint8(_oct_float(rng, shape, rnfl, 0.25))
+    d, h, w = shape
+    low = (d, *_scaled((h, w), scanner.resolution))
+    img = acquisition.apply_contrast(_oct_float(rng, low, rnfl, 0.25 * scanner.noise),
+                                     scanner.contrast)
+    return _to_uint8(acquisition.resample(img, (h, w)))
+
+
+def _scaled(hw, resolution: float) -> tuple[int, int]:
+    return tuple(max(8, int(round(x * resolution))) for x in hw)
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _oct_float(rng, shape, rnfl: float, speckle: float) -> np.ndarray:
     d, h, w = shape
     rows = np.arange(h, dtype=np.float32).reshape(1, h, 1) / h
     cols = np.arange(w, dtype=np.float32).reshape(1, 1, w) / w
@@ -90,16 +120,24 @@ def render_oct(rng, shape, rnfl: float) -> np.ndarray:
     inside = lambda lo, hi: _soft(rows - lo, edge) * _soft(hi - rows, edge)  # noqa: E731
     img = 30 + 170 * inside(top, top + band) + 80 * inside(top + band, top + 0.42) \
         + 200 * inside(top + 0.42, top + 0.46)
-    img = img * (1 + 0.25 * rng.standard_normal((d, h, w), dtype=np.float32))
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return img * (1 + speckle * rng.standard_normal((d, h, w), dtype=np.float32))
 
 
 def _soft(x, width):
     return np.clip(x / width + 0.5, 0.0, 1.0)
 
 
-def render_slo(rng, shape, cdr: float, eye: int) -> np.ndarray:
-    """uint8 (H, W) fundus: vignetted background, vessels, a small bright disc with a cup."""
+def render_slo(rng, shape, cdr: float, eye: int, scanner: Scanner | None = None) -> np.ndarray:
+    """uint8 (H, W) fundus: vignetted background, vessels, a small bright disc with a cup.
+    A `scanner`: rendered at its resolution with its noise, contrast scaled, resampled back."""
+    if scanner is None:
+        return _to_uint8(_slo_float(rng, shape, cdr, eye, 8))
+    img = _slo_float(rng, _scaled(shape, scanner.resolution), cdr, eye, 8 * scanner.noise)
+    img = acquisition.apply_contrast(img, scanner.contrast)
+    return _to_uint8(acquisition.resample(img, shape))
+
+
+def _slo_float(rng, shape, cdr: float, eye: int, noise: float) -> np.ndarray:
     h, w = shape
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     s = float(min(h, w))
@@ -113,8 +151,8 @@ def render_slo(rng, shape, cdr: float, eye: int) -> np.ndarray:
         across = np.abs((x - cx) * np.sin(theta) - (y - cy) * np.cos(theta))
         img -= 25 * np.exp(-(across / (0.012 * s + 0.5)) ** 2) * (along > 0)
     img += 70 * _soft(r_disc - r, 1.5) + 55 * _soft(cdr * r_disc - r, 1.5)
-    img += rng.normal(0, 8, (h, w))
-    return np.clip(img, 0, 255).astype(np.uint8)
+    img += rng.normal(0, noise, (h, w))   # in place: float32, as the images always were
+    return img
 
 
 # Clinical-note phrases, mostly words of trainer/models/assets/tiny_vocab.txt.
@@ -215,30 +253,58 @@ def _fairvlmed_extras(rng, meta, i) -> dict[str, np.ndarray]:
     return {"md": np.array(np.float32(md)), "tds": tds}
 
 
-def _write_split(layout, folder: Path, split, ids, meta, texts, rng, mods, full_size,
-                 race_encoding) -> list[dict]:
+@dataclass(frozen=True)
+class _Plan:
+    """What every split of one generated dataset shares."""
+    layout: str
+    mods: tuple
+    full_size: bool
+    race_encoding: str
+    site: acquisition.Site = SITES["default"]
+    missing: tuple = ()            # ((modality, rate), ...) in the spec's order
+    missing_by: str | None = None
+
+    @property
+    def scanner(self) -> Scanner | None:
+        return self.site.scanner
+
+
+def _write_split(plan: _Plan, folder: Path, split, ids, meta, texts, rng, absent) -> list[dict]:
+    """The split's npz files (a modality in `absent` left out where True) and its CSV rows."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    slo_shape, oct_shape = SIZES[(layout, full_size)]
+    slo_shape, oct_shape = SIZES[(plan.layout, plan.full_size)]
+    lacks = lambda m, i: m in absent and absent[m][i]  # noqa: E731
     rows = []
     for i, sid in enumerate(ids):
         name = f"data_{sid:05d}.npz"
-        rec = _record(layout, meta, i, race_encoding)
-        if layout == "fairvlmed":
+        rec = _record(plan.layout, meta, i, plan.race_encoding)
+        if plan.layout == "fairvlmed":
             rec.update(_fairvlmed_extras(rng, meta, i))
-        if "slo" in mods:
-            rec["slo_fundus"] = render_slo(rng, slo_shape, meta["cdr"][i], int(meta["eye"][i]))
-        if "oct" in mods:
-            rec["oct_bscans"] = render_oct(rng, oct_shape, meta["rnfl"][i])
-        if "note" in mods:
+        if "slo" in plan.mods:   # rendered even when left out: the other samples' draws stay
+            rec["slo_fundus"] = render_slo(rng, slo_shape, meta["cdr"][i], int(meta["eye"][i]),
+                                           plan.scanner)
+        if "oct" in plan.mods:
+            rec["oct_bscans"] = render_oct(rng, oct_shape, meta["rnfl"][i], plan.scanner)
+        if "note" in plan.mods:
             rec["note"] = np.array(texts["note"][i])
             rec["note_extra"] = np.array(texts["note_extra"][i])
+        for m in plan.mods:
+            if lacks(m, i):
+                for key in KEYS_OF[m]:
+                    rec.pop(key)
         np.savez_compressed(folder / name, **rec)
-        if layout == "fairvision" and "slo" in mods:
+        if plan.layout == "fairvision" and "slo_fundus" in rec:
             Image.fromarray(rec["slo_fundus"]).save(folder / f"slo_{sid:05d}.jpg", quality=90)
-        rows.append(_csv_row(layout, name, split, meta, i, texts, race_encoding))
+        row = _csv_row(plan.layout, name, split, meta, i, texts, plan.race_encoding)
+        if lacks("note", i):   # the note is missing everywhere it is kept
+            row.update(note="", gpt4_summary="")
+        rows.append(row)
     return rows
+
+
+KEYS_OF = {"slo": ("slo_fundus",), "oct": ("oct_bscans",), "note": ("note", "note_extra")}
 
 
 def _csv_row(layout, name, split, meta, i, texts, race_encoding) -> dict:
@@ -265,11 +331,48 @@ def _write_csv(path: Path, rows: list[dict], columns=None) -> None:
 def synthesize(layout: str, out, n_train: int = 240, n_val: int = 80, n_test: int = 120,
                full_size: bool = False, seed: int = 0, modalities=None,
                split_style: str = "standard", race_encoding: str = "int",
-               test_folder: str = "Test", informative=LABELLED) -> Path:
+               test_folder: str = "Test", informative=LABELLED, missing="",
+               missing_by: str | None = None, site="default", shift: str = "") -> Path:
     """Write a generated dataset in the released layout under `out`; returns `out`.
 
-    Beside the data (never inside an npz) it writes `out/ideal_reader.csv`: each sample's
-    ideal-reader evidence per modality and combined (trainer/data/ideal.py, docs/data.md)."""
+    `missing`: "slo=0.3,oct=0.1" (or a dict) of the share of samples without each modality,
+    by group of `missing_by` ("race", "gender") as acquisition.MISSING_FACTORS says; `site`:
+    "default" or "shifted" (acquisition.SITES), `shift` overrides of its parameters
+    ("contrast=0.5,race=0.3/0.3/0.4"). Beside the data (never inside an npz) it writes
+    `out/ideal_reader.csv`: each sample's ideal-reader evidence per modality and combined
+    (trainer/data/ideal.py, docs/data.md), plus `present_<m>` columns when `missing` is given."""
+    plan = _plan(layout, modalities, race_encoding, informative, full_size, missing, missing_by,
+                 acquisition.with_overrides(site, shift))
+    out = Path(out)
+    base = out / "Glaucoma" if layout == "fairvision" else out
+    folders = _folders(split_style, test_folder)
+    counts, rows, first_id = {"train": n_train, "val": n_val, "test": n_test}, [], 1
+    evidence = []
+    for k, split in enumerate(SPLITS):
+        rng = np.random.default_rng([seed, k])
+        meta = synthesize_metadata(layout, counts[split], seed=int(rng.integers(2**31)),
+                                   informative=tuple(informative), site=plan.site)
+        absent = _absent(plan, seed, k, split, meta)
+        texts = note_texts(rng, meta, layout) if "note" in plan.mods or layout == "fairvlmed" \
+            else None
+        ids = range(first_id, first_id + counts[split])
+        split_rows = _write_split(plan, base / folders[split], split, ids, meta, texts, rng,
+                                  absent)
+        evidence += ideal.evidence_rows(layout, meta, texts, plan.mods, split_rows, split,
+                                        site=plan.site, absent=absent if plan.missing else None)
+        rows += split_rows
+        first_id += counts[split]
+    _write_csvs(layout, base, rows)
+    _write_csv(out / ideal.SIDE_FILE, evidence)
+    if plan.site != SITES["default"]:   # the default site writes nothing new: same bytes
+        (out / ideal.SITE_FILE).write_text(json.dumps(acquisition.describe_site(plan.site),
+                                                      indent=1))
+    return out
+
+
+def _plan(layout, modalities, race_encoding, informative, full_size, missing, missing_by,
+          site) -> _Plan:
+    """Arguments checked (ValueError naming the argument or flag and value) and gathered."""
     if layout not in PROFILES:
         raise ValueError(f"layout={layout!r}: choose one of {sorted(PROFILES)}")
     if race_encoding not in ("int", "str"):
@@ -277,28 +380,35 @@ def synthesize(layout: str, out, n_train: int = 240, n_val: int = 80, n_test: in
     mods = tuple(modalities) if modalities else DEFAULT_MODALITIES[layout]
     if any(m not in ("slo", "oct", "note") for m in mods):
         raise ValueError(f"modalities={mods!r}: choose from slo, oct, note")
-    out = Path(out)
-    base = out / "Glaucoma" if layout == "fairvision" else out
-    folders = _folders(split_style, test_folder)
     bad = set(informative) - set(LABELLED)
     if bad:
         raise ValueError(f"informative={tuple(informative)!r}: choose from {', '.join(LABELLED)}")
-    counts, rows, first_id = {"train": n_train, "val": n_val, "test": n_test}, [], 1
-    evidence = []
-    for k, split in enumerate(SPLITS):
-        rng = np.random.default_rng([seed, k])
-        meta = synthesize_metadata(layout, counts[split], seed=int(rng.integers(2**31)),
-                                   informative=tuple(informative))
-        texts = note_texts(rng, meta, layout) if "note" in mods or layout == "fairvlmed" else None
-        ids = range(first_id, first_id + counts[split])
-        split_rows = _write_split(layout, base / folders[split], split, ids, meta, texts, rng,
-                                  mods, full_size, race_encoding)
-        evidence += ideal.evidence_rows(layout, meta, texts, mods, split_rows, split)
-        rows += split_rows
-        first_id += counts[split]
-    _write_csvs(layout, base, rows)
-    _write_csv(out / ideal.SIDE_FILE, evidence)
-    return out
+    rates = dict(missing) if isinstance(missing, dict) else \
+        acquisition.parse_missing(missing, mods)
+    for m, rate in rates.items():   # a dict from Python: the same checks as the flag's text
+        acquisition.parse_missing(f"{m}={rate}", mods)
+    if missing_by is not None:
+        if missing_by not in acquisition.MISSING_FACTORS:
+            raise ValueError(f"--missing-by {missing_by}: choose one of "
+                             f"{', '.join(acquisition.MISSING_FACTORS)}")
+        if not rates:
+            raise ValueError(f"--missing-by {missing_by}: needs --missing (e.g. --missing oct=0.2)")
+        acquisition.check_rates(rates, missing_by, acquisition.site_profile(layout, site))
+    return _Plan(layout, mods, full_size, race_encoding, site, tuple(rates.items()), missing_by)
+
+
+def _absent(plan: _Plan, seed: int, k: int, split: str, meta: dict) -> dict[str, np.ndarray]:
+    """Which samples of the split lack each modality; refused when one would lack it in every
+    sample (the loader could not use the split)."""
+    missing = dict(plan.missing)
+    absent = acquisition.draw_absent(seed, k, meta, missing, plan.missing_by,
+                                     acquisition.site_profile(plan.layout, plan.site))
+    for m, lack in absent.items():
+        if lack.all():
+            raise ValueError(f"--missing {m}={missing[m]:g}: leaves {m!r} absent in every sample "
+                             f"of split {split!r} ({len(lack)} samples); lower the rate or "
+                             f"generate more samples")
+    return absent
 
 
 def _write_csvs(layout, base: Path, rows: list[dict]) -> None:
@@ -328,6 +438,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--informative", default=",".join(LABELLED),
                         help="comma list of the modalities that carry the label; the others are "
                              "rendered from a decoy label (known-answer tests)")
+    parser.add_argument("--missing", default="", metavar="MOD=RATE,...",
+                        help="share of samples without each modality, e.g. slo=0.3,oct=0.1 "
+                             "(the npz key left out; docs/data.md)")
+    parser.add_argument("--missing-by", choices=sorted(acquisition.MISSING_FACTORS),
+                        help="the --missing rates vary by this group (documented factors, "
+                             "mean rate kept)")
+    parser.add_argument("--site", default="default", choices=sorted(SITES),
+                        help="shifted: another hospital's scanner (contrast, noise, resolution) "
+                             "and group mix; same disease (docs/data.md)")
+    parser.add_argument("--shift", default="", metavar="KEY=VALUE,...",
+                        help="override the site's contrast, noise, resolution, female, "
+                             "race=A/B/W, e.g. resolution=0.25,race=0.3/0.3/0.4")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -336,6 +458,8 @@ def run(args: argparse.Namespace) -> int:
                      n_test=args.n_test, full_size=args.full_size, seed=args.seed,
                      modalities=mods, split_style=args.split_style,
                      race_encoding=args.race_encoding, test_folder=args.test_folder,
-                     informative=tuple(m for m in args.informative.split(",") if m))
+                     informative=tuple(m for m in args.informative.split(",") if m),
+                     missing=args.missing, missing_by=args.missing_by, site=args.site,
+                     shift=args.shift)
     print(f"wrote {args.layout} ({args.n_train}/{args.n_val}/{args.n_test}) to {out}")
     return 0

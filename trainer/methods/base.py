@@ -2,8 +2,10 @@
 
 The loop (trainer/loop.py) calls, per epoch and per step:
   begin_epoch(model, epoch)            stage schedules (unimodal_ensemble freezes encoders)
-  features(features, generator)        what the fusion sees: modality dropout, frozen features
-  step(model, classifiers, features, logits, labels, groups) -> the step contract dict:
+  features(features, present, generator) -> (features, present)
+                                       what the fusion sees: modality dropout marks modalities
+                                       absent in the presence mask, frozen features
+  step(model, classifiers, features, logits, labels, groups, present) -> the step contract dict:
       "loss" (backpropagated), "task" (detached), "classifier_loss" (trains the modality
       classifiers c_m; backpropagated with "loss"), "scale" (M,) per-encoder factors and
       "scale/<m>" entries; any other 0-d entry is logged as train/<key>.
@@ -11,12 +13,20 @@ The loop (trainer/loop.py) calls, per epoch and per step:
 The per-encoder factors out["scale"] act on the encoder's gradient (a hook on h_m) or, with
 cfg.modulation_target = "update", on the encoder's learning rate; methods whose factors may act
 either way set scales_encoders = True.
+
+Missing modalities: `present` is the batch's {modality: bool (B,)} (None = every sample has every
+modality). Everything computed from h_m (the classifiers c_m and their losses, MultiFair's speed
+and group statistics, OGM-GE's scores, CGGM's accuracies) uses only the samples that have m; an
+absent row's h_m is zeros and must never count as data. The fused prediction exists for every
+sample (the fusion masks absent tokens), so fused-loss terms use every sample.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from trainer.models.presence import classifier_loss_of, masked_mean, present_rows  # noqa: F401
 
 
 class MethodHooks:
@@ -29,8 +39,10 @@ class MethodHooks:
     def begin_epoch(self, model: nn.Module, epoch: int) -> None:
         pass
 
-    def features(self, features: dict, generator: torch.Generator | None) -> dict:
-        return features
+    def features(self, features: dict, present: dict | None,
+                 generator: torch.Generator | None) -> tuple[dict, dict | None]:
+        """(features, presence mask) the fusion sees; the defaults pass both through."""
+        return features, present
 
     def after_backward(self, model: nn.Module, out: dict, generator) -> None:
         pass
@@ -50,12 +62,14 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def classifier_outputs(classifiers: nn.ModuleDict, features: dict, labels: torch.Tensor,
-                       modalities) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The modality classifiers c_m on DETACHED h_m: their logits and their own training loss.
-    Every method trains them, so logs stay comparable and methods that read them (OGM-GE here,
-    CGGM) have them."""
+                       modalities, present: dict | None = None
+                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The modality classifiers c_m on DETACHED h_m: their logits (every row; absent rows' are
+    meaningless) and their own training loss on the samples that have m. Every method trains
+    them, so logs stay comparable and methods that read them (OGM-GE here, CGGM) have them."""
     logits = [classifiers[m](features[m].detach()).squeeze(-1).float() for m in modalities]
-    return logits, sum(F.binary_cross_entropy_with_logits(z, labels) for z in logits)
+    return logits, sum(classifier_loss_of(z, labels, present_rows(present, m, z))
+                       for m, z in zip(modalities, logits))
 
 
 def contract(loss, task, classifier_loss, scale, modalities, **extra) -> dict:

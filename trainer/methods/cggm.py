@@ -14,13 +14,16 @@ Readings (docs/methods.md):
   the gradient scaling shapes training there, and here.
 - The previous accuracy starts at 0.5 (chance) and is a buffer, so it is checkpointed.
 - The factors go through the loop's per-encoder scale, so modulation_target=update applies too.
+- Missing modalities: acc_m is c_m's accuracy on the samples that have m; a modality absent from
+  the whole batch keeps its previous accuracy (d_m = 0 before the epsilon).
 """
 from __future__ import annotations
 
 import torch
 
 from trainer.methods.registry import register_method
-from trainer.methods.base import Method, classifier_outputs, contract, task_loss
+from trainer.methods.base import (Method, classifier_outputs, contract, masked_mean, present_rows,
+                                  task_loss)
 
 CGGM_EPS = 1e-4
 
@@ -41,12 +44,18 @@ class CGGM(Method):
         super().__init__(cfg, modalities, num_groups)
         self.register_buffer("prev_accuracy", torch.full((len(modalities),), 0.5))
 
-    def step(self, model, classifiers, features, logits, labels, groups) -> dict:
+    def step(self, model, classifiers, features, logits, labels, groups, present=None) -> dict:
         task = task_loss(logits, labels)
         cls_logits, classifier_loss = classifier_outputs(classifiers, features, labels,
-                                                         self.modalities)
+                                                         self.modalities, present)
         with torch.no_grad():
-            acc = torch.stack([((z > 0).float() == labels).float().mean() for z in cls_logits])
+            acc = []
+            for i, (m, z) in enumerate(zip(self.modalities, cls_logits)):
+                rows = present_rows(present, m, z)
+                correct = ((z > 0).float() == labels).float()
+                a = masked_mean(correct, rows)
+                acc.append(a if rows is None else torch.where(rows.any(), a, self.prev_accuracy[i]))
+            acc = torch.stack(acc)
             coef = cggm_coefficients(acc - self.prev_accuracy)
             self.prev_accuracy.copy_(acc)
         out = contract(task, task, classifier_loss, self.cfg.rho * coef, self.modalities)

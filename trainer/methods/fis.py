@@ -18,6 +18,8 @@ Readings (docs/methods.md):
 - The authors draw a separate no-grad batch per group for the group distances; we use the
   groups' samples in the current batch (no extra forward pass). A group absent from the batch
   gets no weight (it has no samples to weight).
+- Missing modalities: the fused loss exists for every sample (the fusion masks absent
+  modalities), so the weights are unchanged; only c_m's losses use the samples that have m.
 """
 from __future__ import annotations
 
@@ -67,12 +69,13 @@ def fis_weights(losses: torch.Tensor, groups: torch.Tensor, num_groups: int, c: 
 class FIS(Method):
     hyperparameters = ("fis_c", "fis_temperature")
 
-    def step(self, model, classifiers, features, logits, labels, groups) -> dict:
+    def step(self, model, classifiers, features, logits, labels, groups, present=None) -> dict:
         per_sample = F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="none")
         weights = fis_weights(per_sample, groups, self.num_groups, self.cfg.fis_c,
                               self.cfg.fis_temperature)
         loss = (weights * per_sample).sum()
-        _, classifier_loss = classifier_outputs(classifiers, features, labels, self.modalities)
+        _, classifier_loss = classifier_outputs(classifiers, features, labels, self.modalities,
+                                                present)
         scale = torch.ones(len(self.modalities), device=logits.device)
         return contract(loss, per_sample.mean(), classifier_loss, scale, self.modalities,
                         fis_max_weight=weights.max() * len(weights))

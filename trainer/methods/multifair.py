@@ -59,8 +59,8 @@ class Full(MultiFair):
 class FullReference(Full):
     """`full` with L_gm and F_G detached: same logged values, no gradient from either."""
 
-    def step(self, model, classifiers, features, logits, labels, groups) -> dict:
-        out = super().step(model, classifiers, features, logits, labels, groups)
+    def step(self, model, classifiers, features, logits, labels, groups, present=None) -> dict:
+        out = super().step(model, classifiers, features, logits, labels, groups, present)
         task = task_loss(logits, labels)                       # the only term with gradient
         extra = (out["loss"] - task).detach()                  # lambda_gm*L_gm + trig*lambda_f*F_G
         out.update(loss=task + extra, gm=out["gm"].detach(), fairness=out["fairness"].detach())

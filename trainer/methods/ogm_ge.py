@@ -15,6 +15,9 @@ Readings (docs/methods.md):
   already carries.
 - M > 2 modalities: ratio_m = score_m / mean_{k != m} score_k; coefficient 1 - tanh(alpha *
   ratio_m) where ratio_m > 1, else 1. For M = 2 this is the authors' rule exactly.
+- Missing modalities: score_m is the MEAN over the samples that have m (on a complete batch the
+  ratio of means is the authors' ratio of sums); a modality absent from the whole batch has no
+  score, gets coefficient 1 and is left out of the others' ratios.
 - Order as in their code: after backward, g <- c_m * g + N(0, std(g)) with std taken from the
   gradient BEFORE scaling, for every parameter of encoder m (their code touches only 4-D conv
   weights; our encoders are ViTs, so every encoder parameter). Our loop then clips as for every
@@ -25,15 +28,24 @@ from __future__ import annotations
 import torch
 
 from trainer.methods.registry import register_method
-from trainer.methods.base import Method, classifier_outputs, contract, task_loss
+from trainer.methods.base import (Method, classifier_outputs, contract, masked_mean, present_rows,
+                                  task_loss)
 
 
-def ogm_coefficients(scores: torch.Tensor, alpha: float) -> torch.Tensor:
-    """(M,) coefficients from (M,) per-modality scores (sum of true-class probabilities)."""
-    m = scores.numel()
-    others = (scores.sum() - scores) / (m - 1)
-    ratio = scores / others.clamp_min(1e-12)
-    return torch.where(ratio > 1, 1 - torch.tanh(alpha * ratio), torch.ones_like(ratio))
+def ogm_coefficients(scores: torch.Tensor, alpha: float,
+                     defined: torch.Tensor | None = None) -> torch.Tensor:
+    """(M,) coefficients from (M,) per-modality scores (sum or mean of true-class probabilities);
+    `defined` (bool (M,)) marks the scores that exist (False: modality absent from the batch)."""
+    if defined is None:
+        m = scores.numel()
+        others = (scores.sum() - scores) / (m - 1)
+        ratio = scores / others.clamp_min(1e-12)
+        return torch.where(ratio > 1, 1 - torch.tanh(alpha * ratio), torch.ones_like(ratio))
+    s = torch.where(defined, scores, torch.zeros_like(scores))
+    n_others = defined.sum() - defined.long()
+    ratio = s / ((s.sum() - s) / n_others.clamp_min(1)).clamp_min(1e-12)
+    dominant = defined & (n_others > 0) & (ratio > 1)
+    return torch.where(dominant, 1 - torch.tanh(alpha * ratio), torch.ones_like(ratio))
 
 
 def ge_noise_(grad: torch.Tensor, coefficient, generator) -> None:
@@ -56,14 +68,21 @@ class OGMGE(Method):
         end = self.cfg.ogm_end_epoch or float("inf")
         self.active = self.cfg.ogm_start_epoch <= epoch < end
 
-    def step(self, model, classifiers, features, logits, labels, groups) -> dict:
+    def step(self, model, classifiers, features, logits, labels, groups, present=None) -> dict:
         task = task_loss(logits, labels)
         cls_logits, classifier_loss = classifier_outputs(classifiers, features, labels,
-                                                         self.modalities)
+                                                         self.modalities, present)
         with torch.no_grad():
             probs = torch.stack([z.sigmoid() for z in cls_logits])             # (M, B)
             true_class = torch.where(labels > 0.5, probs, 1 - probs)
-            coef = ogm_coefficients(true_class.sum(dim=1), self.cfg.ogm_alpha)
+            if present is None:
+                coef = ogm_coefficients(true_class.sum(dim=1), self.cfg.ogm_alpha)
+            else:
+                rows = [present_rows(present, m, labels) for m in self.modalities]
+                means = torch.stack([masked_mean(t, r) for t, r in zip(true_class, rows)])
+                defined = torch.stack([r.any() if r is not None else torch.ones((), dtype=torch.bool,
+                                       device=labels.device) for r in rows])
+                coef = ogm_coefficients(means, self.cfg.ogm_alpha, defined)
         coef = coef if self.active else torch.ones_like(coef)
         out = contract(task, task, classifier_loss, torch.ones_like(coef), self.modalities,
                        ogm_active=task.new_tensor(float(self.active)))

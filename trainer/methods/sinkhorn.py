@@ -9,7 +9,9 @@ Readings (docs/methods.md): FairCLIP matches the distributions of image-text sim
 model has one fused score per sample, so we match the distributions of the fused PROBABILITIES
 (sigmoid of the logit: bounded, so one blur of 0.1 means the same at every stage of training).
 The divergence is geomloss's debiased Sinkhorn (p = 2, blur 0.1), the same as FIS uses; it is ~0
-when a group's scores are distributed like the batch's and grows with their shift.
+when a group's scores are distributed like the batch's and grows with their shift. Missing
+modalities: the fused probabilities exist for every sample; only c_m's losses use the samples that
+have m.
 """
 from __future__ import annotations
 
@@ -31,10 +33,11 @@ def sinkhorn_fairness(scores: torch.Tensor, groups: torch.Tensor, num_groups: in
 class SinkhornFairness(Method):
     hyperparameters = ("sinkhorn_weight",)
 
-    def step(self, model, classifiers, features, logits, labels, groups) -> dict:
+    def step(self, model, classifiers, features, logits, labels, groups, present=None) -> dict:
         task = task_loss(logits, labels)
         fair = sinkhorn_fairness(logits.float().sigmoid(), groups, self.num_groups)
-        _, classifier_loss = classifier_outputs(classifiers, features, labels, self.modalities)
+        _, classifier_loss = classifier_outputs(classifiers, features, labels, self.modalities,
+                                                present)
         scale = torch.ones(len(self.modalities), device=logits.device)
         return contract(task + self.cfg.sinkhorn_weight * fair, task, classifier_loss, scale,
                         self.modalities, fairness=fair.detach())

@@ -18,10 +18,9 @@ one). c_m trains at classifier_lr, the encoders at lr.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from trainer.methods.registry import register_method
-from trainer.methods.base import Method, contract, task_loss
+from trainer.methods.base import Method, classifier_loss_of, contract, present_rows, task_loss
 
 
 @register_method("unimodal_ensemble")
@@ -41,17 +40,20 @@ class UnimodalEnsemble(Method):
         if self.stage == 2:
             model.encoders.eval()          # frozen feature extractors: no dropout noise
 
-    def features(self, features: dict, generator) -> dict:
+    def features(self, features: dict, present, generator) -> tuple[dict, dict | None]:
         # the fused loss never reaches an encoder (stage 1: they learn alone; stage 2: frozen)
-        return {m: h.detach() for m, h in features.items()} if self.training else features
+        if not self.training:
+            return features, present
+        return {m: h.detach() for m, h in features.items()}, present
 
-    def step(self, model, classifiers, features, logits, labels, groups) -> dict:
+    def step(self, model, classifiers, features, logits, labels, groups, present=None) -> dict:
         task = task_loss(logits, labels)
         live = self.stage == 1 and self.training
         unimodal = [classifiers[m](features[m] if live else features[m].detach()).squeeze(-1)
                     for m in self.modalities]
-        classifier_loss = sum(F.binary_cross_entropy_with_logits(z.float(), labels)
-                              for z in unimodal)
+        # each encoder learns alone from the samples that have its modality
+        classifier_loss = sum(classifier_loss_of(z.float(), labels, present_rows(present, m, z))
+                              for m, z in zip(self.modalities, unimodal))
         scale = torch.ones(len(self.modalities), device=logits.device)
         return contract(task, task, classifier_loss, scale, self.modalities,
                         stage=task.new_tensor(float(self.stage)))

@@ -4,6 +4,15 @@ h_m = encoder_m(x_m) -> projection to a shared width -> tokens [CLS, z_1..z_M] (
 embeddings) -> TransformerEncoder -> CLS token -> MLP head -> one logit. Modality classifiers c_m
 are small MLPs on h_m whose last layer has the same shape as the head's last layer, so their
 gradients can be compared by cosine similarity (the direction loss L_gm).
+
+Missing modalities (issue 22): batch["present"] = {modality: bool (B,)}. `encode` runs encoder m
+on the present rows only (an encoder never sees a placeholder image, so its statistics and
+gradients come from real inputs) and gives absent rows zero features; `fuse` masks absent
+modality tokens out of attention (src_key_padding_mask; the CLS token always attends), so an
+absent modality's features never reach the prediction: fusing real features with present[m]
+False gives exactly what a sample without m gets. `present=None` (or no "present" key) means
+every modality is present, and a complete batch takes the unmasked path (same numbers as before
+presence existed).
 """
 from __future__ import annotations
 
@@ -34,21 +43,58 @@ class MultimodalFusionModel(nn.Module):
         self.head = mlp_head(proj_dim, head_hidden, dropout)
 
     def encode(self, batch: dict) -> dict[str, torch.Tensor]:
-        return {m: self.encoders[m](batch[m]) for m in self.modalities}
+        """{modality: (B, d) features}; rows absent in batch["present"] are zeros and their
+        inputs never pass through the encoder."""
+        present = batch.get("present") or {}
+        return {m: self._encode_present(m, batch[m], present.get(m)) for m in self.modalities}
 
-    def fuse(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _encode_present(self, m: str, x, present: torch.Tensor | None) -> torch.Tensor:
+        encoder = self.encoders[m]
+        if present is None:
+            return encoder(x)
+        rows = present.reshape(-1).nonzero().squeeze(1)     # a device sync on CUDA: incomplete
+        n = present.numel()                                 # batches only (see complete())
+        if len(rows) == n:
+            return encoder(x)
+        if len(rows) == 0:
+            return torch.zeros(n, encoder.out_dim, device=present.device)
+        h = encoder(_rows(x, rows))
+        return h.new_zeros(n, h.shape[1]).index_copy(0, rows, h)
+
+    def fuse(self, features: dict[str, torch.Tensor],
+             present: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         tokens = torch.stack([self.projections[m](features[m]) for m in self.modalities], dim=1)
         tokens = tokens + self.modality_embed
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
-        fused = self.fusion(torch.cat([cls, tokens], dim=1))[:, 0]
+        fused = self.fusion(torch.cat([cls, tokens], dim=1),
+                            src_key_padding_mask=self.padding_mask(present, tokens))[:, 0]
         return self.head(fused).squeeze(-1)
 
+    def padding_mask(self, present: dict | None, tokens: torch.Tensor) -> torch.Tensor | None:
+        """(B, 1 + M) bool, True = not attended: the absent modality tokens; never the CLS."""
+        if present is None:
+            return None
+        b = tokens.shape[0]
+        absent = [torch.zeros(b, dtype=torch.bool, device=tokens.device)]   # CLS always attends
+        for m in self.modalities:
+            p = present.get(m)
+            absent.append(torch.zeros_like(absent[0]) if p is None
+                          else ~p.reshape(-1).to(tokens.device, torch.bool))
+        return torch.stack(absent, dim=1)
+
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.fuse(self.encode(batch))
+        return self.fuse(self.encode(batch), batch.get("present"))
 
     @property
     def head_last(self) -> nn.Linear:
         return self.head[-1]
+
+
+def _rows(x, rows: torch.Tensor):
+    """The rows `rows` of an input: a tensor, or a dict of tensors (a tokenised note)."""
+    if isinstance(x, dict):
+        return {k: _rows(v, rows) for k, v in x.items()}
+    return x.index_select(0, rows.to(x.device))
 
 
 def build_model(cfg) -> MultimodalFusionModel:
