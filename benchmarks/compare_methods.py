@@ -14,6 +14,14 @@ Beside them: per-modality logistic regression on the downsampled raw pixels the 
 --tune N first runs, per method, an N-trial search (search service, Ray, local, no MLflow) on a
 separate tuning dataset (seed 1000) and then fits every seed at that method's best setting.
 
+--robustness adds, for every fit, the deployment conditions (issue 22, docs/results.md section 5):
+each modality removed from every test sample (the fit JSON's test.missing.<m>.removed), and the
+test split of a SHIFTED SITE generated for the same seed (`synthesize(..., site="shifted")`:
+scanner contrast, noise, resolution and group mix changed; test.shift). --missing SPEC
+(e.g. oct=0.3) generates the TRAINING data with that share of samples lacking the modality.
+The ceilings are the ideal readers of the same test splits (SLO alone = the no-OCT ceiling);
+the logistic baselines are scored on the shifted site's pixels without refitting.
+
     python benchmarks/compare_methods.py --methods baseline,modality,fairness,full \\
         --seeds 0 1 2 3 4 --epochs 6 --out results/compare
     python benchmarks/compare_methods.py --render results/compare/compare.json [--brief]
@@ -38,11 +46,18 @@ from trainer.jsonout import dumps
 from trainer.metrics import worst_group_auc
 
 TUNING_SEED = 1000
+SHIFT_SEED = 5000   # the shifted site's patients: seed + SHIFT_SEED
 
 
 # -- one fit -------------------------------------------------------------------------------
+def _shift_root(args, root) -> str:
+    return str(Path(str(root) + "-shifted")) if getattr(args, "robustness", False) else ""
+
+
 def _config(args, root, attribute, method, seed, sets=()):
     mode, _, mods = method.partition("@")
+    shift = [f"shift_root={_shift_root(args, root)}"] if _shift_root(args, root) else []
+    sets = list(sets) + shift
     return make_config("fairvision", attribute, preset=args.preset, data_root=str(root),
                        mode=mode, seed=seed, epochs=args.epochs, bootstrap=0,
                        modalities=mods.replace("+", ",") or None,
@@ -67,6 +82,17 @@ def _fit_job(job: dict) -> dict:
     row.update(seconds=time.perf_counter() - t0, epochs=job["args"].epochs,
                best_epoch=res["best_epoch"], **_metrics_row(test))
     row.update({f"reliance/{m}": d["auc"] for m, d in test["reliance"].items()})
+    row.update(_robust_row(res["test"]))
+    return row
+
+
+def _robust_row(test: dict) -> dict:
+    """Each deployment condition's test figures, suffixed: `es_auc@no_oct`, `auc@shift`, ..."""
+    row = {}
+    for m, d in (test.get("missing") or {}).items():
+        row.update({f"{k}@no_{m}": v for k, v in _metrics_row(d["removed"]).items()})
+    if test.get("shift"):
+        row.update({f"{k}@shift": v for k, v in _metrics_row(test["shift"]).items()})
     return row
 
 
@@ -82,11 +108,16 @@ def _metrics_row(m: dict) -> dict:
 
 # -- the statistician's first models ------------------------------------------------------
 def _pixels(cfg) -> dict:
-    """{split: (features {slo, oct}, y, g)}: the tiny preset's 32 px inputs, OCT slice-averaged."""
+    """{split: (features {slo, oct}, y, g)}: the tiny preset's 32 px inputs, OCT slice-averaged;
+    with cfg.shift_root also "shift": the shifted site's test split."""
     from trainer.data import build_datasets
 
     out = {}
-    for split, ds in build_datasets(cfg).items():
+    splits = build_datasets(cfg.replace(shift_root=""))
+    if getattr(cfg, "shift_root", ""):
+        splits["shift"] = build_datasets(cfg.replace(data_root=cfg.shift_root,
+                                                     shift_root=""))["test"]
+    for split, ds in splits.items():
         b = ds.get_batch(np.arange(len(ds)))
         feats = {"slo": b["slo"].float().flatten(1).numpy(),
                  "oct": b["oct"].float().mean(1).flatten(1).numpy()}
@@ -94,8 +125,9 @@ def _pixels(cfg) -> dict:
     return out
 
 
-def _logreg(train, val, test):
-    """Logistic regression, C chosen on validation AUC; returns (val logits, test logits).
+def _logreg(train, val, test, shift=None):
+    """Logistic regression, C chosen on validation AUC; returns (val logits, test logits[,
+    shifted-site test logits: the same model, not refitted]).
 
     Pixels are divided by ONE scalar (the training pixels' std), not standardised per pixel:
     per-pixel scaling blows the background noise up to the weight of the small optic cup
@@ -111,7 +143,8 @@ def _logreg(train, val, test):
         auc = roc_auc_score(yv, model.decision_function(xv))
         if best is None or auc > best[0]:
             best = (auc, model)
-    return best[1].decision_function(xv), best[1].decision_function(xt)
+    out = (best[1].decision_function(xv), best[1].decision_function(xt))
+    return out if shift is None else out + (best[1].decision_function(shift[0] / scale),)
 
 
 _LOGITS: dict = {}
@@ -125,29 +158,54 @@ def logreg_rows(args, root, attribute, seed) -> list[dict]:
 
     data = _pixels(_config(args, root, attribute, "baseline", seed))
     (_, yv, gv), (_, yt, gt) = data["val"], data["test"]
+    shift = data.get("shift")
     key = (str(root), len(yv), len(yt))     # same rows for another attribute: reuse the fits
     if key not in _LOGITS:
-        _LOGITS[key] = {m: _logreg(*[(data[s][0][m], data[s][1]) for s in ("train", "val", "test")])
+        _LOGITS[key] = {m: _logreg(*[(data[s][0][m], data[s][1]) for s in ("train", "val", "test")],
+                                   shift=None if shift is None else (shift[0][m], shift[1]))
                         for m in ("slo", "oct")}
     logits = dict(_LOGITS[key])
     stack = LogisticRegression().fit(np.column_stack([logits[m][0] for m in logits]), yv)
-    logits["late fusion"] = (stack.decision_function(np.column_stack([v[0] for v in logits.values()])),
-                             stack.decision_function(np.column_stack([v[1] for v in logits.values()])))
+    logits["late fusion"] = tuple(
+        stack.decision_function(np.column_stack([v[i] for v in logits.values()]))
+        for i in range(len(logits["slo"])))
     rows, names = [], ATTRIBUTES[attribute]
-    for name, (zv, zt) in logits.items():
+    for name, (zv, zt, *zs) in logits.items():
         pv, pt = expit(zv), expit(zt)
         thr = at_val_threshold(yv, pv, gv, None, names)["threshold_val"]
         m = {**evaluate_fairness(yt, pt, gt, group_names=names),
              **at_val_threshold(yt, pt, gt, thr, names)}
-        rows.append({"seed": seed, "attribute": attribute, "method": f"logreg {name}",
-                     **_metrics_row(m)})
+        row = {"seed": seed, "attribute": attribute, "method": f"logreg {name}", **_metrics_row(m)}
+        if zs and name in ("slo", "oct"):   # a one-modality model loses nothing without the other
+            row.update({f"{k}@no_{'oct' if name == 'slo' else 'slo'}": v
+                        for k, v in _metrics_row(m).items()})
+        if zs:
+            ps = expit(zs[0])
+            row.update({f"{k}@shift": v for k, v in _metrics_row(
+                {**evaluate_fairness(shift[1], ps, shift[2], group_names=names),
+                 **at_val_threshold(shift[1], ps, shift[2], thr, names)}).items()})
+        rows.append(row)
     return rows
 
 
-def ceiling_rows(root, attribute, seed) -> list[dict]:
+def ceiling_rows(root, attribute, seed, shift_root: str = "") -> list[dict]:
+    """The ideal readers of the test split (and of the shifted site's, as `<metric>@shift`)."""
     result = ceiling(root, attribute, "test")
-    return [{"seed": seed, "attribute": attribute, "method": f"ideal {name}",
-             **_metrics_row(m)} for name, m in result["readers"].items()]
+    shifted = ceiling(shift_root, attribute, "test")["readers"] if shift_root else {}
+    rows = []
+    for name, m in result["readers"].items():
+        row = {"seed": seed, "attribute": attribute, "method": f"ideal {name}", **_metrics_row(m)}
+        if name in shifted:
+            row.update({f"{k}@shift": v for k, v in _metrics_row(shifted[name]).items()})
+        rows.append(row)
+    if shift_root:      # a reader of the modalities left is the ceiling with one removed
+        by = {r["method"]: r for r in rows}
+        for left, gone in (("slo", "oct"), ("oct", "slo")):
+            if f"ideal {left}" in by:
+                for name in (f"ideal {left}", "ideal all"):
+                    by[name].update({f"{k}@no_{gone}": by[f"ideal {left}"][k]
+                                     for k in _metrics_row(result["readers"][left])})
+    return rows
 
 
 # -- tuning --------------------------------------------------------------------------------
@@ -280,6 +338,65 @@ def table(rows, attribute, methods, columns=None, settings=None) -> str:
     return "\n".join(lines)
 
 
+def conditions(rows) -> list[str]:
+    """The deployment conditions the rows hold: "no_<m>" per modality, then "shift"."""
+    found = {k.split("@", 1)[1] for r in rows for k in r if k.startswith("es_auc@")}
+    return sorted(c for c in found if c.startswith("no_")) + (["shift"] if "shift" in found else [])
+
+
+def degrade(rows, attribute, method, condition, key="es_auc"):
+    """(mean, low, high, n) of the method's own change from the complete same-site test to the
+    condition, paired by seed (negative = it degrades)."""
+    pairs = [(r[f"{key}@{condition}"], r[key]) for r in rows
+             if r["attribute"] == attribute and r["method"] == method
+             and f"{key}@{condition}" in r and key in r]
+    if len(pairs) < 2:
+        return (np.nan, np.nan, np.nan, len(pairs))
+    x, y = np.array(pairs, dtype=float).T
+    if np.allclose(x, y):
+        return (0.0, 0.0, 0.0, len(pairs))
+    ci = stats.ttest_rel(x, y).confidence_interval(0.95)
+    return (float(np.mean(x - y)), float(ci.low), float(ci.high), len(pairs))
+
+
+def robustness(rows, attribute, methods) -> list[str]:
+    """The robustness table: ES-AUC per condition (mean ± std), each method's paired change from
+    its complete-data ES-AUC, and the paired difference to baseline in the same condition."""
+    conds = conditions(rows)
+    label = {c: "shifted site" if c == "shift" else f"{c[3:].upper()} missing" for c in conds}
+    head = (["method", "ES-AUC complete"] + [f"ES-AUC {label[c]}" for c in conds]
+            + [f"change {label[c]} [95% CI]" for c in conds]
+            + [f"Δ vs baseline {label[c]} [95% CI]" for c in conds])
+    lines = [f"### {attribute}: deployment conditions (robustness)", "",
+             "ES-AUC in percent, mean ± std over seeds; change = paired (same seed) ES-AUC in the "
+             "condition minus on the complete same-site test; Δ = paired difference to baseline "
+             "in the same condition; ideal readers: the Bayes ceiling of each test split (no SLO "
+             "or no OCT: the other modality's reader).", "",
+             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    fmt = lambda d: "" if np.isnan(d[0]) else f"{100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}]"  # noqa: E731
+    for method in methods:
+        sel = [r for r in rows if r["attribute"] == attribute and r["method"] == method and "auc" in r]
+        if not sel:
+            continue
+        ref = method == "baseline" or method.startswith("ideal")
+        cells = [method, mean_std([r.get("es_auc", np.nan) for r in sel])]
+        cells += [mean_std([r.get(f"es_auc@{c}", np.nan) for r in sel]) for c in conds]
+        cells += [fmt(degrade(rows, attribute, method, c)) for c in conds]
+        cells += ["" if ref else fmt(paired(rows, attribute, method, f"es_auc@{c}")) for c in conds]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for method in methods:
+        if method == "baseline" or method.startswith(("ideal", "logreg")):
+            continue
+        for c in conds:
+            d = paired(rows, attribute, method, f"es_auc@{c}")
+            if not np.isnan(d[0]):
+                lines.append(f"- {method} ({attribute}, {label[c]}): {verdict(d)} than baseline "
+                             f"({fmt(d)}, n={d[3]})".replace("no detectable difference than",
+                                                             "no detectable difference from"))
+    return lines + [""]
+
+
 def _setting(sets: list[str]) -> str:
     """"key=value, ..." with 3 significant digits, as the docs print a tuned method's choice."""
     out = []
@@ -298,14 +415,20 @@ def run(args) -> list[dict]:
     seeds = list(args.seeds) + ([TUNING_SEED] if args.tune else [])
     for seed in seeds:
         root = Path(args.out) / f"data-seed{seed}"
+        extra = {"missing": args.missing} if getattr(args, "missing", None) else {}
         if not (root / "ideal_reader.csv").is_file():
             synthesize("fairvision", root, n_train=args.n_train, n_val=args.n_val,
-                       n_test=args.n_test, seed=seed)
+                       n_test=args.n_test, seed=seed, **extra)
+        shifted = _shift_root(args, root)
+        if shifted and not (Path(shifted) / "ideal_reader.csv").is_file():
+            # the other site: its own patients (another seed), same sizes, shifted acquisition
+            synthesize("fairvision", shifted, n_train=args.n_train, n_val=args.n_val,
+                       n_test=args.n_test, seed=seed + SHIFT_SEED, site="shifted")
     rows = []
     for seed in args.seeds:
         root = Path(args.out) / f"data-seed{seed}"
         for attribute in args.attributes:
-            rows += ceiling_rows(root, attribute, seed)
+            rows += ceiling_rows(root, attribute, seed, _shift_root(args, root))
             if not args.no_logreg:
                 rows += logreg_rows(args, root, attribute, seed)
     sets, tune_s = {}, {}
@@ -323,6 +446,17 @@ def run(args) -> list[dict]:
             print(dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
     return rows, sets
+
+
+def _missing_spec(text: str) -> dict[str, float]:
+    out = {}
+    for part in filter(None, text.split(",")):
+        m, _, rate = part.partition("=")
+        try:
+            out[m.strip()] = float(rate)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--missing {text!r}: expected M=RATE, e.g. oct=0.3")
+    return out
 
 
 def main(argv=None) -> int:
@@ -343,6 +477,10 @@ def main(argv=None) -> int:
                    help="trials of a per-method search on the tuning dataset (0: fixed settings)")
     p.add_argument("--workers", type=int, default=2, help="fits in parallel (processes)")
     p.add_argument("--no-logreg", action="store_true")
+    p.add_argument("--robustness", action="store_true",
+                   help="also score each fit with every modality removed and on a shifted site")
+    p.add_argument("--missing", type=_missing_spec, default=None, metavar="M=RATE[,M=RATE]",
+                   help="training data with that share of samples lacking the modality")
     p.add_argument("--out", default="results/compare")
     p.add_argument("--render", metavar="JSON",
                    help="only print the report of an earlier run's compare.json (no training)")
@@ -390,6 +528,8 @@ def report(data: dict, brief: bool = False) -> str:
                                              settings), ""]
         if not brief:
             out += [*verdict_lines(rows, attribute, order), ""]
+        if any("es_auc@shift" in r or any(k.startswith("es_auc@no_") for k in r) for r in rows):
+            out += robustness(rows, attribute, order)
     if brief:
         return "\n".join(out).rstrip()
     errors = sorted({f"{r['method']}: {r['error']}" for r in rows if "error" in r})

@@ -78,3 +78,40 @@ def test_brief_report_adds_each_tuned_setting():
     text = cm.report(data, brief=True)
     assert "| chosen setting |" in text and "lr=0.000156, mode_x=abc |" in text
     assert "DPD@thr" not in text
+
+
+def _robust_rows(drops, shift_gap):
+    """Baseline and method m over seeds: m loses `drops[i]` without the OCT (baseline loses 0.20),
+    and is `shift_gap[i]` above baseline on the shifted site."""
+    rows = []
+    for seed, (d, s) in enumerate(zip(drops, shift_gap)):
+        base = 0.80 + 0.01 * seed
+        rows += [{"seed": seed, "attribute": "race", "method": "baseline", "auc": base,
+                  "es_auc": base, "es_auc@no_oct": base - 0.20, "es_auc@shift": base - 0.10},
+                 {"seed": seed, "attribute": "race", "method": "m", "auc": base, "es_auc": base,
+                  "es_auc@no_oct": base - d, "es_auc@shift": base - 0.10 + s}]
+    return rows
+
+
+def test_robustness_changes_and_differences_are_scipys_paired_intervals():
+    drops, gaps = [0.05, 0.07, 0.04, 0.06], [0.02, -0.01, 0.03, 0.00]
+    rows = _robust_rows(drops, gaps)
+    assert cm.conditions(rows) == ["no_oct", "shift"]
+    base = 0.80 + 0.01 * np.arange(4)
+    ci = stats.ttest_rel(base - drops, base).confidence_interval(0.95)
+    assert cm.degrade(rows, "race", "m", "no_oct") == pytest.approx(
+        (-np.mean(drops), ci.low, ci.high, 4))
+    assert cm.degrade(rows, "race", "baseline", "no_oct")[0] == pytest.approx(-0.20)
+    # without the OCT, m (drops of 4-7 points) is better than baseline (20 points)
+    assert cm.verdict(cm.paired(rows, "race", "m", "es_auc@no_oct")) == "better"
+    assert cm.verdict(cm.paired(rows, "race", "m", "es_auc@shift")) == "no detectable difference"
+    text = "\n".join(cm.robustness(rows, "race", ["baseline", "m"]))
+    assert "ES-AUC OCT missing" in text and "ES-AUC shifted site" in text
+    assert "- m (race, OCT missing): better than baseline" in text
+    # the report adds the section only when the rows hold a condition (committed ones do not)
+    data = {"args": {"seeds": [0, 1, 2, 3], "methods": ["baseline", "m"], "attributes": ["race"],
+                     "n_train": 1, "n_val": 1, "n_test": 1, "preset": "tiny", "epochs": 1},
+            "rows": rows}
+    assert "deployment conditions" in cm.report(data)
+    data["rows"] = _rows([0.01, 0.02, 0.03])
+    assert "deployment conditions" not in cm.report(data)
