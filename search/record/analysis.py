@@ -166,6 +166,9 @@ def main(argv=None) -> int:
     p.add_argument("--policy", choices=["full", "common"], default="full")
     p.add_argument("--epoch", type=int, default=None, help="with --policy common (default: grace period)")
     p.add_argument("--register", default="", help="registered model name for the champion")
+    p.add_argument("--allow-unconfirmed", action="store_true",
+                   help="with --register on a study without a decision: register the single-seed "
+                        "best anyway (no evidence that it beats plain fusion)")
     p.add_argument("--json", default="", help="also write the analysis here")
     a = p.parse_args(argv)
     if a.results:
@@ -245,6 +248,12 @@ def _single_seed_output(report: dict, trials, max_epochs: int, a) -> int:
     print(f"deployment: no decision recorded (no confirmation stage); the single-seed best is trial "
           f"{t['trial_id']} (run {t['run_id']}) val es_auc {value:.4f}  " +
           "  ".join(f"{k}={v:.4g}" for k, v in t["params"].items()))
+    if a.register and not a.allow_unconfirmed:   # no rule deploys without evidence
+        print(f"error: no decision recorded for this study: its single-seed best ({t['trial_id']}) "
+              "is not shown better than plain fusion; run the search with --finalists K to "
+              "decide, or pass --allow-unconfirmed to register it anyway", file=sys.stderr)
+        _write(report, a.json)
+        return 1
     if a.register:
         if not t["model_logged"]:
             print(f"error: run {t['run_id']} has no logged model (the search logs the best trial's)",

@@ -148,20 +148,24 @@ def test_resume_after_interrupt_does_not_repeat_finished_trials(ray_session, sea
     assert sorted(c.data.tags["trial_id"] for c in children) == sorted(n.removeprefix("trial_") for n in after)
 
 
-def test_analysis_importance_and_champion(study, tmp_path):
+def test_analysis_importance_and_champion(study, tmp_path, capsys):
     from search.record.analysis import main
+
+    from mlflow import MlflowClient
 
     scfg, outcome = study
     report = tmp_path / "analysis.json"
-    assert main(["--tracking-uri", scfg.tracking_uri, "--experiment", scfg.experiment,
-                 "--policy", "common", "--epoch", "1", "--register", "multifair-test",
-                 "--json", str(report)]) == 0
+    args = ["--tracking-uri", scfg.tracking_uri, "--experiment", scfg.experiment,
+            "--policy", "common", "--epoch", "1", "--register", "multifair-test", "--json", str(report)]
+    # no confirmation, no decision: registering the single-seed best is refused, nothing registered
+    assert main(args) == 1
+    assert "no decision recorded" in capsys.readouterr().err
+    assert not MlflowClient(scfg.tracking_uri).search_registered_models("name = 'multifair-test'")
+    assert main(args + ["--allow-unconfirmed"]) == 0
     data = json.loads(report.read_text())
     assert data["n_used"] == 5 and set(data["importance"]["fanova"]) == set(HYPERPARAMETERS)
     assert data["deployment"]["trial_id"] == outcome.best["trial_id"]
     assert data["registered"] == "models:/multifair-test@champion"
-    from mlflow import MlflowClient
-
     version = MlflowClient(scfg.tracking_uri).get_model_version_by_alias("multifair-test", "champion")
     assert version.run_id == outcome.best_run_id
 
