@@ -52,16 +52,17 @@ def without_key(path: Path, key: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def raw(fake_s3, tmp_path_factory):
-    """The generated dataset in S3 (raw/fv, and raw/bad with one npz lacking 'oct_bscans'), the
-    local cache builder's datasets of the same files, the name of the broken file. The local raw
-    folder is deleted afterwards: nothing below can read it."""
+    """The generated dataset in S3 (raw/fv, and raw/bad with one npz lacking its label key
+    'glaucoma': a missing image key is an absent modality, not a defect), the local cache
+    builder's datasets of the same files, the name of the broken file. The local raw folder is
+    deleted afterwards: nothing below can read it."""
     from trainer.config import make_config
     from trainer.data import audit_dataset, build_datasets
     tmp = tmp_path_factory.mktemp("dataprep")
     folder = generate(tmp / "raw", **DATASETS["search"])   # a copy of its own: deleted below
     upload(fake_s3, folder, "raw/fv")
     broken = sorted((folder / "Glaucoma" / "Validation").glob("data_*.npz"))[3]
-    upload(fake_s3, folder, "raw/bad", {broken.name: without_key(broken, "oct_bscans")})
+    upload(fake_s3, folder, "raw/bad", {broken.name: without_key(broken, "glaucoma")})
     cfg = make_config("fairvision", "gender", preset="tiny", data_root=str(folder),
                       cache_dir=str(tmp / "local-cache"))
     reference, card = build_datasets(cfg), audit_dataset(cfg)["card"]
@@ -136,7 +137,7 @@ def test_corrupt_npz_fails_the_job_naming_file_and_key(cluster, fake_s3, raw):
     out = run_job(cluster, fake_s3, "raw/bad", out="prepared-bad")
     assert out.returncode == 2
     line = out.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: ") and raw["broken"] in line and "'oct_bscans'" in line, line
+    assert line.startswith("error: ") and raw["broken"] in line and "'glaucoma'" in line, line
     assert f"s3://{fake_s3.bucket}/raw/bad/Glaucoma/Validation/{raw['broken']}" in line
     assert not [k for k in fake_s3.keys("prepared-bad") if k.endswith("manifest.json")]
 
