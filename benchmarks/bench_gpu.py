@@ -340,6 +340,7 @@ def tiled(dataset, k: int):
     out = copy.copy(dataset)
     out.rows, out.labels, out.groups = (np.tile(a, k) for a in
                                         (dataset.rows, dataset.labels, dataset.groups))
+    out.present = {m: np.tile(p, k) for m, p in getattr(dataset, "present", {}).items()}
     return out
 
 
