@@ -41,8 +41,10 @@ def test_mlflow_outage_mid_search_loses_no_metric(ray_session, search_config, se
     # seconds and the callback's queue does the waiting (what this test is about)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     server = MLflowServer(root, env)
-    scfg = search_config(tmp_path, tracking_uri=server.url, num_samples=4, max_epochs=3,
-                         grace_period=1, reduction_factor=2, final_test=False)
+    # 5 epochs, first rung at 2: epochs are left to report after the kill (with 3 epochs and a
+    # rung at 1 a fast machine could finish the search in the second the server died: seen in CI)
+    scfg = search_config(tmp_path, tracking_uri=server.url, num_samples=4, max_epochs=5,
+                         grace_period=2, reduction_factor=2, final_test=False)
     study = Path(scfg.study_dir)
     window, errors = {}, []
 
