@@ -15,27 +15,20 @@ timed test. Trainer only (no Ray, no MLflow).
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
+
+import sys
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.timing import median_s  # noqa: E402
 from trainer.config import make_config, paper_settings
 from trainer.data.synthetic import synthesize
 from trainer.loop import Trainer
 from trainer.models import build_model
 from trainer.reliance import encode_split, fused_probs, missing_modalities, modality_reliance
-
-
-def _median(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def tiny(args) -> None:
@@ -45,22 +38,22 @@ def tiny(args) -> None:
         cfg = make_config("fairvision", "race", preset="tiny", data_root=str(root),
                           cache_dir=str(Path(tmp) / "cache"), device="cpu", bootstrap=0)
         trainer = Trainer(cfg)
-        epoch = _median(lambda: trainer.train_epoch(progress=False), args.repeats)
+        epoch = median_s(lambda: trainer.train_epoch(progress=False), args.repeats)
         encoded = encode_split(trainer, "val")
         features, _, _, present = encoded
         probs = fused_probs(trainer, features, present=present)
         rows = {
             "training epoch": epoch,
-            "encode val (once per evaluation)": _median(lambda: encode_split(trainer, "val"),
+            "encode val (once per evaluation)": median_s(lambda: encode_split(trainer, "val"),
                                                         args.repeats),
-            "one fusion pass over val": _median(
+            "one fusion pass over val": median_s(
                 lambda: fused_probs(trainer, features, present=present), args.repeats),
-            "reliance block (M x 5 fusion passes)": _median(
+            "reliance block (M x 5 fusion passes)": median_s(
                 lambda: modality_reliance(trainer, "val", encoded=encoded, probs=probs),
                 args.repeats),
-            "missing block (M fusion passes + metrics)": _median(
+            "missing block (M fusion passes + metrics)": median_s(
                 lambda: missing_modalities(trainer, encoded, probs), args.repeats),
-            "whole evaluate of val": _median(lambda: trainer.evaluate("val"), args.repeats),
+            "whole evaluate of val": median_s(lambda: trainer.evaluate("val"), args.repeats),
         }
     print(f"tiny preset, CPU, {torch.get_num_threads()} threads, train {args.n_train}, "
           f"val {args.n_val}, M = 2, median of {args.repeats}")
@@ -85,7 +78,7 @@ def real_size(args) -> None:
         shim = type("T", (), {"cfg": cfg, "model": model, "device": torch.device("cpu"),
                               "autocast": staticmethod(lambda: torch.autocast("cpu",
                                                                                enabled=False))})
-        one = _median(lambda: fused_probs(
+        one = median_s(lambda: fused_probs(
             shim, feats, present={**present, model.modalities[0]:
                                   torch.zeros(args.n_real, dtype=torch.bool)}), args.repeats)
         print(f"  {dataset:10s} width {s['proj_dim']:3d}, {s['fusion_layers']} layers: one "

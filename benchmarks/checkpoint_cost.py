@@ -22,15 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+
+from benchmarks.timing import median_s  # noqa: E402
 
 GPU_EPOCH_S = 9.0
 GIB = 2 ** 30
@@ -61,26 +61,17 @@ def paper_trainer():
     return t
 
 
-def timed(fn, reps: int = 3) -> float:
-    out = []
-    for _ in range(reps):
-        started = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - started)
-    return statistics.median(out)
-
-
 def measure(trainer, where: Path) -> dict:
     from trainer.checkpoint import BEST_FILE, STATE_FILE, load_best, load_state
 
     m = {}
     full = where / "full"
-    m["full_s"] = timed(lambda: trainer.save_checkpoint(full, resume=True))
+    m["full_s"] = median_s(lambda: trainer.save_checkpoint(full, resume=True))
     m["state_bytes"] = (full / STATE_FILE).stat().st_size
     for dtype in ("bfloat16", "float16", "float32"):
         trainer.cfg.best_model_dtype = dtype
         folder = where / f"best-{dtype}"
-        m[f"best_{dtype}_s"] = timed(lambda: trainer.save_checkpoint(folder, resume=False))
+        m[f"best_{dtype}_s"] = median_s(lambda: trainer.save_checkpoint(folder, resume=False))
         m[f"best_{dtype}_bytes"] = (folder / BEST_FILE).stat().st_size
     trainer.cfg.best_model_dtype = "bfloat16"
     m["state_s"] = max(0.0, m["full_s"] - m["best_bfloat16_s"])
@@ -91,22 +82,22 @@ def measure(trainer, where: Path) -> dict:
         torch.save(trainer.state_dict(), old / "state.pt")
         torch.save({"config": trainer.cfg.to_dict(), "epoch": 1, "model": trainer.best_weights},
                    old / "best_model.pt")
-    m["old_s"] = timed(old_format)
+    m["old_s"] = median_s(old_format)
     m["old_bytes"] = sum(p.stat().st_size for p in (where / "old").iterdir())
 
     def persist():      # Tune copies the reported folder to the storage path
         target = where / "storage"
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(full, target)
-    m["persist_full_s"] = timed(persist)
+    m["persist_full_s"] = median_s(persist)
     # the search writes in the background (search/run/trainable.py BackgroundReporter): the training
     # thread pays for the snapshot, a memory copy of the state (the best weights are shared)
-    m["snapshot_resume_s"] = timed(lambda: trainer.snapshot(resume=True))
-    m["snapshot_best_s"] = timed(lambda: trainer.snapshot(resume=False))
-    m["persist_best_s"] = timed(lambda: (shutil.rmtree(where / "storage-best", ignore_errors=True),
+    m["snapshot_resume_s"] = median_s(lambda: trainer.snapshot(resume=True))
+    m["snapshot_best_s"] = median_s(lambda: trainer.snapshot(resume=False))
+    m["persist_best_s"] = median_s(lambda: (shutil.rmtree(where / "storage-best", ignore_errors=True),
                                          shutil.copytree(where / "best-bfloat16", where / "storage-best")))
-    m["read_state_s"] = timed(lambda: load_state(full, "cpu"), reps=1)
-    m["read_best_s"] = timed(lambda: load_best(full), reps=1)
+    m["read_state_s"] = median_s(lambda: load_state(full, "cpu"), 1)
+    m["read_best_s"] = median_s(lambda: load_best(full), 1)
     m["params"] = sum(p.numel() for p in trainer.model.parameters())
     return m
 
