@@ -341,7 +341,7 @@ def shift_test_split(cfg: TrainConfig, tokenizer=None):
         raise DataError(f"shift_root {cfg.shift_root}: no such folder (--shift-root names the "
                         f"data root of another site, in the same layout as --data-root)")
     return build_datasets(cfg.replace(data_root=cfg.shift_root, shift_root=""),
-                          tokenizer=tokenizer)["test"]
+                          tokenizer=tokenizer, splits=("test",))["test"]   # its test split only
 
 
 def _finish(trainer: Trainer) -> dict:

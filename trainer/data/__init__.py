@@ -146,16 +146,17 @@ def _select(cfg, layout, split, meta, folder):
     return rows, codes, counts, empty
 
 
-def _load_all(cfg, tokenizer, prepared=None):
+def _load_all(cfg, tokenizer, prepared=None, splits=SPLITS):
     """Every split's cache built (each file audited in that pass), or a prepared folder's shards
     (audited when they were made), duplicates checked, the card saved beside the cache.
+    `splits`: the cache's splits to read (another site's test split alone: trainer/loop.py).
     Returns ({split: (meta, arrays, folder)}, card, card path, notes)."""
     layout = LAYOUTS[cfg.dataset]
     mods = cfg.resolved_modalities()
     if prepared is not None:
         loaded = shards.load(prepared, cfg, layout.name)
     else:
-        loaded = _load_cache(cfg, layout, mods, _tokenizer_for(cfg, tokenizer))
+        loaded = _load_cache(cfg, layout, mods, _tokenizer_for(cfg, tokenizer), splits)
     metas = {split: meta for split, (meta, _a, _f) in loaded.items()}
     found = audit.duplicates({
         split: ([folder / str(name) for name in meta["files"]],
@@ -171,11 +172,11 @@ def _load_all(cfg, tokenizer, prepared=None):
     return loaded, card, audit.save_card(card, cache_root(cfg), key), notes
 
 
-def _load_cache(cfg, layout, mods, tokenizer) -> dict:
+def _load_cache(cfg, layout, mods, tokenizer, splits=SPLITS) -> dict:
     if not cfg.data_root:
         raise DataError("no data root given (key: data_root)")
     loaded, defects = {}, []
-    for split in SPLITS:
+    for split in splits:
         try:
             loaded[split] = load_split(cfg, layout, cfg.data_root, split, mods, tokenizer)
         except audit.AuditError as exc:      # go on: the refusal counts every split's defects
@@ -185,8 +186,8 @@ def _load_cache(cfg, layout, mods, tokenizer) -> dict:
     return loaded
 
 
-def _load(cfg, tokenizer, prepared=None):
-    loaded, card, path, notes = _load_all(cfg, tokenizer, prepared)
+def _load(cfg, tokenizer, prepared=None, splits=SPLITS):
+    loaded, card, path, notes = _load_all(cfg, tokenizer, prepared, splits)
     attribute = canonical_attribute(cfg.attribute)
     for line in notes + audit.thin_groups(card, attribute):
         warnings.warn(line, stacklevel=4)
@@ -195,12 +196,15 @@ def _load(cfg, tokenizer, prepared=None):
         yield split, meta, arrays, folder, _select(cfg, LAYOUTS[cfg.dataset], split, meta, folder)
 
 
-def build_datasets(cfg, tokenizer=None, prepared=None) -> dict[str, CachedDataset]:
+def build_datasets(cfg, tokenizer=None, prepared=None, splits=SPLITS) -> dict[str, CachedDataset]:
     """{"train", "val", "test"} datasets over the cache (built first if needed), or over the
-    shards of a local `prepared` folder (shards.py; cfg.data_root is then not read)."""
+    shards of a local `prepared` folder (shards.py; cfg.data_root is then not read). `splits`
+    (the cache only): read and audit only those, e.g. ("test",) for another site's data, which
+    may hold nothing else."""
     names = ATTRIBUTES[canonical_attribute(cfg.attribute)]
     out = {}
-    for split, meta, arrays, _folder, (rows, codes, _c, _e) in _load(cfg, tokenizer, prepared):
+    for split, meta, arrays, _folder, (rows, codes, _c, _e) in _load(cfg, tokenizer, prepared,
+                                                                        splits):
         out[split] = CachedDataset(arrays, meta["labels"], codes, rows, names,
                                    presence(meta, arrays))
     return out

@@ -125,7 +125,7 @@ def duplicates(splits: dict) -> list[tuple[str, Path, str, Path, str]]:
     `splits`: {split: (files [Path], {modality key: (n, HASH_BYTES) uint8 hashes})}."""
     first: dict[tuple[str, bytes], tuple[Path, str]] = {}
     found: dict[tuple[Path, str, Path, str], list[str]] = {}
-    for split in SPLITS:
+    for split in (s for s in SPLITS if s in splits):   # in split order: the first copy is named
         files, hashes = splits[split]
         for key, table in hashes.items():
             for path, digest in zip(files, table):
@@ -198,7 +198,7 @@ def missing_counts(meta: dict) -> dict:
 def thin_groups(card: dict, attribute: str) -> list[str]:
     """Warning lines: groups of `attribute` in val/test with too few positives or negatives."""
     lines = []
-    for split in ("val", "test"):
+    for split in (s for s in ("val", "test") if s in card["splits"]):
         groups = card["splits"][split]["attributes"][attribute]["groups"]
         thin = [f"{name} ({g['positives']} positive, {g['negatives']} negative)"
                 for name, g in groups.items()
