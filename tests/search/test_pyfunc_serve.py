@@ -5,8 +5,11 @@
 as arrays or npz paths, the note as text, a modality absent. Every probability is checked
 against the trainer's own scoring of the same samples (the checkpoint's weights, the trainer's
 cache and inference path); an absent modality against the presence-mask contract
-(docs/architecture.md: removing m = batch["present"][m] False). Slow: one search per dataset,
-shared by the module (about 3-5 minutes on 2 cores)."""
+(docs/architecture.md: removing m = batch["present"][m] False). Bad requests to the served
+model (a path outside the allowed folder, a link out of it, an empty row, a 2 x 2 image, NaN,
+text as an image) each answer a 400 naming the row and column, without a stack trace. Slow: one
+search per dataset, shared by the module, and one server per model (about 4-5 minutes on 2
+cores)."""
 import contextlib
 import json
 import os
