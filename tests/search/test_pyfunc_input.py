@@ -38,6 +38,7 @@ def folders(tmp_path):
     np.savez(private / "secret.npz", slo_fundus=slo)
     (allowed / "link.npz").symlink_to(private / "secret.npz")
     (allowed / "out").symlink_to(private, target_is_directory=True)
+    (allowed / "loop.npz").symlink_to(allowed / "loop.npz")
     return allowed, private, slo
 
 
@@ -51,7 +52,8 @@ def test_paths_are_read_only_inside_the_allowed_folder(folders):
                allowed / ".." / "private" / "secret.npz",      # `..` out of it
                allowed / "link.npz",                           # a link to a file outside
                allowed / "out" / "secret.npz",                 # through a linked folder
-               private / "missing.npz", "/etc/hostname.npy"]   # absent files: the same line
+               private / "missing.npz", "/etc/hostname.npy",   # absent files: the same line
+               allowed / "loop.npz", "/data/\0.npz"]            # a link loop, a NUL byte
     messages = {refused(read_image, str(p), "slo", "row 4, column 'slo'", policy) for p in escapes}
     assert messages == {f"row 4, column 'slo': {OUTSIDE}"}   # never says whether it exists
     # inside the folder, an absent file is a read error (existence there is the operator's data)
