@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.timing import median_s  # noqa: E402
 
 
-def tiny_model(tmp: Path):
-    """A tiny-preset model fitted for one epoch on generated data, logged and loaded as pyfunc."""
+def tiny_logged_model(tmp: Path, n_test: int = 40) -> tuple[str, str, Path]:
+    """A tiny-preset model fitted for one epoch on generated data and logged as the pyfunc
+    model to a sqlite store under tmp: (tracking URI, model URI, data root)."""
     import mlflow
 
     from search.decide.mlmodel import log_model
@@ -34,7 +35,7 @@ def tiny_model(tmp: Path):
     from trainer.data.synthetic import synthesize
     from trainer.loop import fit
 
-    root = synthesize("fairvision", tmp / "data", n_train=48, n_val=24, n_test=40, seed=0)
+    root = synthesize("fairvision", tmp / "data", n_train=48, n_val=24, n_test=n_test, seed=0)
     cfg = TrainConfig(dataset="fairvision", data_root=str(root), cache_dir=str(tmp / "cache"),
                       **{**PRESETS["tiny"], "epochs": 1})
     saved = {}
@@ -46,7 +47,16 @@ def tiny_model(tmp: Path):
     with mlflow.start_run(experiment_id=exp) as run:
         pass
     model_uri = log_model(uri, run.info.run_id, saved["dir"], metadata={"trainer_config": cfg.to_dict()})
-    return mlflow.pyfunc.load_model(model_uri), root
+    return uri, model_uri, root
+
+
+def tiny_model(tmp: Path):
+    """tiny_logged_model, loaded with mlflow.pyfunc.load_model and allowed to read its data
+    folder (model_config allowed_root): (model, data root)."""
+    import mlflow
+
+    _uri, model_uri, root = tiny_logged_model(tmp)
+    return mlflow.pyfunc.load_model(model_uri, model_config={"allowed_root": str(root)}), root
 
 
 def real_size(repeats: int) -> None:
@@ -68,6 +78,35 @@ def real_size(repeats: int) -> None:
           f"{k} x {size} x {size}: {s_oct * 1e3:.0f} ms; as JSON: {len(text) / 1e6:.1f} MB of text, "
           f"json.loads alone {s_parse:.2f} s; as an npz path: {len(json.dumps(['/data/x.npz']))} "
           f"bytes (the server reads the file)")
+    print(f"real size, per row as an npz path: read + checks + preprocess "
+          f"{path_row_s(k, size, repeats) * 1e3:.0f} ms (the served model's whole path route)")
+
+
+def path_row_s(k: int, size: int, repeats: int) -> float:
+    """Median seconds of the served model's route for one released-size patient given as an npz
+    path (search/decide/pyfunc_model.py): allowed-folder check, npz read (compressed, as the
+    generator writes it), the audit's checks and the minimum size, preprocessing of both images."""
+    import numpy as np
+
+    from search.decide.pyfunc_model import PathPolicy, check_image, read_image
+    from trainer.data.synthetic import render_oct, render_slo
+    from trainer.data.transforms import preprocess_oct, preprocess_slo
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="pyfunc-bench-") as tmp:
+        path = Path(tmp) / "data_00001.npz"
+        np.savez_compressed(path, slo_fundus=render_slo(rng, (200, 200), 0.5, 0),
+                            oct_bscans=render_oct(rng, (200, 200, 200), 0.1))
+        policy = PathPolicy([tmp])
+
+        def row():
+            slo = read_image(str(path), "slo", "row 0", policy)
+            check_image(slo, "slo", "row 0", k)
+            preprocess_slo(slo, size)
+            volume = read_image(str(path), "oct", "row 0", policy)
+            check_image(volume, "oct", "row 0", k)
+            preprocess_oct(volume, k, size)
+        return median_s(row, repeats)
 
 
 def main(argv=None) -> int:

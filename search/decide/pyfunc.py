@@ -21,8 +21,13 @@ import tempfile
 from pathlib import Path
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
-EXAMPLE_SLO = (16, 16)        # the example's image sizes: small (the model resizes any size)
-EXAMPLE_OCT = (4, 16, 16)
+# The load-time settings the model takes (search/decide/pyfunc_model.py), with their defaults:
+# MLflow passes a key of load_model(model_config=...) or of the server's SERVING_MODEL_CONFIG
+# only when the logged model declares it (it drops the others with a warning).
+MODEL_CONFIG = {"device": "cpu", "batch_size": None, "allowed_root": None}
+# the example's image sides: the smallest the model takes (pyfunc_model.MIN_IMAGE_SIDE), so the
+# logged JSON stays small; its OCT has as many B-scans as the model reads (cfg.oct_slices)
+EXAMPLE_SIDE = 32
 
 
 def model_signature(cfg):
@@ -51,9 +56,10 @@ def input_example(cfg):
     example = {}
     for m in mods:
         if m == "slo":
-            cells = [render_slo(rng, EXAMPLE_SLO, 0.5, 0).tolist() for _ in range(2)]
+            cells = [render_slo(rng, (EXAMPLE_SIDE,) * 2, 0.5, 0).tolist() for _ in range(2)]
         elif m == "oct":
-            cells = [render_oct(rng, EXAMPLE_OCT, 0.1).tolist() for _ in range(2)]
+            shape = (cfg.oct_slices, EXAMPLE_SIDE, EXAMPLE_SIDE)
+            cells = [render_oct(rng, shape, 0.1).tolist() for _ in range(2)]
         else:
             cells = list(note_texts(rng, meta, layout)["note"])
         example[m] = cells
@@ -100,7 +106,8 @@ def log_model(tracking_uri: str, run_id: str, files_dir: str | Path, signature=N
         with mlflow.start_run(run_id=run_id):   # the model belongs to the run's experiment
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(MODEL_CODE), artifacts=artifacts,
-                code_paths=[str(code)], signature=signature or model_signature(cfg),
+                code_paths=[str(code)], model_config=MODEL_CONFIG,
+                signature=signature or model_signature(cfg),
                 input_example=input_example(cfg), metadata=metadata,
                 pip_requirements=requirements())
     return info.model_uri

@@ -11,9 +11,9 @@ report artifact) and the alias `champion`.
 
 scores a data folder in the released format and writes per-sample predictions to a LOCAL file
 only (never to MLflow), scoring each patient through the registered pyfunc (the scorer a served
-model runs): a patient whose npz lacks a modality is scored without it, the CSV says which
-modalities each score used (`--without oct` removes one from every patient); it prints aggregate
-metrics.
+model runs; here allowed to read the files under --data-root): a patient whose npz lacks a
+modality is scored without it, the CSV says which modalities each score used (`--without oct`
+removes one from every patient); it prints aggregate metrics.
 """
 from __future__ import annotations
 
@@ -78,7 +78,8 @@ def score(model_uri: str, data_root: str, split: str, out: str, without=()) -> d
     table, y, g, files = patients(cfg, split)
     for m in without:
         table[m] = None
-    pred = mlflow.pyfunc.load_model(model_uri).predict(table)
+    config = {"allowed_root": batch_roots(data_root, table)}
+    pred = mlflow.pyfunc.load_model(model_uri, model_config=config).predict(table)
     p, used = pred["probability"].to_numpy(), pred["modalities_used"].tolist()
     names = ATTRIBUTES[canonical_attribute(cfg.attribute)]
     with open(out, "w", newline="") as f:
@@ -88,6 +89,15 @@ def score(model_uri: str, data_root: str, split: str, out: str, without=()) -> d
             w.writerow([i, int(yi), names.get(int(gi), "unknown"), f"{float(pi):.8f}", ui, fi])
     counts = {k: used.count(k) for k in sorted(set(used), key=lambda k: (-used.count(k), k))}
     return {**point_metrics(y, p, g, group_names=names), "modalities_used": counts}
+
+
+def batch_roots(data_root: str, table) -> list[str]:
+    """The folders batch scoring lets the model read (its allowed_root, docs/tracking.md): the
+    data root the user gave, plus the folders its own listing's files resolve to (a data tree
+    whose split folders are links elsewhere). The paths are the scorer's listing, not a caller's."""
+    listed = {str(Path(p).resolve().parent) for m in table.columns if m != "note"
+              for p in table[m] if isinstance(p, str)}
+    return [str(Path(data_root).resolve()), *sorted(listed)]
 
 
 def main(argv=None) -> int:

@@ -5,8 +5,12 @@
 as arrays or npz paths, the note as text, a modality absent. Every probability is checked
 against the trainer's own scoring of the same samples (the checkpoint's weights, the trainer's
 cache and inference path); an absent modality against the presence-mask contract
-(docs/architecture.md: removing m = batch["present"][m] False). Slow: one search per dataset,
-shared by the module (about 3-5 minutes on 2 cores)."""
+(docs/architecture.md: removing m = batch["present"][m] False). Bad requests to the served
+model (a path outside the allowed folder, a link out of it, an empty row, a 2 x 2 image, NaN,
+text as an image) each answer a 400 naming the row and column, without a stack trace. Slow: one
+search per dataset, shared by the module, and one server per model (about 4-5 minutes on 2
+cores)."""
+import contextlib
 import json
 import os
 import shutil
@@ -50,8 +54,10 @@ def run_search(dataset: str, data_root: str, tmp: Path, *extra) -> dict:
                                                      dst_path=str(tmp / "model")))
     cfg = config_from_dict({**read_manifest(local / "artifacts" / "checkpoint")["config"],
                             "data_root": data_root, "pretrained": False})
+    site = tmp / "site"   # the test's own files the model may read, beside the data root
+    site.mkdir()
     return {"uri": uri, "name": name, "model": f"models:/{name}@champion", "local": local, "cfg": cfg,
-            "data_root": data_root, "tmp": tmp}
+            "data_root": data_root, "tmp": tmp, "site": site}
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +92,18 @@ def trainer_probabilities(run: dict, absent: dict[str, list[int]] | None = None)
         return model(batch_transform(batch, train=False)).sigmoid().numpy()
 
 
+def allowed_roots(run: dict) -> list[str]:
+    """The folders the model may read paths from: the run's data root and its site folder."""
+    return [run["data_root"], str(run["site"])]
+
+
 def champion(run: dict):
-    """mlflow.pyfunc.load_model("models:/<name>@champion") from the run's store."""
+    """mlflow.pyfunc.load_model("models:/<name>@champion") from the run's store, allowed to
+    read the run's folders (model_config allowed_root)."""
     import mlflow
 
     mlflow.set_tracking_uri(run["uri"])
-    return mlflow.pyfunc.load_model(run["model"])
+    return mlflow.pyfunc.load_model(run["model"], model_config={"allowed_root": allowed_roots(run)})
 
 
 def split_files(run: dict) -> list[Path]:
@@ -125,7 +137,7 @@ def fairvision_frame(run: dict):
     rows = [{"slo": read_npz(f, "slo_fundus"), "oct": read_npz(f, "oct_bscans")} for f in files[:2]]
     rows += [{"slo": str(f), "oct": str(f)} for f in files[2:4]]
     rows.append({"slo": read_npz(files[4], "slo_fundus"), "oct": None})
-    no_oct = without_key(files[5], "oct_bscans", run["tmp"] / "no_oct.npz")
+    no_oct = without_key(files[5], "oct_bscans", run["site"] / "no_oct.npz")
     rows.append({"slo": str(no_oct), "oct": str(no_oct)})
     return pd.DataFrame(rows), [4, 5]
 
@@ -144,6 +156,8 @@ def test_fairvision_pyfunc_predicts_arrays_paths_and_a_missing_oct_as_the_traine
     assert all(t.dtype == torch.bfloat16 for t in weights.values() if t.is_floating_point())
     assert (fv["local"] / "code" / "trainer" / "data" / "transforms.py").is_file()
 
+    # load-time settings reach the model (MLflow passes only keys the logged model declares)
+    assert model.model_config == {"device": "cpu", "batch_size": None, "allowed_root": allowed_roots(fv)}
     df, no_oct = fairvision_frame(fv)
     got = model.predict(df)
     assert got["modalities_used"].tolist() == ["slo,oct"] * 4 + ["slo"] * 2
@@ -152,11 +166,11 @@ def test_fairvision_pyfunc_predicts_arrays_paths_and_a_missing_oct_as_the_traine
     assert got["probability"][0] != got["probability"][1]        # not one constant answer
     missing = trainer_probabilities(fv, {"oct": no_oct})
     np.testing.assert_allclose(got["probability"][4:], missing[4:6], rtol=1e-5, atol=1e-6)
-    # the logged example: synthetic (the generator's 16 x 16 images, not the data's size), two
-    # rows, the second without its OCT
+    # the logged example: synthetic (32 x 32 images, the smallest the model takes, not the
+    # data's size), two rows, the second without its OCT
     example = json.loads((fv["local"] / "input_example.json").read_text())
     assert len(example["data"]) == 2 and example["data"][1][1] is None
-    assert np.asarray(example["data"][0][0]).shape == (16, 16)
+    assert np.asarray(example["data"][0][0]).shape == (32, 32)
     assert np.asarray(example["data"][0][0]).shape != read_npz(split_files(fv)[0], "slo_fundus").shape
 
 
@@ -166,15 +180,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_and_post(run: dict, body: dict, log: Path) -> dict:
+@contextlib.contextmanager
+def served(run: dict, log: Path):
     """`mlflow models serve --env-manager local` of the champion on a free loopback port, from
     a folder without the project and with no PYTHONPATH (the trainer comes from the model's
-    code_paths); /ping waited for; one POST /invocations; the server's process group stopped
-    and checked gone."""
+    code_paths), MULTIFAIR_ALLOWED_ROOT the run's folders; /ping waited for; yields its URL;
+    then the server's process group stopped and checked gone."""
     import psutil
 
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": run["uri"], "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+           "MULTIFAIR_ALLOWED_ROOT": os.pathsep.join(allowed_roots(run)),
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     env.pop("PYTHONPATH", None)
     cwd = run["tmp"] / "serve"
@@ -196,13 +212,7 @@ def serve_and_post(run: dict, body: dict, log: Path) -> dict:
                         break
             except OSError:
                 time.sleep(0.5)
-        req = urllib.request.Request(url + "/invocations", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=120) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            raise AssertionError(f"HTTP {exc.code}: {exc.read().decode()[:2000]}") from None
+        yield url
     finally:
         group = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) == proc.pid]
         os.killpg(proc.pid, signal.SIGTERM)
@@ -211,6 +221,34 @@ def serve_and_post(run: dict, body: dict, log: Path) -> dict:
         for p in alive:
             p.kill()
         assert not alive, f"server processes outlived SIGTERM: {[p.pid for p in alive]}"
+
+
+def post(url: str, body: dict) -> tuple[int, dict]:
+    """One POST /invocations: (HTTP status, the JSON answer)."""
+    req = urllib.request.Request(url + "/invocations", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode()
+        try:
+            return exc.code, json.loads(text)
+        except ValueError:
+            return exc.code, {"text": text}
+
+
+def predictions(url: str, body: dict) -> list[dict]:
+    status, answer = post(url, body)
+    assert status == 200, f"HTTP {status}: {str(answer)[:2000]}"
+    return answer["predictions"]
+
+
+@pytest.fixture(scope="module")
+def fv_server(fv):
+    """The FairVision champion served once for the module's HTTP tests."""
+    with served(fv, fv["tmp"] / "serve.log") as url:
+        yield url
 
 
 def _pgid(pid: int):
@@ -226,10 +264,9 @@ def records(df) -> list[dict]:
             for row in df.to_dict(orient="records")]
 
 
-def test_served_fairvision_answers_an_http_request_with_arrays_paths_and_a_missing_oct(fv):
+def test_served_fairvision_answers_an_http_request_with_arrays_paths_and_a_missing_oct(fv, fv_server):
     df, _ = fairvision_frame(fv)
-    body = {"dataframe_records": records(df)}
-    answer = serve_and_post(fv, body, fv["tmp"] / "serve.log")["predictions"]
+    answer = predictions(fv_server, {"dataframe_records": records(df)})
     local = champion(fv).predict(df)
     assert [a["modalities_used"] for a in answer] == local["modalities_used"].tolist()
     np.testing.assert_allclose([a["probability"] for a in answer], local["probability"], rtol=1e-6)
@@ -312,10 +349,62 @@ def test_bad_input_is_one_clear_line(fv):
     model = champion(fv)
     with pytest.raises(Exception, match=r"row 0 has none of the model's modalities \(slo, oct\)"):
         model.predict({"slo": [None], "oct": [None]})
-    with pytest.raises(Exception, match=r"row 0, column 'oct': a path must end in .npz"):
+    with pytest.raises(Exception, match=r"row 0, column 'oct': text that is not an .npz or .npy path"):
         model.predict({"slo": [None], "oct": ["/tmp/scan.png"]})
     with pytest.raises(Exception, match=r"row 0, column 'slo'.*constant"):
         model.predict({"slo": [np.zeros((8, 8))], "oct": [None]})
+
+
+def test_served_refusals_are_a_400_naming_row_and_column_and_open_nothing_outside(fv, fv_server,
+                                                                                tmp_path):
+    """Each bad request answers HTTP 400 with MLflow's JSON error (INVALID_PARAMETER_VALUE) whose
+    message ends with the model's line, and no stack trace. The files outside the allowed
+    folders are FIFOs: opening one for reading would block the server until the client's
+    timeout, so a prompt 400 shows that the server never opened it."""
+    files = split_files(fv)
+    slo = read_npz(files[0], "slo_fundus").tolist()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.mkfifo(outside / "secret.npy")
+    os.mkfifo(outside / "secret.npz")
+    (fv["site"] / "link.npz").symlink_to(outside / "secret.npz")
+    not_inside = "the path is not inside the folder this model may read"
+    cases = [
+        ({"slo": str(outside / "secret.npy")}, f"row 0, column 'slo': {not_inside}"),
+        ({"slo": str(outside / "absent.npz")}, f"row 0, column 'slo': {not_inside}"),
+        ({"slo": str(fv["site"] / os.path.relpath(outside / "secret.npz", fv["site"]))},   # ../..
+         f"row 0, column 'slo': {not_inside}"),
+        ({"slo": str(fv["site"] / "link.npz")}, f"row 0, column 'slo': {not_inside}"),
+        ({}, "row 0 has none of the model's modalities (slo, oct)"),
+        ({"slo": [[0, 1], [2, 3]]}, "row 0, column 'slo': key 'slo_fundus' is 2 x 2 pixels, under "
+                                    "the minimum 32 x 32"),
+        ({"slo": [[float("nan")] * 64] * 64}, "row 0, column 'slo': key 'slo_fundus' has 4096 of 4096 "
+                                              "values NaN or infinite"),
+        ({"slo": "hello"}, "row 0, column 'slo': text that is not an .npz or .npy path"),
+        ({"oct": slo}, "row 0, column 'oct': key 'oct_bscans' has shape (64, 64) (rank 2)"),
+    ]
+    for row, expected in cases:
+        body = {"dataframe_records": [{"slo": str(files[0]), "oct": str(files[0])}, row]}
+        expected = expected.replace("row 0", "row 1")   # the second row of the request is named
+        started = time.time()
+        status, answer = post(fv_server, body)
+        assert time.time() - started < 60, row   # a FIFO opened would hang until the timeout
+        assert status == 400 and answer.get("error_code") == "INVALID_PARAMETER_VALUE", (status, answer)
+        assert expected in answer["message"], (expected, answer)
+        assert answer["message"].endswith("nothing was scored (a request is scored whole: fix or "
+                                          "remove that row)"), answer["message"]
+        text = json.dumps(answer)
+        assert "stack_trace" not in answer and "Traceback" not in text, text[:2000]
+    # the issue's case: one empty row alone (it answered 200 with no prediction); MLflow's
+    # schema step hands the model 0 rows and 0 columns, so the message names the columns
+    for rows in ([{}], [{"SLO": str(files[0])}]):
+        status, answer = post(fv_server, {"dataframe_records": rows})
+        assert status == 400 and answer["message"].endswith(
+            "input: none of the model's columns (slo, oct) is in the request: every row needs "
+            "one"), (status, answer)
+        assert "stack_trace" not in answer
+    # the same good row alone is scored: the refusals were about the bad rows
+    assert len(predictions(fv_server, {"dataframe_records": [{"slo": str(files[0]), "oct": str(files[0])}]})) == 1
 
 
 # -- FairVLMed: fundus + clinical note ------------------------------------------------------------
@@ -353,7 +442,8 @@ def test_fairvlmed_pyfunc_takes_note_text_and_a_missing_note_as_the_trainer_scor
 
 def test_served_fairvlmed_answers_an_http_request_with_note_text_and_a_missing_note(vl):
     df, _ = fairvlmed_frame(vl)
-    answer = serve_and_post(vl, {"dataframe_records": records(df)}, vl["tmp"] / "serve.log")["predictions"]
+    with served(vl, vl["tmp"] / "serve.log") as url:
+        answer = predictions(url, {"dataframe_records": records(df)})
     local = champion(vl).predict(df)
     assert [a["modalities_used"] for a in answer] == ["slo,note"] * 4 + ["slo"] * 2
     np.testing.assert_allclose([a["probability"] for a in answer], local["probability"], rtol=1e-6)
