@@ -1,13 +1,11 @@
 """MultiFair hyperparameter search on FairVLMed (fairvlmed layout, the FairCLIP dataset), attribute race.
 
 Runs Optuna TPE + ASHA over rho, lambda_gm, tau, delta and lambda_f on Ray Tune, starting from the
-paper's hyperparameters, and logs every trial to MLflow. Needs the installed project
+paper's hyperparameters (trainer.config.paper_settings), and logs every trial to MLflow. Needs the installed project
 (`pip install -e .[search]`); works copied alone, e.g. by `ray submit cluster.yaml fairclip_race.py -- ...`.
 Without --data-root it generates a small synthetic dataset. See docs/search.md; --help for flags.
 """
 from search.runner import main
 
-PAPER = dict(rho=1.2, lambda_gm=0.15, tau=0.07, delta=0.5, lambda_f=0.5)
-
 if __name__ == "__main__":
-    raise SystemExit(main("fairvlmed", "race", baseline=PAPER))
+    raise SystemExit(main("fairvlmed", "race"))   # the paper's point: trainer.config.paper_settings

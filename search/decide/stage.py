@@ -139,7 +139,8 @@ def _figures_and_report(scfg, search, trials, full, tracker, decision) -> None:
     files = []
     if scfg.figures:
         try:
-            fig = search_figures(trials, full, scfg.grace_period, out / "figures", scfg.mode)
+            fig = search_figures(trials, full, scfg.grace_period, out / "figures", scfg.mode,
+                                 keys=decision["front_keys"])   # the front decision.json lists
             files = fig["files"]
             if decision.get("expected_max"):
                 from search.decide.expected_max import figure

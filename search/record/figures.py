@@ -5,7 +5,9 @@ Which values: ASHA stops most trials early and Ray tells Optuna their LAST (earl
 figures rebuild an Optuna study (create_trial) with values that compare:
 - sensitivity (slices, importances, parallel coordinates, contour): every trial's validation AUC
   and ES-AUC at ONE common epoch that every non-failed trial reached (the ASHA grace period);
-- Pareto front: trials that trained every epoch, at their best validation epoch.
+- Pareto front: trials that trained every epoch, at their best validation epoch, over the
+  study's own objectives (decision.json's `front_keys`: --objectives for pareto, else AUC and
+  ES-AUC), so the figure's front is decision.json's front.
 The study rebuild (over the mode's own hyperparameters) and the importances are search.record.analysis's,
 the same as `python -m search.record.analysis` prints. The HTML files share one plotly.min.js in the same
 folder (include_plotlyjs="directory"): they open offline (a hospital network) without 4.7 MB per
@@ -28,6 +30,24 @@ def common_epoch_points(trials: list[dict], epoch: int):
             and all(math.isfinite(v) for v in t["curve"][epoch])]
 
 
+def axis_name(key: str) -> str:
+    """A validation figure's axis name: `auc` -> "val AUC", `val/missing/oct/es_auc` -> "val
+    ES-AUC, oct missing"."""
+    parts = key.removeprefix("val/").split("/")
+    metric = parts[-1].upper().replace("_", "-")
+    return f"val {metric}" + (f", {parts[1]} {parts[0]}" if len(parts) == 3 else "")
+
+
+def front_study(full: list[dict], keys=OBJ, mode: str = "full"):
+    """The Optuna study the front figure draws: each full-length trial at its best epoch over
+    `keys`. A trial with an undefined value (NaN: a group without both classes) cannot be drawn:
+    it is left out, and it dominates nothing in the decision's front either (select.value: -inf),
+    so the figure's front is decision.json's front less those trials."""
+    points = [(t, tuple(t["val"].get(k) for k in keys)) for t in full]
+    points = [(t, v) for t, v in points if all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)]
+    return rebuild_study(points, mode)
+
+
 def _save(name: str, plotly_fig, mpl_axes, out: Path, written: list[Path]) -> None:
     html = out / f"{name}.html"
     plotly_fig.write_html(html, include_plotlyjs="directory")
@@ -40,8 +60,10 @@ def _save(name: str, plotly_fig, mpl_axes, out: Path, written: list[Path]) -> No
     written += [png, html]
 
 
-def search_figures(trials: list[dict], full: list[dict], epoch: int, out: Path, mode: str = "full") -> dict:
-    """Write the figures; returns {"files": [...], "importance": {...}, "epoch": epoch}."""
+def search_figures(trials: list[dict], full: list[dict], epoch: int, out: Path, mode: str = "full",
+                   keys=OBJ) -> dict:
+    """Write the figures (the front over `keys`: 2 or 3 objectives can be drawn); returns
+    {"files": [...], "importance": {...}, "epoch": epoch}."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,11 +79,13 @@ def search_figures(trials: list[dict], full: list[dict], epoch: int, out: Path, 
     # PED-ANOVA warns whenever a target is given; ours is negated on purpose (see importances)
     warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if len(full) >= 1:
-        front = rebuild_study([(t, (t["val"]["auc"], t["val"]["es_auc"])) for t in full], mode)
-        names = ["val AUC (best epoch)", "val ES-AUC (best epoch)"]
+    front = front_study(full, keys, mode)
+    if front.trials and 2 <= len(keys) <= 3:
+        names = [f"{axis_name(k)} (best epoch)" for k in keys]
         _save("pareto_front", pv.plot_pareto_front(front, target_names=names),
               pm.plot_pareto_front(front, target_names=names), out, written)
+    elif len(keys) > 3:
+        result["front_note"] = f"{len(keys)} objectives: a front figure draws 2 or 3 (decision.json lists it)"
     points = common_epoch_points(trials, epoch)
     if len(points) < 2:
         return result

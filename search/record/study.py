@@ -16,6 +16,7 @@ from search.run.space import RANGES
 from trainer.jsonout import dumps
 
 STUDY_FILE = "study.json"
+FORMAT = 2               # study.json's "format": bumped when a pickled module moves (record/migrate.py)
 DECISION_FILE = "decision.json"
 METRIC = "es_auc"        # the plain key ASHA and Optuna read (validation ES-AUC)
 STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}   # others: interrupted -> KILLED
@@ -92,11 +93,17 @@ def read_json(study_dir: str, filename: str, filesystem=None) -> dict:
 
 def write_study(study_dir: str, search: dict, setup: dict) -> None:
     """The study's search settings and trial constants, next to Tune's own state."""
-    write_json(study_dir, STUDY_FILE, {"search": search, "setup": setup})
+    write_json(study_dir, STUDY_FILE, {"format": FORMAT, "search": search, "setup": setup})
 
 
 def read_study(study_dir: str, filesystem=None) -> dict:
     return read_json(study_dir, STUDY_FILE, filesystem)
+
+
+def study_format(meta: dict) -> int:
+    """The format of a study's `study.json` contents. No number: format 0 or 1 (record/migrate.py),
+    read as 0, so a migration applies every rename (those of names a pickle lacks change nothing)."""
+    return int(meta.get("format", 0))
 
 
 def local_dir(search: dict) -> Path:

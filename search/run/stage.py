@@ -22,6 +22,12 @@ def search(scfg, setup: dict, tracker, auc_floor, timings: dict | None = None):
 
     if scfg.resume:
         print(f"[search] resuming {scfg.study_dir}", flush=True)
+        from search.record.migrate import migrate_study
+
+        old = migrate_study(scfg.storage_path, scfg.name)   # before Tune unpickles any module name
+        if old is not None:
+            print(f"[search] resume: study format {old} migrated to the current one "
+                  "(pickled module names rewritten once)", flush=True)
         from search.run.resume import repair_stale_checkpoints
 
         repair_stale_checkpoints(scfg.study_dir)   # a killed driver's snapshot can lag its trials

@@ -73,3 +73,14 @@ def study_runs(uri: str):
     parents = [r for r in runs if r.data.tags.get("run_kind") == "study"]
     children = [r for r in runs if r.data.tags.get("run_kind") == "trial"]
     return client, parents, children
+
+
+RAY_FIXTURES = {"ray_session", "study"}   # fixtures that start Ray (and a search)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that starts Ray must be marked slow, or `make test-fast` would start it."""
+    unmarked = [i.nodeid for i in items if RAY_FIXTURES & set(getattr(i, "fixturenames", ()))
+                and i.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests start Ray without @pytest.mark.slow: " + ", ".join(unmarked))

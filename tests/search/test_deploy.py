@@ -173,8 +173,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not shutil.which("chromedriver"), reason="needs Debian's chromium-driver")
 def test_mlflow_ui_in_a_real_browser_shows_trials_a_chart_and_a_figure(decided, tmp_path):
+    from tests.search.servers import system_package
+
+    system_package(bool(shutil.which("chromedriver")), "chromium-driver")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait

@@ -55,6 +55,7 @@ def _close(a, b, path=""):
         assert a == b, (path, a, b)
 
 
+@pytest.mark.slow
 def test_the_four_run_as_tasks_and_equal_the_local_computation(ray_session, search_config, tmp_path):
     from search.decide import remote
     from search.run.objectives import reference_auc

@@ -16,6 +16,7 @@ def _last(t):
     return round(row["es_auc"], 9)
 
 
+@pytest.mark.slow
 def test_folder_and_mlflow_give_the_study_trials(study, search_config, tmp_path):
     scfg, _ = study
     from_folder = warm_start.load(search_config(tmp_path, attribute="race", warm_start=scfg.study_dir))
@@ -27,6 +28,7 @@ def test_folder_and_mlflow_give_the_study_trials(study, search_config, tmp_path)
     assert sorted(map(key, from_mlflow)) == sorted(map(key, from_folder))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kw, says", [(dict(mode="ogm_ge"), "same search space"),
                                       (dict(objective="pareto"), "of the same kind")])
 def test_another_space_or_objective_is_refused(study, search_config, tmp_path, kw, says):
@@ -45,6 +47,7 @@ def test_not_a_study_is_refused_in_one_line(search_config, tmp_path):
         warm_start.load(search_config(tmp_path, warm_start=str(tmp_path / "empty")))
 
 
+@pytest.mark.slow
 def test_the_sampler_starts_with_the_earlier_trials_and_the_paper_point_first(study, search_config, tmp_path):
     scfg, _ = study
     new = search_config(tmp_path, attribute="race", warm_start=scfg.study_dir)

@@ -1,10 +1,11 @@
-"""Studies, models and commands from before the search/{run,decide,record} layout.
+"""The study format and its migration (search/record/migrate.py), and the side commands' one
+command line (search/__main__.py).
 
-Tune pickled the trainable, the callbacks, the searcher and the scheduler by the modules' old
-names (search.trainable, search.tracking, search.objectives, search.mo_asha, search.progress,
-search.storage: what a study saved by the old code holds, read from one with pickletools); the
-registered model's loader path is search.mlmodel.load_model; users type `python -m search.relog`.
-search.OLD_NAMES keeps each old name importable as the new module itself."""
+Tune pickles the trainable, the callbacks, the searcher and the scheduler by module path. Studies
+saved before the search/{run,decide,record} layout name the flat modules (search.trainable,
+search.tracking, search.objectives, search.mo_asha, search.progress, search.storage: read from
+one with pickletools); studies saved by the layout's first version carry no format number. Both
+resume: `--resume` rewrites the module names once and writes the current format."""
 import json
 import pickle
 import pickletools
@@ -21,31 +22,67 @@ import pytest
 from tests.search.conftest import REPO, study_runs, subprocess_env
 
 
-def test_old_names_are_the_new_modules_and_import_search_stays_light():
-    code = ("import sys, search; assert 'ray' not in sys.modules and 'torch' not in sys.modules; "
-            "import importlib; from search import OLD_NAMES; "
-            "bad = [o for o, n in OLD_NAMES.items() if importlib.import_module(o) is not importlib.import_module(n)"
-            " or importlib.import_module(o).__spec__.name != n]; print(len(OLD_NAMES), bad)")
+def test_import_search_stays_light_and_old_names_are_gone():
+    code = ("import sys, search, importlib.util; assert 'ray' not in sys.modules and 'torch' not in sys.modules; "
+            "print(importlib.util.find_spec('search.trainable'), importlib.util.find_spec('search.run.trainable') is not None)")
     out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True,
                          timeout=300)
-    assert out.returncode == 0 and out.stdout.split() == ["26", "[]"], out.stderr[-2000:]
+    assert out.returncode == 0 and out.stdout.split() == ["None", "True"], out.stderr[-2000:]
 
 
-def test_a_pickle_with_old_names_loads_the_new_classes():
+def test_a_pickle_with_old_names_migrates_to_the_new_classes():
+    from search.record.migrate import FLAT_TO_STAGE, rename_modules, renames_since
     from search.record.tracking import MLflowTrialCallback
     from search.run.progress import ProgressCallback
 
-    blob = to_old_names(pickle.dumps([ProgressCallback, MLflowTrialCallback]))
-    assert b"search.progress" in blob and b"search.run." not in blob and b"search.record." not in blob
-    assert pickle.loads(blob) == [ProgressCallback, MLflowTrialCallback]
+    for protocol in (0, 2, 5):   # GLOBAL (text) and STACK_GLOBAL (strings) opcodes, with frames
+        blob = to_old_names(pickle.dumps([ProgressCallback, MLflowTrialCallback], protocol=protocol))
+        assert b"search.progress" in blob and b"search.run." not in blob and b"search.record." not in blob
+        with pytest.raises(ModuleNotFoundError, match="search.progress"):
+            pickle.loads(blob)   # no alias keeps the old name importable
+        migrated = rename_modules(blob, renames_since(0))
+        assert pickle.loads(migrated) == [ProgressCallback, MLflowTrialCallback]
+        assert rename_modules(migrated, renames_since(0)) == migrated   # idempotent
+    assert renames_since(0) == FLAT_TO_STAGE and len(FLAT_TO_STAGE) == 26
 
 
-@pytest.mark.parametrize("module", ["relog", "analysis", "sweep", "registry", "storage", "dataprep"])
-def test_old_cli_names_still_run(module):
-    """`python -m search.<m>` as the docs had it runs search.<stage>.<m>'s command line."""
-    out = subprocess.run([sys.executable, "-m", f"search.{module}", "--help"], env=subprocess_env(),
+def test_migrate_study_rewrites_once_and_refuses_a_newer_format(tmp_path):
+    from search.record import study
+    from search.record.migrate import MigrationError, migrate_study
+    from search.run.progress import ProgressCallback
+
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "study.json").write_text(json.dumps({"search": {"name": "s"}, "setup": {}}))   # no number
+    (folder / "tuner.pkl").write_bytes(to_old_names(pickle.dumps({"cb": ProgressCallback})))
+    state = {"trial_data": [[json.dumps({"trial_id": "a"}),
+                             json.dumps({"cb": to_old_names(pickle.dumps(ProgressCallback)).hex()})]]}
+    (folder / "experiment_state-2026.json").write_text(json.dumps(state))
+    assert migrate_study(str(tmp_path), "s") == 0
+    assert pickle.loads((folder / "tuner.pkl").read_bytes()) == {"cb": ProgressCallback}
+    entry = json.loads(json.loads((folder / "experiment_state-2026.json").read_text())["trial_data"][0][1])
+    assert pickle.loads(bytes.fromhex(entry["cb"])) is ProgressCallback
+    assert study.read_study(str(folder))["format"] == study.FORMAT
+    assert migrate_study(str(tmp_path), "s") is None   # current: nothing rewritten
+    (folder / "study.json").write_text(json.dumps({"format": study.FORMAT + 1, "search": {}, "setup": {}}))
+    with pytest.raises(MigrationError, match=f"format {study.FORMAT + 1} was written by a newer"):
+        migrate_study(str(tmp_path), "s")
+
+
+@pytest.mark.parametrize("command", ["decide", "analyze", "sweep", "relog", "score", "storage", "dataprep"])
+def test_side_commands_run_from_one_command_line(command):
+    """`python -m search <command> --help` runs that stage module's own command line."""
+    out = subprocess.run([sys.executable, "-m", "search", command, "--help"], env=subprocess_env(),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.startswith("usage: ") and " -h" in out.stdout, out.stderr[-2000:]
+    if command != "decide":   # decide's prog is fixed in its own module
+        assert out.stdout.startswith(f"usage: python -m search {command} "), out.stdout[:200]
+
+
+def test_an_unknown_side_command_is_refused_with_the_list():
+    out = subprocess.run([sys.executable, "-m", "search", "analyse"], env=subprocess_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "unknown command 'analyse'" in out.stderr and "analyze" in out.stderr
 
 
 @pytest.mark.slow
@@ -74,6 +111,8 @@ def test_study_pickled_with_old_module_names_resumes(ray_session, search_config,
     assert "INTERRUPTED" in out, out[-3000:]
     before = epochs_of(study_dir)
 
+    meta = json.loads((study_dir / "study.json").read_text())
+    (study_dir / "study.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "format"}))
     old = rewrite_study_to_old_names(study_dir)
     assert {"search.trainable", "search.tracking", "search.mo_asha", "search.progress"} <= old, old
 
@@ -84,6 +123,8 @@ def test_study_pickled_with_old_module_names_resumes(ray_session, search_config,
     assert all(after[name][:len(epochs)] == epochs for name, epochs in before.items()), (before, after)
     assert all(after[name] == epochs for name, epochs in before.items() if epochs[-1:] == [3]), \
         "a finished trial ran again"
+    assert json.loads((study_dir / "study.json").read_text())["format"] == 2
+    assert not _old_names_in((study_dir / "tuner.pkl").read_bytes()), "the migration left an old name"
     _, parents, children = study_runs(scfg.tracking_uri)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(c.data.tags["trial_id"] for c in children) == sorted(n.removeprefix("trial_") for n in after)
@@ -97,14 +138,14 @@ def epochs_of(study_dir: Path) -> dict[str, list[int]]:
 # --- what the old code wrote: the same pickles with the old module names ---
 
 def _new_to_old() -> dict[str, str]:
-    from search import OLD_NAMES
+    from search.record.migrate import FLAT_TO_STAGE
 
-    return {new: old for old, new in OLD_NAMES.items()}
+    return {new: old for old, new in FLAT_TO_STAGE.items()}
 
 
 def to_old_names(data: bytes) -> bytes:
-    """`data` (one pickle) with every module name search.<stage>.<m> written as search.<m>, opcode
-    by opcode (frames dropped: they are optional and their lengths would change)."""
+    """`data` (one pickle) as the flat layout's code wrote it: every module name search.<stage>.<m>
+    written as search.<m>. Its own opcode walk (not the migration's), so the two check each other."""
     names, out = _new_to_old(), bytearray()
     ops = list(pickletools.genops(data))
     for (op, arg, pos), nxt in zip(ops, [p for _, _, p in ops[1:]] + [len(data)]):
