@@ -188,7 +188,8 @@ def decide_table(df, alpha: float = 0.05, min_gain: float = 0.0, baseline: str =
                    "diff": mean, "diff_lo": float(mean - half[i]), "diff_hi": float(mean + half[i]),
                    "sd_diff": float(sd[i]), "p": float(p_raw[i]), "p_holm": float(p_adj[i]),
                    "eligible": bool(eligible[i]), "shown_better": bool(p_adj[i] <= alpha and mean > min_gain),
-                   "min_detectable_gain": min_detectable(float(sd[i]), n, level, min_gain),
+                   "min_detectable_gain": min_detectable(float(sd[i]) if n >= 3 else PLANNING_SD, n,
+                                                         level, min_gain),
                    "rho_within": _corr(es[0], es[i + 1])}
     deployed = cands[int(pick)] if m and int(pick) >= 0 else baseline
     out = {"table": name, "deployed": deployed, "baseline": baseline, "n_repeats": n,
