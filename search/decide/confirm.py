@@ -2,7 +2,10 @@
 
 Candidates: the top `--finalists` K configurations of the search (search.decide.select.finalists),
 the paper's point (same mode) and plain fusion (`--mode baseline`), each with `--confirm-seeds`
-S seeds (seed+1 ... seed+S: none of them the seed the search picked on). Every run trains all
+S seeds (seed+1 ... seed+S: none of them the seed the search picked on). With `--confirm-folds F`
+repeat r (the r-th seed) also trains and validates on its own cut of train+val: fold r mod F of
+a group-stratified partition (trainer/data/resplit.py), the same cut for every candidate (paired);
+the test split is never part of it. Every run trains all
 epochs (no early stopping); its value is its best-epoch validation score, as in the search.
 
 The rule is search.decide.rule (docs/search.md, "How the pick is made"): the confirmation's
@@ -136,6 +139,8 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")   # runner.py
     every = (setup.get("checkpoints") or {}).get("every", scfg.checkpoint_every)
     setup = {**setup, "candidates": cands, "checkpoints": checkpoint_policy(every)}   # no rungs here
+    if stage == CONFIRM and getattr(scfg, "confirm_folds", 0):   # repeats resample train/val too
+        setup["resplit"] = {"folds": scfg.confirm_folds, "first_seed": seeds(scfg)[0]}
     name = f"{scfg.name}-{stage}" + (f"-{look}" if look > 1 else "")   # one Tune run per look
     callbacks = [ProgressCallback(scfg.max_epochs, label=stage), ResumeStatePruner()]
     if tracker is not None:

@@ -149,6 +149,7 @@ def test_front_is_the_non_dominated_set():
     (["--confirm-seeds", "1"], "--confirm-seeds 1: give at least 2"),
     (["--alpha", "1.5"], "--alpha 1.5"),
     (["--num-samples", "0"], "--num-samples 0"),
+    (["--confirm-folds", "1"], "--confirm-folds 1: give 0"),
 ])
 def test_bad_flags_are_refused_in_one_line(argv, flag, capsys, tmp_path):
     assert main("fairvision", "race", argv=argv + ["--storage-path", str(tmp_path)]) == 2
@@ -244,3 +245,20 @@ def test_entry_script_paper_point_gives_way_to_the_method_s_own():
     assert set(other.baseline) == {"ogm_alpha"}
     assert SearchConfig("fairvision", "gender", baseline=paper, mode="full").baseline == paper
     assert set(SearchConfig("fairvision", "gender", baseline=paper, mode="baseline").baseline) == {"lr"}
+
+
+def test_confirm_folds_give_each_repeat_its_own_cut_of_train_and_val():
+    """--confirm-folds K: the confirmation's r-th seed trains with resplit_folds K, resplit_fold r
+    (trainer/data/resplit.py), every candidate of a repeat on the same cut; without it, the
+    trial config is the given split's."""
+    from search.run.trainable import resolve, trial_config
+    from trainer.config import make_config
+
+    base = make_config("fairvision", "gender", preset="tiny").to_dict()
+    setup = {"candidates": {"a": {"mode": "full", "rho": 1.1}, BASELINE: {"mode": "baseline"}},
+             "resplit": {"folds": 3, "first_seed": 11}}
+    for label in ("a", BASELINE):
+        cfg = trial_config(resolve({"candidate": label, "seed": 15}, setup), base)
+        assert (cfg.seed, cfg.resplit_folds, cfg.resplit_fold) == (15, 3, 4)   # fold 1 of partition 1
+    plain = trial_config(resolve({"candidate": "a", "seed": 15}, {**setup, "resplit": None}), base)
+    assert (plain.resplit_folds, plain.resplit_fold) == (0, 0)
