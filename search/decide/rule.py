@@ -34,7 +34,7 @@ SD_FLOOR = 0.005
 # Planning sd of a paired val ES-AUC difference when the table has too few repeats to estimate its
 # own (fewer than 3: one degree of freedom): the committed comparisons' at their median
 # within-seed correlation 0.80 (benchmarks/decision_error.py, "sd of a paired difference").
-PLANNING_SD = 0.046
+PLANNING_SD = 0.045
 LADDER = (3, 5, 8, 12, 16)   # repeats whose detectable gain is printed when this table's is not
 RULE = ("paired one-sided t test of validation ES-AUC against {base} per candidate, Holm-adjusted "
         "over all {m} candidate(s): deployed if adjusted p <= {alpha} (gain > {gain}{floor}); "
