@@ -16,7 +16,11 @@ Why paired t + Holm: the difference within a repeat cancels what the candidates 
 baseline (the seed's data order, the split), so a baseline that varies less than the
 candidates needs no assumption of equal variances; with 2 repeats the test has 1 degree of
 freedom: valid, but it detects only very large gains (conservative, never anti-conservative).
+The sd of the differences is taken as at least SD_FLOOR: zero spread never shows a gain by itself.
 `core` is vectorised so benchmarks/decision_error.py simulates exactly this code.
+
+What a table can detect (`detectability`) is given at a stated planning sd and never as a gain
+above 1 - the baseline's ES-AUC (impossible): then the repeats that would detect one are named.
 """
 from __future__ import annotations
 
@@ -26,15 +30,19 @@ import numpy as np
 
 COLUMNS = ("candidate", "repeat", "val_auc", "val_es_auc")
 POWER = 0.8
-# The smallest sd of a paired val ES-AUC difference the test believes: a third of the smallest
-# measured on the committed comparisons (0.015, benchmarks/results/decision-error.json). A spread
-# below it (a candidate exactly +0.001 above plain fusion on every seed) is not a measured noise
-# level, so such a table cannot show a small gain with a huge t statistic.
+# The smallest sd of a paired ES-AUC difference the test believes: a third of the smallest seen
+# over 5 seeds in the committed comparisons (0.015: full_reference vs plain fusion,
+# benchmarks/results/compare-race-cnn-4ep.json). A spread below it (a candidate exactly +0.001
+# above plain fusion on every seed) is not a measured noise level, so such a table cannot show a
+# small gain with a huge t statistic.
 SD_FLOOR = 0.005
 # Planning sd of a paired val ES-AUC difference when the table has too few repeats to estimate its
-# own (fewer than 3: one degree of freedom): the committed comparisons' at their median
-# within-seed correlation 0.80 (benchmarks/decision_error.py, "sd of a paired difference").
-PLANNING_SD = 0.045
+# own (fewer than 3: one degree of freedom): measured in the confirmation's own setting, one
+# dataset and 12 fresh seeds of plain fusion and MultiFair (benchmarks/results/confirm-folds.json,
+# "seeds"; within-seed correlation +0.17). The comparisons, whose seeds also regenerate the
+# data, give 0.045 (correlation +0.80, benchmarks/results/decision-error.md): the larger is the
+# safer plan.
+PLANNING_SD = 0.084
 LADDER = (3, 5, 8, 12, 16)   # repeats whose detectable gain is printed when this table's is not
 RULE = ("paired one-sided t test of validation ES-AUC against {base} per candidate, Holm-adjusted "
         "over all {m} candidate(s): deployed if adjusted p <= {alpha} (gain > {gain}{floor}); "
@@ -180,7 +188,8 @@ def decide_table(df, alpha: float = 0.05, min_gain: float = 0.0, baseline: str =
     sd = diffs.std(-1, ddof=1) if n >= 2 else np.full(m, math.nan)
     pooled = float(np.sqrt(np.mean(sd ** 2))) if m and n >= 2 else math.nan
     level = alpha / max(family, 1)   # Holm's first step: what a lone better candidate must pass
-    half = student.ppf(0.975, n - 1) * np.maximum(sd, SD_FLOOR) / math.sqrt(n) if n >= 2 else np.full(m, math.nan)
+    half = (student.ppf(0.975, n - 1) * np.maximum(sd, SD_FLOOR) / math.sqrt(n) if n >= 2
+            else np.full(m, math.nan))
     rows = {}
     for i, c in enumerate(cands):
         mean = float(diffs[i].mean())
@@ -222,8 +231,8 @@ def detectability(pooled: float, n: int, level: float, min_gain: float, headroom
     own = n >= 3 and math.isfinite(pooled)
     sd = max(pooled, SD_FLOOR) if own else PLANNING_SD
     source = (f"the table's pooled sd of the differences, {n} repeats" if own else
-              f"planning sd of the committed comparisons, benchmarks/results/decision-error.md; "
-              f"{n} repeat(s) are too few to estimate it")
+              f"planning sd measured in a confirmation of generated data, benchmarks/results/"
+              f"confirm-folds.json; {n} repeat(s) are too few to estimate it")
     gain = min_detectable(sd, n, level, min_gain)
     ladder = [{"repeats": r, "gain": g} for r in LADDER if r > n
               for g in [min_detectable(sd, r, level, min_gain)] if g <= headroom]
