@@ -190,11 +190,15 @@ def decide_table(df, alpha: float = 0.05, min_gain: float = 0.0, baseline: str =
     level = alpha / max(family, 1)   # Holm's first step: what a lone better candidate must pass
     half = (student.ppf(0.975, n - 1) * np.maximum(sd, SD_FLOOR) / math.sqrt(n) if n >= 2
             else np.full(m, math.nan))
+    # ES-AUC lies in [0, 1]: a difference to the baseline's mean b lies in [-b, 1 - b], and an
+    # interval end past it (1 df: often) is cut there rather than printed as an impossible figure
+    low, high = -float(es[0].mean()), 1.0 - float(es[0].mean())
     rows = {}
     for i, c in enumerate(cands):
         mean = float(diffs[i].mean())
         rows[c] = {"n": n, "val_es_auc": float(es[i + 1].mean()), "val_auc": float(auc[i + 1].mean()),
-                   "diff": mean, "diff_lo": float(mean - half[i]), "diff_hi": float(mean + half[i]),
+                   "diff": mean, "diff_lo": float(max(mean - half[i], low)),
+                   "diff_hi": float(min(mean + half[i], high)),
                    "sd_diff": float(sd[i]), "p": float(p_raw[i]), "p_holm": float(p_adj[i]),
                    "eligible": bool(eligible[i]), "shown_better": bool(p_adj[i] <= alpha and mean > min_gain),
                    "min_detectable_gain": min_detectable(float(sd[i]) if n >= 3 else PLANNING_SD, n,

@@ -203,6 +203,16 @@ def test_detectable_gain_is_printed_only_when_achievable():
     assert f"with 4 repeats this study detects a validation ES-AUC gain >= {four['min_detectable_gain']:+.3f}" in four["reason"]
 
 
+def test_interval_ends_past_what_es_auc_allows_are_cut_there():
+    """2 repeats, 1 df: the 95% t interval of the difference runs past [-b, 1 - b] (b: the
+    baseline's mean ES-AUC); its ends are cut at those bounds, inside ones are scipy's."""
+    d = decide_table(table({"baseline": [0.75, 0.79], "a": [0.65, 0.89]}))
+    ci = stats.ttest_rel([0.65, 0.89], [0.75, 0.79]).confidence_interval(0.95)
+    assert ci.low < -0.77 and ci.high > 0.23                       # both impossible
+    row = d["candidates"]["a"]
+    assert (row["diff_lo"], row["diff_hi"]) == (pytest.approx(-0.77), pytest.approx(0.23))
+
+
 def test_within_seed_correlation_is_measured_from_3_repeats():
     d = decide_table(table())
     for c in ("clear", "noisy", "worse"):
