@@ -58,6 +58,7 @@ class SearchConfig:
     finalists: int = 3             # 0: no confirmation stage (the best search trial is tested)
     confirm_seeds: int = 3
     confirm_budget: int = 0        # extra seeds per undecided candidate (confirm.looks)
+    confirm_folds: int = 0         # K >= 2: each confirmation repeat re-splits train+val too (K folds)
     alpha: float = 0.05            # the decision's familywise error (search/decide/rule.py)
     min_gain: float = 0.0          # validation ES-AUC gain over plain fusion a candidate must show
     register_name: str = ""        # "" -> multifair-<dataset>-<attribute>
@@ -148,6 +149,8 @@ def check(scfg: SearchConfig) -> None:
          "least 2 (one seed gives no interval, so no candidate could be shown better than plain fusion)")
     need(0 < scfg.alpha < 1, f"--alpha {scfg.alpha}: give a familywise error level in (0, 1), e.g. 0.05")
     need(scfg.confirm_budget >= 0, f"--confirm-budget {scfg.confirm_budget}: give 0 or more seeds")
+    need(scfg.confirm_folds == 0 or scfg.confirm_folds >= 2, f"--confirm-folds {scfg.confirm_folds}: give 0 "
+         "(every repeat on the given train/val split) or K >= 2 folds of train+val")
     need(scfg.cpus_per_trial > 0, f"--cpus-per-trial {scfg.cpus_per_trial}: must be positive")
     need(scfg.max_failures >= 0, f"--max-failures {scfg.max_failures}: must be 0 or more")
     need(scfg.checkpoint_every >= 0, f"--checkpoint-every {scfg.checkpoint_every}: give 0 (no resume "
@@ -204,6 +207,9 @@ def parse_args(dataset: str, attribute: str, baseline: dict | None, argv=None) -
     add("--confirm-seeds", type=int, default=defaults.confirm_seeds, help="seeds per finalist (>= 2)")
     add("--confirm-budget", type=int, default=0, help="up to this many more seeds for candidates "
         "still undecided after the first --confirm-seeds (0: none)")
+    add("--confirm-folds", type=int, default=0, metavar="K", help="each confirmation repeat also "
+        "re-splits train+val: K group-stratified folds, repeat r validates on fold r mod K (test split "
+        "untouched; 0: seeds only)")
     add("--alpha", type=float, default=defaults.alpha, help="familywise error of the deployment decision")
     add("--min-gain", type=float, default=defaults.min_gain, help="validation ES-AUC gain over plain "
         "fusion a candidate must be shown to exceed")

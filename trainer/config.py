@@ -55,6 +55,8 @@ class TrainConfig:
     cache_dir: str = ""                     # "" -> ~/.cache/multifair-tune (or $MULTIFAIR_CACHE)
     num_workers: int = 0                    # >0: worker processes read batches ahead (GPU runs)
     allow_duplicates: bool = False          # go on knowingly past identical images (data audit)
+    resplit_folds: int = 0                  # >=2: train/val re-split from train+val (data/resplit.py)
+    resplit_fold: int = 0                   # which: fold r % K of the partition drawn with seed r // K
     # --- model ---
     preset: str = "paper"
     slo_encoder: str = "vit_base_patch16_224.augreg_in21k"
@@ -165,6 +167,10 @@ class TrainConfig:
             bad("max_gpu_memory_fraction", "must be in (0, 1]")
         if self.num_workers < 0:
             bad("num_workers", "must be >= 0")
+        if self.resplit_folds < 0 or self.resplit_folds == 1:
+            bad("resplit_folds", "0 (the splits as given) or K >= 2 folds of train+val")
+        if self.resplit_fold < 0:
+            bad("resplit_fold", "must be >= 0 (repeat r: fold r % K of the partition drawn with seed r // K)")
         for name in ("image_size", "oct_slices", "note_max_length", "proj_dim", "fusion_heads",
                      "fusion_layers", "head_hidden", "epochs", "batch_size"):
             if getattr(self, name) < 1:

@@ -23,6 +23,7 @@ from trainer.checkpoint import (as_kept, checkpoint_weights, load_best, load_sta
                                 write_checkpoint)
 from trainer.config import ATTRIBUTES, TrainConfig, config_from_dict
 from trainer.data import DataError, build_datasets
+from trainer.data.resplit import resplit
 from trainer.data.transforms import batch_transform
 from trainer.guards import FiniteWatch, check_predictions, check_train_size
 from trainer.inference import batches, forward, to_device
@@ -96,6 +97,8 @@ class Trainer:
         mods = cfg.resolved_modalities()
         tokenizer = load_tokenizer(cfg.note_encoder) if "note" in mods else None
         self.data = dict(datasets or build_datasets(cfg, tokenizer=tokenizer))
+        if cfg.resplit_folds:   # repeats that resample train/val too (trainer/data/resplit.py)
+            self.data = resplit(self.data, cfg.resplit_folds, cfg.resplit_fold)
         check_train_size(len(self.data["train"]), cfg.batch_size)
         if cfg.shift_root and cfg.evaluate_test and "shift" not in self.data:
             # the other site's test split through the same data layer, opened now: a bad folder

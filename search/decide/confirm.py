@@ -2,7 +2,10 @@
 
 Candidates: the top `--finalists` K configurations of the search (search.decide.select.finalists),
 the paper's point (same mode) and plain fusion (`--mode baseline`), each with `--confirm-seeds`
-S seeds (seed+1 ... seed+S: none of them the seed the search picked on). Every run trains all
+S seeds (seed+1 ... seed+S: none of them the seed the search picked on). With `--confirm-folds F`
+repeat r (the r-th seed) also trains and validates on its own cut of train+val: fold r mod F of
+a group-stratified partition (trainer/data/resplit.py), the same cut for every candidate (paired);
+the test split is never part of it. Every run trains all
 epochs (no early stopping); its value is its best-epoch validation score, as in the search.
 
 The rule is search.decide.rule (docs/search.md, "How the pick is made"): the confirmation's
@@ -85,6 +88,10 @@ def run_confirmation(scfg, setup: dict, finals: list[dict], tracker) -> dict:
         done += complete(new, look, seed_list, scfg.max_epochs, CONFIRM)
         choice = choose([r for r in done if r["candidate"] in look], scfg.min_auc_drop, alpha,
                         scfg.min_gain, family)
+        if choice.get("error"):   # a table the rule cannot read (a NaN score): no more looks
+            history.append({"look": j, "seeds": seed_list, "candidates": list(look), "alpha": alpha,
+                            "deployed": None, "undecided": []})
+            break
         rows = choice["evidence"]["candidates"]
         undecided = [c for c, r in rows.items() if r["eligible"] and r["diff_hi"] > scfg.min_gain]
         history.append({"look": j, "seeds": seed_list, "candidates": list(look), "alpha": alpha,
@@ -95,7 +102,8 @@ def run_confirmation(scfg, setup: dict, finals: list[dict], tracker) -> dict:
             if c not in undecided:
                 dropped[c] = {**rows[c], "dropped_after_look": j}
         active = undecided + [BASELINE]
-    choice["evidence"]["candidates"].update(dropped)
+    if not choice.get("error"):
+        choice["evidence"]["candidates"].update(dropped)
     all_seeds = [s for h in history for s in h["seeds"]]
     return {"candidates": cands, "runs": runs, "stats": candidate_stats(done), "seeds": all_seeds,
             "looks": history, "choice": choice}
@@ -131,6 +139,8 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")   # runner.py
     every = (setup.get("checkpoints") or {}).get("every", scfg.checkpoint_every)
     setup = {**setup, "candidates": cands, "checkpoints": checkpoint_policy(every)}   # no rungs here
+    if stage == CONFIRM and getattr(scfg, "confirm_folds", 0):   # repeats resample train/val too
+        setup["resplit"] = {"folds": scfg.confirm_folds, "first_seed": seeds(scfg)[0]}
     name = f"{scfg.name}-{stage}" + (f"-{look}" if look > 1 else "")   # one Tune run per look
     callbacks = [ProgressCallback(scfg.max_epochs, label=stage), ResumeStatePruner()]
     if tracker is not None:
@@ -275,18 +285,31 @@ def choose(runs: list[dict], min_auc_drop: float | None = None, alpha: float = 0
     """search.decide.rule on the confirmation's table. Returns the label, the rule, the floor,
     the evidence (per candidate: paired difference, interval, Holm p, minimum detectable gain),
     the one-line reason and the best candidate's seed-paired difference to plain fusion."""
-    from search.decide.rule import decide_table
+    from search.decide.rule import BadTable, decide_table
 
     if not any(r["candidate"] == BASELINE for r in runs):
         raise RuntimeError("confirmation: every plain-fusion (baseline) run failed; nothing to compare with")
-    d = decide_table(table(runs), alpha, min_gain, BASELINE, min_auc_drop, name="confirmation",
-                     baseline_name="plain fusion", family=family)
+    try:
+        d = decide_table(table(runs), alpha, min_gain, BASELINE, min_auc_drop, name="confirmation",
+                         baseline_name="plain fusion", family=family)
+    except BadTable as exc:
+        return no_decision(str(exc))
     best, label = d["best_candidate"], d["deployed"]
     for w in d["warnings"]:
         print(f"[confirm] warning: {w}", flush=True)
     return {"label": label, "rule": d["rule"], "reason": d["reason"], "auc_floor": d["auc_floor"],
             "fell_back_to_baseline": label == BASELINE, "best_candidate": best, "evidence": d,
             "vs_baseline_val": seed_paired(runs, best) if best is not None else {}}
+
+
+def no_decision(fault: str) -> dict:
+    """The choice when the rule cannot read the confirmation's table (a run whose validation
+    ES-AUC or AUC is NaN: a group with one class in its validation split): nothing is shown
+    better, so nothing is deployed or registered; the one-line reason names the fault."""
+    return {"label": BASELINE, "error": fault, "rule": "", "auc_floor": None, "fell_back_to_baseline": True,
+            "best_candidate": None, "evidence": {}, "vs_baseline_val": {},
+            "reason": f"no decision: {fault}; nothing is deployed or registered (fix the validation "
+                      "split, e.g. more samples per group, and rerun)"}
 
 
 def seed_paired(runs: list[dict], label: str) -> dict:

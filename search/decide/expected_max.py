@@ -8,7 +8,9 @@ best of n trials drawn (with replacement) from it has expectation
 Caveats, stated with the line: the trials are TPE's (not independent draws) and ASHA-stopped trials
 are left out (their values are early-epoch values), and the empirical CDF cannot extrapolate
 beyond the best value seen: the curve flattens at it, so "would add ~X" is a lower bound on what
-a larger search of the same kind could find, not a forecast of a better region.
+a larger search of the same kind could find, not a forecast of a better region. It is an
+estimate and says so wherever it is printed. Non-finite values (a trial whose validation ES-AUC
+is undefined: a group with one class) are left out and counted.
 """
 from __future__ import annotations
 
@@ -29,28 +31,33 @@ def expected_max(values, ns) -> np.ndarray:
     return weights @ v
 
 
-def curve(values, ns=None, n_boot: int = 1000, seed: int = 0) -> dict:
-    """{"n", "mean", "lo", "hi", "n_trials"}: the expected best for n = 1 .. 2N (default) with a
-    95% percentile band over `n_boot` bootstrap resamples of the trials."""
-    v = np.asarray(values, float)
+def curve(values, ns=None, n_boot: int = 1000, seed: int = 0) -> dict | None:
+    """{"n", "mean", "lo", "hi", "n_trials", "n_dropped"}: the estimated expected best for
+    n = 1 .. 2N (default) with a 95% percentile band over `n_boot` bootstrap resamples of the
+    trials; non-finite values are dropped first (None when no finite value is left)."""
+    given = np.asarray(values, float)
+    v = given[np.isfinite(given)]
+    if len(v) == 0:
+        return None
     ns = np.arange(1, 2 * len(v) + 1) if ns is None else np.asarray(ns)
     rng = np.random.default_rng(seed)
     boots = np.stack([expected_max(rng.choice(v, len(v)), ns) for _ in range(n_boot)])
     lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
-    return {"n_trials": len(v), "n": ns.tolist(), "mean": expected_max(v, ns).tolist(),
-            "lo": lo.tolist(), "hi": hi.tolist()}
+    return {"n_trials": len(v), "n_dropped": int(len(given) - len(v)), "n": ns.tolist(),
+            "mean": expected_max(v, ns).tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
 
 
 def line(c: dict) -> str:
     """One summary line: the expected best with the trials run and with twice as many."""
     n = c["n_trials"]
     at = dict(zip(c["n"], c["mean"]))
+    dropped = f"; {c['n_dropped']} undefined value(s) left out" if c.get("n_dropped") else ""
     if n < 2 or 2 * n not in at:
-        return f"expected best val ES-AUC: needs 2+ full-length trials (have {n})"
+        return f"estimated expected best val ES-AUC: needs 2+ full-length trials with a value (have {n}{dropped})"
     now, double = at[n], at[2 * n]
-    return (f"expected best val ES-AUC with {n} trials {now:.3f}, with {2 * n} {double:.3f}: "
-            f"more trials would add ~{double - now:.3f} (Dodge et al. 2019, from the {n} full-length "
-            "trials; a lower bound, it cannot exceed the best seen)")
+    return (f"estimated expected best val ES-AUC with {n} trials {now:.3f}, with {2 * n} {double:.3f}: "
+            f"more trials would add ~{double - now:.3f} (an estimate, Dodge et al. 2019, from the {n} "
+            f"full-length trials{dropped}; a lower bound, it cannot exceed the best seen)")
 
 
 def figure(c: dict, out: Path) -> Path:
@@ -61,15 +68,15 @@ def figure(c: dict, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(c["n"], c["mean"], color="C0", label="expected best (empirical CDF)")
+    ax.plot(c["n"], c["mean"], color="C0", label="estimated expected best (empirical CDF)")
     ax.fill_between(c["n"], c["lo"], c["hi"], color="C0", alpha=0.2, label="95% bootstrap band")
     ax.axvline(c["n_trials"], color="grey", linestyle=":", label=f"{c['n_trials']} full-length trials run")
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("number of trials")
-    ax.set_ylabel("expected best val ES-AUC")
-    ax.set_title("Would more trials help? (Dodge et al. 2019)")
+    ax.set_ylabel("estimated expected best val ES-AUC")
+    ax.set_title("Would more trials help? An estimate (Dodge et al. 2019)")
     ax.legend(loc="lower right", fontsize=8)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "expected_max.png"

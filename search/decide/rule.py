@@ -16,7 +16,11 @@ Why paired t + Holm: the difference within a repeat cancels what the candidates 
 baseline (the seed's data order, the split), so a baseline that varies less than the
 candidates needs no assumption of equal variances; with 2 repeats the test has 1 degree of
 freedom: valid, but it detects only very large gains (conservative, never anti-conservative).
+The sd of the differences is taken as at least SD_FLOOR: zero spread never shows a gain by itself.
 `core` is vectorised so benchmarks/decision_error.py simulates exactly this code.
+
+What a table can detect (`detectability`) is given at a stated planning sd and never as a gain
+above 1 - the baseline's ES-AUC (impossible): then the repeats that would detect one are named.
 """
 from __future__ import annotations
 
@@ -26,6 +30,20 @@ import numpy as np
 
 COLUMNS = ("candidate", "repeat", "val_auc", "val_es_auc")
 POWER = 0.8
+# The smallest sd of a paired ES-AUC difference the test believes: a third of the smallest seen
+# over 5 seeds in the committed comparisons (0.015: full_reference vs plain fusion,
+# benchmarks/results/compare-race-cnn-4ep.json). A spread below it (a candidate exactly +0.001
+# above plain fusion on every seed) is not a measured noise level, so such a table cannot show a
+# small gain with a huge t statistic.
+SD_FLOOR = 0.005
+# Planning sd of a paired val ES-AUC difference when the table has too few repeats to estimate its
+# own (fewer than 3: one degree of freedom): measured in the confirmation's own setting, one
+# dataset and 12 fresh seeds of plain fusion and MultiFair (benchmarks/results/confirm-folds.json,
+# "seeds"; within-seed correlation +0.17). The comparisons, whose seeds also regenerate the
+# data, give 0.045 (correlation +0.80, benchmarks/results/decision-error.md): the larger is the
+# safer plan.
+PLANNING_SD = 0.084
+LADDER = (3, 5, 8, 12, 16)   # repeats whose detectable gain is printed when this table's is not
 RULE = ("paired one-sided t test of validation ES-AUC against {base} per candidate, Holm-adjusted "
         "over all {m} candidate(s): deployed if adjusted p <= {alpha} (gain > {gain}{floor}); "
         "among several, the best mean; otherwise {base}")
@@ -36,21 +54,20 @@ class BadTable(ValueError):
 
 
 # -- the statistics, vectorised over leading axes -------------------------------------------------
-def one_sided_p(diffs: np.ndarray, min_gain: float = 0.0) -> np.ndarray:
-    """p of H0: mean <= min_gain over the last axis (paired t, n-1 df). Fewer than 2 repeats:
-    p = 1 (nothing can be shown). Zero spread: p = 0 when every difference is above min_gain,
-    else 1 (the t statistic's limit)."""
+def one_sided_p(diffs: np.ndarray, min_gain: float = 0.0, sd_floor: float = SD_FLOOR) -> np.ndarray:
+    """p of H0: mean <= min_gain over the last axis (paired t, n-1 df), the sd of the differences
+    taken as at least `sd_floor` (zero spread never shows a gain by itself). Fewer than 2
+    repeats: p = 1 (nothing can be shown)."""
     from scipy.stats import t as student
 
     n = diffs.shape[-1]
     if n < 2:
         return np.ones(diffs.shape[:-1])
-    mean, sd = diffs.mean(-1), diffs.std(-1, ddof=1)
+    mean, sd = diffs.mean(-1), np.maximum(diffs.std(-1, ddof=1), sd_floor)
     with np.errstate(divide="ignore", invalid="ignore"):
         stat = (mean - min_gain) / (sd / math.sqrt(n))
     p = student.sf(stat, n - 1)
-    flat = sd <= 1e-15 * np.maximum(1.0, np.abs(mean))
-    return np.where(flat, np.where(mean > min_gain, 0.0, 1.0), p)
+    return np.where(np.isnan(p), 1.0, p)   # 0 / 0 (sd_floor 0, no spread, no gain): nothing shown
 
 
 def holm(p: np.ndarray) -> np.ndarray:
@@ -99,10 +116,9 @@ def min_detectable(sd: float, n: int, level: float, min_gain: float = 0.0, power
     from scipy.optimize import brentq
     from scipy.stats import nct, t as student
 
+    sd = max(sd, SD_FLOOR)
     if n < 2 or not math.isfinite(sd):
         return math.inf
-    if sd == 0:
-        return min_gain
     crit = student.ppf(1 - level, n - 1)
     reach = lambda delta: nct.sf(crit, n - 1, delta * math.sqrt(n) / sd) - power   # noqa: E731
     hi = sd
@@ -172,36 +188,88 @@ def decide_table(df, alpha: float = 0.05, min_gain: float = 0.0, baseline: str =
     sd = diffs.std(-1, ddof=1) if n >= 2 else np.full(m, math.nan)
     pooled = float(np.sqrt(np.mean(sd ** 2))) if m and n >= 2 else math.nan
     level = alpha / max(family, 1)   # Holm's first step: what a lone better candidate must pass
-    half = student.ppf(0.975, n - 1) * sd / math.sqrt(n) if n >= 2 else np.full(m, math.nan)
+    half = (student.ppf(0.975, n - 1) * np.maximum(sd, SD_FLOOR) / math.sqrt(n) if n >= 2
+            else np.full(m, math.nan))
+    # ES-AUC lies in [0, 1]: a difference to the baseline's mean b lies in [-b, 1 - b], and an
+    # interval end past it (1 df: often) is cut there rather than printed as an impossible figure
+    low, high = -float(es[0].mean()), 1.0 - float(es[0].mean())
     rows = {}
     for i, c in enumerate(cands):
         mean = float(diffs[i].mean())
         rows[c] = {"n": n, "val_es_auc": float(es[i + 1].mean()), "val_auc": float(auc[i + 1].mean()),
-                   "diff": mean, "diff_lo": float(mean - half[i]), "diff_hi": float(mean + half[i]),
+                   "diff": mean, "diff_lo": float(max(mean - half[i], low)),
+                   "diff_hi": float(min(mean + half[i], high)),
                    "sd_diff": float(sd[i]), "p": float(p_raw[i]), "p_holm": float(p_adj[i]),
                    "eligible": bool(eligible[i]), "shown_better": bool(p_adj[i] <= alpha and mean > min_gain),
-                   "min_detectable_gain": min_detectable(float(sd[i]), n, level, min_gain)}
+                   "min_detectable_gain": min_detectable(float(sd[i]) if n >= 3 else PLANNING_SD, n,
+                                                         level, min_gain),
+                   "rho_within": _corr(es[0], es[i + 1])}
     deployed = cands[int(pick)] if m and int(pick) >= 0 else baseline
     out = {"table": name, "deployed": deployed, "baseline": baseline, "n_repeats": n,
            "n_candidates": m, "alpha": alpha, "min_gain": min_gain, "min_auc_drop": min_auc_drop,
            "auc_floor": None if math.isinf(floor) else float(floor),
            "baseline_val_es_auc": float(es[0].mean()), "baseline_val_auc": float(auc[0].mean()),
-           "family": family,
+           "family": family, "sd_floor": SD_FLOOR,
            "rule": RULE.format(base=base_name, m=family, alpha=alpha, gain=min_gain,
                                floor=f", mean val AUC >= {base_name}'s - {min_auc_drop}"
                                if min_auc_drop is not None else ""),
-           "min_detectable_gain": min_detectable(pooled, n, level, min_gain),
-           "min_detectable_note": f"true val ES-AUC gain detected with {POWER:.0%} power by a one-sided "
-                                  f"paired t test at level alpha/{max(family, 1)} (Holm's first step) with "
-                                  f"{n} repeats, at the table's pooled sd of the differences {pooled:.4f}",
+           **detectability(pooled, n, level, min_gain, 1.0 - float(es[0].mean())),
+           "rho_within": _median([r["rho_within"] for r in rows.values()]),
            "candidates": rows, "warnings": []}
     if n < 2:
         out["warnings"].append(f"{n} repeat: no interval, so nothing can be shown better than "
                                f"{base_name}; give 2 or more")
+    out["detection"] = detection_phrase(out)
     best = _best(rows)
     out["best_candidate"] = best
     out["reason"] = reason(out, base_name)
     return out
+
+
+def detectability(pooled: float, n: int, level: float, min_gain: float, headroom: float) -> dict:
+    """The gain this table detects with POWER, at a stated planning sd of the paired differences:
+    the table's pooled sd when it has 3+ repeats (2+ degrees of freedom), else PLANNING_SD. A gain
+    above `headroom` (1 - plain fusion's mean val ES-AUC: ES-AUC is at most 1) cannot happen, so
+    such a figure is flagged not achievable, and the gains LADDER's larger repeats detect are
+    given instead."""
+    own = n >= 3 and math.isfinite(pooled)
+    sd = max(pooled, SD_FLOOR) if own else PLANNING_SD
+    source = (f"the table's pooled sd of the differences, {n} repeats" if own else
+              f"planning sd measured in a confirmation of generated data, benchmarks/results/"
+              f"confirm-folds.json; {n} repeat(s) are too few to estimate it")
+    gain = min_detectable(sd, n, level, min_gain)
+    ladder = [{"repeats": r, "gain": g} for r in LADDER if r > n
+              for g in [min_detectable(sd, r, level, min_gain)] if g <= headroom]
+    return {"min_detectable_gain": gain, "detectable": bool(gain <= headroom), "headroom": headroom,
+            "planning_sd": sd, "planning_sd_source": source, "detectable_with_more": ladder,
+            "min_detectable_note": f"true val ES-AUC gain detected with {POWER:.0%} power by a one-sided "
+                                   f"paired t test at level {level:.3g} (Holm's first step) with {n} "
+                                   f"repeats, at the planning sd {sd:.4f} ({source})"}
+
+
+def detection_phrase(d: dict) -> str:
+    """One clause on what the table can detect; never an impossible gain (above 1 - baseline)."""
+    n, sd = d["n_repeats"], d["planning_sd"]
+    if d["detectable"]:
+        return (f"with {n} repeats this study detects a validation ES-AUC gain >= "
+                f"{d['min_detectable_gain']:+.3f} at {POWER:.0%} power (planning sd {sd:.3f})")
+    more = ", ".join(f"{r['repeats']} repeats detect {r['gain']:+.3f}" for r in d["detectable_with_more"])
+    return (f"with {n} repeat{'s' if n != 1 else ''} no achievable gain is detectable (ES-AUC can rise "
+            f"at most {d['headroom']:+.3f})" + (f"; {more} at {POWER:.0%} power" if more else "")
+            + f" (planning sd {sd:.3f})")
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    """Within-repeat correlation of two candidates' scores; NaN below 3 repeats (two points always
+    correlate +-1) or without spread."""
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _median(values) -> float | None:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.median(finite)) if finite else None
 
 
 def _best(rows: dict) -> str | None:
@@ -219,7 +287,7 @@ def reason(d: dict, base_name: str) -> str:
     rows, dep = d["candidates"], d["deployed"]
     if dep != d["baseline"]:
         return (f"{dep}: shown better than {base_name} ({_evidence(dep, rows[dep])} <= {d['alpha']}; "
-                f"this table detects gains >= {d['min_detectable_gain']:+.3f})")
+                f"{detection_phrase(d)})")
     best = d.get("best_candidate")
     if best is None:
         return f"{base_name}: no candidate to compare"
@@ -229,5 +297,4 @@ def reason(d: dict, base_name: str) -> str:
         why = "no candidate shown better"
     else:
         why = "no candidate clears the AUC floor"
-    return (f"{base_name}: {why} (best: {_evidence(best, rows[best])}; this table detects gains "
-            f">= {d['min_detectable_gain']:+.3f} at {POWER:.0%} power)")
+    return f"{base_name}: {why} (best: {_evidence(best, rows[best])}; {detection_phrase(d)})"

@@ -57,6 +57,8 @@ def _test_and_register(scfg, conf: dict, tracker, decision: dict, setup: dict | 
     from search.decide.paired import run_paired_test
 
     choice = conf["choice"]
+    if choice.get("error"):   # no decision (search.decide.confirm.no_decision): nothing to test or register
+        return
     label = choice["label"]
     # the MultiFair candidate scored against plain fusion: the deployed one, or (plain fusion
     # deployed) the best candidate, so the decision always shows the comparison it rests on

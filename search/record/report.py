@@ -75,21 +75,25 @@ def _evidence(choice: dict) -> list[str]:
     study could detect."""
     ev = choice.get("evidence") or {}
     rows = ev.get("candidates") or {}
-    if not rows:
-        return []
+    if not rows:   # no decision (a table the rule cannot read): its reason alone
+        return [f"<p><b>Decision: {html.escape(choice['reason'])}</b></p>"] if choice.get("reason") else []
     out = [f"<p><b>Decision: {html.escape(choice.get('reason', ''))}</b></p>",
            _table(["candidate", "val ES-AUC - plain fusion (paired, 95% t interval)", "val AUC mean",
                    "one-sided p", "Holm p", "gain detectable (80% power)", "eligible", "shown better"],
                   [[k, f"{_f(r['diff'])} [{_f(r['diff_lo'])}, {_f(r['diff_hi'])}]", _f(r["val_auc"]),
-                    _f(r["p"], 3), _f(r["p_holm"], 3), _f(r["min_detectable_gain"], 3),
+                    _f(r["p"], 3), _f(r["p_holm"], 3), _gain(r["min_detectable_gain"], ev),
                     "yes" if r["eligible"] else "no (AUC floor)", "yes" if r["shown_better"] else "no"]
                    for k, r in rows.items()]),
-           f"<p>With {ev['n_repeats']} repeats (seeds) this study detects a validation ES-AUC gain "
-           f">= {_f(ev['min_detectable_gain'], 3)} over plain fusion ({html.escape(ev['min_detectable_note'])}); "
+           f"<p>{html.escape(ev.get('detection', ''))} ({html.escape(ev['min_detectable_note'])}); "
            f"familywise error {ev['alpha']}.</p>"]
     for w in ev.get("warnings", []):
         out.append(f"<p>Warning: {html.escape(w)}</p>")
     return out
+
+
+def _gain(gain: float, ev: dict) -> str:
+    """A detectable gain, or "none achievable" above 1 - plain fusion's ES-AUC."""
+    return _f(gain, 3) if gain <= ev.get("headroom", 1.0) else "none achievable"
 
 
 def _front_table(decision: dict) -> str:

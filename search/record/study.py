@@ -136,7 +136,7 @@ def study_tags(search: dict, commit: str) -> dict[str, str]:
 def study_params(search: dict) -> dict[str, str]:
     keep = ("num_samples", "max_epochs", "grace_period", "reduction_factor", "cpus_per_trial",
             "gpus_per_trial", "max_failures", "seed", "searcher", "scheduler", "preset", "mode",
-            "objective", "min_auc_drop", "finalists", "confirm_seeds", "confirm_budget", "alpha",
+            "objective", "min_auc_drop", "finalists", "confirm_seeds", "confirm_budget", "confirm_folds", "alpha",
             "min_gain", "warm_start", "objectives", "min_missing_es_auc")
     params = {k: str(search[k]) for k in keep if k in search}
     params.update({f"range.{k}": v for k, v in space_summary(search.get("mode", "full")).items()})

@@ -4,6 +4,7 @@ logged to MLflow, and the summary printed at the end."""
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 
 from search.decide import select
@@ -210,7 +211,8 @@ def print_decision(d: dict) -> None:
         for h in looks if len(looks) > 1 else []:   # intensification (--confirm-budget): one line per look
             print(f"  look {h['look']}: seeds {h['seeds'][0]}-{h['seeds'][-1]} for {', '.join(h['candidates'])} "
                   f"at alpha {h['alpha']:.3g}; undecided after it: {', '.join(h['undecided']) or 'none'}")
-        print(f"  rule: {conf['choice']['rule']}")
+        if conf["choice"].get("rule"):
+            print(f"  rule: {conf['choice']['rule']}")
         print_evidence(conf["choice"])
     test = d.get("test")
     if test:
@@ -268,7 +270,8 @@ def _f4(v) -> str:
 
 
 def print_evidence(choice: dict, indent: str = "  ") -> None:
-    """The rule's evidence per candidate and its one-line reason (search.decide.rule)."""
+    """The rule's evidence per candidate and its one-line reason (search.decide.rule). A gain
+    detectable only above 1 - plain fusion's ES-AUC (impossible) is never printed as a figure."""
     ev = choice.get("evidence") or {}
     rows = ev.get("candidates") or {}
     if rows:
@@ -276,12 +279,29 @@ def print_evidence(choice: dict, indent: str = "  ") -> None:
               f"one-sided p, Holm p, gain detectable at 80% power:")
         for label, r in rows.items():
             flag = "" if r["eligible"] else "  (below the AUC floor)"
+            gain = r["min_detectable_gain"]
+            detects = (f"detects >= {gain:+.3f}" if gain <= ev.get("headroom", math.inf)
+                       else "detects no achievable gain")
             print(f"{indent}  {label:22s} {r['diff']:+.4f} [{r['diff_lo']:+.4f}, {r['diff_hi']:+.4f}]  "
-                  f"p {r['p']:.3g}  Holm p {r['p_holm']:.3g}  detects >= {r['min_detectable_gain']:+.3f}{flag}")
-        print(f"{indent}with {ev['n_repeats']} repeats this study detects a validation ES-AUC gain >= "
-              f"{ev['min_detectable_gain']:+.3f} (80% power, familywise error {ev['alpha']})")
+                  f"p {r['p']:.3g}  Holm p {r['p_holm']:.3g}  {detects}{flag}")
+        if ev.get("detection"):
+            print(f"{indent}{ev['detection']}; familywise error {ev['alpha']}")
+        print(f"{indent}{within_seed_line(ev)}")
     if choice.get("reason"):
         print(f"{indent}decision: {choice['reason']}")
+
+
+def within_seed_line(ev: dict) -> str:
+    """This study's within-seed correlation of validation ES-AUC, plain fusion vs each candidate,
+    the figure the power table (benchmarks/results/decision-error.md) is read at."""
+    rhos = [r.get("rho_within", math.nan) for r in (ev.get("candidates") or {}).values()]
+    rhos = [v for v in rhos if isinstance(v, float) and math.isfinite(v)]
+    if not rhos:
+        return (f"within-seed correlation plain fusion - candidates: needs 3+ repeats with spread "
+                f"(have {ev.get('n_repeats')})")
+    return (f"within-seed correlation plain fusion - candidates, val ES-AUC over {ev['n_repeats']} repeats: "
+            f"median {statistics.median(rhos):+.2f} (range {min(rhos):+.2f} to {max(rhos):+.2f}); the power at a "
+            "correlation: benchmarks/results/decision-error.md")
 
 
 def print_summary(scfg: SearchConfig, o: SearchOutcome) -> None:

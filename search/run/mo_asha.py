@@ -3,12 +3,28 @@
 ASHA (Li et al. 2020) stops a trial at a rung unless it is in the top 1/eta of the results
 recorded at that rung so far. With two objectives there is no single "top": MO-ASHA (Schmucker
 et al. 2021, "Multi-objective Asynchronous Successive Halving") orders the rung's results by
-non-dominated sorting (NSGA-II: front by front, and within the last front by crowding distance,
-boundary points first) and promotes the first ceil(n / eta) of that order. Everything else is
-ASHA's: asynchronous (a trial is judged once, when it first reaches the rung, against what is
-recorded there so far; nobody waits for a full rung), one bracket, the same rung milestones
-(grace_period * eta^k up to max_t), the same count (ceil(n / eta), which is what Ray's ASHA
-percentile cutoff keeps), and the trial stops at max_t.
+non-dominated sorting (NSGA-II: front by front, and within a front by crowding distance) and
+promotes the top of that order. Everything else is ASHA's: asynchronous (a trial is judged once,
+when it first reaches the rung, against what is recorded there so far; nobody waits for a full
+rung), one bracket, the same rung milestones (grace_period * eta^k up to max_t), and the trial
+stops at max_t.
+
+The count is Ray's, exactly: Ray's ASHAScheduler continues a trial whose value is at least the
+(1 - 1/eta) percentile (numpy's linear interpolation) of the values recorded at the rung BEFORE
+it. Here the new trial's place in the order of all of them plays the value: it continues when it
+is above the recorded point at the percentile's index, stops below the point under it, and when
+it falls between the two, continues unless their linear interpolation dominates it. On a rung
+where the objectives agree (one order) this is Ray's decision trial for trial
+(tests/search/test_mo_asha.py compares n = 1..20 with Ray's own scheduler).
+
+Ties in the order are never broken by arrival: the trial being judged goes before the points it
+ties with (same front, same crowding distance), as an equal value goes on under Ray's cutoff, so
+a new end of a front (infinite crowding distance) is never stopped by another end; other ties by
+the objectives, the best on the first objective (validation AUC) first, as Syne Tune's
+NonDominatedPriority seeds its epsilon-net at its first objective
+(syne_tune/optimizer/schedulers/multiobjective/non_dominated_priority.py). An undefined result (NaN) is recorded as the
+worst value in every objective: it is judged at the rung like any other and stopped there unless
+nothing better is recorded (Ray's ASHA instead records NaN and never stops on it).
 
 Why this rule and not ASHA on ES-AUC alone: ES-AUC = AUC / (1 + sum of group gaps); a trial with
 a high AUC and a middling gap sits on the (AUC, ES-AUC) front but is below the ES-AUC cutoff at
@@ -58,30 +74,57 @@ def crowding_distance(points: np.ndarray) -> np.ndarray:
     return dist
 
 
-def nsga_order(points: np.ndarray) -> list[int]:
-    """All indices, best first: front by front, each front by decreasing crowding distance
-    (ties by index, i.e. arrival order)."""
+def nsga_order(points: np.ndarray, first: int | None = None) -> list[int]:
+    """All indices, best first: front by front, each front by decreasing crowding distance;
+    `first` (the trial being judged) before the points it ties with (same front, same crowding
+    distance: a tie goes on, as an equal value does under Ray's cutoff); other ties by the
+    objectives (the first objective first, then the next), never by arrival."""
     order = []
     for front in nondominated_fronts(points):
         crowd = crowding_distance(points[front])
-        order += [front[i] for i in sorted(range(len(front)), key=lambda i: (-crowd[i], front[i]))]
+        key = lambda i: (-crowd[i], front[i] != first, *(-points[front[i]]), front[i])   # noqa: E731
+        order += [front[i] for i in sorted(range(len(front)), key=key)]
     return order
+
+
+def worst_if_undefined(values) -> tuple[float, ...]:
+    """An objective vector with any NaN recorded as the worst value in every objective."""
+    values = tuple(float(v) for v in values)
+    return tuple(-math.inf for _ in values) if any(math.isnan(v) for v in values) else values
+
+
+def _lerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """numpy's percentile interpolation between a and b (the same rounding as Ray's cutoff);
+    undefined parts (toward a NaN result, recorded as -inf) are the worst value."""
+    with np.errstate(invalid="ignore"):
+        out = a + (b - a) * t if t < 0.5 else b - (b - a) * (1 - t)
+    return np.where(np.isnan(out), -np.inf, out)
 
 
 def promotes(recorded: dict[str, tuple], trial_id: str, eta: float, keep_front: bool = False) -> bool:
     """MO-ASHA's decision for `trial_id`, whose result is already in `recorded` (trial id ->
-    objective vector, maximised, in arrival order): in the first ceil(n / eta) of nsga_order, or
-    equal to a point that is (ties go on together, as they do under ASHA's cutoff). keep_front:
-    also every point of the rung's first front (the safer variant, measured in
-    benchmarks/search_quality.py)."""
+    objective vector, maximised, in arrival order), against the results recorded before it, with
+    Ray's ASHA count (module docstring). keep_front: also every point of the rung's first front
+    (the safer variant, measured in benchmarks/search_quality.py)."""
     ids = list(recorded)
+    me, k = ids.index(trial_id), len(ids) - 1
+    if k == 0:
+        return True                             # Ray: nothing recorded, no cutoff
     points = np.array([recorded[i] for i in ids], dtype=float)
-    order = nsga_order(points)
-    keep = set(order[:max(1, math.ceil(len(ids) / eta))])
-    if keep_front:
-        keep |= set(nondominated_fronts(points)[0])
-    me = ids.index(trial_id)
-    return me in keep or any((points[k] == points[me]).all() for k in keep)
+    if keep_front and me in nondominated_fronts(points)[0]:
+        return True
+    order = nsga_order(points, first=me)
+    below = order[order.index(me) + 1:]         # recorded points ranked under the new one
+    ascending = [i for i in reversed(order) if i != me]
+    h = float(np.percentile(np.arange(k), (1 - 1 / eta) * 100))   # Ray's percentile, as an index
+    low, frac = int(math.floor(h)), h - math.floor(h)
+    if len(below) > low + (frac > 0):
+        return True                             # at or above the recorded point at the cutoff
+    if len(below) <= low:
+        return False                            # under the point below the cutoff
+    cut = _lerp(points[ascending[low]], points[ascending[low + 1]], frac)
+    mine = points[me]
+    return not (np.all(cut >= mine) and np.any(cut > mine))   # between: stopped if dominated
 
 
 class MOASHAScheduler(FIFOScheduler):
@@ -126,10 +169,7 @@ class MOASHAScheduler(FIFOScheduler):
             recorded = self.rungs[milestone]
             if t < milestone or trial_id in recorded:
                 continue
-            values = tuple(s * float(result[m]) for s, m in zip(self.signs, self.metrics))
-            if any(math.isnan(v) for v in values):
-                return TrialScheduler.CONTINUE      # an undefined metric is not evidence
-            recorded[trial_id] = values
+            recorded[trial_id] = worst_if_undefined(s * float(result[m]) for s, m in zip(self.signs, self.metrics))
             keep = promotes(recorded, trial_id, self.eta, getattr(self, "keep_front", False))
             self.decisions.append({"trial_id": trial_id, "rung": milestone, "promoted": keep,
                                    "recorded": dict(recorded)})

@@ -34,7 +34,11 @@ def resolve(config: dict, setup: dict) -> dict:
     """A trial's hyperparameters: sampled (search), or a named candidate of the confirmation
     stage ({"candidate": label, "seed": s} -> the candidate's hyperparameters, mode and seed)."""
     if "candidate" in config:
-        return {**setup["candidates"][config["candidate"]], "seed": int(config["seed"])}
+        out = {**setup["candidates"][config["candidate"]], "seed": int(config["seed"])}
+        if setup.get("resplit"):   # --confirm-folds: repeat r = the r-th seed re-splits train+val
+            out.update(resplit_folds=setup["resplit"]["folds"],
+                       resplit_fold=out["seed"] - setup["resplit"]["first_seed"])
+        return out
     return dict(config)
 
 
@@ -44,7 +48,7 @@ def trial_config(config: dict, base: dict):
     from trainer.config import config_from_dict
 
     base = dict(base)
-    base.update({k: config[k] for k in ("mode", "seed") if k in config})
+    base.update({k: config[k] for k in ("mode", "seed", "resplit_folds", "resplit_fold") if k in config})
     base.update({name: float(config[name]) for name in RANGES if name in config})
     base["evaluate_test"] = False   # the test split is touched once, for the chosen config
     return config_from_dict(base)

@@ -10,13 +10,14 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from search.decide.rule import BadTable, decide_table, holm, min_detectable, one_sided_p
+from search.decide.rule import (PLANNING_SD, SD_FLOOR, BadTable, decide_table, holm, min_detectable,
+                                one_sided_p)
 
 from .conftest import subprocess_env
 
 BASE = [0.70, 0.72, 0.71, 0.69]
 VALUES = {"baseline": BASE,
-          "clear": [0.76, 0.78, 0.775, 0.75],      # about +0.06 every seed
+          "clear": [0.76, 0.79, 0.775, 0.745],     # about +0.06 every seed (sd 0.0065 > SD_FLOOR)
           "noisy": [0.80, 0.66, 0.78, 0.70],       # mean above baseline's, not shown better
           "worse": [0.69, 0.70, 0.70, 0.68]}
 
@@ -165,3 +166,58 @@ def test_looks_split_the_budget_in_steps_of_the_first_look():
     cfg = SimpleNamespace(seed=10, confirm_seeds=3, confirm_budget=7)
     assert looks(cfg) == [[11, 12, 13], [14, 15, 16], [17, 18, 19], [20]]
     assert looks(SimpleNamespace(seed=0, confirm_seeds=2, confirm_budget=0)) == [[1, 2]]
+
+
+def test_zero_spread_never_deploys_a_tiny_gain():
+    """A candidate exactly +0.001 above plain fusion in both of 2 repeats: without the SD floor
+    the t statistic is infinite (Holm p 0, deployed); with it, p is the paired t at sd SD_FLOOR."""
+    d = decide_table(table({"baseline": [0.700, 0.720], "a": [0.701, 0.721]}))
+    assert d["deployed"] == "baseline" and not d["candidates"]["a"]["shown_better"]
+    ref = stats.t.sf(0.001 / (SD_FLOOR / math.sqrt(2)), 1)      # by hand: t = 0.28, 1 df
+    assert d["candidates"]["a"]["p"] == pytest.approx(ref, rel=1e-6) and ref > 0.3
+    # a spread above the floor is the plain paired t (scipy), floor or not
+    x, b = np.array([0.80, 0.79, 0.83]), np.array([0.70, 0.71, 0.70])
+    assert one_sided_p(x - b) == pytest.approx(stats.ttest_rel(x, b, alternative="greater").pvalue)
+
+
+def test_detectable_gain_is_printed_only_when_achievable():
+    """2 repeats at the planning sd need a gain above 1 - baseline (impossible for ES-AUC): the
+    reason says so and gives the repeats that do detect an achievable gain, each figure checked
+    against min_detectable; 4 repeats with the table's own sd give an achievable figure."""
+    d = decide_table(table({"baseline": [0.80, 0.82], "a": [0.83, 0.81]}))
+    level = 0.05 / 1
+    impossible = min_detectable(PLANNING_SD, 2, level)
+    assert impossible > 1 - 0.81 and d["min_detectable_gain"] == pytest.approx(impossible)
+    assert not d["detectable"] and d["planning_sd"] == PLANNING_SD
+    assert "with 2 repeats no achievable gain is detectable" in d["reason"]
+    assert f"{impossible:+.3f}" not in d["reason"]
+    more = {r["repeats"]: r["gain"] for r in d["detectable_with_more"]}
+    want = {r: min_detectable(PLANNING_SD, r, level) for r in (3, 4, 5, 6, 8, 10, 12, 16, 24)}
+    assert more == pytest.approx({r: g for r, g in want.items() if r in (3, 5, 8, 12, 16) and g <= 1 - 0.81})
+    assert 8 in more and all(g <= 1 - 0.81 for g in more.values())
+    assert more[8] == pytest.approx(min_detectable(PLANNING_SD, 8, level)) and more[8] < 0.19
+    assert f"8 repeats detect {more[8]:+.3f}" in d["reason"]
+    four = decide_table(table())
+    sd = math.sqrt(np.mean([np.std(np.array(VALUES[c]) - BASE, ddof=1) ** 2 for c in ("clear", "noisy", "worse")]))
+    assert four["planning_sd"] == pytest.approx(sd) and four["detectable"]
+    assert f"with 4 repeats this study detects a validation ES-AUC gain >= {four['min_detectable_gain']:+.3f}" in four["reason"]
+
+
+def test_interval_ends_past_what_es_auc_allows_are_cut_there():
+    """2 repeats, 1 df: the 95% t interval of the difference runs past [-b, 1 - b] (b: the
+    baseline's mean ES-AUC); its ends are cut at those bounds, inside ones are scipy's."""
+    d = decide_table(table({"baseline": [0.75, 0.79], "a": [0.65, 0.89]}))
+    ci = stats.ttest_rel([0.65, 0.89], [0.75, 0.79]).confidence_interval(0.95)
+    assert ci.low < -0.77 and ci.high > 0.23                       # both impossible
+    row = d["candidates"]["a"]
+    assert (row["diff_lo"], row["diff_hi"]) == (pytest.approx(-0.77), pytest.approx(0.23))
+
+
+def test_within_seed_correlation_is_measured_from_3_repeats():
+    d = decide_table(table())
+    for c in ("clear", "noisy", "worse"):
+        assert d["candidates"][c]["rho_within"] == pytest.approx(np.corrcoef(BASE, VALUES[c])[0, 1])
+    assert d["rho_within"] == pytest.approx(np.median([np.corrcoef(BASE, VALUES[c])[0, 1]
+                                                       for c in ("clear", "noisy", "worse")]))
+    two = decide_table(table({"baseline": [0.70, 0.72], "a": [0.73, 0.71]}))
+    assert math.isnan(two["candidates"]["a"]["rho_within"]) and two["rho_within"] is None

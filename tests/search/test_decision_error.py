@@ -27,3 +27,14 @@ def test_measured_noise_reads_the_committed_comparisons():
     assert len(noise["files"]) == len(files) >= 1
     assert 0 < noise["sd_baseline"] < 0.5 and 0 < noise["sd_candidate"] < 0.5
     assert -1 <= noise["rho_baseline_candidate"] <= 1
+
+
+def test_power_rises_with_the_within_seed_correlation_and_no_impossible_gain_is_written():
+    """The same seed sds: a higher plain fusion-MultiFair correlation shrinks the paired
+    difference's sd, so the same gain is found more often; a detectable gain above the headroom
+    (1 - plain fusion's ES-AUC) is written as none achievable, never as a figure."""
+    low = de.simulate(1500, 4, 8, 0.077, 0.064, 0.3, 0.3, gains=[0.05, 0, 0, 0], seed=3)
+    high = de.simulate(1500, 4, 8, 0.077, 0.064, 0.95, 0.95, gains=[0.05, 0, 0, 0], seed=3)
+    assert high["new_power"] > low["new_power"] + 0.3, (low, high)
+    assert de._gain(1.061, 0.30).startswith("none achievable (needs +1.061")
+    assert de._gain(0.062, 0.30) == "+0.062"

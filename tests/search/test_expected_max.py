@@ -29,6 +29,18 @@ def test_curve_band_and_summary_line(tmp_path):
     assert np.all(np.diff(mean) >= -1e-12) and mean[-1] <= v.max() + 1e-12   # rises, capped at the best
     assert np.all(np.array(c["lo"]) <= mean + 1e-12) and np.all(mean <= np.array(c["hi"]) + 1e-12)
     text = line(c)
-    assert text.startswith(f"expected best val ES-AUC with 8 trials {mean[7]:.3f}, with 16 {mean[15]:.3f}")
+    assert text.startswith(f"estimated expected best val ES-AUC with 8 trials {mean[7]:.3f}, with 16 {mean[15]:.3f}")
     assert f"~{mean[15] - mean[7]:.3f}" in text
     assert figure(c, tmp_path).stat().st_size > 0
+
+
+def test_non_finite_values_are_dropped_and_counted():
+    """A trial with an undefined validation ES-AUC (NaN) or an infinite one is left out: the
+    curve is the one of the finite values, and the line says how many were dropped."""
+    v = [0.70, 0.75, 0.72]
+    with_nan = curve(v + [float("nan"), float("inf")], n_boot=50, seed=1)
+    clean = curve(v, n_boot=50, seed=1)
+    assert with_nan["n_trials"] == 3 and with_nan["n_dropped"] == 2
+    assert with_nan["mean"] == pytest.approx(clean["mean"]) and np.all(np.isfinite(with_nan["lo"]))
+    assert "2 undefined value(s) left out" in line(with_nan) and "an estimate" in line(with_nan)
+    assert curve([float("nan")] * 3) is None

@@ -1,6 +1,8 @@
 """MO-ASHA (search/run/mo_asha.py): non-dominated sorting checked against the definition, a scripted
 rung worked by hand (and Ray's own ES-AUC ASHA on the same results, which stops a trial the
-front needs), and a real pareto search whose stops are the rule's."""
+front needs), Ray's own ASHAScheduler making the same decisions on rungs of 1..20 where the
+objectives agree, the front's extremes kept, NaN recorded as the worst, and a real pareto search
+whose stops are the rule's."""
 import math
 from types import SimpleNamespace
 
@@ -57,18 +59,81 @@ RUNG = [("t1", 0.80, 0.70), ("t2", 0.70, 0.60), ("t3", 0.90, 0.50),
 
 
 def test_scripted_rung_by_hand():
-    """eta 3: keep ceil(n/3) of the n recorded so far. t1 alone: kept. t2: dominated by t1, n=2,
-    keep 1: stopped. t3: front {t1, t3}, both ends (crowding inf), tie by arrival: t1 first,
-    keep 1: stopped. t4 dominates t1 and t3: first alone, keep 2: kept. t5 (highest ES-AUC): front
-    {t4, t5}, keep 2: kept. t6 (highest AUC): front {t4, t5, t6}, ends t5 and t6 first, keep 2: kept."""
+    """eta 3; Ray's count: a trial arriving to k recorded results goes on when its place in the
+    order of all of them is at least the recorded point at index h = (k-1)(1 - 1/3) (ascending),
+    and between the two points around h when their interpolation does not dominate it.
+    t1 alone: kept. t2 (k=1, h=0): dominated by t1, under it: stopped. t3 (k=2, h=0.67): front
+    {t1, t3}, both ends (infinite crowding): tied, and t3, the one judged, goes first: t3 t1 t2,
+    above both points around h: kept (arrival order ranked t1 first before, and stopped t3). t4 dominates
+    all (k=3): kept. t5 (k=4, h=2): front {t4, t5}, order t4 t5 t3 t1 t2, t5 above 3 recorded,
+    at index 2: kept. t6 (k=5, h=2.67): front {t6, t4, t5}, t6 the best AUC first: kept."""
     sched = MOASHAScheduler(max_t=9, grace_period=1, reduction_factor=3)
     assert sorted(sched.rungs) == [1, 3, 9]   # as Ray's ASHA: the last one is max_t itself
-    assert _feed(sched, RUNG) == [CONTINUE, STOP, STOP, CONTINUE, CONTINUE, CONTINUE]
-    assert [d["promoted"] for d in sched.decisions] == [True, False, False, True, True, True]
+    assert _feed(sched, RUNG) == [CONTINUE, STOP, CONTINUE, CONTINUE, CONTINUE, CONTINUE]
+    assert [d["promoted"] for d in sched.decisions] == [True, False, True, True, True, True]
     # Ray's ASHA on ES-AUC alone stops t6, the trial with the highest AUC (on the front)
     asha = ASHAScheduler(time_attr="epoch", metric="es_auc", mode="max", max_t=9, grace_period=1,
                          reduction_factor=3)
     assert _feed(asha, RUNG)[-1] == STOP
+
+
+def test_a_front_s_extremes_survive_whatever_the_arrival_order():
+    """The rung {(0.70, 0.80), (0.75, 0.75), (0.90, 0.60)} (AUC, ES-AUC), eta 3: all three on one
+    front. Whichever order they arrive in, the best-AUC point and the best-ES-AUC point go on (an
+    end ties with the other end: infinite crowding distance, and a tie goes on); the middle one,
+    arriving last, is stopped (under both ends). Before the fix the tie between the two ends went
+    by arrival and the best-AUC point arriving last was stopped."""
+    from itertools import permutations
+
+    pts = {"lo_auc": (0.70, 0.80), "mid": (0.75, 0.75), "hi_auc": (0.90, 0.60)}
+    for order in permutations(pts):
+        sched = MOASHAScheduler(max_t=9, grace_period=1, reduction_factor=3)
+        acts = dict(zip(order, _feed(sched, [(t, *pts[t]) for t in order])))
+        assert acts["hi_auc"] == CONTINUE and acts["lo_auc"] == CONTINUE, (order, acts)
+        if order[-1] == "mid":
+            assert acts["mid"] == STOP
+    # the order itself: the best AUC first among the infinite-crowding ends, unless the other
+    # end is the one being judged
+    assert nsga_order(np.array(list(pts.values()))) == [2, 0, 1]
+    assert nsga_order(np.array(list(pts.values())), first=0) == [0, 2, 1]
+
+
+@pytest.mark.parametrize("eta", [2, 3, 4])
+def test_same_decisions_as_ray_asha_on_rungs_of_1_to_20(eta):
+    """Where the two objectives agree (points (v, v): one order), MO-ASHA must keep exactly what
+    Ray's ASHAScheduler keeps on the same rung, trial for trial: n = 1..20 arrivals, 5 random
+    arrival orders each, the continued counts compared for every n."""
+    for seed in range(5):
+        values = np.random.default_rng(seed).uniform(0.5, 0.9, 20)
+        ray_asha = ASHAScheduler(time_attr="epoch", metric="es_auc", mode="max", max_t=100,
+                                 grace_period=1, reduction_factor=eta)
+        mo = MOASHAScheduler(max_t=100, grace_period=1, reduction_factor=eta)
+        seq = [(f"t{i}", float(v), float(v)) for i, v in enumerate(values)]
+        got, want = _feed(mo, seq), _feed(ray_asha, seq)
+        assert got == want, (eta, seed)
+        kept = np.cumsum([a == CONTINUE for a in got])
+        assert list(kept) == list(np.cumsum([a == CONTINUE for a in want]))   # the count at n = 1..20
+    # and not the old count (top ceil(n / eta) of all n): at n=3, eta 3, the second-best new
+    # arrival goes on under Ray (above the interpolated cutoff), where the old rule kept 1 of 3
+    seq = [("a", 0.50, 0.50), ("b", 0.80, 0.80), ("c", 0.79, 0.79)]
+    assert _feed(MOASHAScheduler(max_t=9, reduction_factor=3), seq)[-1] == CONTINUE
+
+
+def test_nan_is_recorded_as_the_worst_and_stopped():
+    sched = MOASHAScheduler(max_t=9, grace_period=1, reduction_factor=3)
+    acts = _feed(sched, [("a", 0.8, 0.7), ("n", 0.9, math.nan), ("b", 0.6, 0.5)])
+    assert acts == [CONTINUE, STOP, CONTINUE]          # n: worst; b is above n, at h = 0.67 of (n, a)
+    assert sched.rungs[1]["n"] == (-math.inf, -math.inf)
+    # once recorded, a NaN trial is not judged again at that rung on a later, better epoch
+    assert sched.on_trial_result(None, SimpleNamespace(trial_id="n"), {"epoch": 2, "auc": 0.99, "es_auc": 0.99}) == CONTINUE
+    assert sched.rungs[1]["n"] == (-math.inf, -math.inf) and len(sched.decisions) == 3
+    # a trial whose metric stays NaN is stopped at the next rung holding a defined result
+    lone = MOASHAScheduler(max_t=9, grace_period=1, reduction_factor=3)
+    assert _feed(lone, [("x", math.nan, math.nan)]) == [CONTINUE]   # nothing recorded: no cutoff (Ray)
+    _feed(lone, [("y", 0.7, 0.7)])
+    step = lambda tid, auc, es: lone.on_trial_result(None, SimpleNamespace(trial_id=tid),   # noqa: E731
+                                                     {"epoch": 3, "auc": auc, "es_auc": es})
+    assert step("y", 0.7, 0.7) == CONTINUE and step("x", math.nan, math.nan) == STOP
 
 
 def test_last_epoch_stops_and_a_trial_is_judged_once_per_rung():
@@ -79,7 +144,7 @@ def test_last_epoch_stops_and_a_trial_is_judged_once_per_rung():
     assert len(sched.decisions) == 1
     assert sched.on_trial_result(None, trial, {"epoch": 4, "auc": 0.5, "es_auc": 0.5}) == STOP
     nan = sched.on_trial_result(None, SimpleNamespace(trial_id="b"), {"epoch": 1, "auc": 0.5, "es_auc": math.nan})
-    assert nan == CONTINUE and "b" not in sched.rungs[1]
+    assert nan == STOP and sched.rungs[1]["b"] == (-math.inf, -math.inf)   # the worst, below a
 
 
 def test_pareto_and_constrained_use_mo_asha_single_objective_keeps_asha(tmp_path):

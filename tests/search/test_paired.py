@@ -65,13 +65,13 @@ def test_choice_applies_the_rule_under_the_auc_floor_and_reports_the_seed_paired
 
     runs = _runs([(BASELINE, 1, 0.80, 0.70), (BASELINE, 2, 0.82, 0.72), (BASELINE, 3, 0.81, 0.71),
                   ("a", 1, 0.70, 0.80), ("a", 2, 0.72, 0.82), ("a", 3, 0.71, 0.815),  # fairest, AUC far below
-                  ("b", 1, 0.81, 0.76), ("b", 2, 0.80, 0.78), ("b", 3, 0.80, 0.765)])
+                  ("b", 1, 0.81, 0.755), ("b", 2, 0.80, 0.785), ("b", 3, 0.80, 0.765)])
     stats = candidate_stats(runs)
     assert stats["b"]["es_auc"] == pytest.approx(0.7683333) and stats["b"]["n_seeds"] == 3
     assert choose(runs, None)["label"] == "a"
     pick = choose(runs, 0.02)
     assert pick["label"] == "b" and pick["auc_floor"] == pytest.approx(0.79)
-    b, base = [0.76, 0.78, 0.765], [0.70, 0.72, 0.71]
+    b, base = [0.755, 0.785, 0.765], [0.70, 0.72, 0.71]   # sd of b - base above SD_FLOOR
     ev = pick["evidence"]["candidates"]
     assert ev["b"]["p"] == pytest.approx(ttest_rel(b, base, alternative="greater").pvalue)
     assert ev["b"]["p_holm"] == pytest.approx(min(1, 2 * ev["b"]["p"]) if ev["b"]["p"] < ev["a"]["p"]
@@ -98,6 +98,44 @@ def test_plain_fusion_is_deployed_when_no_candidate_is_shown_better():
     assert "Holm" in pick["rule"]
 
 
+def test_the_summary_never_prints_an_impossible_gain(capsys):
+    """make demo's table (2 seeds): the gain 2 repeats detect is above 1 - plain fusion's ES-AUC;
+    the summary says no achievable gain is detectable and prints no figure above the headroom."""
+    import re
+
+    from search.record.summary import print_evidence
+
+    runs = _runs([(BASELINE, 1, 0.80, 0.76), (BASELINE, 2, 0.82, 0.78),
+                  ("a", 1, 0.78, 0.70), ("a", 2, 0.79, 0.74), ("b", 1, 0.81, 0.80), ("b", 2, 0.80, 0.76)])
+    print_evidence(choose(runs, None))
+    out = capsys.readouterr().out
+    assert "with 2 repeats no achievable gain is detectable" in out and "detects no achievable gain" in out
+    headroom = 1 - 0.77
+    gains = [float(g) for g in re.findall(r"detects? ([+-][0-9.]+)", out)]
+    assert gains and all(g <= headroom for g in gains), out
+    assert "within-seed correlation plain fusion - candidates: needs 3+ repeats" in out
+
+
+def test_a_nan_score_in_the_confirmation_is_one_decision_line_not_a_crash(capsys):
+    """A confirmation run whose validation ES-AUC is undefined (NaN: a group with one class):
+    the rule cannot read the table, so there is no decision: one line naming the run, nothing
+    deployed, tested or registered, and the summary prints that line alone."""
+    from search.decide.stage import _test_and_register
+    from search.record.summary import print_evidence
+
+    runs = _runs([(BASELINE, 1, 0.80, 0.70), (BASELINE, 2, 0.82, 0.72),
+                  ("a", 1, 0.81, math.nan), ("a", 2, 0.80, 0.78)])
+    choice = choose(runs, None)
+    assert choice["error"] and choice["fell_back_to_baseline"] and choice["evidence"] == {}
+    assert choice["reason"].startswith("no decision: confirmation: candidate 'a' repeat 1 has no finite")
+    assert "\n" not in choice["reason"] and "nothing is deployed or registered" in choice["reason"]
+    print_evidence(choice)
+    assert capsys.readouterr().out == f"  decision: {choice['reason']}\n"
+    decision = {}
+    _test_and_register(None, {"choice": choice, "runs": runs, "seeds": [1, 2]}, None, decision)
+    assert decision == {}     # no deployed run, no test, no registration
+
+
 def test_front_is_the_non_dominated_set():
     trials = [{"trial_id": k, "val": {"auc": a, "es_auc": e}}
               for k, a, e in [("p", 0.9, 0.6), ("q", 0.8, 0.7), ("r", 0.7, 0.65), ("s", 0.85, 0.7)]]
@@ -111,6 +149,7 @@ def test_front_is_the_non_dominated_set():
     (["--confirm-seeds", "1"], "--confirm-seeds 1: give at least 2"),
     (["--alpha", "1.5"], "--alpha 1.5"),
     (["--num-samples", "0"], "--num-samples 0"),
+    (["--confirm-folds", "1"], "--confirm-folds 1: give 0"),
 ])
 def test_bad_flags_are_refused_in_one_line(argv, flag, capsys, tmp_path):
     assert main("fairvision", "race", argv=argv + ["--storage-path", str(tmp_path)]) == 2
@@ -206,3 +245,20 @@ def test_entry_script_paper_point_gives_way_to_the_method_s_own():
     assert set(other.baseline) == {"ogm_alpha"}
     assert SearchConfig("fairvision", "gender", baseline=paper, mode="full").baseline == paper
     assert set(SearchConfig("fairvision", "gender", baseline=paper, mode="baseline").baseline) == {"lr"}
+
+
+def test_confirm_folds_give_each_repeat_its_own_cut_of_train_and_val():
+    """--confirm-folds K: the confirmation's r-th seed trains with resplit_folds K, resplit_fold r
+    (trainer/data/resplit.py), every candidate of a repeat on the same cut; without it, the
+    trial config is the given split's."""
+    from search.run.trainable import resolve, trial_config
+    from trainer.config import make_config
+
+    base = make_config("fairvision", "gender", preset="tiny").to_dict()
+    setup = {"candidates": {"a": {"mode": "full", "rho": 1.1}, BASELINE: {"mode": "baseline"}},
+             "resplit": {"folds": 3, "first_seed": 11}}
+    for label in ("a", BASELINE):
+        cfg = trial_config(resolve({"candidate": label, "seed": 15}, setup), base)
+        assert (cfg.seed, cfg.resplit_folds, cfg.resplit_fold) == (15, 3, 4)   # fold 1 of partition 1
+    plain = trial_config(resolve({"candidate": "a", "seed": 15}, {**setup, "resplit": None}), base)
+    assert (plain.resplit_folds, plain.resplit_fold) == (0, 0)
