@@ -257,7 +257,7 @@ def markdown(result: dict) -> str:
         f"- Confirmation: (finalists {args['finalists']} + paper point + plain fusion) x "
         f"{args['confirm_seeds']} seeds = full {args['epochs']}-epoch trainings, in waves of one per GPU.",
         f"- Test: the chosen model and plain fusion over {args['n_test']:,} test samples on a GPU "
-        f"(forward at a third of a training step's cost, as Ray tasks on a trial node: search/decide/remote.py) plus "
+        f"(forward at a third of a training step's cost, as Ray tasks on a trial node: search/run/remote.py) plus "
         f"the paired bootstrap on a CPU ({FIGURES['bootstrap_s_per_320'][0]:.0f} s for 320 samples, "
         f"scaled linearly: {base['bootstrap_s']:.0f} s, extrapolated).",
         f"- GPU-hours billed: GPUs x (total + {args['idle_timeout_min']} min idle timeout); every node is "

@@ -50,7 +50,7 @@ HP = ("rho", "lambda_gm", "tau", "delta", "lambda_f")
 # -- the design and its coordinates ----------------------------------------------------------
 def unit(params: dict) -> np.ndarray:
     """A configuration in the unit cube (log axes where the range is log)."""
-    from search.run.space import RANGES
+    from search.record.space import RANGES
 
     out = []
     for k in HP:
@@ -61,7 +61,7 @@ def unit(params: dict) -> np.ndarray:
 
 
 def from_unit(u) -> dict:
-    from search.run.space import RANGES
+    from search.record.space import RANGES
 
     out = {}
     for k, x in zip(HP, u):
@@ -74,7 +74,7 @@ def from_unit(u) -> dict:
 def design(n: int, attribute: str, seed: int = 0) -> list[dict]:
     from scipy.stats import qmc
 
-    from search.run.space import baseline_point
+    from search.record.space import baseline_point
 
     pts = qmc.Sobol(len(HP), scramble=True, seed=seed).random(n - 1)
     return [baseline_point("fairvision", attribute)] + [from_unit(u) for u in pts]
@@ -225,7 +225,7 @@ def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int =
     import optuna
     from ray.tune.schedulers import TrialScheduler
 
-    from search.run.space import optuna_distributions
+    from search.record.space import optuna_distributions
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler_kind, sched_kind = METHODS[method]
@@ -368,7 +368,7 @@ def warm_saving(a, cold_tab: Table, r: int) -> dict:
     data (another attribute or site), as search/run/warm_start.py seeds Optuna."""
     import optuna
 
-    from search.run.space import optuna_distributions
+    from search.record.space import optuna_distributions
 
     target_tab = Table(json.loads(Path(a.warm_table).read_text()))
     target_tab.ref = target_tab.nadir() if a.ref == "nadir" else REF

@@ -55,7 +55,7 @@ def run_peer(cfg, datasets, a) -> dict:
     """Plain Optuna, one process, two threads: the least a search of this budget costs."""
     import optuna
 
-    from search.run.space import baseline_point, optuna_distributions
+    from search.record.space import baseline_point, optuna_distributions
     from search.run.trainable import trial_config
     from trainer.loop import fit
 

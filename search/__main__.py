@@ -9,7 +9,7 @@ import sys
 COMMANDS = {   # command -> (module whose main(argv) runs it, what it does)
     "decide": ("search.decide.__main__", "the deployment rule on any results table (CSV)"),
     "analyze": ("search.record.analysis", "importances, sensitivity and the champion of a study"),
-    "sweep": ("search.run.sweep", "the paper's one-at-a-time sweeps around a study's best"),
+    "sweep": ("search.sweep", "the paper's one-at-a-time sweeps around a study's best"),
     "relog": ("search.record.relog", "re-log a study folder to an MLflow store"),
     "score": ("search.decide.registry", "score data with a registered model (predictions to a local file)"),
     "storage": ("search.run.storage", "delete the exact-resume state of a study's ended trials"),

@@ -12,8 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from search.run.space import baseline_point
-from search.record.summary import SearchOutcome, print_summary, summarize_results
+from search.record.space import baseline_point
+from search.decide.scoring import summarize_results
+from search.record.summary import SearchOutcome, print_summary
 
 
 @dataclass
@@ -68,7 +69,7 @@ class SearchConfig:
     test_hooks: dict = field(default_factory=dict)             # see docs/search.md
 
     def __post_init__(self):
-        from search.run.space import hyperparameters
+        from search.record.space import hyperparameters
 
         # The entry scripts pass the paper's point, MultiFair's five; a method that searches
         # other hyperparameters (--mode ogm_ge: ogm_alpha) starts from its own default instead.

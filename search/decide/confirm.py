@@ -24,11 +24,10 @@ import os
 import numpy as np
 
 from search.run.cluster_size import reserved, trial_concurrency
-from search.record.study import full_length, trial_record
+from search.record.study import CONFIRM, full_length, trial_record   # CONFIRM: the stage's name
 
 BASELINE = "baseline"
 PAPER = "paper"
-CONFIRM = "confirm"   # the stage: Tune folder <study>-confirm, run_kind tag, run names
 
 
 def candidates(scfg, finals: list[dict]) -> dict[str, dict]:
@@ -203,14 +202,7 @@ def _unfinished(results, n: int, max_epochs: int) -> list[str]:
 
 
 def _run_id(tracker, trial_id: str) -> str | None:
-    """The MLflow run of a stage's trial: the callback's cache, else found by its tags (a run
-    finished before a driver restart is in no cache)."""
-    if tracker is None:
-        return None
-    if trial_id in tracker._children:
-        return tracker._children[trial_id]
-    found = tracker._search(f"tags.study_dir = '{tracker.study_dir}' and tags.trial_id = '{trial_id}'")
-    return found[0].info.run_id if found else None
+    return tracker.run_id(trial_id) if tracker is not None else None
 
 
 def _end_run(tracker, trial_id: str) -> None:

@@ -66,3 +66,11 @@ def load_model(model_uri: str):
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
         pyfunc = local / "artifacts" / "checkpoint"   # the pyfunc model's copy of the files
         return load_checkpoint(pyfunc if pyfunc.is_dir() else local)
+
+
+def log_run_model(tracker, run_id: str, checkpoint_dir, signature=None, metadata=None) -> str:
+    """Log a trial's kept best model as its run's MLflow model (log_model) and tag the run
+    `model_logged`; returns the model URI."""
+    uri = log_model(tracker.tracking_uri, run_id, checkpoint_dir, signature=signature, metadata=metadata)
+    tracker.client.set_tag(run_id, "model_logged", "true")
+    return uri

@@ -66,7 +66,7 @@ def paired_bootstrap(y, p_base, p_chosen, g, n: int = 1000, seed: int = 0, group
 def predict_test(checkpoint_dir: str, data_root: str | None = None, data: dict | None = None):
     """(labels, probabilities, group codes, group names) of a checkpoint's validation-chosen
     weights on the test split (data_root: score another copy of the data; data: the search's
-    data source, search.decide.remote.data_of, opened through the trials' path on this node)."""
+    data source, search.run.remote.data_of, opened through the trials' path on this node)."""
     from trainer.config import config_from_dict
     from trainer.checkpoint import checkpoint_weights
     from trainer.loop import Trainer
@@ -75,7 +75,7 @@ def predict_test(checkpoint_dir: str, data_root: str | None = None, data: dict |
     overrides = {"pretrained": False, **({"data_root": data_root} if data_root else {})}
     cfg = config_from_dict({**state["config"], **overrides})
     if data is not None:
-        from search.decide.remote import datasets
+        from search.run.remote import datasets
 
         trainer = Trainer(cfg, datasets=datasets(cfg, data))
     else:
@@ -98,10 +98,10 @@ def paired_test(base_ckpt, chosen_ckpt, n: int = 1000, seed: int = 0, data: dict
 
 def run_paired_test(base_ckpt, chosen_ckpt, n: int = 1000, seed: int = 0, scfg=None,
                     setup: dict | None = None) -> dict:
-    """paired_test as a Ray task with a trial's resources (search.decide.remote), the data read on the
+    """paired_test as a Ray task with a trial's resources (search.run.remote), the data read on the
     task's node: aggregates only come back. Without `scfg` (no search), in this process."""
     if scfg is None:
         return paired_test(base_ckpt, chosen_ckpt, n, seed)
-    from search.decide.remote import data_of, run
+    from search.run.remote import data_of, run
 
     return run(scfg, "paired test", paired_test, base_ckpt, chosen_ckpt, n, seed, data_of(setup))

@@ -31,7 +31,7 @@ def signature(cfg):
 
 
 def checkpoint_signature(ckpt, data: dict | None = None):
-    """The signature of a Tune Checkpoint's model (in a Ray task: search.decide.remote), from its
+    """The signature of a Tune Checkpoint's model (in a Ray task: search.run.remote), from its
     config alone: the columns do not depend on the data (`data` is kept for the callers)."""
     from trainer.checkpoint import read_manifest
     from trainer.config import config_from_dict
@@ -45,13 +45,14 @@ def register(tracker, run_id: str, checkpoint_dir: str, name: str, tags: dict[st
              sig=None) -> dict:
     """Log the model to `run_id` (signature, config), register it, tag it, alias it champion.
     `sig`: the signature, computed where the data is (checkpoint_signature); None: here."""
+    from search.decide.mlmodel import log_run_model
     from trainer.config import config_from_dict
     from trainer.checkpoint import checkpoint_weights
 
     cfg = config_from_dict({**checkpoint_weights(checkpoint_dir)["config"], "pretrained": False})
     sig = sig or signature(cfg)
-    model_uri = tracker.log_model(run_id, checkpoint_dir, signature=sig,
-                                  metadata={"trainer_config": cfg.to_dict()})
+    model_uri = log_run_model(tracker, run_id, checkpoint_dir, signature=sig,
+                              metadata={"trainer_config": cfg.to_dict()})
     import mlflow
 
     mlflow.set_tracking_uri(tracker.tracking_uri)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from search.record import study
-from search.run.space import RANGES
+from search.record.space import RANGES
 
 
 def best(trials: list[dict], max_epochs: int) -> dict | None:

@@ -30,8 +30,8 @@ def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | No
                            "values": {k: t["val"].get(k) for k in keys},
                            "feasible": select.feasible(t, floors(scfg, auc_floor)), "params": t["params"]}
                           for t in front]}
-    if len(full) >= 2:   # would more trials help? (search.decide.expected_max)
-        from search.decide.expected_max import curve
+    if len(full) >= 2:   # would more trials help? (search.record.expected_max)
+        from search.record.expected_max import curve
 
         decision["expected_max"] = curve([t["val"]["es_auc"] for t in full], seed=scfg.seed)
     if setup.get("prepared"):   # prepared by the cluster (search/run/dataprep.py): its manifest's hash
@@ -89,7 +89,7 @@ def _test_and_register(scfg, conf: dict, tracker, decision: dict, setup: dict | 
                 "data_fingerprint": decision.get("data_fingerprint", ""), "report": "report/report.html",
                 "study_run_id": tracker.parent_run_id}
         from search.decide.registry import checkpoint_signature, register
-        from search.decide.remote import data_of, run
+        from search.run.remote import data_of, run
 
         sig = run(scfg, "model signature", checkpoint_signature, chosen["checkpoint"], data_of(setup))
         with chosen["checkpoint"].as_directory() as d:
@@ -99,9 +99,10 @@ def _test_and_register(scfg, conf: dict, tracker, decision: dict, setup: dict | 
 def _robustness(scfg, chosen: dict, label: str, tracker, decision: dict, setup) -> None:
     """decision["robustness"]: the deployed model's test figures complete, with each modality
     removed, on the samples that lack one and (--shift-root) on the other site's test split
-    (search.record.summary.robustness: one Ray task), logged as test/missing/<m>/... and
+    (search.decide.scoring.robustness: one Ray task), logged as test/missing/<m>/... and
     test/shift/... on its run and the study's."""
-    from search.record.summary import log_metrics, robustness, robustness_metrics
+    from search.decide.scoring import log_metrics, robustness
+    from search.record.summary import robustness_metrics
 
     rob = robustness(chosen["checkpoint"], scfg, setup)
     decision["robustness"] = {"candidate": label, **rob}
@@ -145,7 +146,7 @@ def _figures_and_report(scfg, search, trials, full, tracker, decision) -> None:
                                  keys=decision["front_keys"])   # the front decision.json lists
             files = fig["files"]
             if decision.get("expected_max"):
-                from search.decide.expected_max import figure
+                from search.record.expected_max import figure
 
                 files.append(figure(decision["expected_max"], out / "figures"))
             decision["figures"] = {"epoch": fig["epoch"], "importance": fig["importance"],

@@ -22,7 +22,7 @@ import argparse
 import math
 import sys
 
-from search.run.space import hyperparameters, optuna_distributions
+from search.record.space import hyperparameters, optuna_distributions
 from search.record.study import METRIC, best_epoch
 from trainer.jsonout import dumps
 
@@ -108,7 +108,7 @@ def trial_values(trials, max_epochs: int, policy: str = "full", epoch: int | Non
 
 def rebuild_study(points, mode: str = "full"):
     """The one Optuna study rebuild (here and search.record.figures): over the mode's own searched
-    hyperparameters (search.run.space.hyperparameters; --mode ogm_ge: ogm_alpha only), every
+    hyperparameters (search.record.space.hyperparameters; --mode ogm_ge: ogm_alpha only), every
     objective maximised. `points`: [(trial, value)] or [(trial, (value, value, ...))]."""
     import optuna
 

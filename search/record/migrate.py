@@ -11,6 +11,7 @@ Formats:
   0  flat search/ modules (`search.trainable`, `search.tracking`, ...), before 2026-12-06
   1  search/{run,decide,record}/ layout; `study.json` carried no format number
   2  `study.json` carries `"format"`; the module names of format 1
+  3  the layers point one way: space and expected_max in record/, remote in run/, sweep on top
 Format 0 and 1 studies both lack the number, so both take every rename (a rename of a name the
 pickle does not hold changes nothing).
 
@@ -33,7 +34,9 @@ _STAGES = {   # format 0 -> 1: the modules that moved into a stage folder
     "record": ("study", "tracking", "relog", "figures", "report", "summary", "analysis"),
 }
 FLAT_TO_STAGE = {f"search.{m}": f"search.{stage}.{m}" for stage, mods in _STAGES.items() for m in mods}
-RENAMES = {1: FLAT_TO_STAGE, 2: {}}   # format reached -> module renames that reach it
+MOVED_DOWN = {"search.run.space": "search.record.space", "search.decide.expected_max": "search.record.expected_max",
+              "search.decide.remote": "search.run.remote", "search.run.sweep": "search.sweep"}
+RENAMES = {1: FLAT_TO_STAGE, 2: {}, 3: MOVED_DOWN}   # format reached -> module renames that reach it
 
 
 class MigrationError(ValueError):
@@ -143,7 +146,7 @@ def migrate_study(storage_path: str, name: str) -> int | None:
         raise MigrationError(f"{study_dir}: study format {version} was written by a newer "
                              f"multifair-tune (this one reads up to {FORMAT}): update the code")
     renames = renames_since(version)
-    for stage in (name, f"{name}-confirm"):
+    for stage in (name, f"{name}-{study.CONFIRM}"):
         fs, path = study.study_fs(study.stage_path(storage_path, stage))
         migrate_tune_folder(fs, path, renames)
     study.write_json(study_dir, study.STUDY_FILE, {**meta, "format": FORMAT})   # last: a crash re-runs it

@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from search.record import study as S
-from search.decide.confirm import CONFIRM
+from search.record.study import CONFIRM
 from search.record.tracking import (StudyTracker, check_tracking_uri, default_tracking_uri, git_commit,
                              stage_run, ui_hint)
 

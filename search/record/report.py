@@ -161,7 +161,7 @@ def render(search: dict, decision: dict, figure_files: list[Path], full: list[di
                          f"{_f(s['es_auc'])} ± {_f(s['es_auc_std'])}"] for k, s in conf.get("stats", {}).items()])]
     sections += _evidence(choice)
     if decision.get("expected_max"):
-        from search.decide.expected_max import line
+        from search.record.expected_max import line
 
         sections.append(f"<h2>Would more trials help?</h2><p>{html.escape(line(decision['expected_max']))} "
                         "(figure expected_max below).</p>")

@@ -12,15 +12,16 @@ import json
 import math
 from pathlib import Path
 
-from search.run.space import RANGES
+from search.record.space import RANGES
 from trainer.jsonout import dumps
 
 STUDY_FILE = "study.json"
-FORMAT = 2               # study.json's "format": bumped when a pickled module moves (record/migrate.py)
+FORMAT = 3               # study.json's "format": bumped when a pickled module moves (record/migrate.py)
 DECISION_FILE = "decision.json"
 METRIC = "es_auc"        # the plain key ASHA and Optuna read (validation ES-AUC)
 STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}   # others: interrupted -> KILLED
 REMOTE = ("s3://", "gs://")
+CONFIRM = "confirm"   # the confirmation stage: Tune folder <study>-confirm, run_kind tag, run names
 
 
 # -- paths and trial ids: the one place they are built and parsed --------------------------------
@@ -117,8 +118,8 @@ def local_dir(search: dict) -> Path:
 
 
 def space_summary(mode: str = "full") -> dict[str, str]:
-    """The searched ranges of a training method (search/run/space.py)."""
-    from search.run.space import hyperparameters
+    """The searched ranges of a training method (search/record/space.py)."""
+    from search.record.space import hyperparameters
 
     return {k: f"[{r.low}, {r.high}]{' log' if r.log else ''}" for k, r in RANGES.items()
             if k in hyperparameters(mode)}

@@ -8,7 +8,6 @@ hyperparameters and the configuration are logged, never patient content.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from search.run.space import RANGES
+from search.record.space import RANGES
 
 LOGGED_PREFIXES = ("val/", "train/", "mod/")
 LOGGED_KEYS = ("es_auc", "auc", "time_this_iter_s")
@@ -206,6 +205,15 @@ class StudyTracker:
         self.client.set_terminated(self.parent_run_id, status=status)
 
     # -- children -------------------------------------------------------------
+    def run_id(self, trial_id: str) -> str | None:
+        """The MLflow run of a trial of this study (search or a stage): this tracker's cache,
+        else found by its tags (a run finished before a driver restart is in no cache); None
+        when it has none. The one place a trial id becomes a run id."""
+        if trial_id in self._children:
+            return self._children[trial_id]
+        found = self._search(f"tags.study_dir = '{self.study_dir}' and tags.trial_id = '{trial_id}'")
+        return found[0].info.run_id if found else None
+
     def child(self, trial_id: str, config: dict, tags: dict[str, str], base: dict,
               run_name: str | None = None) -> str:
         """The child run of a trial: found by tag, created (with params) when absent. Default
@@ -251,17 +259,6 @@ class StudyTracker:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, str(v))
         self.client.set_terminated(run_id, status=status)
-
-    def log_model(self, run_id: str, checkpoint_dir: str, signature=None, metadata=None) -> str:
-        """Log the trial's kept best model (the bf16 safetensors file of its checkpoint, as
-        stored: search/decide/mlmodel.py) as the run's MLflow model; returns the model URI.
-        `metadata` (e.g. the trainer config) is stored in the MLmodel file."""
-        from search.decide.mlmodel import log_model
-
-        uri = log_model(self.tracking_uri, run_id, checkpoint_dir, signature=signature,
-                        metadata=metadata)
-        self.client.set_tag(run_id, "model_logged", "true")
-        return uri
 
     def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, path, artifact_path)

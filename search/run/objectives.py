@@ -192,11 +192,11 @@ def tune_metric(scfg) -> dict:
 def reference_auc(cfg, scfg=None, setup: dict | None = None) -> float:
     """Validation AUC of plain fusion (mode baseline) with the search's data and epochs, for the
     constrained objective's floor: one fit before the search, as a Ray task with a trial's
-    resources (search.decide.remote: a GPU where trials have one; the data read on its node). It runs
+    resources (search.run.remote: a GPU where trials have one; the data read on its node). It runs
     under the request the study made for the search's nodes. Without `scfg`, here."""
     if scfg is None:
         return reference_fit(cfg)
-    from search.decide.remote import data_of, run
+    from search.run.remote import data_of, run
 
     return run(scfg, "reference fit", reference_fit, cfg, data_of(setup), reserve=False)
 
@@ -207,7 +207,7 @@ def reference_fit(cfg, data: dict | None = None) -> float:
 
     cfg = cfg.replace(mode="baseline", evaluate_test=False)
     if data is not None:
-        from search.decide.remote import datasets
+        from search.run.remote import datasets
 
         return float(fit(cfg, progress=False, datasets=datasets(cfg, data))["val"]["auc"])
     return float(fit(cfg, progress=False)["val"]["auc"])

@@ -79,7 +79,7 @@ def new_tuner(scfg, setup, tracker, auc_floor, slots: int):
     from search.run import objectives
     from search.record import study
     from search.run.progress import ProgressCallback
-    from search.run.space import param_space
+    from search.record.space import param_space
     from search.run.storage import ResumeStatePruner
     from search.record.tracking import MLflowTrialCallback, git_commit
     from search.run.tuning import make_tuner

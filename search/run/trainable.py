@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from search.run.space import RANGES
+from search.record.space import RANGES
 from search.record.study import METRIC  # noqa: F401  (owned by search.record.study; an alias for old importers)
 
 

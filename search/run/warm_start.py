@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from search.run.space import RANGES, hyperparameters
+from search.record.space import RANGES, hyperparameters
 
 MULTI = ("pareto",)          # objectives whose Optuna study has two values (auc, es_auc)
 
@@ -115,7 +115,7 @@ def optuna_trials(warm: list[dict], mode: str, objective: str, auc_floor: float 
     objective's constraint, computed against THIS search's floor)."""
     import optuna
 
-    from search.run.space import optuna_distributions
+    from search.record.space import optuna_distributions
 
     dists = optuna_distributions(hyperparameters(mode))
     out = []

@@ -85,7 +85,7 @@ def test_analysis_uses_only_the_search_trials_and_names_the_decision(decided, tm
     import json
 
     from search.record.analysis import main
-    from search.run.space import hyperparameters
+    from search.record.space import hyperparameters
 
     scfg, outcome = decided
     conf = outcome.decision["confirmation"]

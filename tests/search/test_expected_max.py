@@ -1,10 +1,10 @@
-"""search.decide.expected_max (Dodge et al. 2019) against hand-worked values and brute force."""
+"""search.record.expected_max (Dodge et al. 2019) against hand-worked values and brute force."""
 import itertools
 
 import numpy as np
 import pytest
 
-from search.decide.expected_max import curve, expected_max, figure, line
+from search.record.expected_max import curve, expected_max, figure, line
 
 
 def test_closed_form_by_hand_and_by_enumeration():

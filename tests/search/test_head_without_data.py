@@ -1,4 +1,4 @@
-"""The head does no model work (search/decide/remote.py): the final test, the paired test, the model
+"""The head does no model work (search/run/remote.py): the final test, the paired test, the model
 signature and the constrained reference fit run as Ray tasks with a trial's resources, reading the
 checkpoint from storage and the data through the trials' path on the task's node.
 
@@ -57,12 +57,12 @@ def _close(a, b, path=""):
 
 @pytest.mark.slow
 def test_the_four_run_as_tasks_and_equal_the_local_computation(ray_session, search_config, tmp_path):
-    from search.decide import remote
+    from search.run import remote
     from search.run.objectives import reference_auc
     from search.decide.paired import run_paired_test
     from search.decide.registry import checkpoint_signature, signature
     from search.runner import base_config
-    from search.record.summary import final_test
+    from search.decide.scoring import final_test
 
     scfg = search_config(tmp_path, max_epochs=1, objective="constrained", min_auc_drop=0.05)
     cfg = base_config(scfg)
@@ -153,7 +153,7 @@ def test_search_to_registration_with_a_head_that_holds_no_data(fake_s3, tmp_path
 
 PROBE = """
 import json, os, ray, types
-from search.decide import remote
+from search.run import remote
 ray.init()
 trial = types.SimpleNamespace(cpus_per_trial=1, gpus_per_trial=1)   # a GPU trial's shape
 head = ray.get_runtime_context().get_node_id()

@@ -167,7 +167,7 @@ def _scfg(tmp_path, **kw):
 def test_pareto_searcher_keeps_two_directions_when_tune_sets_no_metric(tmp_path):
     """TuneConfig gets no metric for pareto (it would silently make the study single-objective)."""
     from search.run.objectives import make_searcher, tune_metric
-    from search.run.space import param_space
+    from search.record.space import param_space
 
     scfg = _scfg(tmp_path, objective="pareto")
     assert tune_metric(scfg) == {}
@@ -181,7 +181,7 @@ def test_pareto_searcher_keeps_two_directions_when_tune_sets_no_metric(tmp_path)
 
 def test_constrained_searcher_tells_optuna_the_auc_floor(tmp_path):
     from search.run.objectives import make_searcher, tune_metric
-    from search.run.space import param_space
+    from search.record.space import param_space
 
     scfg = _scfg(tmp_path, objective="constrained", min_auc_drop=0.05)
     searcher = make_searcher(scfg, auc_floor=0.75)
@@ -195,8 +195,8 @@ def test_constrained_searcher_tells_optuna_the_auc_floor(tmp_path):
 
 
 def test_sweep_moves_one_hyperparameter_at_a_time_and_trains_the_centre_once():
-    from search.run.space import HYPERPARAMETERS, RANGES
-    from search.run.sweep import summarise, sweep_candidates, sweep_values
+    from search.record.space import HYPERPARAMETERS, RANGES
+    from search.sweep import summarise, sweep_candidates, sweep_values
 
     centre = {"rho": 1.2, "lambda_gm": 0.15, "tau": 0.02, "delta": 0.6, "lambda_f": 0.6}
     cands = sweep_candidates(centre, "full", sweep_values(centre, 3))
@@ -215,8 +215,8 @@ def test_sweep_moves_one_hyperparameter_at_a_time_and_trains_the_centre_once():
 def test_sweep_follows_the_study_s_method(tmp_path):
     """A comparison method's study sweeps that method's own searched hyperparameters (OGM-GE:
     ogm_alpha only), and its one-panel figure is drawn."""
-    from search.run.space import RANGES, baseline_point, hyperparameters
-    from search.run.sweep import plot, summarise, sweep_candidates, sweep_values
+    from search.record.space import RANGES, baseline_point, hyperparameters
+    from search.sweep import plot, summarise, sweep_candidates, sweep_values
 
     names = hyperparameters("ogm_ge")
     centre = baseline_point("fairvision", "gender", "ogm_ge", "tiny")
@@ -237,7 +237,7 @@ def test_entry_script_paper_point_gives_way_to_the_method_s_own():
     the search starts from OGM-GE's default, the only hyperparameter it searches; MultiFair's
     modes keep the script's point."""
     from search.runner import SearchConfig
-    from search.run.space import baseline_point
+    from search.record.space import baseline_point
 
     paper = dict(rho=1.2, lambda_gm=0.15, tau=0.04, delta=0.3, lambda_f=0.5)
     other = SearchConfig("fairvision", "gender", baseline=paper, mode="ogm_ge")

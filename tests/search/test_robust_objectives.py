@@ -113,7 +113,7 @@ def test_floor_puts_infeasible_trials_after_feasible_ones(tmp_path):
 
 def test_searcher_tells_optuna_every_floor_and_pareto_directions(tmp_path):
     from search.run.objectives import make_scheduler, make_searcher, tune_metric
-    from search.run.space import param_space
+    from search.record.space import param_space
 
     scfg = _scfg(tmp_path, objective="pareto", objectives="es_auc,es_auc_missing_oct", min_missing_es_auc="oct=0.6")
     searcher = make_searcher(scfg)
@@ -141,7 +141,7 @@ def test_searcher_tells_optuna_every_floor_and_pareto_directions(tmp_path):
 def test_constrained_searcher_pickled_before_the_floors_still_constrains(tmp_path):
     """A constrained study saved before --min-missing-es-auc holds auc_floor only."""
     from search.run.objectives import make_searcher, tune_metric
-    from search.run.space import param_space
+    from search.record.space import param_space
 
     scfg = _scfg(tmp_path, objective="constrained", min_auc_drop=0.05)
     searcher = make_searcher(scfg, auc_floor=0.75)

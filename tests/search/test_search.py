@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from search.runner import run_search
-from search.run.space import HYPERPARAMETERS
+from search.record.space import HYPERPARAMETERS
 from tests.search.conftest import REPO, study_runs, subprocess_env
 
 pytestmark = pytest.mark.slow

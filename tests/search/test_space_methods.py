@@ -2,7 +2,7 @@
 a non-MultiFair mode runs through the real search (Ray Tune + Optuna + MLflow)."""
 import pytest
 
-from search.run.space import RANGES, baseline_point, hyperparameters, param_space
+from search.record.space import RANGES, baseline_point, hyperparameters, param_space
 from trainer.methods import available_methods
 
 

@@ -43,7 +43,10 @@ def test_a_pickle_with_old_names_migrates_to_the_new_classes():
         migrated = rename_modules(blob, renames_since(0))
         assert pickle.loads(migrated) == [ProgressCallback, MLflowTrialCallback]
         assert rename_modules(migrated, renames_since(0)) == migrated   # idempotent
-    assert renames_since(0) == FLAT_TO_STAGE and len(FLAT_TO_STAGE) == 26
+    composed = renames_since(0)   # flat -> stage layout -> layers (format 3): composed, one step
+    assert len(composed) == 26 + 4 and composed["search.space"] == "search.record.space"
+    assert composed["search.run.space"] == "search.record.space" and composed["search.trainable"] == "search.run.trainable"
+    assert renames_since(2) == {k: v for k, v in composed.items() if k.count(".") == 2}
 
 
 def test_migrate_study_rewrites_once_and_refuses_a_newer_format(tmp_path):
@@ -123,7 +126,9 @@ def test_study_pickled_with_old_module_names_resumes(ray_session, search_config,
     assert all(after[name][:len(epochs)] == epochs for name, epochs in before.items()), (before, after)
     assert all(after[name] == epochs for name, epochs in before.items() if epochs[-1:] == [3]), \
         "a finished trial ran again"
-    assert json.loads((study_dir / "study.json").read_text())["format"] == 2
+    from search.record.study import FORMAT
+
+    assert json.loads((study_dir / "study.json").read_text())["format"] == FORMAT
     assert not _old_names_in((study_dir / "tuner.pkl").read_bytes()), "the migration left an old name"
     _, parents, children = study_runs(scfg.tracking_uri)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"

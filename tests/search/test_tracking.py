@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from search.runner import main
-from search.run.space import RANGES, baseline_point
+from search.record.space import RANGES, baseline_point
 from search.record.tracking import TrackingUnavailable, check_tracking_uri, default_tracking_uri, ui_hint
 from tests.search.conftest import study_runs
 

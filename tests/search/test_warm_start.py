@@ -7,7 +7,7 @@ import pytest
 
 from search.run import warm_start
 from search.run.objectives import make_searcher
-from search.run.space import param_space
+from search.record.space import param_space
 from search.record.study import read_trials
 
 

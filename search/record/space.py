@@ -69,7 +69,7 @@ def hyperparameters(mode: str = "full") -> tuple[str, ...]:
 
     method_class(mode)      # unknown mode: one line naming it and the choices
     if mode not in SEARCHED:
-        raise ValueError(f"mode {mode!r} has no search space; add it to SEARCHED in search/run/space.py")
+        raise ValueError(f"mode {mode!r} has no search space; add it to SEARCHED in search/record/space.py")
     return SEARCHED[mode]
 
 

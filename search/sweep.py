@@ -1,10 +1,10 @@
 """The paper's one-at-a-time sensitivity sweeps (MultiFair, Figs. 4-5): each searched
 hyperparameter of the study's method (`--mode`: MultiFair's five, or a comparison method's own,
-search/run/space.py) is moved across its range while the others stay at the chosen point, each
+search/record/space.py) is moved across its range while the others stay at the chosen point, each
 value trained with several seeds, as one Tune run (it spreads over a cluster); validation AUC and
 ES-AUC are plotted against the value with mean ± sd error bars.
 
-    python -m search.run.sweep --results multifair-results/fairvision-race-full [--points 4] [--seeds 3]
+    python -m search.sweep --results multifair-results/fairvision-race-full [--points 4] [--seeds 3]
 
 Centre: the study's deployed configuration (decision.json), else the paper's point. Values:
 `--points` evenly spaced on the range's scale (log for log ranges), plus the centre itself.
@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from search.record import study as S
-from search.run.space import HYPERPARAMETERS, RANGES, hyperparameters
+from search.record.space import HYPERPARAMETERS, RANGES, hyperparameters
 
 
 def sweep_values(centre: dict[str, float], points: int,
