@@ -8,9 +8,10 @@ import sys
 
 COMMANDS = {   # command -> (module whose main(argv) runs it, what it does)
     "decide": ("search.decide.__main__", "the deployment rule on any results table (CSV)"),
-    "analyze": ("search.record.analysis", "importances, sensitivity and the champion of a study"),
+    "analyze": ("search.record.analysis", "importances, sensitivity and what a study deployed (a report)"),
     "sweep": ("search.sweep", "the paper's one-at-a-time sweeps around a study's best"),
     "relog": ("search.record.relog", "re-log a study folder to an MLflow store"),
+    "register": ("search.decide.champion", "register a finished study's champion (the decision's; never a second pick)"),
     "score": ("search.decide.registry", "score data with a registered model (predictions to a local file)"),
     "storage": ("search.run.storage", "delete the exact-resume state of a study's ended trials"),
     "dataprep": ("search.run.dataprep", "prepare a dataset's shards once, on the cluster"),

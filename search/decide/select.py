@@ -56,3 +56,13 @@ def finalists(scfg, trials: list[dict], auc_floor: float | None, k: int) -> list
     first = front(ok, objective_keys(scfg)) if scfg.objective == "pareto" else ok
     ordered = first + [t for t in ok if t not in first] + [t for t in by_score if t not in ok]
     return ordered[:k]
+
+
+def single_seed_best(trials: list[dict], max_epochs: int):
+    """(trial, value) of the best validation ES-AUC (best epoch) among trials that trained every
+    epoch, as search.record.analysis reads them (MLflow or a study folder); None when none did.
+    What a study without a decision has: one seed, no evidence against plain fusion."""
+    from search.record.analysis import trial_values
+
+    values = trial_values(trials, max_epochs, "full")
+    return max(values, key=lambda tv: tv[1]) if values else None

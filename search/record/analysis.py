@@ -1,7 +1,8 @@
-"""Sensitivity of validation ES-AUC to the searched hyperparameters, and what was deployed.
+"""Sensitivity of validation ES-AUC to the searched hyperparameters, and what was deployed: a
+report (it picks and registers nothing; `python -m search register` does, search/decide/champion.py).
 
-    python -m search.record.analysis --tracking-uri sqlite:////abs/multifair-results/mlflow.db \\
-        --experiment multifair-fairvision-gender [--policy full|common] [--register NAME]
+    python -m search analyze --tracking-uri sqlite:////abs/multifair-results/mlflow.db \\
+        --experiment multifair-fairvision-gender [--policy full|common]
 
 The study is rebuilt as an Optuna study (optuna.trial.create_trial) from the search's own trials
 only (MLflow child runs with run_kind "trial", or the study's own Tune folder with --results),
@@ -12,15 +13,13 @@ epoch-10 scores; here a trial's value is either its best validation ES-AUC among
 trained every epoch (--policy full, default) or its ES-AUC at one common epoch that every kept
 trial reached (--policy common, default epoch: the ASHA grace period). Importances: fANOVA and
 PED-ANOVA (optuna.importance). Deployment: what the study's decision deployed (decision.json in
-the study folder, found through the study run's `study_dir` tag, or its `chosen` tag); only a
-study without a decision (no confirmation stage) falls back to the best validation ES-AUC among
-full-length trials, whose logged model --register registers with alias `champion`.
+the study folder, found through the study run's `study_dir` tag, or its `chosen` tag); a study
+without a decision (no confirmation stage) deployed nothing, and the report says so.
 """
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 
 from search.record.space import hyperparameters, optuna_distributions
 from search.record.study import METRIC, best_epoch
@@ -142,33 +141,15 @@ def importances(study, index: int | None = None) -> dict[str, dict[str, float] |
     return out
 
 
-def pick_deployment(trials, max_epochs: int):
-    """Best validation ES-AUC among trials that trained every epoch."""
-    values = trial_values(trials, max_epochs, "full")
-    return max(values, key=lambda tv: tv[1]) if values else None
-
-
-def register_champion(tracking_uri: str, run_id: str, name: str) -> str:
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    version = mlflow.register_model(f"runs:/{run_id}/model", name)
-    mlflow.MlflowClient(tracking_uri).set_registered_model_alias(name, "champion", version.version)
-    return f"models:/{name}@champion"
-
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="MultiFair search: sensitivity analysis and deployment pick")
+    p = argparse.ArgumentParser(description="MultiFair search: sensitivity analysis and what was deployed")
     p.add_argument("--tracking-uri", default="")
     p.add_argument("--experiment", default="")
     p.add_argument("--parent-run-id", default=None, help="default: the latest study run")
     p.add_argument("--results", default="", help="read a Tune study folder instead of MLflow")
     p.add_argument("--policy", choices=["full", "common"], default="full")
     p.add_argument("--epoch", type=int, default=None, help="with --policy common (default: grace period)")
-    p.add_argument("--register", default="", help="registered model name for the champion")
-    p.add_argument("--allow-unconfirmed", action="store_true",
-                   help="with --register on a study without a decision: register the single-seed "
-                        "best anyway (no evidence that it beats plain fusion)")
     p.add_argument("--json", default="", help="also write the analysis here")
     a = p.parse_args(argv)
     if a.results:
@@ -193,8 +174,14 @@ def main(argv=None) -> int:
     decision = read_decision(found["study_dir"])
     if decided(decision) or found["chosen"]:
         report["deployment"] = deployed(decision, found["chosen"])
-        return _decided_output(report, a)
-    return _single_seed_output(report, trials, max_epochs, a)
+        _print_deployment(report["deployment"])
+    else:
+        report["deployment"] = {"source": "none: no decision recorded (no confirmation stage)"}
+        print("deployment: none, no decision recorded (no confirmation stage: the single-seed best is "
+              "no evidence against plain fusion; `python -m search register --allow-unconfirmed` "
+              "registers it anyway)")
+    _write(report, a.json)
+    return 0
 
 
 def decided(decision: dict | None) -> bool:
@@ -213,8 +200,7 @@ def deployed(decision: dict | None, chosen: str) -> dict:
             "run": decision.get("deployed_run"), "registered": decision.get("registered")}
 
 
-def _decided_output(report: dict, a) -> int:
-    dep = report["deployment"]
+def _print_deployment(dep: dict) -> None:
     stats = dep.get("stats") or {}
     shown = "plain fusion" if dep["label"] == "baseline" else dep["label"]
     mean = (f" mean val es_auc {stats['es_auc']:.4f} over {stats.get('n_seeds')} seeds"
@@ -224,45 +210,8 @@ def _decided_output(report: dict, a) -> int:
     print(f"deployment: {shown} (the study's decision, {dep['source']}){mean}  {params}".rstrip())
     if dep.get("reason"):
         print(f"  why: {dep['reason']}")
-    code = 0
-    if a.register:   # the decision registers its own champion; never a second pick over it
-        if dep.get("registered"):
-            report["registered"] = dep["registered"]
-            print(f"registered by the decision already: {dep['registered']}")
-        else:
-            print(f"error: the decision deployed {shown} but registered nothing; rerun the search "
-                  "with --resume to register it", file=sys.stderr)
-            code = 1
-    _write(report, a.json)
-    return code
-
-
-def _single_seed_output(report: dict, trials, max_epochs: int, a) -> int:
-    pick = pick_deployment(trials, max_epochs)
-    if pick is None:
-        print("deployment: no decision recorded and no trial trained all epochs")
-        return 1
-    t, value = pick
-    report["deployment"] = {"source": "single-seed best (no decision recorded)", "trial_id": t["trial_id"],
-                            "run_id": t["run_id"], "val_es_auc": value, "params": t["params"]}
-    print(f"deployment: no decision recorded (no confirmation stage); the single-seed best is trial "
-          f"{t['trial_id']} (run {t['run_id']}) val es_auc {value:.4f}  " +
-          "  ".join(f"{k}={v:.4g}" for k, v in t["params"].items()))
-    if a.register and not a.allow_unconfirmed:   # no rule deploys without evidence
-        print(f"error: no decision recorded for this study: its single-seed best ({t['trial_id']}) "
-              "is not shown better than plain fusion; run the search with --finalists K to "
-              "decide, or pass --allow-unconfirmed to register it anyway", file=sys.stderr)
-        _write(report, a.json)
-        return 1
-    if a.register:
-        if not t["model_logged"]:
-            print(f"error: run {t['run_id']} has no logged model (the search logs the best trial's)",
-                  file=sys.stderr)
-            return 1
-        report["registered"] = register_champion(a.tracking_uri, t["run_id"], a.register)
-        print(f"registered {report['registered']}")
-    _write(report, a.json)
-    return 0
+    if dep.get("registered"):
+        print(f"  registered: {dep['registered']}")
 
 
 def _write(report: dict, path: str) -> None:

@@ -106,9 +106,11 @@ def test_analysis_uses_only_the_search_trials_and_names_the_decision(decided, tm
         assert dep["stats"]["es_auc"] == pytest.approx(conf["stats"][label]["es_auc"])
         shown = "plain fusion" if label == "baseline" else label
         assert f"deployment: {shown} (the study's decision" in printed
-    # --register never registers a second pick over the decision's champion
-    assert main(["--tracking-uri", scfg.tracking_uri, "--experiment", scfg.experiment,
-                 "--register", "multifair-test", "--json", str(out)]) == 0
+    # `python -m search register` never registers a second pick over the decision's champion
+    from search.decide.champion import main as register
+
+    assert register(["--tracking-uri", scfg.tracking_uri, "--experiment", scfg.experiment,
+                     "--name", "multifair-test", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["registered"] == outcome.decision["registered"]
 
 

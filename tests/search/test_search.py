@@ -148,22 +148,30 @@ def test_resume_after_interrupt_does_not_repeat_finished_trials(ray_session, sea
     assert sorted(c.data.tags["trial_id"] for c in children) == sorted(n.removeprefix("trial_") for n in after)
 
 
-def test_analysis_importance_and_champion(study, tmp_path, capsys):
-    from search.record.analysis import main
+def test_analysis_reports_and_register_refuses_an_unconfirmed_champion(study, tmp_path, capsys):
+    """`python -m search analyze` reports (importances; no decision, nothing deployed) and
+    registers nothing; `python -m search register` refuses the single-seed best of a study
+    without a decision, and registers it only with --allow-unconfirmed."""
+    from search.decide.champion import main as register
+    from search.record.analysis import main as analyze
 
     from mlflow import MlflowClient
 
     scfg, outcome = study
     report = tmp_path / "analysis.json"
-    args = ["--tracking-uri", scfg.tracking_uri, "--experiment", scfg.experiment,
-            "--policy", "common", "--epoch", "1", "--register", "multifair-test", "--json", str(report)]
-    # no confirmation, no decision: registering the single-seed best is refused, nothing registered
-    assert main(args) == 1
-    assert "no decision recorded" in capsys.readouterr().err
-    assert not MlflowClient(scfg.tracking_uri).search_registered_models("name = 'multifair-test'")
-    assert main(args + ["--allow-unconfirmed"]) == 0
+    assert analyze(["--tracking-uri", scfg.tracking_uri, "--experiment", scfg.experiment,
+                    "--policy", "common", "--epoch", "1", "--json", str(report)]) == 0
+    assert "deployment: none, no decision recorded" in capsys.readouterr().out
     data = json.loads(report.read_text())
     assert data["n_used"] == 5 and set(data["importance"]["fanova"]) == set(HYPERPARAMETERS)
+    assert "registered" not in data
+    args = ["--tracking-uri", scfg.tracking_uri, "--experiment", scfg.experiment, "--name", "multifair-test",
+            "--json", str(report)]
+    assert register(args) == 1   # no confirmation, no decision: refused, nothing registered
+    assert "no decision recorded" in capsys.readouterr().err
+    assert not MlflowClient(scfg.tracking_uri).search_registered_models("name = 'multifair-test'")
+    assert register(args + ["--allow-unconfirmed"]) == 0
+    data = json.loads(report.read_text())
     assert data["deployment"]["trial_id"] == outcome.best["trial_id"]
     assert data["registered"] == "models:/multifair-test@champion"
     version = MlflowClient(scfg.tracking_uri).get_model_version_by_alias("multifair-test", "champion")

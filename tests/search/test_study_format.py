@@ -72,7 +72,7 @@ def test_migrate_study_rewrites_once_and_refuses_a_newer_format(tmp_path):
         migrate_study(str(tmp_path), "s")
 
 
-@pytest.mark.parametrize("command", ["decide", "analyze", "sweep", "relog", "score", "storage", "dataprep"])
+@pytest.mark.parametrize("command", ["decide", "analyze", "sweep", "relog", "register", "score", "storage", "dataprep"])
 def test_side_commands_run_from_one_command_line(command):
     """`python -m search <command> --help` runs that stage module's own command line."""
     out = subprocess.run([sys.executable, "-m", "search", command, "--help"], env=subprocess_env(),
