@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from trainer.data.cache import csv_notes
-from trainer.data.synthetic import DIAGNOSIS_RATE, PLANT_FILE, synthesize
+from trainer.data.plants import PLANT_FILE
+from trainer.data.synthetic import DIAGNOSIS_RATE, synthesize
 
 N = dict(n_train=60, n_val=20, n_test=20, seed=7)
 

@@ -29,6 +29,7 @@ from trainer.config import DEFAULT_MODALITIES
 from trainer.data import acquisition, ideal
 from trainer.data.acquisition import SITES, Scanner
 from trainer.data.common import SPLITS
+from trainer.data.plants import PLANT_FILE
 from trainer.data.generative import (CDR_RANGE, LABELLED, LANGUAGE_P, MARITAL_P, NOTE_LABEL_NOISE,
                                      PROFILES, SEVERITY, SLO_CDR_NOISE, cdr_mean, oct_quality,
                                      rnfl_mean, rnfl_noise, thinning)
@@ -396,9 +397,6 @@ def add_diagnosis(texts: dict, meta: dict, rng) -> None:
         for k in ("note", "note_extra"):
             texts[k][i] = word + texts[k][i]
         texts["gpt4_summary"][i] = (word + texts["gpt4_summary"][i])[:179]
-
-
-PLANT_FILE = "planted_bad_pairs.csv"   # beside the data: the training pairs given another's texts
 
 
 def plant_bad_pairs(texts: dict, share: float, seed: int, names: list[str],

@@ -16,15 +16,13 @@ train/eval switch, per-slot instead of per-pair DBPM memory.
 """
 from __future__ import annotations
 
-import csv
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.data.synthetic import PLANT_FILE
+from trainer.data.plants import planted_files
 from trainer.data.transforms import batch_transform
 from trainer.inference import to_device
 from trainer.methods.base import Method, classifier_outputs, contract
@@ -296,20 +294,19 @@ class FairCLIPDBPM(FairCLIP):
                 for name, i in zip(names, flagged)]
         summary = {"n_flagged": len(flagged), "n_noisy": int((self.kind == 1).sum()),
                    "n_faulty": int((self.kind == 2).sum())}
-        summary.update(plant_recovery(Path(self.cfg.data_root) / PLANT_FILE, set(names),
-                                      self.files))
+        summary.update(plant_recovery(self.cfg.data_root, set(names), self.files))
         report.setdefault("test", {})["bad_pairs"] = summary
         report["private"] = {"bad_pairs": rows}
         return report
 
 
-def plant_recovery(plant_file: Path, flagged: set[str], train_files) -> dict:
-    """Precision and recall of the flagged training pairs against the planted list (when it
-    exists beside the data): {"planted", "precision", "recall"} or {}."""
-    if train_files is None or not plant_file.is_file():
+def plant_recovery(data_root, flagged: set[str], train_files) -> dict:
+    """Precision and recall of the flagged training pairs against the planted list (when the
+    data carry one): {"planted", "precision", "recall"} or {}."""
+    planted = planted_files(data_root)
+    if train_files is None or planted is None:
         return {}
-    with open(plant_file, newline="") as fh:
-        planted = {row["filename"] for row in csv.DictReader(fh)} & {str(f) for f in train_files}
+    planted &= {str(f) for f in train_files}
     hits = len(planted & flagged)
     return {"planted": len(planted),
             "precision": hits / len(flagged) if flagged else math.nan,
