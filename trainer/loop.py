@@ -133,7 +133,7 @@ class Trainer:
     def train_step(self, batch: dict, generator: torch.Generator | None) -> dict:
         """One step of the method on a collated batch; returns the step contract dict (tensors)."""
         cfg, model, method = self.cfg, self.model, self.method
-        batch = batch_transform(to_device(complete(batch), self.device), train=True,
+        batch = batch_transform(to_device(complete(batch), self.device), train=method.augment,
                                 generator=generator)
         labels, groups = batch["label"].float(), batch["group"].long()
         present = batch.get("present")                     # None: every modality in every row

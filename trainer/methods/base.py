@@ -39,6 +39,7 @@ class MethodHooks:
     # model and the tokenizer through it, once; "fusion" is MultimodalFusionModel.
     family = "fusion"
     preset_settings: dict[str, dict] = {}   # {preset: config fields}, after the preset (config.py)
+    augment = True      # training batches get the train transforms (flip, jitter); CLIP's: none
 
     @classmethod
     def check_config(cls, cfg, bad) -> None:

@@ -33,6 +33,7 @@ def orthogonality(class_anchors: torch.Tensor, group_anchors: torch.Tensor) -> t
 @register_method("dualfairvl")
 class DualFairVL(Method):
     family = "dualfairvl"
+    augment = False     # as CLIP's preprocessing (no flip, no jitter)
     hyperparameters = ("vl_context_length", "lambda_orth", "lambda_proto")
     # prompt learning on a frozen backbone: a larger lr than fine-tuning (our choice)
     preset_settings = {

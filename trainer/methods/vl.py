@@ -95,6 +95,9 @@ def linear_probe(trainer) -> dict:
 class CLIPMethod(Method):
     """CLIP fine-tuning: the CLIP loss on the (image, note) pairs of the batch that have a note."""
     family = "clip"
+    # CLIP's preprocessing as FairCLIP trains with it: no flip (a flipped fundus shows the other
+    # eye, which the note names), no jitter
+    augment = False
     # FairCLIP's training settings (finetune_FairCLIP.py) at the paper preset; 77 tokens always
     preset_settings = {
         "paper": dict(lr=1e-5, weight_decay=6e-5, epochs=10, batch_size=32, note_max_length=77,
@@ -195,9 +198,7 @@ class FairCLIP(CLIPMethod):
         size = min(self.cfg.fairclip_group_batch_size or self.cfg.batch_size, len(members))
         rng = np.random.default_rng([self.cfg.seed, step, g])
         batch = self.train_data.get_batch(np.sort(rng.choice(members, size, replace=False)))
-        aug = torch.Generator(device=self.device).manual_seed(
-            int(rng.integers(2**62)))
-        return batch_transform(to_device(complete(batch), self.device), train=True, generator=aug)
+        return batch_transform(to_device(complete(batch), self.device), train=self.augment)
 
     def extra_loss(self, model, logits_per_image, labels, groups):
         variant, total = self.cfg.fairclip_variant, logits_per_image.new_zeros(())
@@ -230,7 +231,7 @@ class FairCLIPDBPM(FairCLIP):
     def __init__(self, cfg, modalities, num_groups):
         super().__init__(cfg, modalities, num_groups)
         self.register_buffer("stats", torch.tensor([0.0, 1.0]))    # mu, sigma of the judgement
-        self.memory = self.kind = self.flagged_at = self.last_weight = None
+        self.memory = self.kind = self.flagged_at = self.last_weight = self.planted = None
         self.epoch, self.index = 0, None
 
     def attach(self, datasets: dict, device) -> None:
@@ -241,6 +242,10 @@ class FairCLIPDBPM(FairCLIP):
         self.flagged_at = torch.zeros(n, dtype=torch.long)  # epoch (1-based) of the current flag
         self.last_weight = torch.ones(n)
         self.files = getattr(datasets["train"], "files", None)
+        planted = planted_files(self.cfg.data_root) if self.files is not None else None
+        # the plant as a mask over training items (generated data only): per-epoch recovery
+        self.planted = None if planted is None else torch.tensor(
+            [str(f) in planted for f in self.files])
 
     # the memory is per-pair state: checkpointed with the method (exact resume)
     def get_extra_state(self):
@@ -282,7 +287,12 @@ class FairCLIPDBPM(FairCLIP):
 
     def step(self, model, classifiers, features, logits, labels, groups, present=None) -> dict:
         out = super().step(model, classifiers, features, logits, labels, groups, present)
-        out["dbpm_flagged"] = (self.kind > 0).float().mean()
+        flagged, device = self.kind > 0, out["loss"].device   # (the memory lives on the host)
+        out["dbpm_flagged"] = flagged.float().mean().to(device)
+        if self.planted is not None:    # recovery of the plant at this epoch's judgement
+            hits = (flagged & self.planted).sum().float()
+            out["dbpm_precision"] = (hits / flagged.sum().clamp_min(1)).to(device)
+            out["dbpm_recall"] = (hits / self.planted.sum().clamp_min(1)).to(device)
         return out
 
     def final_report(self, trainer) -> dict:
