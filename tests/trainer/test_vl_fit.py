@@ -162,3 +162,18 @@ def test_every_mode_fits_fairvlmed_files_the_project_did_not_write(mode, sets, f
     assert point["n"] == 24 - len(range(0, 24, 7))     # the -1 ethnicities dropped
     assert np.isfinite(point["auc"]) and np.isfinite(point["es_auc"])
     assert np.isfinite(result["test"]["linear_probe"]["test"]["auc"])
+
+
+@pytest.mark.parametrize("mode", ["fairclip_dbpm", "dualfairvl"])   # per-pair memory; prototypes
+def test_stateful_vl_modes_resume_exactly(mode, vl_root, vl_cache, tmp_path):
+    from trainer.jsonout import strict
+    from trainer.loop import fit
+
+    cfg = make_config("fairvlmed", "gender", preset="tiny", mode=mode, data_root=str(vl_root),
+                      cache_dir=vl_cache, batch_size=8, epochs=3, evaluate_test=False,
+                      sets=["dbpm_warmup_epochs=1", "dbpm_beta_fp=1"])
+    saved = {}
+    straight = fit(cfg, on_epoch=lambda r: saved.setdefault("d", r.save_checkpoint(tmp_path)),
+                   progress=False)
+    resumed = fit(cfg, resume_from=saved["d"], progress=False)
+    assert strict(straight["history"]) == strict(resumed["history"])
