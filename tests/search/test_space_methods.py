@@ -16,6 +16,16 @@ def test_every_method_has_a_search_space_containing_its_default(mode):
     assert all(RANGES[k].low <= v <= RANGES[k].high for k, v in point.items())
 
 
+@pytest.mark.parametrize("mode", available_methods("clip") + available_methods("dualfairvl"))
+@pytest.mark.parametrize("preset", ["tiny", "paper"])
+def test_every_vl_mode_has_a_search_space_containing_its_default(mode, preset):
+    names = hyperparameters(mode)
+    assert names and set(names) <= set(RANGES) and "lr" in names
+    point = baseline_point("fairvlmed", "gender", mode, preset=preset)
+    assert set(point) == set(names)
+    assert all(RANGES[k].low <= v <= RANGES[k].high for k, v in point.items())
+
+
 def test_space_defaults_and_refusals():
     assert hyperparameters() == ("rho", "lambda_gm", "tau", "delta", "lambda_f")
     assert hyperparameters("ogm_ge") == ("ogm_alpha",) and hyperparameters("cggm") == ("rho",)
