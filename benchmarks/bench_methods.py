@@ -47,7 +47,7 @@ def bench_size(name: str, args, root: Path, cache: Path) -> dict[str, float]:
         fields.update(slo_encoder=args.encoder, oct_encoder=args.encoder,
                       image_size=args.image_size or 224)
     trainers = {}
-    for mode in available_methods():
+    for mode in available_methods("fusion"):
         cfg = make_config("fairvision", "race", preset="tiny", data_root=str(root),
                           cache_dir=str(cache), mode=mode, epochs=2, device=args.device, **fields)
         trainers[mode] = Trainer(cfg)
@@ -71,7 +71,7 @@ def bench_size(name: str, args, root: Path, cache: Path) -> dict[str, float]:
 def print_table(results: dict[str, dict[str, float]]) -> None:
     sizes = list(results)
     print(f"{'method':<20}" + "".join(f"{s + ' ms':>12}{s + ' x':>10}" for s in sizes))
-    for mode in available_methods():
+    for mode in available_methods("fusion"):
         row = f"{mode:<20}"
         for s in sizes:
             ms, ratio = 1000 * results[s][mode], results[s][mode] / results[s]["baseline"]

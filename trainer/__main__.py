@@ -118,8 +118,21 @@ def _run_fit(args) -> int:
     line = result_json(result)
     if args.out:
         Path(args.out, "result.json").write_text(dumps(json.loads(line), indent=2))
+        for name, rows in result.get("private", {}).items():   # file names: never printed
+            write_rows(Path(args.out, f"{name}.csv"), rows)
     print(line)
     return 0
+
+
+def write_rows(path, rows: list[dict]) -> None:
+    """A CSV of dict rows (a header alone when there are none)."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["filename"])
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,9 @@ DATASETS = ("fairvision", "fairvlmed")
 MODES = ("baseline", "modality", "fairness", "full")
 MODULATION_TARGETS = ("gradient", "update")
 MODALITIES = ("slo", "oct", "note")
-NOTE_SOURCES = ("note", "note_extra", "gpt4_summary")
+# gpt4_summary_or_note: the CSV's summary where it is not blank, the npz note otherwise (the
+# vision-language family's text, trainer/models/clip.py)
+NOTE_SOURCES = ("note", "note_extra", "gpt4_summary", "gpt4_summary_or_note")
 DEFAULT_MODALITIES = {"fairvision": ("slo", "oct"), "fairvlmed": ("slo", "note")}
 
 # Attribute name -> {code: group name}. Codes as released; -1 means unknown.
@@ -106,6 +108,20 @@ class TrainConfig:
     sinkhorn_weight: float = 1.0            # sinkhorn: weight of the group Sinkhorn divergence
     modality_dropout_rate: float = 0.3      # modality_dropout: per-sample, per-modality rate
     unimodal_epochs: int = 0                # unimodal_ensemble: stage-1 epochs; 0 -> epochs // 2
+    # --- vision-language family (trainer/models/clip.py, trainer/methods/vl.py; docs/methods.md) ---
+    clip_model: str = "openai/clip-vit-base-patch16"   # hub name or local dir; tiny: tiny_clip
+    fairclip_variant: str = "official"      # official | aligned (the reproducibility study's)
+    fairclip_lambda: float = 1e-6           # weight of the summed group Sinkhorn terms (launch script)
+    fairclip_blur: float = 1e-6             # geomloss blur (launch script; argparse default 1e-4)
+    fairclip_group_batch_size: int = 0      # the extra batch per group; 0 -> batch_size
+    dbpm_beta_np: float = 3.0               # noisy pair: mean past loss < mu - beta_np * sigma
+    dbpm_beta_fp: float = 3.0               # faulty pair: mean past loss > mu + beta_fp * sigma
+    dbpm_warmup_epochs: int = 1             # epochs of plain training before pairs are judged
+    vl_context_length: int = 4              # dualfairvl: learnable context tokens per prompt
+    vl_visual_prompts: int = 4              # dualfairvl: hypernetwork's visual prompt tokens
+    lambda_orth: float = 0.1                # dualfairvl: class/group anchor orthogonality
+    lambda_proto: float = 0.1               # dualfairvl: prototype regulariser
+    linear_probe: bool = True               # VL family: logistic probe on frozen image features
     # --- selection and reporting ---
     select_metric: str = "es_auc"           # chosen on VALIDATION
     bootstrap: int = 100
@@ -145,6 +161,7 @@ class TrainConfig:
             raise ValueError(f"mode {self.mode!r} needs at least {method.min_modalities} "
                              f"modalities; got modalities={','.join(mods)}")
         self._validate_methods(bad, method)
+        method.check_config(self, bad)      # a method's own fields (VL family: trainer/methods/)
         if self.note_source not in NOTE_SOURCES:
             bad("note_source", f"choose one of {NOTE_SOURCES}")
         if self.tau <= 0:
@@ -230,7 +247,7 @@ TINY_PRESET: dict[str, Any] = dict(
     slo_encoder="tiny_vit", oct_encoder="tiny_vit", note_encoder="tiny_bert", pretrained=False,
     image_size=32, oct_slices=4, note_max_length=48, oct_slice_layers=1,
     proj_dim=32, fusion_heads=2, fusion_layers=1, head_hidden=32,
-    epochs=3, batch_size=32, lr=1e-3, classifier_lr=1e-3, amp=False,
+    epochs=3, batch_size=32, lr=1e-3, classifier_lr=1e-3, amp=False, clip_model="tiny_clip",
 )
 PRESETS = {"paper": {}, "tiny": TINY_PRESET}
 
@@ -283,20 +300,25 @@ def make_config(dataset: str = "fairvision", attribute: str = "gender", *, prese
     cfg = TrainConfig(dataset=dataset, attribute=canonical_attribute(attribute), preset=preset)
     cfg = apply_overrides(cfg, paper_settings(dataset, attribute), "paper settings")
     cfg = apply_overrides(cfg, PRESETS[preset], f"preset {preset}")
+    data = {}
     if config_file:
         path = Path(config_file)
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"config file {path}: {exc}") from None
-        cfg = apply_overrides(cfg, data, f"config file {path}")
-    cfg = apply_overrides(cfg, {k: v for k, v in fields.items() if v is not None}, "arguments")
     parsed = {}
     for item in sets or []:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected key=value")
         k, v = item.split("=", 1)
         parsed[k.strip()] = v.strip()
+    cfg = apply_overrides(cfg, mode_settings(parsed.get("mode") or fields.get("mode")
+                                             or data.get("mode") or cfg.mode, preset),
+                          "mode settings")
+    if data:
+        cfg = apply_overrides(cfg, data, f"config file {path}")
+    cfg = apply_overrides(cfg, {k: v for k, v in fields.items() if v is not None}, "arguments")
     cfg = apply_overrides(cfg, parsed, "--set")
     # Paths are resolved where the user typed them: Tune runs each trial in its own directory.
     for name in ("data_root", "shift_root", "cache_dir", "slo_weights", "oct_weights"):
@@ -304,6 +326,14 @@ def make_config(dataset: str = "fairvision", attribute: str = "gender", *, prese
         if value and "://" not in value:
             setattr(cfg, name, str(Path(value).expanduser().resolve()))
     return cfg.validate()
+
+
+def mode_settings(mode: str, preset: str) -> dict[str, Any]:
+    """A method's own settings at a preset (the VL family: FairCLIP's optimiser, 77 tokens),
+    applied after the preset and before a file, the arguments and --set."""
+    from trainer.methods import METHODS
+
+    return dict(getattr(METHODS.get(mode), "preset_settings", {}).get(preset, {}))
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:

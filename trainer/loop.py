@@ -29,8 +29,8 @@ from trainer.guards import FiniteWatch, check_predictions, check_train_size
 from trainer.inference import batches, forward, to_device
 from trainer.jsonout import dumps
 from trainer.metrics import at_val_threshold, bootstrap_fairness, evaluate_fairness
-from trainer.models import build_classifiers, build_model, complete, load_tokenizer
-from trainer.methods import create_method
+from trainer.models import build_classifiers, complete, create_model, create_tokenizer
+from trainer.methods import create_method, method_class
 from trainer.metrics import auc_summary
 from trainer.reliance import (encode_split, flat_missing, flat_reliance, fused_probs,
                               missing_modalities, modality_reliance)
@@ -95,7 +95,8 @@ class Trainer:
             torch.cuda.set_per_process_memory_fraction(cfg.max_gpu_memory_fraction, self.device)
         _seed_everything(cfg.seed)
         mods = cfg.resolved_modalities()
-        tokenizer = load_tokenizer(cfg.note_encoder) if "note" in mods else None
+        family = method_class(cfg.mode).family        # the model family: fusion, clip, ...
+        tokenizer = create_tokenizer(family, cfg) if "note" in mods else None
         self.data = dict(datasets or build_datasets(cfg, tokenizer=tokenizer))
         if cfg.resplit_folds:   # repeats that resample train/val too (trainer/data/resplit.py)
             self.data = resplit(self.data, cfg.resplit_folds, cfg.resplit_fold)
@@ -105,9 +106,10 @@ class Trainer:
             # fails before training, not after it
             self.data["shift"] = shift_test_split(cfg, tokenizer)
         self.group_names = ATTRIBUTES[cfg.attribute]
-        self.model = build_model(cfg).to(self.device)
+        self.model = create_model(family, cfg).to(self.device)
         self.classifiers = build_classifiers(cfg, self.model).to(self.device)
         self.method = create_method(cfg, mods, max(self.group_names) + 1).to(self.device)
+        self.method.attach(self.data, self.device)   # FairCLIP's group batches, DBPM's memory
         if cfg.compile_encoders:     # in place: state_dict keys (checkpoints) do not change
             for encoder in self.model.encoders.values():
                 encoder.compile()
@@ -127,18 +129,18 @@ class Trainer:
         one kernel per step on CUDA (docs/results.md, GPU section), torch's default elsewhere."""
         cfg = self.cfg
         kw = dict(fused=True) if fused and self.device.type == "cuda" else {}
-        self.opt = torch.optim.AdamW(_param_groups(self.model), lr=cfg.lr,
-                                     weight_decay=cfg.weight_decay, **kw)
+        self.opt = self.method.make_optimizer(_param_groups(self.model), cfg, **kw)
         self.clf_opt = torch.optim.AdamW(self.classifiers.parameters(), lr=cfg.classifier_lr,
                                          weight_decay=cfg.classifier_weight_decay, **kw)
 
     def train_step(self, batch: dict, generator: torch.Generator | None) -> dict:
         """One step of the method on a collated batch; returns the step contract dict (tensors)."""
         cfg, model, method = self.cfg, self.model, self.method
-        batch = batch_transform(to_device(complete(batch), self.device), train=True,
+        batch = batch_transform(to_device(complete(batch), self.device), train=method.augment,
                                 generator=generator)
         labels, groups = batch["label"].float(), batch["group"].long()
         present = batch.get("present")                     # None: every modality in every row
+        method.begin_step(batch)                                                  # (DBPM: index)
         with self.autocast():
             features = model.encode(batch)                                        # forward
             logits = model.fuse(*method.features(features, present, generator))  # (dropout, frozen)
@@ -348,20 +350,23 @@ def shift_test_split(cfg: TrainConfig, tokenizer=None):
 
 
 def _finish(trainer: Trainer) -> dict:
-    test = None
+    test, private = None, {}
     if trainer.cfg.evaluate_test and trainer.best_weights is not None:
         # the validation-chosen epoch, as the kept best model holds it (cfg.best_model_dtype)
         trainer.model.load_state_dict(as_kept(trainer.best_weights, trainer.cfg.best_model_dtype))
         test = _score_test(trainer)
+        report = trainer.method.final_report(trainer)   # VL: linear probe, DBPM's bad pairs
+        test.update(report.get("test", {}))
+        private = report.get("private", {})            # file names: local files only
     return {"best_epoch": trainer.best["epoch"], "val": trainer.best["val"], "test": test,
-            "history": trainer.history, "config": trainer.cfg.to_dict()}
+            "history": trainer.history, "config": trainer.cfg.to_dict(), "private": private}
 
 
 def load_model(checkpoint_dir: str | Path, best: bool = True) -> nn.Module:
     """The fusion model stored in a checkpoint directory (best epoch by default), on the CPU."""
     state = checkpoint_weights(checkpoint_dir, best)
     cfg = config_from_dict(state["config"]).replace(pretrained=False)
-    model = build_model(cfg)
+    model = create_model(method_class(cfg.mode).family, cfg)
     model.load_state_dict(state["model"])
     return model.eval()
 

@@ -45,6 +45,19 @@ RANGES: dict[str, Range] = {
     "modality_dropout_rate": Range(0.05, 0.7, False, "per-sample, per-modality rate; default 0.3"),
     # Methods with nothing of their own to tune search the learning rate (paper 3e-5, tiny 1e-3).
     "lr": Range(1e-5, 3e-3, True, "learning rate of the fusion model"),
+    # --- vision-language family (docs/methods.md, issue 28) ---
+    # FairCLIP's group-term weight: the launch script's 1e-6, the argparse default 1e-4 and
+    # RobustFairCLIP's 1e-7 all inside; above 1e-3 the term dominates the CLIP loss.
+    "fairclip_lambda": Range(1e-7, 1e-3, True, "weight of the group Sinkhorn terms; launch 1e-6"),
+    # Sinkhorn blur on the 1-D similarity clouds: launch 1e-6 to argparse 1e-4, up to 1e-2
+    # (the normalised group scores are ~1/B apart).
+    "fairclip_blur": Range(1e-6, 1e-2, True, "geomloss blur; launch 1e-6, argparse 1e-4"),
+    # DBPM thresholds in standard deviations: released 3 (strict); recovery measured at 1.
+    "dbpm_beta_np": Range(0.5, 4.0, False, "noisy-pair threshold (sd below mean); released 3"),
+    "dbpm_beta_fp": Range(0.5, 4.0, False, "faulty-pair threshold (sd above mean); released 3"),
+    # DualFairVL (our reading): penalty weights around 0.1, three decades either side.
+    "lambda_orth": Range(1e-3, 10.0, True, "class/group anchor orthogonality; default 0.1"),
+    "lambda_proto": Range(1e-3, 10.0, True, "prototype regulariser; default 0.1"),
 }
 
 # What a search over each method tunes. MultiFair's modes share its five (baseline has none of
@@ -60,6 +73,11 @@ SEARCHED: dict[str, tuple[str, ...]] = {
     "sinkhorn": ("sinkhorn_weight",),
     "modality_dropout": ("modality_dropout_rate",),
     "unimodal_ensemble": ("lr",),
+    # integer knobs (group batch size, warm-up epochs, context length) are not searched yet
+    "clip": ("lr",),
+    "fairclip": ("lr", "fairclip_lambda", "fairclip_blur"),
+    "fairclip_dbpm": ("lr", "fairclip_lambda", "fairclip_blur", "dbpm_beta_np", "dbpm_beta_fp"),
+    "dualfairvl": ("lr", "lambda_orth", "lambda_proto"),
 }
 
 

@@ -6,12 +6,22 @@ from search.record.space import RANGES, baseline_point, hyperparameters, param_s
 from trainer.methods import available_methods
 
 
-@pytest.mark.parametrize("mode", available_methods())
+@pytest.mark.parametrize("mode", available_methods("fusion"))
 def test_every_method_has_a_search_space_containing_its_default(mode):
     names = hyperparameters(mode)
     assert names and set(names) <= set(RANGES)
     assert set(param_space(mode)) == set(names)
     point = baseline_point("fairvision", "race", mode, preset="tiny")
+    assert set(point) == set(names)
+    assert all(RANGES[k].low <= v <= RANGES[k].high for k, v in point.items())
+
+
+@pytest.mark.parametrize("mode", available_methods("clip") + available_methods("dualfairvl"))
+@pytest.mark.parametrize("preset", ["tiny", "paper"])
+def test_every_vl_mode_has_a_search_space_containing_its_default(mode, preset):
+    names = hyperparameters(mode)
+    assert names and set(names) <= set(RANGES) and "lr" in names
+    point = baseline_point("fairvlmed", "gender", mode, preset=preset)
     assert set(point) == set(names)
     assert all(RANGES[k].low <= v <= RANGES[k].high for k, v in point.items())
 

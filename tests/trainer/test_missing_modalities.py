@@ -122,7 +122,7 @@ def _method_grads(mode, batch, method, model, clf, seed=0):
                          + [f"clf.{n}" for n, _ in clf.named_parameters()], grads))
 
 
-@pytest.mark.parametrize("mode", available_methods())
+@pytest.mark.parametrize("mode", available_methods("fusion"))
 def test_every_method_trains_on_incomplete_batches_and_absent_rows_send_no_gradient(mode):
     """Changing what an absent row holds changes no loss and no gradient (the encoder and c_m
     never learn from it), every term stays finite, and with the OCT absent from the whole batch
@@ -321,7 +321,7 @@ def holes_root(tmp_path_factory):
                       n_val=48, n_test=48, seed=5, missing="slo=0.3,oct=0.2")
 
 
-@pytest.mark.parametrize("mode", available_methods())
+@pytest.mark.parametrize("mode", available_methods("fusion"))
 def test_every_method_fits_generated_data_with_missing_modalities(mode, holes_root, tmp_path):
     cfg = _cfg(holes_root, tmp_path, mode=mode, epochs=1, evaluate_test=False)
     res = fit(cfg, progress=False)

@@ -79,6 +79,7 @@ class CachedDataset(Dataset):
         item["label"] = torch.tensor(self.labels[i])
         item["group"] = torch.tensor(self.groups[i])
         item["present"] = {m: torch.tensor(bool(p[i])) for m, p in self.present.items()}
+        item["index"] = torch.tensor(i)     # the item's position (per-sample state: DBPM)
         return item
 
     def get_batch(self, indices) -> dict:
@@ -88,6 +89,7 @@ class CachedDataset(Dataset):
         batch["label"] = torch.from_numpy(self.labels[idx])
         batch["group"] = torch.from_numpy(self.groups[idx])
         batch["present"] = {m: torch.from_numpy(p[idx]) for m, p in self.present.items()}
+        batch["index"] = torch.from_numpy(idx)
         return batch
 
 
@@ -207,6 +209,7 @@ def build_datasets(cfg, tokenizer=None, prepared=None, splits=SPLITS) -> dict[st
                                                                         splits):
         out[split] = CachedDataset(arrays, meta["labels"], codes, rows, names,
                                    presence(meta, arrays))
+        out[split].files = meta["files"][rows]   # npz names in item order (local reports only)
     return out
 
 

@@ -83,8 +83,8 @@ def _entry_paths(cfg, layout, root, split, files, modalities, tokenizer) -> dict
                     "root": str(Path(root).expanduser().resolve()), "fp": _fingerprint(files)}
     directory = cache_root(cfg)
     paths = {"meta": directory / f"meta-{_hash(common_parts)}.npz"}
-    csv = find_csv(layout, root) if "note" in modalities and cfg.note_source == "gpt4_summary" \
-        else None
+    csv = find_csv(layout, root) if "note" in modalities and cfg.note_source in (
+        "gpt4_summary", SUMMARY_OR_NOTE) else None
     for m in modalities:
         parts = {**common_parts, "modality": m, **modality_params(cfg, m, tokenizer, csv)}
         paths[m] = directory / f"{m}-{_hash(parts)}.npy"
@@ -116,6 +116,7 @@ def load_split(cfg, layout: Layout, root, split: str, modalities, tokenizer=None
 
 
 IMAGE_MODALITIES = ("slo", "oct")
+SUMMARY_OR_NOTE = "gpt4_summary_or_note"   # the CSV summary, the npz note where it is blank
 
 
 def _audit_path(entry: Path) -> Path:
@@ -135,7 +136,8 @@ def _build(cfg, layout, root, files, targets: dict[str, Path], tokenizer) -> Non
     if "oct" in targets:
         writers["oct"] = np.lib.format.open_memmap(
             _tmp(targets["oct"]), "w+", np.float16, (n, cfg.oct_slices, size, size))
-    note_key = cfg.note_source if cfg.note_source in ("note", "note_extra") else None
+    note_key = {"note": "note", "note_extra": "note_extra",
+                SUMMARY_OR_NOTE: "note"}.get(cfg.note_source)
     read_notes = "note" in targets and note_key is not None
     labels, codes, notes = np.zeros(n, np.int64), np.zeros((n, len(ATTRIBUTE_ORDER)), np.int64), []
     hashes = {m: np.zeros((n, audit.HASH_BYTES), np.uint8) for m in writers}
@@ -171,6 +173,9 @@ def _build(cfg, layout, root, files, targets: dict[str, Path], tokenizer) -> Non
     if "note" in targets:
         if not read_notes:
             notes = csv_notes(find_csv(layout, root), files)
+        elif cfg.note_source == SUMMARY_OR_NOTE:   # the summary where it is not blank
+            summaries = csv_notes(find_csv(layout, root), files)
+            notes = [s if s.strip() else note for s, note in zip(summaries, notes)]
         present["note"] = np.array([bool(t.strip()) for t in notes], bool)
         np.savez(_audit_path(targets["note"]), present=present["note"])
         np.save(_tmp(targets["note"]), tokenize(notes, tokenizer, cfg.note_max_length,

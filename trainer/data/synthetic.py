@@ -29,6 +29,7 @@ from trainer.config import DEFAULT_MODALITIES
 from trainer.data import acquisition, ideal
 from trainer.data.acquisition import SITES, Scanner
 from trainer.data.common import SPLITS
+from trainer.data.plants import PLANT_FILE
 from trainer.data.generative import (CDR_RANGE, LABELLED, LANGUAGE_P, MARITAL_P, NOTE_LABEL_NOISE,
                                      PROFILES, SEVERITY, SLO_CDR_NOISE, cdr_mean, oct_quality,
                                      rnfl_mean, rnfl_noise, thinning)
@@ -332,7 +333,8 @@ def synthesize(layout: str, out, n_train: int = 240, n_val: int = 80, n_test: in
                full_size: bool = False, seed: int = 0, modalities=None,
                split_style: str = "standard", race_encoding: str = "int",
                test_folder: str = "Test", informative=LABELLED, missing="",
-               missing_by: str | None = None, site="default", shift: str = "") -> Path:
+               missing_by: str | None = None, site="default", shift: str = "",
+               bad_pairs: float = 0.0, note_diagnosis: bool = False) -> Path:
     """Write a generated dataset in the released layout under `out`; returns `out`.
 
     `missing`: "slo=0.3,oct=0.1" (or a dict) of the share of samples without each modality,
@@ -340,7 +342,12 @@ def synthesize(layout: str, out, n_train: int = 240, n_val: int = 80, n_test: in
     "default" or "shifted" (acquisition.SITES), `shift` overrides of its parameters
     ("contrast=0.5,race=0.3/0.3/0.4"). Beside the data (never inside an npz) it writes
     `out/ideal_reader.csv`: each sample's ideal-reader evidence per modality and combined
-    (trainer/data/ideal.py, docs/data.md), plus `present_<m>` columns when `missing` is given."""
+    (trainer/data/ideal.py, docs/data.md), plus `present_<m>` columns when `missing` is given.
+    `bad_pairs`: the share of TRAINING samples whose texts are another training patient's (a
+    planted image-text mismatch; listed in `out/planted_bad_pairs.csv`). `note_diagnosis`: the
+    texts start with the zero-shot prompts' words, "glaucoma." or "non-glaucoma." (as the note
+    was written), at a rate that depends on gender (DIAGNOSIS_RATE): a known, group-linked text
+    signal for the vision-language family."""
     plan = _plan(layout, modalities, race_encoding, informative, full_size, missing, missing_by,
                  acquisition.with_overrides(site, shift))
     out = Path(out)
@@ -356,6 +363,11 @@ def synthesize(layout: str, out, n_train: int = 240, n_val: int = 80, n_test: in
         texts = note_texts(rng, meta, layout) if "note" in plan.mods or layout == "fairvlmed" \
             else None
         ids = range(first_id, first_id + counts[split])
+        if note_diagnosis:   # nothing drawn otherwise
+            add_diagnosis(texts, meta, np.random.default_rng([seed, k, 4_242]))
+        if bad_pairs and split == "train":   # nothing drawn otherwise: the same bytes as before
+            planted = plant_bad_pairs(texts, bad_pairs, seed, [f"data_{i:05d}.npz" for i in ids],
+                                      meta["eye"])
         split_rows = _write_split(plan, base / folders[split], split, ids, meta, texts, rng,
                                   absent)
         evidence += ideal.evidence_rows(layout, meta, texts, plan.mods, split_rows, split,
@@ -364,10 +376,49 @@ def synthesize(layout: str, out, n_train: int = 240, n_val: int = 80, n_test: in
         first_id += counts[split]
     _write_csvs(layout, base, rows)
     _write_csv(out / ideal.SIDE_FILE, evidence)
+    if bad_pairs:
+        _write_csv(base / PLANT_FILE, planted, ["filename", "donor"])
     if plan.site != SITES["default"]:   # the default site writes nothing new: same bytes
         (out / ideal.SITE_FILE).write_text(json.dumps(acquisition.describe_site(plan.site),
                                                       indent=1))
     return out
+
+
+DIAGNOSIS_RATE = (0.5, 0.9)   # female, male: share of texts that name the diagnosis (--note-diagnosis)
+
+
+def add_diagnosis(texts: dict, meta: dict, rng) -> None:
+    """Prefix "glaucoma. " / "non-glaucoma. " (the note's written-as label) to a gender-dependent
+    share of the texts, in place; summaries stay under 180 characters."""
+    rate = np.asarray(DIAGNOSIS_RATE)[np.maximum(meta["gender"], 0)]
+    says = rng.random(len(rate)) < rate
+    for i in np.flatnonzero(says):
+        word = "glaucoma. " if texts["positive"][i] else "non-glaucoma. "
+        for k in ("note", "note_extra"):
+            texts[k][i] = word + texts[k][i]
+        texts["gpt4_summary"][i] = (word + texts["gpt4_summary"][i])[:179]
+
+
+def plant_bad_pairs(texts: dict, share: float, seed: int, names: list[str],
+                    eye: np.ndarray) -> list[dict]:
+    """Give a share of the samples the texts (note, note_extra, summary; and the ideal reader's
+    note evidence) of another sample examined on the OTHER eye, in place, so the note ("Exam
+    OD"/"OS") contradicts what the image shows (the optic disc's side); returns [{"filename",
+    "donor"}] of the planted."""
+    if texts is None or not 0 < share < 1:
+        raise ValueError(f"--bad-pairs {share}: needs a share in (0, 1) and notes (FairVLMed, "
+                         f"or --modalities with note)")
+    rng = np.random.default_rng([seed, 7_777])
+    n = len(names)
+    planted = np.sort(rng.choice(n, int(round(share * n)), replace=False))
+    donors = np.array([rng.choice(np.flatnonzero(eye != eye[i])) for i in planted], dtype=int)
+    originals = {k: list(texts[k]) for k in ("note", "note_extra", "gpt4_summary")}
+    positive = texts["positive"].copy()
+    for i, j in zip(planted, donors):
+        for k, column in originals.items():
+            texts[k][i] = column[j]
+        texts["positive"][i] = positive[j]
+    return [{"filename": names[i], "donor": names[j]} for i, j in zip(planted, donors)]
 
 
 def _plan(layout, modalities, race_encoding, informative, full_size, missing, missing_by,
@@ -450,6 +501,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shift", default="", metavar="KEY=VALUE,...",
                         help="override the site's contrast, noise, resolution, female, "
                              "race=A/B/W, e.g. resolution=0.25,race=0.3/0.3/0.4")
+    parser.add_argument("--note-diagnosis", action="store_true",
+                        help="texts name the diagnosis in the zero-shot prompts' words, more "
+                             "often for men than women (DIAGNOSIS_RATE; docs/data.md)")
+    parser.add_argument("--bad-pairs", type=float, default=0.0, metavar="SHARE",
+                        help="give this share of TRAINING samples another patient's note "
+                             "(listed in planted_bad_pairs.csv beside the data)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -460,6 +517,7 @@ def run(args: argparse.Namespace) -> int:
                      race_encoding=args.race_encoding, test_folder=args.test_folder,
                      informative=tuple(m for m in args.informative.split(",") if m),
                      missing=args.missing, missing_by=args.missing_by, site=args.site,
-                     shift=args.shift)
+                     shift=args.shift, bad_pairs=args.bad_pairs,
+                     note_diagnosis=args.note_diagnosis)
     print(f"wrote {args.layout} ({args.n_train}/{args.n_val}/{args.n_test}) to {out}")
     return 0

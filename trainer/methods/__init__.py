@@ -15,5 +15,6 @@ from trainer.methods.registry import (METHODS, available_methods, create_method,
 from trainer.methods import multifair  # noqa: F401
 from trainer.methods import ogm_ge, cggm, fis, sinkhorn  # noqa: F401
 from trainer.methods import modality_dropout, unimodal_ensemble  # noqa: F401
+from trainer.methods import vl, dualfairvl  # noqa: F401   (the vision-language family)
 
 __all__ = ["METHODS", "register_method", "create_method", "available_methods", "method_class"]

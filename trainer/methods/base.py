@@ -35,6 +35,31 @@ class MethodHooks:
     min_modalities = 1          # validate() refuses fewer, naming the mode and the modalities
     scales_encoders = False     # out["scale"] may be moved onto the update (modulation_target)
     hyperparameters: tuple[str, ...] = ()   # TrainConfig fields of its own (searched by search/)
+    # The model family the method trains (trainer/models: MODEL_FAMILIES): the loop builds the
+    # model and the tokenizer through it, once; "fusion" is MultimodalFusionModel.
+    family = "fusion"
+    preset_settings: dict[str, dict] = {}   # {preset: config fields}, after the preset (config.py)
+    augment = True      # training batches get the train transforms (flip, jitter); CLIP's: none
+
+    @classmethod
+    def check_config(cls, cfg, bad) -> None:
+        """Refuse bad values of the method's own fields: bad(name, why) raises."""
+
+    def attach(self, datasets: dict, device) -> None:
+        """Once, when the trainer is built: its splits (FairCLIP draws its group batches)."""
+
+    def begin_step(self, batch: dict) -> None:
+        """Before each step's forward: the batch as the model sees it ("index": item positions)."""
+
+    def make_optimizer(self, param_groups: list[dict], cfg, **kw) -> torch.optim.Optimizer:
+        """The model's optimiser (the project's AdamW; FairCLIP's Adam for its family)."""
+        return torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
+
+    def final_report(self, trainer) -> dict:
+        """After the final test, the best model loaded: {"test": blocks added to the fit's test
+        result, "private": {name: rows}} (rows naming files go to local files only, never to the
+        printed JSON or logs: `fit --out DIR` writes DIR/<name>.csv)."""
+        return {}
 
     def begin_epoch(self, model: nn.Module, epoch: int) -> None:
         pass

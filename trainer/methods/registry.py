@@ -19,8 +19,11 @@ def register_method(name: str):
     return add
 
 
-def available_methods() -> tuple[str, ...]:
-    return tuple(METHODS)
+def available_methods(family: str | None = None) -> tuple[str, ...]:
+    """Every `--mode`, or those training one model family ("fusion": the fusion model the
+    comparison on FairVision uses; "clip", "dualfairvl": the vision-language family)."""
+    return tuple(name for name, cls in METHODS.items()
+                 if family is None or getattr(cls, "family", "fusion") == family)
 
 
 def method_class(name: str) -> type:

@@ -49,19 +49,7 @@ class MultimodalFusionModel(nn.Module):
         return {m: self._encode_present(m, batch[m], present.get(m)) for m in self.modalities}
 
     def _encode_present(self, m: str, x, present: torch.Tensor | None) -> torch.Tensor:
-        encoder = self.encoders[m]
-        if present is None:
-            return encoder(x)
-        device = next(iter(x.values())).device if isinstance(x, dict) else x.device
-        present = present.reshape(-1).to(device, torch.bool)
-        rows = present.nonzero().squeeze(1)     # a device sync on CUDA: incomplete batches only
-        n = present.numel()                     # (complete ones drop "present": complete())
-        if len(rows) == n:
-            return encoder(x)
-        if len(rows) == 0:
-            return torch.zeros(n, encoder.out_dim, device=device)
-        h = encoder(_rows(x, rows))
-        return h.new_zeros(n, h.shape[1]).index_copy(0, rows, h)
+        return encode_rows(self.encoders[m], x, present)
 
     def fuse(self, features: dict[str, torch.Tensor],
              present: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -90,6 +78,22 @@ class MultimodalFusionModel(nn.Module):
     @property
     def head_last(self) -> nn.Linear:
         return self.head[-1]
+
+
+def encode_rows(encoder: nn.Module, x, present: torch.Tensor | None) -> torch.Tensor:
+    """encoder(x) on the rows of x that are `present` (None: all), zeros for the others."""
+    if present is None:
+        return encoder(x)
+    device = next(iter(x.values())).device if isinstance(x, dict) else x.device
+    present = present.reshape(-1).to(device, torch.bool)
+    rows = present.nonzero().squeeze(1)     # a device sync on CUDA: incomplete batches only
+    n = present.numel()                     # (complete ones drop "present": complete())
+    if len(rows) == n:
+        return encoder(x)
+    if len(rows) == 0:
+        return torch.zeros(n, encoder.out_dim, device=device)
+    h = encoder(_rows(x, rows))
+    return h.new_zeros(n, h.shape[1]).index_copy(0, rows, h)
 
 
 def _rows(x, rows: torch.Tensor):
