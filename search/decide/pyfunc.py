@@ -96,9 +96,9 @@ def log_model(tracking_uri: str, run_id: str, files_dir: str | Path, signature=N
     with tempfile.TemporaryDirectory(prefix="multifair-pyfunc-") as tmp:
         artifacts = {"checkpoint": str(files_dir)}
         if "note" in cfg.resolved_modalities():
-            from trainer.models.text import load_tokenizer
+            from trainer.data.tokenizer import note_tokenizer   # the model family's (BERT or CLIP)
 
-            load_tokenizer(cfg.note_encoder).save_pretrained(str(Path(tmp) / "tokenizer"))
+            note_tokenizer(cfg).save_pretrained(str(Path(tmp) / "tokenizer"))
             artifacts["tokenizer"] = str(Path(tmp) / "tokenizer")
         code = Path(tmp) / "code" / "trainer"   # the package without bytecode caches
         shutil.copytree(Path(trainer.__file__).parent, code,

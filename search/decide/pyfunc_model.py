@@ -216,9 +216,9 @@ class MultiFairPyfunc(mlflow.pyfunc.PythonModel):
         # ("Already borrowed"); the server runs requests in threads
         self.tokenizer_lock = threading.Lock()
         if "note" in self.modalities:
-            from trainer.models.text import load_tokenizer
+            from trainer.models.clip import load_saved_tokenizer   # BERT, or CLIP's with its cut
 
-            self.tokenizer = load_tokenizer(context.artifacts["tokenizer"])
+            self.tokenizer = load_saved_tokenizer(context.artifacts["tokenizer"])
         config = context.model_config or {}
         self.device = config.get("device", "cpu")
         self.batch_size = int(config.get("batch_size") or self.cfg.batch_size * 2)

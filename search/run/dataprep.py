@@ -191,10 +191,9 @@ def _prepare_shard(cfg, folder: str, names: list[str], split: str, index: int, t
     parts = {}
     for m in modalities:
         if m == "note":   # the local cache's tokenisation, per shard (each row is its own)
-            from trainer.models.text import load_tokenizer
+            from trainer.data.tokenizer import note_tokenizer
 
-            array = tokenize([r["note"] for r in rows], load_tokenizer(cfg.note_encoder),
-                             cfg.note_max_length)
+            array = tokenize([r["note"] for r in rows], note_tokenizer(cfg), cfg.note_max_length)
         else:
             array = np.stack([r[m] for r in rows])
         name = shards.shard_name(split, index, m)

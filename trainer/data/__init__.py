@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from trainer.config import ATTRIBUTES, canonical_attribute
 from trainer.data import audit, fairvision, fairvlmed, shards
+from trainer.data.tokenizer import note_tokenizer
 from trainer.data.cache import _hash, cache_root, load_split
 from trainer.data.common import ATTRIBUTE_ORDER, MODALITY_KEYS, SPLITS, DataError, check_codes
 
@@ -93,13 +94,6 @@ class CachedDataset(Dataset):
         return batch
 
 
-def _tokenizer_for(cfg, tokenizer):
-    if tokenizer is None and "note" in cfg.resolved_modalities():
-        from trainer.models.text import load_tokenizer
-        tokenizer = load_tokenizer(cfg.note_encoder)
-    return tokenizer
-
-
 def presence(meta: dict, modalities) -> dict[str, np.ndarray]:
     """{modality: bool (N,)} of a split's meta (all True where its producer recorded none)."""
     n = len(meta["labels"])
@@ -158,7 +152,7 @@ def _load_all(cfg, tokenizer, prepared=None, splits=SPLITS):
     if prepared is not None:
         loaded = shards.load(prepared, cfg, layout.name)
     else:
-        loaded = _load_cache(cfg, layout, mods, _tokenizer_for(cfg, tokenizer), splits)
+        loaded = _load_cache(cfg, layout, mods, note_tokenizer(cfg, tokenizer), splits)
     metas = {split: meta for split, (meta, _a, _f) in loaded.items()}
     found = audit.duplicates({
         split: ([folder / str(name) for name in meta["files"]],

@@ -63,6 +63,11 @@ def _fixed(cfg, layout_name: str, modalities) -> dict:
     if "note" in modalities:   # tokenised notes: the source key, the length, the tokenizer
         fixed.update(note_source=cfg.note_source, note_max_length=cfg.note_max_length,
                      note_encoder=cfg.note_encoder)
+        from trainer.data.tokenizer import note_tokenizer
+
+        name = getattr(note_tokenizer(cfg), "name_or_path", "")
+        if name != cfg.note_encoder:   # the vision-language modes: CLIP's tokens, not BERT's
+            fixed["note_tokenizer"] = name
     return fixed
 
 

@@ -59,6 +59,29 @@ class NoteCutTokenizer:
     def __len__(self) -> int:
         return len(self.tokenizer)
 
+    def save_pretrained(self, path) -> None:
+        """The wrapped tokenizer's files plus the cut (note_cut.json): load_saved_tokenizer reads
+        both back (the served model, offline)."""
+        import json
+        from pathlib import Path
+
+        self.tokenizer.save_pretrained(str(path))
+        (Path(path) / CUT_FILE).write_text(json.dumps({"limit": self.limit}))
+
+
+CUT_FILE = "note_cut.json"
+
+
+def load_saved_tokenizer(path):
+    """A tokenizer saved with save_pretrained: a NoteCutTokenizer where the folder holds the cut,
+    else the plain tokenizer (the fusion models' BERT)."""
+    import json
+    from pathlib import Path
+
+    inner = load_tokenizer(str(path))
+    cut = Path(path) / CUT_FILE
+    return NoteCutTokenizer(inner, json.loads(cut.read_text())["limit"]) if cut.exists() else inner
+
 
 def load_clip_tokenizer(name: str) -> NoteCutTokenizer:
     if name == TINY_CLIP:
