@@ -88,15 +88,21 @@ def _fit(job: dict) -> dict:
     from trainer.loop import fit
 
     torch.set_num_threads(1)
-    cfg = make_config("fairvision", job["attribute"], preset="tiny", data_root=job["root"], mode="full",
-                      seed=job["seed"], epochs=job["epochs"], bootstrap=0, cache_dir=job["cache"],
-                      **job["params"])
+    params = job["params"] if job.get("mode", "full") != "baseline" else {}
+    sets = job.get("sets", []) if job.get("mode", "full") != "baseline" else []
+    if job.get("modalities"):               # a unimodal arm (confirm --unimodal)
+        params = dict(params, modalities=tuple(job["modalities"]))
+    cfg = make_config("fairvision", job["attribute"], preset="tiny", data_root=job["root"],
+                      mode=job.get("mode", "full"), seed=job["seed"], epochs=job["epochs"],
+                      bootstrap=0, cache_dir=job["cache"], sets=sets, **params)
     curve = []
     res = fit(cfg, on_epoch=lambda r: curve.append((float(r.val["auc"]), float(r.val["es_auc"]))),
               progress=False)
     test = res["test"]["point"]
     return {"config": job["config"], "seed": job["seed"], "curve": curve, "best_epoch": res["best_epoch"],
-            "test": (float(test["auc"]), float(test["es_auc"]))}
+            "test": (float(test["auc"]), float(test["es_auc"])), "mode": cfg.mode,
+            "modalities": list(cfg.resolved_modalities()),
+            "test_group_auc": {str(k): float(v) for k, v in test["group_auc"].items()}}
 
 
 def table(a) -> None:
@@ -107,16 +113,16 @@ def table(a) -> None:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     n_train, n_val, n_test = map(int, a.sizes.split(","))
-    root = Path(a.work) / f"fv-{n_train}-{n_val}-{n_test}-s{a.data_seed}"
-    if not root.exists():
-        synthesize("fairvision", root, n_train, n_val, n_test, seed=a.data_seed)
+    root = _data(a.work, a.world, (n_train, n_val, n_test), a.data_seed)
     configs = design(a.configs, a.attribute)
     done = json.loads(out.read_text()) if out.exists() else {"entries": []}
     have = {(e["config"], e["seed"]) for e in done["entries"]}
     jobs = [{"config": i, "params": p, "seed": s, "attribute": a.attribute, "epochs": a.epochs,
-             "root": str(root), "cache": str(Path(a.work) / "cache")}
+             "root": str(root), "cache": str(Path(a.work) / "cache"), "sets": a.set}
             for s in range(a.seeds) for i, p in enumerate(configs) if (i, s) not in have]
-    meta = {"command": " ".join(sys.argv), "attribute": a.attribute, "sizes": [n_train, n_val, n_test],
+    meta = {"command": " ".join(sys.argv), "attribute": a.attribute, "world": a.world,
+            "sets": a.set,
+            "sizes": [n_train, n_val, n_test],
             "data_seed": a.data_seed, "epochs": a.epochs, "seeds": a.seeds, "preset": "tiny",
             "configs": configs, "versions": _versions()}
     started = time.perf_counter()
@@ -129,6 +135,72 @@ def table(a) -> None:
             print(f"[table] {i}/{len(jobs)} config {entry['config']} seed {entry['seed']}: "
                   f"final val ES-AUC {entry['curve'][-1][1]:.3f}", flush=True)
     print(json.dumps(noise(done)))
+
+
+def _data(work, world: str, sizes, data_seed: int) -> Path:
+    """The generated data of a table (made once; the default world keeps its old folder name)."""
+    from trainer.data.synthetic import synthesize
+
+    tag = "" if world == "default" else f"-{world}"
+    root = Path(work) / f"fv{tag}-{sizes[0]}-{sizes[1]}-{sizes[2]}-s{data_seed}"
+    if not root.exists():
+        synthesize("fairvision", root, *sizes, seed=data_seed, world=world)
+    return root
+
+
+def best_configs(tab: dict, top: int) -> list[int]:
+    """The `top` configurations by mean (over seeds) best-epoch validation ES-AUC."""
+    by = {}
+    for e in tab["entries"]:
+        by.setdefault(e["config"], []).append(max(v for _, v in e["curve"]))
+    return sorted(by, key=lambda c: -np.mean(by[c]))[:top]
+
+
+def confirm(a) -> None:
+    """The table's best region against plain fusion on TEST, paired over fresh training seeds
+    (seeds --seed-offset.., none of them the table's): the chosen configuration(s) picked on
+    validation from the table, then both arms trained on the same data with the same seeds."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    tab = json.loads(Path(a.table).read_text())
+    root = _data(a.work, tab.get("world", "default"), tab["sizes"], tab["data_seed"])
+    chosen = best_configs(tab, a.top)
+    seeds = range(a.seed_offset, a.seed_offset + a.seeds)
+    arms = [("baseline", None, None)] + [("full", c, None) for c in chosen]
+    arms += [("baseline", None, (m,)) for m in (("oct", "slo") if a.unimodal else ())]
+    jobs = [{"config": c, "mode": mode, "params": tab["configs"][c] if c is not None else {},
+             "modalities": mods, "seed": s, "attribute": tab["attribute"], "epochs": tab["epochs"],
+             "sets": tab.get("sets", []),
+             "root": str(root), "cache": str(Path(a.work) / "cache")}
+            for mode, c, mods in arms for s in seeds]
+    with ProcessPoolExecutor(a.workers) as pool:
+        fits = list(pool.map(_fit, jobs))
+    fused = lambda f: len(f["modalities"]) > 1  # noqa: E731
+    base = {f["seed"]: f for f in fits if f["mode"] == "baseline" and fused(f)}
+    out = {"command": " ".join(sys.argv), "table": a.table, "world": tab.get("world", "default"),
+           "sets": tab.get("sets", []),
+           "sizes": tab["sizes"], "data_seed": tab["data_seed"], "epochs": tab["epochs"],
+           "seeds": list(seeds), "fits": fits, "arms": {}}
+    for c in chosen:
+        mine = {f["seed"]: f for f in fits if f["config"] == c and f["mode"] == "full"}
+        out["arms"][f"config {c}"] = _versus(base, mine, seeds, tab["configs"][c])
+    for m in ("oct", "slo") if a.unimodal else ():
+        mine = {f["seed"]: f for f in fits if f["modalities"] == [m]}
+        out["arms"][f"{m} only"] = _versus(base, mine, seeds, {})
+    out["baseline_test_es_auc_mean"] = float(np.mean([base[s]["test"][1] for s in seeds]))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(dumps(out, indent=1))
+    print(dumps({k: out[k] for k in ("arms", "baseline_test_es_auc_mean")}, indent=1))
+
+
+def _versus(base: dict, mine: dict, seeds, params: dict) -> dict:
+    """An arm's test (ES-AUC, AUC) against plain fusion's, paired by seed."""
+    return {"params": params,
+            "test_es_auc_vs_baseline": paired([base[s]["test"][1] for s in seeds],
+                                              [mine[s]["test"][1] for s in seeds]),
+            "test_auc_vs_baseline": paired([base[s]["test"][0] for s in seeds],
+                                           [mine[s]["test"][0] for s in seeds]),
+            "test_es_auc_mean": float(np.mean([mine[s]["test"][1] for s in seeds]))}
 
 
 def _versions() -> dict:
@@ -427,9 +499,25 @@ def main(argv=None) -> None:
     t.add_argument("--epochs", type=int, default=6)
     t.add_argument("--sizes", default="384,192,192")
     t.add_argument("--data-seed", type=int, default=0)
+    t.add_argument("--world", default="default", choices=("default", "sensitive"),
+                   help="generated world (trainer synthesize --world; docs/data.md)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="trainer config override for the MultiFair fits (e.g. "
+                        "modulation_target=update); plain fusion in `confirm` gets none")
     t.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     t.add_argument("--work", default="results/search-quality")
     t.add_argument("--out", required=True)
+    c = sub.add_parser("confirm", help="the table's best configuration(s) against plain fusion "
+                       "on test, paired over fresh seeds")
+    c.add_argument("--table", required=True)
+    c.add_argument("--top", type=int, default=1)
+    c.add_argument("--seeds", type=int, default=5)
+    c.add_argument("--seed-offset", type=int, default=100)
+    c.add_argument("--unimodal", action="store_true",
+                   help="also plain OCT-only and SLO-only models (what each modality alone gives)")
+    c.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    c.add_argument("--work", default="results/search-quality")
+    c.add_argument("--out", required=True)
     r = sub.add_parser("replay")
     r.add_argument("--table", required=True)
     r.add_argument("--warm-table", default="")
@@ -443,7 +531,7 @@ def main(argv=None) -> None:
                    help="hypervolume reference point: the table's worst (AUC, ES-AUC), or (0.5, 0.25)")
     r.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    table(a) if a.phase == "table" else replay(a)
+    {"table": table, "confirm": confirm, "replay": replay}[a.phase](a)
 
 
 if __name__ == "__main__":
