@@ -16,7 +16,20 @@ benchmark, as HPOBench / Syne Tune's blackbox repository do):
           point (unit cube, log axes where the range is log) answers with a seed's recorded curve,
           and the REAL schedulers (Ray's ASHAScheduler on ES-AUC, search.run.mo_asha.MOASHAScheduler)
           decide at every epoch; a stopped or finished trial is told to Optuna with its last
-          report, as OptunaSearch does. Every method gets the same epoch budget.
+          report, as OptunaSearch does. Every method gets the same epoch budget. Each arm's
+          sampler is seeded from (run, method), apart from the reference's (TPE's start-up
+          trials are RandomSampler draws: a shared seed made the arms replay the reference's
+          first trials); each configuration is trained at most once per study (a suggestion
+          is answered by the nearest design point not yet tried; a study that has tried them
+          all stops); each arm reports the epochs it needs to reach 95% of the whole design's
+          validation hypervolume (every configuration trained fully, the run's seed column).
+  confirm the table's best configuration(s), picked on validation, against plain fusion
+          (`--mode baseline`; `--unimodal`: also OCT-only and SLO-only) on TEST, trained on
+          fresh seeds (--seed-offset) of the same data, paired by seed.
+
+`table --world sensitive` (trainer/data/generative.py WORLDS, docs/data.md) uses the world built
+so that MultiFair's terms have something to fix; `--set KEY=VALUE` overrides the MultiFair fits'
+trainer config (e.g. modulation_target=update).
 
     python benchmarks/search_quality.py table --attribute gender --configs 32 --seeds 2 \\
         --epochs 6 --out results/sq-gender.json
@@ -26,7 +39,8 @@ benchmark, as HPOBench / Syne Tune's blackbox repository do):
 Figures: hypervolume, with a reference point fixed per table (its worst validation AUC and
 ES-AUC at any configuration's best epoch; `--ref fixed`: AUC 0.5, ES-AUC 0.25), of the front of the
 full-length trials (validation, best epoch, as search.decide.select.front); test hypervolume of the
-same trials' test figures; paired over runs (same run seed for every method).
+same trials' test figures; paired over runs (in a run every method reads the same training-seed
+column of the table; the samplers' seeds differ).
 """
 from __future__ import annotations
 
@@ -259,8 +273,22 @@ class Table:
         best = [max(e["curve"], key=lambda p: p[1]) for es in self.entries.values() for e in es]
         return (min(a for a, _ in best), min(v for _, v in best))
 
-    def nearest(self, params: dict) -> int:
-        return self.ids[int(np.argmin(((self.units - unit(params)) ** 2).sum(1)))]
+    def nearest(self, params: dict, exclude=frozenset()) -> int:
+        """The design point nearest to `params` among those not in `exclude` (a study's
+        configurations already trained: each configuration is trained once per study)."""
+        dist = ((self.units - unit(params)) ** 2).sum(1)
+        free = [i for i, c in enumerate(self.ids) if c not in exclude]
+        if not free:
+            raise ValueError(f"every one of the table's {len(self.ids)} configurations is already "
+                             f"in this study; give the search fewer epochs or a larger design")
+        return self.ids[min(free, key=lambda i: dist[i])]
+
+    def design_hv(self, seed: int) -> float:
+        """Validation hypervolume of the whole design's front in one seed's column (every
+        configuration trained fully): what a search on this table can reach at most."""
+        pts = [max(e["curve"], key=lambda p: p[1]) for es in self.entries.values() for e in es
+               if e["seed"] == seed]
+        return hypervolume(pts, self.ref)
 
 
 METHODS = {   # name: (sampler, scheduler)
@@ -290,10 +318,19 @@ def _scheduler(kind: str, epochs: int, grace: int, eta: int):
     return None
 
 
+def arm_seed(run: int, method: str) -> int:
+    """The sampler seed of `method` in run `run`: drawn from (run, method), so no arm replays
+    another's first trials (TPE's start-up trials are RandomSampler(seed) draws)."""
+    return int(np.random.SeedSequence([run, *map(ord, method)]).generate_state(1)[0])
+
+
 def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int = 4, grace: int = 1,
-             eta: int = 3, warm: list | None = None, log: list | None = None) -> dict:
+             eta: int = 3, warm: list | None = None, log: list | None = None,
+             sampler_seed: int | None = None) -> dict:
     """One search on the table until `budget` epochs are trained. Returns the anytime curve
-    [(epochs, val hypervolume)], the trials, and the final front's val and test hypervolume."""
+    [(epochs, val hypervolume)], the trials, and the final front's val and test hypervolume.
+    `run_seed` picks the training-seed column; `sampler_seed` (default: run_seed) seeds the
+    sampler. A suggestion is answered by the nearest configuration not yet in the study."""
     import optuna
     from ray.tune.schedulers import TrialScheduler
 
@@ -301,8 +338,9 @@ def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int =
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler_kind, sched_kind = METHODS[method]
-    sampler = (optuna.samplers.RandomSampler(seed=run_seed) if sampler_kind == "random" else
-               optuna.samplers.TPESampler(seed=run_seed, multivariate=True, constant_liar=True))
+    seed = run_seed if sampler_seed is None else sampler_seed
+    sampler = (optuna.samplers.RandomSampler(seed=seed) if sampler_kind == "random" else
+               optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True))
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
     if warm:
         study.add_trials(warm)
@@ -313,8 +351,10 @@ def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int =
 
     def start():
         nonlocal n
+        if len(trials) >= len(tab.ids):        # every configuration tried: the search is over
+            return None
         ot = study.ask(dists)
-        cfg = tab.nearest(ot.params)
+        cfg = tab.nearest(ot.params, exclude={t.cfg for t in trials})
         # every trial of a study trains with the study's seed (as the service: scfg.seed), so a
         # run replays one seed's column of the table; runs alternate between the seeds
         entries = tab.entries[cfg]
@@ -327,11 +367,13 @@ def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int =
         return t
 
     slots = [start() for _ in range(workers)]
-    while spent < budget:
+    while spent < budget and any(slots):
         # every running trial trains one epoch per time unit; results arrive in slot order
         for i, t in enumerate(slots):
             if spent >= budget:
                 break
+            if t is None:
+                continue
             t.epoch += 1
             spent += 1
             auc, es = t.entry["curve"][t.epoch - 1]
@@ -342,7 +384,7 @@ def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int =
             if t.epoch >= tab.epochs or action == TrialScheduler.STOP:
                 t.status = "FULL" if t.epoch >= tab.epochs else "STOPPED"
                 study.tell(t.ot, [auc, es])         # the last report, as OptunaSearch
-                slots[i] = start()
+                slots[i] = start() if spent < budget else None   # none after the budget
             curve.append((spent, hypervolume(_val_points(trials), tab.ref)))
     full = [t for t in trials if t.status == "FULL"]
     f = front(_val_points(full)) if full else []
@@ -406,14 +448,22 @@ def replay(a) -> None:
            "eta": a.eta, "reference_budget_epochs": ref_budget, "budget_share": share, "runs": []}
     for r in range(a.runs):
         log = []
-        ref = simulate(tab, "tpe_full", ref_budget, r, a.workers, a.grace, a.eta, log=log)
-        row = {"seed": r, "tpe_full": {"val_hv": ref["val_hv"], "test_hv": ref["test_hv"],
-                                       "epochs": ref_budget}}
+        ref = simulate(tab, "tpe_full", ref_budget, r, a.workers, a.grace, a.eta, log=log,
+                       sampler_seed=arm_seed(r, "tpe_full"))
+        design = tab.design_hv(r % tab.seeds)
+        row = {"seed": r, "design_val_hv": design,
+               "tpe_full": {"val_hv": ref["val_hv"], "test_hv": ref["test_hv"],
+                            "epochs": ref_budget, "distinct_configs": _distinct(ref),
+                            "epochs_to_95pct_design": epochs_to(ref["curve"], 0.95 * design)}}
         for m in STOPPING:
-            res = simulate(tab, m, int(ref_budget * share), r, a.workers, a.grace, a.eta)
+            res = simulate(tab, m, int(ref_budget * share), r, a.workers, a.grace, a.eta,
+                           sampler_seed=arm_seed(r, m))
             row[m] = {"val_hv": res["val_hv"], "test_hv": res["test_hv"], "epochs": int(ref_budget * share),
                       "share_of_reference_hv": res["val_hv"] / ref["val_hv"] if ref["val_hv"] else math.nan,
+                      "share_of_design_hv": res["val_hv"] / design if design else math.nan,
                       "epochs_to_95pct_reference": epochs_to(res["curve"], 0.95 * ref["val_hv"]),
+                      "epochs_to_95pct_design": epochs_to(res["curve"], 0.95 * design),
+                      "distinct_configs": _distinct(res),
                       "curve": res["curve"][:: max(1, len(res["curve"]) // 40)]}
         # the same epoch budget for random search and for TPE at full fidelity, for the curve
         ref_front = {t.trial_id for t in ref["front"]}
@@ -432,6 +482,12 @@ def replay(a) -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(dumps(out, indent=1))      # strict JSON: NaN and infinity -> null
     print(dumps(out["summary"], indent=1))
+
+
+def _distinct(res: dict) -> int:
+    """Distinct configurations a search trained (a trial per configuration: equal to its
+    trials; kept in the output as the check)."""
+    return len({t.cfg for t in res["trials"] if t.epoch > 0})
 
 
 def warm_saving(a, cold_tab: Table, r: int) -> dict:
@@ -465,9 +521,18 @@ def summarize(out: dict) -> dict:
     ref = [r["tpe_full"]["val_hv"] for r in runs]
     s = {"runs": len(runs), "reference_val_hv_mean": float(np.mean(ref)),
          "reference_test_hv_mean": float(np.mean([r["tpe_full"]["test_hv"] for r in runs]))}
+    s["design_val_hv_mean"] = float(np.mean([r["design_val_hv"] for r in runs]))
+    s["tpe_full_epochs_to_95pct_design_median"] = float(np.median(
+        [r["tpe_full"]["epochs_to_95pct_design"] for r in runs]))
     for m in STOPPING:
         share = [r[m]["share_of_reference_hv"] for r in runs]
+        to_design = [r[m]["epochs_to_95pct_design"] for r in runs]
         s[m] = {"epochs_share_of_reference": out["budget_share"],
+                "val_hv_share_of_design_mean": float(np.mean([r[m]["share_of_design_hv"]
+                                                              for r in runs])),
+                # a run that never reaches it counts as infinite epochs (the median may be inf)
+                "epochs_to_95pct_design_median": float(np.median(to_design)),
+                "runs_reaching_95pct_design": int(sum(math.isfinite(x) for x in to_design)),
                 "val_hv_share_of_reference_mean": float(np.mean(share)),
                 "val_hv_vs_reference": paired(ref, [r[m]["val_hv"] for r in runs]),
                 "test_hv_vs_reference": paired([r["tpe_full"]["test_hv"] for r in runs],
