@@ -237,6 +237,30 @@ def noise(tab: dict) -> dict:
             "ratio_across_to_within": across / within if within else math.nan, "settings": len(by)}
 
 
+def landscape(a) -> None:
+    """Which hyperparameters move a table's best-epoch validation ES-AUC: the noise figures,
+    each hyperparameter's Spearman correlation with a configuration's seed-mean (validation and
+    test), and the configurations ranked by it."""
+    from scipy.stats import spearmanr
+
+    tab = json.loads(Path(a.table).read_text())
+    by = {}
+    for e in tab["entries"]:
+        by.setdefault(e["config"], []).append((max(v for _, v in e["curve"]), e["test"][1]))
+    ids = sorted(by)
+    val = [float(np.mean([v for v, _ in by[c]])) for c in ids]
+    test = [float(np.mean([t for _, t in by[c]])) for c in ids]
+    out = {"table": a.table, "noise": noise(tab), "spearman": {
+        k: {"val": float(spearmanr([tab["configs"][c][k] for c in ids], val)[0]),
+            "test": float(spearmanr([tab["configs"][c][k] for c in ids], test)[0])} for k in HP},
+        "ranked": [{"config": ids[i], "val_es_auc": val[i], "test_es_auc": test[i],
+                    "seeds": len(by[ids[i]]), **tab["configs"][ids[i]]}
+                   for i in np.argsort(val)[::-1]]}
+    if a.out:
+        Path(a.out).write_text(dumps(out, indent=1))
+    print(dumps({k: out[k] for k in ("noise", "spearman")}, indent=1))
+
+
 # -- hypervolume and fronts ------------------------------------------------------------------
 def front(points: list[tuple]) -> list[int]:
     return [i for i, (a, e) in enumerate(points)
@@ -583,6 +607,9 @@ def main(argv=None) -> None:
     c.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     c.add_argument("--work", default="results/search-quality")
     c.add_argument("--out", required=True)
+    s_ = sub.add_parser("landscape", help="noise and each hyperparameter's rank correlation")
+    s_.add_argument("--table", required=True)
+    s_.add_argument("--out", default="")
     r = sub.add_parser("replay")
     r.add_argument("--table", required=True)
     r.add_argument("--warm-table", default="")
@@ -596,7 +623,7 @@ def main(argv=None) -> None:
                    help="hypervolume reference point: the table's worst (AUC, ES-AUC), or (0.5, 0.25)")
     r.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    {"table": table, "confirm": confirm, "replay": replay}[a.phase](a)
+    {"table": table, "confirm": confirm, "replay": replay, "landscape": landscape}[a.phase](a)
 
 
 if __name__ == "__main__":

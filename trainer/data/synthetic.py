@@ -31,7 +31,7 @@ from trainer.data import acquisition, ideal
 from trainer.data.acquisition import SITES, Scanner
 from trainer.data.common import SPLITS
 from trainer.data.generative import (CDR_RANGE, LABELLED, LANGUAGE_P, MARITAL_P, NOTE_LABEL_NOISE,
-                                     PROFILES, SEVERITY, WORLDS, cdr_mean, oct_quality,
+                                     PROFILES, SEVERITY, WORLDS, World, cdr_mean, oct_quality,
                                      protocol_p, resolve_world, rnfl_mean, rnfl_noise, thinning)
 
 USE = {"train": "training", "val": "validation", "test": "test"}
@@ -290,7 +290,7 @@ class _Plan:
     site: acquisition.Site = SITES["default"]
     missing: tuple = ()            # ((modality, rate), ...) in the spec's order
     missing_by: str | None = None
-    world: object = WORLDS["default"]
+    world: World = WORLDS["default"]
 
     @property
     def scanner(self) -> Scanner | None:
