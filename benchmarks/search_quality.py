@@ -122,8 +122,6 @@ def _fit(job: dict) -> dict:
 def table(a) -> None:
     from concurrent.futures import ProcessPoolExecutor
 
-    from trainer.data.synthetic import synthesize
-
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     n_train, n_val, n_test = map(int, a.sizes.split(","))
