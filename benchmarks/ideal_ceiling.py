@@ -10,6 +10,12 @@ docs/data.md, "The known answer", cites its output.
 `--site shifted`: the shifted site's population (trainer/data/acquisition.py SITES); its scanner
 changes the pixels only, which the ideal reader sees through, so the ceiling moves with the group
 mix alone.
+
+`--world sensitive` (trainer/data/generative.py WORLDS): the OCT reader reads the protocol band
+too, and "no shortcut" is the joint reader that ignores the band.
+
+    python benchmarks/ideal_ceiling.py --n 60000 --seed 1 --world sensitive \
+        --json benchmarks/results/ideal-ceiling-60k-sensitive.json
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer.config import ATTRIBUTES  # noqa: E402
 from trainer.data.acquisition import SITES  # noqa: E402
+from trainer.data.generative import WORLDS  # noqa: E402
 from trainer.data.ideal import evidence  # noqa: E402
 from trainer.data.synthetic import synthesize_metadata  # noqa: E402
 from trainer.metrics import evaluate_fairness  # noqa: E402
@@ -36,12 +43,15 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", default="")
     p.add_argument("--site", default="default", choices=sorted(SITES))
+    p.add_argument("--world", default="default", choices=sorted(WORLDS))
     a = p.parse_args(argv)
-    meta = synthesize_metadata("fairvision", a.n, seed=a.seed, site=a.site)
-    ev = evidence("fairvision", meta, modalities=("oct", "slo"), site=a.site)
+    meta = synthesize_metadata("fairvision", a.n, seed=a.seed, site=a.site, world=a.world)
+    ev = evidence("fairvision", meta, modalities=("oct", "slo"), site=a.site, world=a.world)
     y = np.asarray(meta["glaucoma"])
     out = {"args": vars(a), "readers": {}}
-    for reader, label in (("oct", "OCT"), ("slo", "SLO"), ("all", "both (joint)")):
+    readers = (("oct", "OCT"), ("slo", "SLO"), ("all", "both (joint)"),
+               ("no_shortcut", "no shortcut"))
+    for reader, label in (r for r in readers if r[0] in ev):
         score = rankdata(ev[reader]) / (len(y) + 1)   # ranks: sigmoid(log-odds) would tie at 1
         row = {}
         for attribute in ("race", "gender"):

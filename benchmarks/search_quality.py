@@ -16,7 +16,20 @@ benchmark, as HPOBench / Syne Tune's blackbox repository do):
           point (unit cube, log axes where the range is log) answers with a seed's recorded curve,
           and the REAL schedulers (Ray's ASHAScheduler on ES-AUC, search.run.mo_asha.MOASHAScheduler)
           decide at every epoch; a stopped or finished trial is told to Optuna with its last
-          report, as OptunaSearch does. Every method gets the same epoch budget.
+          report, as OptunaSearch does. Every method gets the same epoch budget. Each arm's
+          sampler is seeded from (run, method), apart from the reference's (TPE's start-up
+          trials are RandomSampler draws: a shared seed made the arms replay the reference's
+          first trials); each configuration is trained at most once per study (a suggestion
+          is answered by the nearest design point not yet tried; a study that has tried them
+          all stops); each arm reports the epochs it needs to reach 95% of the whole design's
+          validation hypervolume (every configuration trained fully, the run's seed column).
+  confirm the table's best configuration(s), picked on validation, against plain fusion
+          (`--mode baseline`; `--unimodal`: also OCT-only and SLO-only) on TEST, trained on
+          fresh seeds (--seed-offset) of the same data, paired by seed.
+
+`table --world sensitive` (trainer/data/generative.py WORLDS, docs/data.md) uses the world built
+so that MultiFair's terms have something to fix; `--set KEY=VALUE` overrides the MultiFair fits'
+trainer config (e.g. modulation_target=update).
 
     python benchmarks/search_quality.py table --attribute gender --configs 32 --seeds 2 \\
         --epochs 6 --out results/sq-gender.json
@@ -26,7 +39,8 @@ benchmark, as HPOBench / Syne Tune's blackbox repository do):
 Figures: hypervolume, with a reference point fixed per table (its worst validation AUC and
 ES-AUC at any configuration's best epoch; `--ref fixed`: AUC 0.5, ES-AUC 0.25), of the front of the
 full-length trials (validation, best epoch, as search.decide.select.front); test hypervolume of the
-same trials' test figures; paired over runs (same run seed for every method).
+same trials' test figures; paired over runs (in a run every method reads the same training-seed
+column of the table; the samplers' seeds differ).
 """
 from __future__ import annotations
 
@@ -88,35 +102,39 @@ def _fit(job: dict) -> dict:
     from trainer.loop import fit
 
     torch.set_num_threads(1)
-    cfg = make_config("fairvision", job["attribute"], preset="tiny", data_root=job["root"], mode="full",
-                      seed=job["seed"], epochs=job["epochs"], bootstrap=0, cache_dir=job["cache"],
-                      **job["params"])
+    params = job["params"] if job.get("mode", "full") != "baseline" else {}
+    sets = job.get("sets", []) if job.get("mode", "full") != "baseline" else []
+    if job.get("modalities"):               # a unimodal arm (confirm --unimodal)
+        params = dict(params, modalities=tuple(job["modalities"]))
+    cfg = make_config("fairvision", job["attribute"], preset="tiny", data_root=job["root"],
+                      mode=job.get("mode", "full"), seed=job["seed"], epochs=job["epochs"],
+                      bootstrap=0, cache_dir=job["cache"], sets=sets, **params)
     curve = []
     res = fit(cfg, on_epoch=lambda r: curve.append((float(r.val["auc"]), float(r.val["es_auc"]))),
               progress=False)
     test = res["test"]["point"]
     return {"config": job["config"], "seed": job["seed"], "curve": curve, "best_epoch": res["best_epoch"],
-            "test": (float(test["auc"]), float(test["es_auc"]))}
+            "test": (float(test["auc"]), float(test["es_auc"])), "mode": cfg.mode,
+            "modalities": list(cfg.resolved_modalities()),
+            "test_group_auc": {str(k): float(v) for k, v in test["group_auc"].items()}}
 
 
 def table(a) -> None:
     from concurrent.futures import ProcessPoolExecutor
 
-    from trainer.data.synthetic import synthesize
-
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     n_train, n_val, n_test = map(int, a.sizes.split(","))
-    root = Path(a.work) / f"fv-{n_train}-{n_val}-{n_test}-s{a.data_seed}"
-    if not root.exists():
-        synthesize("fairvision", root, n_train, n_val, n_test, seed=a.data_seed)
+    root = _data(a.work, a.world, (n_train, n_val, n_test), a.data_seed)
     configs = design(a.configs, a.attribute)
     done = json.loads(out.read_text()) if out.exists() else {"entries": []}
     have = {(e["config"], e["seed"]) for e in done["entries"]}
     jobs = [{"config": i, "params": p, "seed": s, "attribute": a.attribute, "epochs": a.epochs,
-             "root": str(root), "cache": str(Path(a.work) / "cache")}
+             "root": str(root), "cache": str(Path(a.work) / "cache"), "sets": a.set}
             for s in range(a.seeds) for i, p in enumerate(configs) if (i, s) not in have]
-    meta = {"command": " ".join(sys.argv), "attribute": a.attribute, "sizes": [n_train, n_val, n_test],
+    meta = {"command": " ".join(sys.argv), "attribute": a.attribute, "world": a.world,
+            "sets": a.set,
+            "sizes": [n_train, n_val, n_test],
             "data_seed": a.data_seed, "epochs": a.epochs, "seeds": a.seeds, "preset": "tiny",
             "configs": configs, "versions": _versions()}
     started = time.perf_counter()
@@ -129,6 +147,72 @@ def table(a) -> None:
             print(f"[table] {i}/{len(jobs)} config {entry['config']} seed {entry['seed']}: "
                   f"final val ES-AUC {entry['curve'][-1][1]:.3f}", flush=True)
     print(json.dumps(noise(done)))
+
+
+def _data(work, world: str, sizes, data_seed: int) -> Path:
+    """The generated data of a table (made once; the default world keeps its old folder name)."""
+    from trainer.data.synthetic import synthesize
+
+    tag = "" if world == "default" else f"-{world}"
+    root = Path(work) / f"fv{tag}-{sizes[0]}-{sizes[1]}-{sizes[2]}-s{data_seed}"
+    if not root.exists():
+        synthesize("fairvision", root, *sizes, seed=data_seed, world=world)
+    return root
+
+
+def best_configs(tab: dict, top: int) -> list[int]:
+    """The `top` configurations by mean (over seeds) best-epoch validation ES-AUC."""
+    by = {}
+    for e in tab["entries"]:
+        by.setdefault(e["config"], []).append(max(v for _, v in e["curve"]))
+    return sorted(by, key=lambda c: -np.mean(by[c]))[:top]
+
+
+def confirm(a) -> None:
+    """The table's best region against plain fusion on TEST, paired over fresh training seeds
+    (seeds --seed-offset.., none of them the table's): the chosen configuration(s) picked on
+    validation from the table, then both arms trained on the same data with the same seeds."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    tab = json.loads(Path(a.table).read_text())
+    root = _data(a.work, tab.get("world", "default"), tab["sizes"], tab["data_seed"])
+    chosen = best_configs(tab, a.top)
+    seeds = range(a.seed_offset, a.seed_offset + a.seeds)
+    arms = [("baseline", None, None)] + [("full", c, None) for c in chosen]
+    arms += [("baseline", None, (m,)) for m in (("oct", "slo") if a.unimodal else ())]
+    jobs = [{"config": c, "mode": mode, "params": tab["configs"][c] if c is not None else {},
+             "modalities": mods, "seed": s, "attribute": tab["attribute"], "epochs": tab["epochs"],
+             "sets": tab.get("sets", []),
+             "root": str(root), "cache": str(Path(a.work) / "cache")}
+            for mode, c, mods in arms for s in seeds]
+    with ProcessPoolExecutor(a.workers) as pool:
+        fits = list(pool.map(_fit, jobs))
+    fused = lambda f: len(f["modalities"]) > 1  # noqa: E731
+    base = {f["seed"]: f for f in fits if f["mode"] == "baseline" and fused(f)}
+    out = {"command": " ".join(sys.argv), "table": a.table, "world": tab.get("world", "default"),
+           "sets": tab.get("sets", []),
+           "sizes": tab["sizes"], "data_seed": tab["data_seed"], "epochs": tab["epochs"],
+           "seeds": list(seeds), "fits": fits, "arms": {}}
+    for c in chosen:
+        mine = {f["seed"]: f for f in fits if f["config"] == c and f["mode"] == "full"}
+        out["arms"][f"config {c}"] = _versus(base, mine, seeds, tab["configs"][c])
+    for m in ("oct", "slo") if a.unimodal else ():
+        mine = {f["seed"]: f for f in fits if f["modalities"] == [m]}
+        out["arms"][f"{m} only"] = _versus(base, mine, seeds, {})
+    out["baseline_test_es_auc_mean"] = float(np.mean([base[s]["test"][1] for s in seeds]))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(dumps(out, indent=1))
+    print(dumps({k: out[k] for k in ("arms", "baseline_test_es_auc_mean")}, indent=1))
+
+
+def _versus(base: dict, mine: dict, seeds, params: dict) -> dict:
+    """An arm's test (ES-AUC, AUC) against plain fusion's, paired by seed."""
+    return {"params": params,
+            "test_es_auc_vs_baseline": paired([base[s]["test"][1] for s in seeds],
+                                              [mine[s]["test"][1] for s in seeds]),
+            "test_auc_vs_baseline": paired([base[s]["test"][0] for s in seeds],
+                                           [mine[s]["test"][0] for s in seeds]),
+            "test_es_auc_mean": float(np.mean([mine[s]["test"][1] for s in seeds]))}
 
 
 def _versions() -> dict:
@@ -149,6 +233,30 @@ def noise(tab: dict) -> dict:
     across = float(np.std([np.mean(v) for v in by.values()], ddof=1))
     return {"sd_within_setting_over_seeds": within, "sd_across_settings": across,
             "ratio_across_to_within": across / within if within else math.nan, "settings": len(by)}
+
+
+def landscape(a) -> None:
+    """Which hyperparameters move a table's best-epoch validation ES-AUC: the noise figures,
+    each hyperparameter's Spearman correlation with a configuration's seed-mean (validation and
+    test), and the configurations ranked by it."""
+    from scipy.stats import spearmanr
+
+    tab = json.loads(Path(a.table).read_text())
+    by = {}
+    for e in tab["entries"]:
+        by.setdefault(e["config"], []).append((max(v for _, v in e["curve"]), e["test"][1]))
+    ids = sorted(by)
+    val = [float(np.mean([v for v, _ in by[c]])) for c in ids]
+    test = [float(np.mean([t for _, t in by[c]])) for c in ids]
+    out = {"table": a.table, "noise": noise(tab), "spearman": {
+        k: {"val": float(spearmanr([tab["configs"][c][k] for c in ids], val)[0]),
+            "test": float(spearmanr([tab["configs"][c][k] for c in ids], test)[0])} for k in HP},
+        "ranked": [{"config": ids[i], "val_es_auc": val[i], "test_es_auc": test[i],
+                    "seeds": len(by[ids[i]]), **tab["configs"][ids[i]]}
+                   for i in np.argsort(val)[::-1]]}
+    if a.out:
+        Path(a.out).write_text(dumps(out, indent=1))
+    print(dumps({k: out[k] for k in ("noise", "spearman")}, indent=1))
 
 
 # -- hypervolume and fronts ------------------------------------------------------------------
@@ -187,8 +295,22 @@ class Table:
         best = [max(e["curve"], key=lambda p: p[1]) for es in self.entries.values() for e in es]
         return (min(a for a, _ in best), min(v for _, v in best))
 
-    def nearest(self, params: dict) -> int:
-        return self.ids[int(np.argmin(((self.units - unit(params)) ** 2).sum(1)))]
+    def nearest(self, params: dict, exclude=frozenset()) -> int:
+        """The design point nearest to `params` among those not in `exclude` (a study's
+        configurations already trained: each configuration is trained once per study)."""
+        dist = ((self.units - unit(params)) ** 2).sum(1)
+        free = [i for i, c in enumerate(self.ids) if c not in exclude]
+        if not free:
+            raise ValueError(f"every one of the table's {len(self.ids)} configurations is already "
+                             f"in this study; give the search fewer epochs or a larger design")
+        return self.ids[min(free, key=lambda i: dist[i])]
+
+    def design_hv(self, seed: int) -> float:
+        """Validation hypervolume of the whole design's front in one seed's column (every
+        configuration trained fully): what a search on this table can reach at most."""
+        pts = [max(e["curve"], key=lambda p: p[1]) for es in self.entries.values() for e in es
+               if e["seed"] == seed]
+        return hypervolume(pts, self.ref)
 
 
 METHODS = {   # name: (sampler, scheduler)
@@ -218,10 +340,19 @@ def _scheduler(kind: str, epochs: int, grace: int, eta: int):
     return None
 
 
+def arm_seed(run: int, method: str) -> int:
+    """The sampler seed of `method` in run `run`: drawn from (run, method), so no arm replays
+    another's first trials (TPE's start-up trials are RandomSampler(seed) draws)."""
+    return int(np.random.SeedSequence([run, *map(ord, method)]).generate_state(1)[0])
+
+
 def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int = 4, grace: int = 1,
-             eta: int = 3, warm: list | None = None, log: list | None = None) -> dict:
+             eta: int = 3, warm: list | None = None, log: list | None = None,
+             sampler_seed: int | None = None) -> dict:
     """One search on the table until `budget` epochs are trained. Returns the anytime curve
-    [(epochs, val hypervolume)], the trials, and the final front's val and test hypervolume."""
+    [(epochs, val hypervolume)], the trials, and the final front's val and test hypervolume.
+    `run_seed` picks the training-seed column; `sampler_seed` (default: run_seed) seeds the
+    sampler. A suggestion is answered by the nearest configuration not yet in the study."""
     import optuna
     from ray.tune.schedulers import TrialScheduler
 
@@ -229,8 +360,9 @@ def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int =
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler_kind, sched_kind = METHODS[method]
-    sampler = (optuna.samplers.RandomSampler(seed=run_seed) if sampler_kind == "random" else
-               optuna.samplers.TPESampler(seed=run_seed, multivariate=True, constant_liar=True))
+    seed = run_seed if sampler_seed is None else sampler_seed
+    sampler = (optuna.samplers.RandomSampler(seed=seed) if sampler_kind == "random" else
+               optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True))
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
     if warm:
         study.add_trials(warm)
@@ -241,8 +373,10 @@ def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int =
 
     def start():
         nonlocal n
+        if len(trials) >= len(tab.ids):        # every configuration tried: the search is over
+            return None
         ot = study.ask(dists)
-        cfg = tab.nearest(ot.params)
+        cfg = tab.nearest(ot.params, exclude={t.cfg for t in trials})
         # every trial of a study trains with the study's seed (as the service: scfg.seed), so a
         # run replays one seed's column of the table; runs alternate between the seeds
         entries = tab.entries[cfg]
@@ -255,11 +389,13 @@ def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int =
         return t
 
     slots = [start() for _ in range(workers)]
-    while spent < budget:
+    while spent < budget and any(slots):
         # every running trial trains one epoch per time unit; results arrive in slot order
         for i, t in enumerate(slots):
             if spent >= budget:
                 break
+            if t is None:
+                continue
             t.epoch += 1
             spent += 1
             auc, es = t.entry["curve"][t.epoch - 1]
@@ -270,7 +406,7 @@ def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int =
             if t.epoch >= tab.epochs or action == TrialScheduler.STOP:
                 t.status = "FULL" if t.epoch >= tab.epochs else "STOPPED"
                 study.tell(t.ot, [auc, es])         # the last report, as OptunaSearch
-                slots[i] = start()
+                slots[i] = start() if spent < budget else None   # none after the budget
             curve.append((spent, hypervolume(_val_points(trials), tab.ref)))
     full = [t for t in trials if t.status == "FULL"]
     f = front(_val_points(full)) if full else []
@@ -334,14 +470,22 @@ def replay(a) -> None:
            "eta": a.eta, "reference_budget_epochs": ref_budget, "budget_share": share, "runs": []}
     for r in range(a.runs):
         log = []
-        ref = simulate(tab, "tpe_full", ref_budget, r, a.workers, a.grace, a.eta, log=log)
-        row = {"seed": r, "tpe_full": {"val_hv": ref["val_hv"], "test_hv": ref["test_hv"],
-                                       "epochs": ref_budget}}
+        ref = simulate(tab, "tpe_full", ref_budget, r, a.workers, a.grace, a.eta, log=log,
+                       sampler_seed=arm_seed(r, "tpe_full"))
+        design = tab.design_hv(r % tab.seeds)
+        row = {"seed": r, "design_val_hv": design,
+               "tpe_full": {"val_hv": ref["val_hv"], "test_hv": ref["test_hv"],
+                            "epochs": ref_budget, "distinct_configs": _distinct(ref),
+                            "epochs_to_95pct_design": epochs_to(ref["curve"], 0.95 * design)}}
         for m in STOPPING:
-            res = simulate(tab, m, int(ref_budget * share), r, a.workers, a.grace, a.eta)
+            res = simulate(tab, m, int(ref_budget * share), r, a.workers, a.grace, a.eta,
+                           sampler_seed=arm_seed(r, m))
             row[m] = {"val_hv": res["val_hv"], "test_hv": res["test_hv"], "epochs": int(ref_budget * share),
                       "share_of_reference_hv": res["val_hv"] / ref["val_hv"] if ref["val_hv"] else math.nan,
+                      "share_of_design_hv": res["val_hv"] / design if design else math.nan,
                       "epochs_to_95pct_reference": epochs_to(res["curve"], 0.95 * ref["val_hv"]),
+                      "epochs_to_95pct_design": epochs_to(res["curve"], 0.95 * design),
+                      "distinct_configs": _distinct(res),
                       "curve": res["curve"][:: max(1, len(res["curve"]) // 40)]}
         # the same epoch budget for random search and for TPE at full fidelity, for the curve
         ref_front = {t.trial_id for t in ref["front"]}
@@ -360,6 +504,12 @@ def replay(a) -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(dumps(out, indent=1))      # strict JSON: NaN and infinity -> null
     print(dumps(out["summary"], indent=1))
+
+
+def _distinct(res: dict) -> int:
+    """Distinct configurations a search trained (a trial per configuration: equal to its
+    trials; kept in the output as the check)."""
+    return len({t.cfg for t in res["trials"] if t.epoch > 0})
 
 
 def warm_saving(a, cold_tab: Table, r: int) -> dict:
@@ -393,9 +543,18 @@ def summarize(out: dict) -> dict:
     ref = [r["tpe_full"]["val_hv"] for r in runs]
     s = {"runs": len(runs), "reference_val_hv_mean": float(np.mean(ref)),
          "reference_test_hv_mean": float(np.mean([r["tpe_full"]["test_hv"] for r in runs]))}
+    s["design_val_hv_mean"] = float(np.mean([r["design_val_hv"] for r in runs]))
+    s["tpe_full_epochs_to_95pct_design_median"] = float(np.median(
+        [r["tpe_full"]["epochs_to_95pct_design"] for r in runs]))
     for m in STOPPING:
         share = [r[m]["share_of_reference_hv"] for r in runs]
+        to_design = [r[m]["epochs_to_95pct_design"] for r in runs]
         s[m] = {"epochs_share_of_reference": out["budget_share"],
+                "val_hv_share_of_design_mean": float(np.mean([r[m]["share_of_design_hv"]
+                                                              for r in runs])),
+                # a run that never reaches it counts as infinite epochs (the median may be inf)
+                "epochs_to_95pct_design_median": float(np.median(to_design)),
+                "runs_reaching_95pct_design": int(sum(math.isfinite(x) for x in to_design)),
                 "val_hv_share_of_reference_mean": float(np.mean(share)),
                 "val_hv_vs_reference": paired(ref, [r[m]["val_hv"] for r in runs]),
                 "test_hv_vs_reference": paired([r["tpe_full"]["test_hv"] for r in runs],
@@ -427,9 +586,28 @@ def main(argv=None) -> None:
     t.add_argument("--epochs", type=int, default=6)
     t.add_argument("--sizes", default="384,192,192")
     t.add_argument("--data-seed", type=int, default=0)
+    t.add_argument("--world", default="default", choices=("default", "sensitive"),
+                   help="generated world (trainer synthesize --world; docs/data.md)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="trainer config override for the MultiFair fits (e.g. "
+                        "modulation_target=update); plain fusion in `confirm` gets none")
     t.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     t.add_argument("--work", default="results/search-quality")
     t.add_argument("--out", required=True)
+    c = sub.add_parser("confirm", help="the table's best configuration(s) against plain fusion "
+                       "on test, paired over fresh seeds")
+    c.add_argument("--table", required=True)
+    c.add_argument("--top", type=int, default=1)
+    c.add_argument("--seeds", type=int, default=5)
+    c.add_argument("--seed-offset", type=int, default=100)
+    c.add_argument("--unimodal", action="store_true",
+                   help="also plain OCT-only and SLO-only models (what each modality alone gives)")
+    c.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    c.add_argument("--work", default="results/search-quality")
+    c.add_argument("--out", required=True)
+    s_ = sub.add_parser("landscape", help="noise and each hyperparameter's rank correlation")
+    s_.add_argument("--table", required=True)
+    s_.add_argument("--out", default="")
     r = sub.add_parser("replay")
     r.add_argument("--table", required=True)
     r.add_argument("--warm-table", default="")
@@ -443,7 +621,7 @@ def main(argv=None) -> None:
                    help="hypervolume reference point: the table's worst (AUC, ES-AUC), or (0.5, 0.25)")
     r.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    table(a) if a.phase == "table" else replay(a)
+    {"table": table, "confirm": confirm, "replay": replay, "landscape": landscape}[a.phase](a)
 
 
 if __name__ == "__main__":

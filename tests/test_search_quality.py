@@ -57,3 +57,35 @@ def test_replay_command_writes_the_summary(tmp_path):
     out = json.loads((tmp_path / "r.json").read_text())
     assert out["summary"]["runs"] == 2 and 0 <= out["summary"]["front_survives_mo_asha"] <= 1
     assert math.isfinite(out["summary"]["warm_start"]["cold_epochs_median"])
+
+
+def test_arms_are_seeded_apart_from_the_reference():
+    """TPE's first trials are RandomSampler(seed) draws: with the study's seed shared, a random
+    arm replayed the reference's first trials (issue 27). Seeded by (run, method) they differ."""
+    tab = sq.Table(_table(n=32))
+    seeds = {m: sq.arm_seed(0, m) for m in ("tpe_full", "random", "tpe+mo_asha")}
+    assert len(set(seeds.values())) == 3 and seeds["random"] == sq.arm_seed(0, "random")
+    first = {m: [t.cfg for t in sq.simulate(tab, m, 4 * 4, 0, workers=4,
+                                           sampler_seed=seeds[m])["trials"][:4]]
+             for m in ("tpe_full", "random")}
+    shared = [t.cfg for t in sq.simulate(tab, "random", 16, 0, workers=4)["trials"][:4]]
+    same_seed = [t.cfg for t in sq.simulate(tab, "tpe_full", 16, 0, workers=4)["trials"][:4]]
+    assert shared == same_seed                     # the old replay: the same first trials
+    assert first["tpe_full"] != first["random"]
+
+
+def test_each_configuration_is_trained_once_and_the_design_hypervolume():
+    tab = sq.Table(_table(epochs=4, n=12))
+    res = sq.simulate(tab, "tpe_full", 12 * 4, 0, workers=2, sampler_seed=5)
+    cfgs = [t.cfg for t in res["trials"] if t.epoch > 0]
+    assert len(cfgs) == len(set(cfgs)) == 12       # every configuration once, none twice
+    # the whole design trained: its hypervolume, computed by hand from seed 0's curves
+    by_hand = sq.hypervolume([max(e["curve"], key=lambda p: p[1])
+                              for es in tab.entries.values() for e in es if e["seed"] == 0])
+    assert tab.design_hv(0) == pytest.approx(by_hand)
+    assert res["val_hv"] == pytest.approx(by_hand)
+    assert sq.epochs_to(res["curve"], 0.95 * by_hand) <= 48
+    more = sq.simulate(tab, "tpe_full", 20 * 4, 0, workers=2)    # budget beyond the design
+    assert len(more["trials"]) == 12 and more["curve"][-1][0] == 48   # stops when all are tried
+    with pytest.raises(ValueError, match="every one of the table's 12 configurations"):
+        tab.nearest(sq.from_unit([0.5] * 5), exclude=set(tab.ids))

@@ -192,3 +192,93 @@ def test_shift_overrides_and_their_errors(tmp_path, capsys):
         assert main([*base, "--out", str(tmp_path / "b"), "--shift", spec]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"error: --shift {spec}: ") and why in err[0]
+
+
+# ---------------------------------------------------------------------- the sensitive world
+# docs/data.md: women 25%; the OCT glaucoma-protocol band, P(band | label) 0.1/0.9 for men and
+# 0.5/0.5 for women; a disc-centred SLO (disc radius 0.25, cup +120) with cup-to-disc sd 0.10.
+
+def _content_digest(root) -> str:
+    """sha256 over every written file's name and content (an npz by its decoded arrays, so the
+    digest does not depend on zlib's byte stream); JPEG previews left out (PIL's encoder)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.suffix == ".jpg":
+            continue
+        h.update(str(p.relative_to(root)).encode())
+        if p.suffix == ".npz":
+            with np.load(p) as z:
+                for key in sorted(z.files):
+                    h.update(key.encode())
+                    h.update(np.ascontiguousarray(z[key]).tobytes())
+        else:
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_default_world_is_unchanged(tmp_path):
+    """Golden digests of two default datasets, taken with the generator before worlds existed
+    (commit c359830): the default world draws and writes exactly what it did."""
+    fv = synthesize("fairvision", tmp_path / "fv", 6, 4, 4, seed=5, modalities=("slo", "oct", "note"))
+    vl = synthesize("fairvlmed", tmp_path / "vl", 6, 4, 4, seed=5)
+    assert _content_digest(fv) == "16e1ff2f95cde9d0095ddd0201be4a4f43f102f2de13f59539c4edb3803f6cff"
+    assert _content_digest(vl) == "f6d3f124f7e77b78646bb9f7bcc779ae7908b884adee91886c8a9914c5aca8a7"
+    assert not (fv / "world.json").exists()
+
+
+def test_sensitive_world_draws_its_mechanism():
+    n = 60_000
+    meta = synthesize_metadata("fairvision", n, seed=4, world="sensitive")
+    base = synthesize_metadata("fairvision", n, seed=4)
+    female, y, band = meta["gender"] == 0, meta["glaucoma"] == 1, meta["protocol"]
+    assert abs(female.mean() - 0.25) < 0.01
+    for who, (p0, p1) in ((female, (0.5, 0.5)), (~female, (0.1, 0.9))):
+        assert abs(band[who & ~y].mean() - p0) < 0.015 and abs(band[who & y].mean() - p1) < 0.015
+    # the same disease draws as the default world; the cup-to-disc ratio only less noisy
+    assert np.array_equal(meta["glaucoma"], base["glaucoma"])
+    inside = (meta["cdr"] > 0.15) & (meta["cdr"] < 0.85) & ~y
+    assert abs(meta["cdr"][inside].std() - 0.10) < 0.01
+    with pytest.raises(ValueError, match="--world flat: choose one of default, sensitive"):
+        synthesize_metadata("fairvision", 10, world="flat")
+
+
+def test_sensitive_world_images_carry_the_shortcut(tmp_path):
+    """The protocol band is in the pixels (deep rows brighter), the SLO disc is larger; the
+    CLI writes world.json."""
+    from trainer.__main__ import main
+
+    out = tmp_path / "s"
+    assert main(["synthesize", "--layout", "fairvision", "--out", str(out), "--n-train", "40",
+                 "--n-val", "4", "--n-test", "4", "--seed", "2", "--world", "sensitive"]) == 0
+    assert json.loads((out / "world.json").read_text())["name"] == "sensitive"
+    meta = synthesize_metadata("fairvision", 40, seed=int(np.random.default_rng([2, 0])
+                                                         .integers(2**31)), world="sensitive")
+    octs = np.stack([np.load(f)["oct_bscans"] for f in
+                     sorted((out / "Glaucoma" / "Training").glob("data_*.npz"))]).astype(float)
+    deep = octs[:, :, 48:, :].mean(axis=(1, 2, 3))          # rows below the RPE band
+    band = meta["protocol"]
+    assert 0 < band.sum() < 40
+    assert deep[band].min() > deep[~band].max()              # the band separates them
+
+
+def test_sensitive_world_ideal_reader(tmp_path):
+    """Calibrated on 40,000 draws of the world itself; the reader that ignores the band is
+    fairer across gender than the joint one (the shortcut costs women AUC)."""
+    from scipy.special import expit
+
+    from trainer.data.ideal import evidence
+
+    meta = synthesize_metadata("fairvision", 40_000, seed=9, world="sensitive")
+    ev = evidence("fairvision", meta, modalities=("slo", "oct"), world="sensitive")
+    y, female = meta["glaucoma"], meta["gender"] == 0
+    for key in ("oct", "all", "no_shortcut"):
+        edges = np.quantile(ev[key], np.linspace(0, 1, 11)[1:-1])
+        which = np.digitize(ev[key], edges)
+        gap = max(abs(y[which == b].mean() - expit(ev[key][which == b]).mean())
+                  for b in range(10))
+        assert gap < 0.025, key
+    gap = {k: roc_auc_score(y[~female], ev[k][~female]) - roc_auc_score(y[female], ev[k][female])
+           for k in ("oct", "no_shortcut")}
+    assert gap["oct"] > 0.03 and gap["no_shortcut"] < gap["oct"] - 0.03

@@ -12,6 +12,8 @@ OCT quality q = OCT_QUALITY_RACE[race] * OCT_QUALITY_GENDER[gender];
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 LABELLED = ("slo", "oct", "note")        # modalities whose latent can carry the label
@@ -57,3 +59,51 @@ def rnfl_noise(quality):
 
 def cdr_mean(severity):
     return SLO_CDR_BASE + SLO_CDR_GAIN * severity / 0.7
+
+
+# -- the sensitive world (`synthesize --world sensitive`, docs/data.md) -------------------------
+# A world where MultiFair's terms have something to fix. Same patients and disease model as above,
+# three changes, each a plausible clinical story (docs/data.md gives it):
+# 1. women are scarce (a referral clinic whose patients are mostly men);
+# 2. a SHORTCUT in the fast modality: the OCT protocol. Men reach the glaucoma service by
+#    referral, scanned with the glaucoma protocol (a bright extra band below the RPE) mostly when
+#    glaucoma was already suspected; women mostly come through a screening programme that assigns
+#    the protocol regardless of the eye. The band is learned in a few steps and predicts the label
+#    for men only: for women it is noise with the same weight;
+# 3. the slow modality carries what women need: a disc-centred fundus photograph (larger disc,
+#    less cup-to-disc noise), group-uniform, but its cup is subtle against the bright band.
+@dataclass(frozen=True)
+class World:
+    name: str
+    female: float | None = None          # share of women (None: the layout's/site's)
+    # P(glaucoma-protocol band | label, gender): ((female y=0, female y=1), (male y=0, male y=1))
+    protocol: tuple | None = None
+    cdr_noise: float = SLO_CDR_NOISE     # sd of the cup-to-disc ratio around its mean
+    disc_radius: float = 0.1             # optic disc radius, fraction of the SLO image
+    cup: float = 55                      # brightness of the cup over the disc (SLO)
+
+
+WORLDS = {
+    "default": World("default"),
+    "sensitive": World("sensitive", female=0.25, protocol=((0.5, 0.5), (0.1, 0.9)),
+                       cdr_noise=0.10, disc_radius=0.25, cup=120),
+}
+
+
+def resolve_world(world) -> World:
+    if isinstance(world, World):
+        return world
+    if world not in WORLDS:
+        raise ValueError(f"--world {world}: choose one of {', '.join(WORLDS)}")
+    return WORLDS[world]
+
+
+def protocol_p(world: World, label, gender):
+    """P(glaucoma-protocol band) of each sample (codes, scalars or arrays)."""
+    return np.asarray(world.protocol)[gender, label]
+
+
+def world_profile(profile: dict, world) -> dict:
+    """The site's PROFILES entry with the world's share of women (if it sets one)."""
+    world = resolve_world(world)
+    return profile if world.female is None else dict(profile, female=world.female)

@@ -43,6 +43,7 @@ from trainer.jsonout import dumps
 
 SIDE_FILE = "ideal_reader.csv"
 SITE_FILE = "site.json"     # beside a generated site's data (not the default): what was changed
+WORLD_FILE = "world.json"   # beside a generated world's data (not the default): its parameters
 ATTRS = ("gender", "race", "ethnicity", "language", "maritalstatus")
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(96)
 _LO, _HI = gen.SEVERITY
@@ -50,9 +51,11 @@ SEVERITY = _LO + (_HI - _LO) / 2 * (_NODES + 1)     # nodes on [0.4, 1]
 LOG_W = np.log(_WEIGHTS * ((_HI - _LO) / 2) / (_HI - _LO))   # Gauss weights * (b-a)/2 * 1/(b-a)
 
 
-def _oct_loglik(rnfl: np.ndarray, prof: dict, severity: np.ndarray) -> np.ndarray:
+def _oct_loglik(rnfl: np.ndarray, prof: dict, severity: np.ndarray, protocol=None,
+                world=None, y: int = 0) -> np.ndarray:
     """log p(rnfl | s) for each sample (rows) and severity (columns), the group mixed out with
-    the site's proportions `prof`."""
+    the site's proportions `prof`. With `protocol` (bool (n,), sensitive world): log p(rnfl,
+    protocol | s, y), the protocol's probability depending on the label and the gender."""
     r = rnfl[:, None]
     parts = []
     for race, p_race in enumerate(prof["race"]):
@@ -60,16 +63,21 @@ def _oct_loglik(rnfl: np.ndarray, prof: dict, severity: np.ndarray) -> np.ndarra
             q = gen.oct_quality(race, gender)
             mean = gen.rnfl_mean(severity[None, :], q)
             sd = mean * gen.rnfl_noise(q)
-            parts.append(math.log(p_race * p_gender) + norm.logpdf(r, mean, sd))
+            part = math.log(p_race * p_gender) + norm.logpdf(r, mean, sd)
+            if protocol is not None:
+                p_band = gen.protocol_p(world, y, gender)
+                part = part + np.log(np.where(protocol, p_band, 1 - p_band))[:, None]
+            parts.append(part)
     return logsumexp(np.stack(parts), axis=0)
 
 
-def _slo_loglik(cdr: np.ndarray, severity: np.ndarray) -> np.ndarray:
-    """log p(cdr | s) with the clipping at CDR_RANGE (0.1, 0.9) as tail masses."""
+def _slo_loglik(cdr: np.ndarray, severity: np.ndarray, noise=gen.SLO_CDR_NOISE) -> np.ndarray:
+    """log p(cdr | s) with the clipping at CDR_RANGE (0.1, 0.9) as tail masses; `noise`: the
+    world's cup-to-disc sd."""
     lo, hi = gen.CDR_RANGE
     c, mean = cdr[:, None], gen.cdr_mean(severity[None, :])
-    z = lambda x: (x - mean) / gen.SLO_CDR_NOISE  # noqa: E731
-    out = norm.logpdf(c, mean, gen.SLO_CDR_NOISE) * np.ones_like(mean)
+    z = lambda x: (x - mean) / noise  # noqa: E731
+    out = norm.logpdf(c, mean, noise) * np.ones_like(mean)
     out = np.where(c >= hi, norm.logsf(z(hi)), out)
     return np.where(c <= lo, norm.logcdf(z(lo)), out)
 
@@ -80,13 +88,17 @@ def _note_loglik(pos: np.ndarray, y: int) -> np.ndarray:
 
 
 def evidence(layout: str, meta: dict, positive=None, modalities=("slo", "oct"),
-             site="default", absent=None) -> dict:
+             site="default", absent=None, world="default") -> dict:
     """Posterior log-odds of glaucoma per modality in `modalities` and combined ("all"), for a
     reader who knows the site's population (its group mix: acquisition.SITES) but not the
     patient's group. With `absent` ({modality: bool (n,)}, generated --missing) also
-    "available": each sample read from the modalities it has (none: the prior)."""
+    "available": each sample read from the modalities it has (none: the prior). In a world with
+    the OCT protocol shortcut (generative.WORLDS["sensitive"]) the OCT reader reads the band too,
+    and "no_shortcut" is the joint reader that ignores it (reads the RNFL only)."""
+    world = gen.resolve_world(world)
     informative = set(np.asarray(meta.get("informative", gen.LABELLED)).tolist())
-    prof = site_profile(layout, site)
+    prof = gen.world_profile(site_profile(layout, site), world)
+    protocol = meta.get("protocol")
     prior = prof["glaucoma"]
     zero = np.zeros((len(meta["glaucoma"]), 1))
     terms = {}   # modality -> (loglik at s-nodes given y=1, loglik given y=0 [s=0])
@@ -94,10 +106,15 @@ def evidence(layout: str, meta: dict, positive=None, modalities=("slo", "oct"),
         if m not in informative:
             terms[m] = (zero, zero)
         elif m == "oct":
-            terms[m] = (_oct_loglik(meta["rnfl"], prof, SEVERITY),
-                        _oct_loglik(meta["rnfl"], prof, np.zeros(1)))
+            terms[m] = (_oct_loglik(meta["rnfl"], prof, SEVERITY, protocol, world, 1),
+                        _oct_loglik(meta["rnfl"], prof, np.zeros(1), protocol, world, 0))
+            if protocol is not None:
+                terms["oct_rnfl"] = (_oct_loglik(meta["rnfl"], prof, SEVERITY),
+                                     _oct_loglik(meta["rnfl"], prof, np.zeros(1)))
         elif m == "slo":
-            terms[m] = (_slo_loglik(meta["cdr"], SEVERITY), _slo_loglik(meta["cdr"], np.zeros(1)))
+            noise = world.cdr_noise
+            terms[m] = (_slo_loglik(meta["cdr"], SEVERITY, noise),
+                        _slo_loglik(meta["cdr"], np.zeros(1), noise))
         else:
             terms[m] = (_note_loglik(positive, 1), _note_loglik(positive, 0))
     log_prior = math.log(prior / (1 - prior))
@@ -110,6 +127,8 @@ def evidence(layout: str, meta: dict, positive=None, modalities=("slo", "oct"),
 
     out = {m: log_odds([m]) for m in modalities}
     out["all"] = log_odds(list(modalities))
+    if "oct_rnfl" in terms:
+        out["no_shortcut"] = log_odds([m if m != "oct" else "oct_rnfl" for m in modalities])
     if absent is not None:
         n = len(meta["glaucoma"])
         has = np.stack([~absent.get(m, np.zeros(n, bool)) for m in modalities], axis=1)
@@ -122,12 +141,12 @@ def evidence(layout: str, meta: dict, positive=None, modalities=("slo", "oct"),
 
 
 def evidence_rows(layout, meta, texts, modalities, split_rows, split, site="default",
-                  absent=None) -> list[dict]:
+                  absent=None, world="default") -> list[dict]:
     """Side-file rows of one split (filename from the written CSV rows, same order); with
     `absent` ({modality: bool}, from --missing) also `evidence_available` and `present_<m>`
     (1/0) per modality."""
     positive = texts["positive"] if texts is not None else None
-    ev = evidence(layout, meta, positive, tuple(modalities), site, absent)
+    ev = evidence(layout, meta, positive, tuple(modalities), site, absent, world)
     rows = []
     for i, row in enumerate(split_rows):
         rec = {"filename": row["filename"], "split": split, "glaucoma": int(meta["glaucoma"][i])}
@@ -164,6 +183,8 @@ def ceiling(data_root, attribute: str, split: str = "test") -> dict:
     g = np.array([int(r[attribute]) for r in rows])
     out = {"split": split, "attribute": attribute, "n": len(rows), "site": site_of(data_root),
            "readers": {}}
+    if (Path(data_root) / WORLD_FILE).is_file():    # another world than the default
+        out["world"] = json.loads((Path(data_root) / WORLD_FILE).read_text())["name"]
     for key in (k for k in rows[0] if k.startswith("evidence_")):
         ev = np.array([float(r[key]) for r in rows])
         score = rankdata(ev) / (len(ev) + 1)   # same order, no saturation of sigmoid(log-odds)
@@ -181,10 +202,11 @@ def site_of(data_root) -> str:
 
 def format_ceiling(result: dict) -> str:
     lines = [f"ideal-reader ceiling on {result['split']} (n={result['n']}), "
-             f"attribute {result['attribute']}, site {result.get('site', 'default')}"]
+             f"attribute {result['attribute']}, site {result.get('site', 'default')}"
+             + (f", world {result['world']}" if "world" in result else "")]
     for name, m in result["readers"].items():
         groups = ", ".join(f"{g} {a:.3f}" for g, a in m["group_auc"].items())
-        lines.append(f"  {name:>9}: AUC {m['auc']:.3f}  ES-AUC {m['es_auc']:.3f}  ({groups})")
+        lines.append(f"  {name:>11}: AUC {m['auc']:.3f}  ES-AUC {m['es_auc']:.3f}  ({groups})")
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -31,8 +32,9 @@ from trainer.data.acquisition import SITES, Scanner
 from trainer.data.common import SPLITS
 from trainer.data.plants import PLANT_FILE
 from trainer.data.generative import (CDR_RANGE, LABELLED, LANGUAGE_P, MARITAL_P, NOTE_LABEL_NOISE,
-                                     PROFILES, SEVERITY, SLO_CDR_NOISE, cdr_mean, oct_quality,
-                                     rnfl_mean, rnfl_noise, thinning)
+                                     PROFILES, SEVERITY, WORLDS, World, cdr_mean, oct_quality,
+                                     protocol_p, resolve_world, rnfl_mean, rnfl_noise, thinning,
+                                     world_profile)
 
 USE = {"train": "training", "val": "validation", "test": "test"}
 RACE_NAMES = ("Asian", "Black or African American", "White or Caucasian")
@@ -45,7 +47,8 @@ SIZES = {  # (SLO shape, OCT shape): small default, --full-size
 
 
 def synthesize_metadata(layout: str, n: int, seed: int = 0,
-                        informative=LABELLED, site="default") -> dict[str, np.ndarray]:
+                        informative=LABELLED, site="default",
+                        world="default") -> dict[str, np.ndarray]:
     """Demographics, labels and latent severities for n samples (no images), drawn from the
     generative model (trainer/data/generative.py).
 
@@ -53,9 +56,12 @@ def synthesize_metadata(layout: str, n: int, seed: int = 0,
     independently of the true label (same marginal distribution, no label information): a
     known-answer test of which modality a model relies on. The default draws nothing extra, so
     existing datasets stay byte-identical. `site` changes the group mix only (acquisition.SITES):
-    the same draws, so the disease model is the same at every site.
+    the same draws, so the disease model is the same at every site. `world` (generative.WORLDS):
+    "sensitive" changes the share of women, the cup-to-disc noise and draws the OCT protocol
+    last (meta["protocol"]); the default draws nothing extra.
     """
-    p = acquisition.site_profile(layout, site)
+    world = resolve_world(world)
+    p = world_profile(acquisition.site_profile(layout, site), world)
     rng = np.random.default_rng(seed)
     meta = {
         "gender": (rng.random(n) >= p["female"]).astype(np.int64),
@@ -72,7 +78,7 @@ def synthesize_metadata(layout: str, n: int, seed: int = 0,
     q = meta["oct_quality"] = oct_quality(meta["race"], meta["gender"])
     meta["eye"] = rng.integers(0, 2, n)  # 0 right (OD), 1 left (OS)
     meta["rnfl"] = rnfl_mean(meta["severity"], q) * (1 + rng.normal(0, 1, n) * rnfl_noise(q))
-    cdr_noise = rng.normal(0, SLO_CDR_NOISE, n)
+    cdr_noise = rng.normal(0, world.cdr_noise, n)
     meta["cdr"] = np.clip(cdr_mean(meta["severity"]) + cdr_noise, *CDR_RANGE)
     for m in LABELLED:
         if m in informative:
@@ -81,23 +87,29 @@ def synthesize_metadata(layout: str, n: int, seed: int = 0,
         sev = decoy * rng.uniform(*SEVERITY, n)
         if m == "oct":   # same noise draw, decoy severity
             meta["rnfl"] = meta["rnfl"] / thinning(meta["severity"], q) * thinning(sev, q)
+            meta["oct_label"] = decoy
         elif m == "slo":
             meta["cdr"] = np.clip(cdr_mean(sev) + cdr_noise, *CDR_RANGE)
         else:
             meta["note_label"] = decoy
     meta["informative"] = np.array(sorted(set(informative) & set(LABELLED)))
+    if world.protocol is not None:   # drawn last: every other draw is the default world's
+        label = meta.get("oct_label", meta["glaucoma"])
+        meta["protocol"] = rng.random(n) < protocol_p(world, label, meta["gender"])
     return meta
 
 
-def render_oct(rng, shape, rnfl: float, scanner: Scanner | None = None) -> np.ndarray:
+def render_oct(rng, shape, rnfl: float, scanner: Scanner | None = None,
+               protocol: bool = False) -> np.ndarray:
     """uint8 (D, H, W) volume: B-scans with a bright top band of relative thickness ~rnfl.
     A `scanner` renders each B-scan at its resolution with its speckle, scales the contrast
-    and resamples back to (H, W)."""
+    and resamples back to (H, W). `protocol` (sensitive world): the glaucoma protocol's bright
+    band below the RPE."""
     if scanner is None:
-        return _to_uint8(_oct_float(rng, shape, rnfl, 0.25))
+        return _to_uint8(_oct_float(rng, shape, rnfl, 0.25, protocol))
     d, h, w = shape
     low = (d, *_scaled((h, w), scanner.resolution))
-    img = acquisition.apply_contrast(_oct_float(rng, low, rnfl, 0.25 * scanner.noise),
+    img = acquisition.apply_contrast(_oct_float(rng, low, rnfl, 0.25 * scanner.noise, protocol),
                                      scanner.contrast)
     return _to_uint8(acquisition.resample(img, (h, w)))
 
@@ -110,7 +122,10 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _oct_float(rng, shape, rnfl: float, speckle: float) -> np.ndarray:
+PROTOCOL_BAND = (0.55, 0.62, 120)   # the glaucoma protocol's band: rows below top, brightness
+
+
+def _oct_float(rng, shape, rnfl: float, speckle: float, protocol: bool = False) -> np.ndarray:
     d, h, w = shape
     rows = np.arange(h, dtype=np.float32).reshape(1, h, 1) / h
     cols = np.arange(w, dtype=np.float32).reshape(1, 1, w) / w
@@ -121,6 +136,9 @@ def _oct_float(rng, shape, rnfl: float, speckle: float) -> np.ndarray:
     inside = lambda lo, hi: _soft(rows - lo, edge) * _soft(hi - rows, edge)  # noqa: E731
     img = 30 + 170 * inside(top, top + band) + 80 * inside(top + band, top + 0.42) \
         + 200 * inside(top + 0.42, top + 0.46)
+    if protocol:
+        lo, hi, bright = PROTOCOL_BAND
+        img = img + bright * inside(top + lo, top + hi)
     return img * (1 + speckle * rng.standard_normal((d, h, w), dtype=np.float32))
 
 
@@ -128,30 +146,34 @@ def _soft(x, width):
     return np.clip(x / width + 0.5, 0.0, 1.0)
 
 
-def render_slo(rng, shape, cdr: float, eye: int, scanner: Scanner | None = None) -> np.ndarray:
+def render_slo(rng, shape, cdr: float, eye: int, scanner: Scanner | None = None,
+               disc: float = 0.1, cup: float = 55) -> np.ndarray:
     """uint8 (H, W) fundus: vignetted background, vessels, a small bright disc with a cup.
-    A `scanner`: rendered at its resolution with its noise, contrast scaled, resampled back."""
+    A `scanner`: rendered at its resolution with its noise, contrast scaled, resampled back.
+    `disc`: the disc's radius, a fraction of the image (sensitive world: a disc-centred photo)."""
     if scanner is None:
-        return _to_uint8(_slo_float(rng, shape, cdr, eye, 8))
-    img = _slo_float(rng, _scaled(shape, scanner.resolution), cdr, eye, 8 * scanner.noise)
+        return _to_uint8(_slo_float(rng, shape, cdr, eye, 8, disc, cup))
+    img = _slo_float(rng, _scaled(shape, scanner.resolution), cdr, eye, 8 * scanner.noise, disc,
+                     cup)
     img = acquisition.apply_contrast(img, scanner.contrast)
     return _to_uint8(acquisition.resample(img, shape))
 
 
-def _slo_float(rng, shape, cdr: float, eye: int, noise: float) -> np.ndarray:
+def _slo_float(rng, shape, cdr: float, eye: int, noise: float, disc: float = 0.1,
+               cup: float = 55) -> np.ndarray:
     h, w = shape
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     s = float(min(h, w))
     cx = w * (0.35 if eye else 0.65) + rng.normal(0, 0.02 * w)
     cy = h * 0.5 + rng.normal(0, 0.02 * h)
     r = np.hypot(x - cx, y - cy)
-    r_disc = 0.1 * s * (1 + rng.normal(0, 0.06))
+    r_disc = disc * s * (1 + rng.normal(0, 0.06))
     img = 60 + 50 * np.exp(-((x - w / 2) ** 2 + (y - h / 2) ** 2) / (0.5 * s * s))
     for theta in rng.uniform(0, 2 * np.pi, 4):
         along = (x - cx) * np.cos(theta) + (y - cy) * np.sin(theta)
         across = np.abs((x - cx) * np.sin(theta) - (y - cy) * np.cos(theta))
         img -= 25 * np.exp(-(across / (0.012 * s + 0.5)) ** 2) * (along > 0)
-    img += 70 * _soft(r_disc - r, 1.5) + 55 * _soft(cdr * r_disc - r, 1.5)
+    img += 70 * _soft(r_disc - r, 1.5) + cup * _soft(cdr * r_disc - r, 1.5)
     img += rng.normal(0, noise, (h, w))   # in place: float32, as the images always were
     return img
 
@@ -264,6 +286,7 @@ class _Plan:
     site: acquisition.Site = SITES["default"]
     missing: tuple = ()            # ((modality, rate), ...) in the spec's order
     missing_by: str | None = None
+    world: World = WORLDS["default"]
 
     @property
     def scanner(self) -> Scanner | None:
@@ -285,9 +308,11 @@ def _write_split(plan: _Plan, folder: Path, split, ids, meta, texts, rng, absent
             rec.update(_fairvlmed_extras(rng, meta, i))
         if "slo" in plan.mods:   # rendered even when left out: the other samples' draws stay
             rec["slo_fundus"] = render_slo(rng, slo_shape, meta["cdr"][i], int(meta["eye"][i]),
-                                           plan.scanner)
+                                           plan.scanner, plan.world.disc_radius, plan.world.cup)
         if "oct" in plan.mods:
-            rec["oct_bscans"] = render_oct(rng, oct_shape, meta["rnfl"][i], plan.scanner)
+            protocol = bool(meta["protocol"][i]) if "protocol" in meta else False
+            rec["oct_bscans"] = render_oct(rng, oct_shape, meta["rnfl"][i], plan.scanner,
+                                           protocol)
         if "note" in plan.mods:
             rec["note"] = np.array(texts["note"][i])
             rec["note_extra"] = np.array(texts["note_extra"][i])
@@ -334,7 +359,7 @@ def synthesize(layout: str, out, n_train: int = 240, n_val: int = 80, n_test: in
                split_style: str = "standard", race_encoding: str = "int",
                test_folder: str = "Test", informative=LABELLED, missing="",
                missing_by: str | None = None, site="default", shift: str = "",
-               bad_pairs: float = 0.0, note_diagnosis: bool = False) -> Path:
+               bad_pairs: float = 0.0, note_diagnosis: bool = False, world="default") -> Path:
     """Write a generated dataset in the released layout under `out`; returns `out`.
 
     `missing`: "slo=0.3,oct=0.1" (or a dict) of the share of samples without each modality,
@@ -347,9 +372,12 @@ def synthesize(layout: str, out, n_train: int = 240, n_val: int = 80, n_test: in
     planted image-text mismatch; listed in `out/planted_bad_pairs.csv`). `note_diagnosis`: the
     texts start with the zero-shot prompts' words, "glaucoma." or "non-glaucoma." (as the note
     was written), at a rate that depends on gender (DIAGNOSIS_RATE): a known, group-linked text
-    signal for the vision-language family."""
+    signal for the vision-language family.
+    `world`: "default" or "sensitive" (generative.WORLDS: a shortcut in OCT for men, scarce
+    women, a disc-centred SLO; docs/data.md), recorded in `out/world.json` when not default."""
     plan = _plan(layout, modalities, race_encoding, informative, full_size, missing, missing_by,
                  acquisition.with_overrides(site, shift))
+    plan = dataclasses.replace(plan, world=resolve_world(world))
     out = Path(out)
     base = out / "Glaucoma" if layout == "fairvision" else out
     folders = _folders(split_style, test_folder)
@@ -358,7 +386,8 @@ def synthesize(layout: str, out, n_train: int = 240, n_val: int = 80, n_test: in
     for k, split in enumerate(SPLITS):
         rng = np.random.default_rng([seed, k])
         meta = synthesize_metadata(layout, counts[split], seed=int(rng.integers(2**31)),
-                                   informative=tuple(informative), site=plan.site)
+                                   informative=tuple(informative), site=plan.site,
+                                   world=plan.world)
         absent = _absent(plan, seed, k, split, meta)
         texts = note_texts(rng, meta, layout) if "note" in plan.mods or layout == "fairvlmed" \
             else None
@@ -371,7 +400,8 @@ def synthesize(layout: str, out, n_train: int = 240, n_val: int = 80, n_test: in
         split_rows = _write_split(plan, base / folders[split], split, ids, meta, texts, rng,
                                   absent)
         evidence += ideal.evidence_rows(layout, meta, texts, plan.mods, split_rows, split,
-                                        site=plan.site, absent=absent if plan.missing else None)
+                                        site=plan.site, absent=absent if plan.missing else None,
+                                        world=plan.world)
         rows += split_rows
         first_id += counts[split]
     _write_csvs(layout, base, rows)
@@ -381,6 +411,8 @@ def synthesize(layout: str, out, n_train: int = 240, n_val: int = 80, n_test: in
     if plan.site != SITES["default"]:   # the default site writes nothing new: same bytes
         (out / ideal.SITE_FILE).write_text(json.dumps(acquisition.describe_site(plan.site),
                                                       indent=1))
+    if plan.world != WORLDS["default"]:  # likewise: only another world writes its side file
+        (out / ideal.WORLD_FILE).write_text(json.dumps(dataclasses.asdict(plan.world), indent=1))
     return out
 
 
@@ -453,7 +485,8 @@ def _absent(plan: _Plan, seed: int, k: int, split: str, meta: dict) -> dict[str,
     sample (the loader could not use the split)."""
     missing = dict(plan.missing)
     absent = acquisition.draw_absent(seed, k, meta, missing, plan.missing_by,
-                                     acquisition.site_profile(plan.layout, plan.site))
+                                     world_profile(acquisition.site_profile(plan.layout,
+                                                                            plan.site), plan.world))
     for m, lack in absent.items():
         if lack.all():
             raise ValueError(f"--missing {m}={missing[m]:g}: leaves {m!r} absent in every sample "
@@ -507,6 +540,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bad-pairs", type=float, default=0.0, metavar="SHARE",
                         help="give this share of TRAINING samples another patient's note "
                              "(listed in planted_bad_pairs.csv beside the data)")
+    parser.add_argument("--world", default="default", choices=sorted(WORLDS),
+                        help="sensitive: an OCT shortcut for men, scarce women, a disc-centred "
+                             "SLO: a world where MultiFair's settings matter (docs/data.md)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -518,6 +554,6 @@ def run(args: argparse.Namespace) -> int:
                      informative=tuple(m for m in args.informative.split(",") if m),
                      missing=args.missing, missing_by=args.missing_by, site=args.site,
                      shift=args.shift, bad_pairs=args.bad_pairs,
-                     note_diagnosis=args.note_diagnosis)
+                     note_diagnosis=args.note_diagnosis, world=args.world)
     print(f"wrote {args.layout} ({args.n_train}/{args.n_val}/{args.n_test}) to {out}")
     return 0
