@@ -85,7 +85,7 @@ class CachedDataset(Dataset):
 
     def get_batch(self, indices) -> dict:
         """A whole batch by item indices: the same keys as items, stacked along a first axis."""
-        idx = np.asarray(indices, dtype=np.int64)
+        idx = np.ascontiguousarray(indices, dtype=np.int64)   # torch takes no negative strides
         batch = self._take(self.rows[idx])
         batch["label"] = torch.from_numpy(self.labels[idx])
         batch["group"] = torch.from_numpy(self.groups[idx])
