@@ -319,10 +319,11 @@ METHODS = {   # name: (sampler, scheduler)
     "tpe+mo_asha": ("tpe", "mo_asha"),
     "tpe+mo_asha_front": ("tpe", "mo_asha_front"),
     "tpe_full": ("tpe", "none"),
+    "nsga2": ("nsga2", "none"),   # Optuna's NSGA-II at full fidelity (population 8: generations fit the budget)
 }
 
 
-STOPPING = ("random", "tpe+asha_es_auc", "tpe+mo_asha", "tpe+mo_asha_front")
+STOPPING = ("random", "tpe+asha_es_auc", "tpe+mo_asha", "tpe+mo_asha_front", "nsga2")   # the arms
 RULES = ("asha_es_auc", "mo_asha", "mo_asha_front")
 
 
@@ -361,8 +362,10 @@ def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int =
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler_kind, sched_kind = METHODS[method]
     seed = run_seed if sampler_seed is None else sampler_seed
-    sampler = (optuna.samplers.RandomSampler(seed=seed) if sampler_kind == "random" else
-               optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True))
+    sampler = {"random": lambda: optuna.samplers.RandomSampler(seed=seed),
+               "nsga2": lambda: optuna.samplers.NSGAIISampler(population_size=8, seed=seed),
+               "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True),
+               }[sampler_kind]()
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
     if warm:
         study.add_trials(warm)
