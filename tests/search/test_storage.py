@@ -187,6 +187,7 @@ print("opened")
 """
 
 
+@pytest.mark.slow   # two processes import MLflow and migrate a store: about a minute on 2 cores
 def test_two_processes_create_one_new_sqlite_store_at_the_same_moment(tmp_path):
     """Without the lock, MLflow's schema set-up races (seen here 3 times out of 3 with two raw
     MlflowClient processes: duplicate column name: step, table latest_metrics already exists,
