@@ -14,28 +14,24 @@ Trainer only (no Ray, no MLflow). A benchmark that prints figures, not a timed t
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from trainer.config import make_config
-from trainer.data.synthetic import synthesize
-from trainer.methods import available_methods
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.timing import interleaved_step_medians  # noqa: E402
+from trainer.config import make_config  # noqa: E402
+from trainer.data.synthetic import synthesize  # noqa: E402
+from trainer.methods import available_methods  # noqa: E402
 
 SIZES = {
     "tiny": dict(),
     "bigger": dict(image_size=64, oct_slices=8, proj_dim=64, fusion_heads=4, fusion_layers=2,
                    head_hidden=64, oct_slice_layers=2),
 }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def bench_size(name: str, args, root: Path, cache: Path) -> dict[str, float]:
@@ -56,16 +52,8 @@ def bench_size(name: str, args, root: Path, cache: Path) -> dict[str, float]:
     device = trainers["baseline"].device
     batch = trainers["baseline"].data["train"].get_batch(np.arange(args.batch_size))
     gen = torch.Generator(device=device).manual_seed(0)
-    times = {mode: [] for mode in trainers}
-    for r in range(args.warmup + args.steps):
-        for mode, trainer in trainers.items():
-            _sync(device)
-            start = time.perf_counter()
-            trainer.train_step(batch, gen)
-            _sync(device)
-            if r >= args.warmup:
-                times[mode].append(time.perf_counter() - start)
-    return {mode: statistics.median(t) for mode, t in times.items()}
+    return interleaved_step_medians(trainers, lambda mode, trainer: batch, gen, args.warmup,
+                                    args.steps, device)
 
 
 def print_table(results: dict[str, dict[str, float]]) -> None:

@@ -12,24 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from trainer.config import make_config
-from trainer.data.synthetic import synthesize
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.timing import interleaved_step_medians  # noqa: E402
+from trainer.config import make_config  # noqa: E402
+from trainer.data.synthetic import synthesize  # noqa: E402
 
 MODES = {"baseline": [], "clip": [], "fairclip": ["fairclip_variant=official"],
          "fairclip_aligned": ["fairclip_variant=aligned"], "fairclip_dbpm": [], "dualfairvl": []}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def build(args, root: Path, cache: Path) -> dict:
@@ -71,18 +67,10 @@ def main(argv=None) -> None:
         device = trainers["clip"].device
         batch = trainers["clip"].data["train"].get_batch(np.arange(args.batch_size))
         gen = torch.Generator(device=device).manual_seed(0)
-        times = {name: [] for name in trainers}
-        for r in range(args.warmup + args.steps):
-            for name, trainer in trainers.items():
-                step_batch = batch if name != "baseline" else \
-                    trainer.data["train"].get_batch(np.arange(args.batch_size))
-                _sync(device)
-                start = time.perf_counter()
-                trainer.train_step(step_batch, gen)
-                _sync(device)
-                if r >= args.warmup:
-                    times[name].append(time.perf_counter() - start)
-        rows = {name: {**params(t), "step_ms": 1000 * statistics.median(times[name])}
+        medians = interleaved_step_medians(
+            trainers, lambda name, trainer: batch if name != "baseline" else
+            trainer.data["train"].get_batch(np.arange(args.batch_size)), gen, args.warmup, args.steps, device)
+        rows = {name: {**params(t), "step_ms": 1000 * medians[name]}
                 for name, t in trainers.items()}
     print(f"preset {args.preset}, batch {args.batch_size}, device {args.device}, median over "
           f"{args.steps} steps; x = step time / clip")
