@@ -16,18 +16,9 @@ import argparse
 import sys
 
 from search.decide import select
+from search.decide.registry import register_champion
 from search.record import analysis
 from trainer.jsonout import dumps
-
-
-def register_run(tracking_uri: str, run_id: str, name: str) -> str:
-    """The run's logged model registered as `name`, alias champion; its models:/ URI."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    version = mlflow.register_model(f"runs:/{run_id}/model", name)
-    mlflow.MlflowClient(tracking_uri).set_registered_model_alias(name, "champion", version.version)
-    return f"models:/{name}@champion"
 
 
 def champion(trials, max_epochs: int, found: dict, name: str, tracking_uri: str,
@@ -59,7 +50,8 @@ def champion(trials, max_epochs: int, found: dict, name: str, tracking_uri: str,
         print(f"error: run {t['run_id']} has no logged model (the search logs the best trial's)",
               file=sys.stderr)
         return 1, {"deployment": dep}
-    registered = register_run(tracking_uri, t["run_id"], name)
+    register_champion(tracking_uri, f"runs:/{t['run_id']}/model", name)
+    registered = f"models:/{name}@champion"
     print(f"registered {registered} (trial {t['trial_id']}, unconfirmed: by --allow-unconfirmed)")
     return 0, {"deployment": dep, "registered": registered}
 

@@ -53,13 +53,20 @@ def register(tracker, run_id: str, checkpoint_dir: str, name: str, tags: dict[st
     sig = sig or signature(cfg)
     model_uri = log_run_model(tracker, run_id, checkpoint_dir, signature=sig,
                               metadata={"trainer_config": cfg.to_dict()})
+    version = register_champion(tracker.tracking_uri, model_uri, name, tags)
+    tracker.client.set_tag(run_id, "registered_model", f"{name}/{version}")
+    return {"name": name, "version": version, "uri": f"models:/{name}@champion"}
+
+
+def register_champion(tracking_uri: str, model_uri: str, name: str, tags: dict | None = None) -> str:
+    """A logged model registered as a new version of `name` (tags cut to MLflow's 5000
+    characters), aliased champion; returns the version. The one place a champion is named."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracker.tracking_uri)
-    version = mlflow.register_model(model_uri, name, tags={k: str(v)[:5000] for k, v in tags.items()})
-    tracker.client.set_registered_model_alias(name, "champion", version.version)
-    tracker.client.set_tag(run_id, "registered_model", f"{name}/{version.version}")
-    return {"name": name, "version": version.version, "uri": f"models:/{name}@champion"}
+    mlflow.set_tracking_uri(tracking_uri)
+    version = mlflow.register_model(model_uri, name, tags={k: str(v)[:5000] for k, v in (tags or {}).items()})
+    mlflow.MlflowClient(tracking_uri).set_registered_model_alias(name, "champion", version.version)
+    return version.version
 
 
 def score(model_uri: str, data_root: str, split: str, out: str, without=()) -> dict:
