@@ -43,8 +43,11 @@ def test_mlflow_outage_mid_search_loses_no_metric(ray_session, search_config, se
     server = MLflowServer(root, env)
     # 5 epochs, first rung at 2: epochs are left to report after the kill (with 3 epochs and a
     # rung at 1 a fast machine could finish the search in the second the server died: seen in CI)
+    # and each step after epoch 1 sleeps 0.7 s (test hook), so epochs 2-5 (about 10 s of them)
+    # still report after the kill: CI's machine ran all 20 epochs in about a second before
     scfg = search_config(tmp_path, tracking_uri=server.url, num_samples=4, max_epochs=5,
-                         grace_period=2, reduction_factor=2, final_test=False)
+                         grace_period=2, reduction_factor=2, final_test=False,
+                         test_hooks={"slow_steps_after_epoch": [1, 0.7]})
     study = Path(scfg.study_dir)
     window, errors = {}, []
 
@@ -83,9 +86,10 @@ def check(outcome, scfg, window, errors, capfd):
     assert "MLflow unreachable" in log and "MLflow reachable again" in log, log[-3000:]
     assert not list(scfg.results_dir.glob("mlflow-unlogged-*")) and outcome.tracking_uri   # all drained
 
-    # Tune went on while MLflow was down: epochs reported inside the outage
+    # Tune went on while MLflow was down: epochs reported inside the outage. Tune's timestamp is
+    # int(time.time()): a result stamped t came in [t, t + 1), inside the outage only if both ends are
     rows = [r for t in outcome.trials for r in t["result"].metrics_dataframe.to_dict("records")]
-    during = [r for r in rows if window["down"] < r["timestamp"] < window["restarted"]]
+    during = [r for r in rows if window["down"] <= r["timestamp"] and r["timestamp"] + 1 <= window["restarted"]]
     assert during, (window, [r["timestamp"] for r in rows])
 
     # ... and MLflow has every epoch of every trial, each once
