@@ -16,6 +16,12 @@ driver's MLflow callback.
     python benchmarks/search_vs_optuna.py [--num-samples 12] [--max-epochs 4] [--sizes 192,96,96]
         [--json out.json] [--skip-peer]
     python benchmarks/search_vs_optuna.py --from-json benchmarks/results/search-vs-optuna-12x4.json
+    python benchmarks/search_vs_optuna.py --repeats 4 [--json out.json]
+
+With --repeats R each side runs R times in fresh processes, interleaved in the order peer, service,
+service, peer, peer, ... (ABBA: a drift in the machine's load falls on both sides alike), on the
+same generated data; the ratio is given per repeat and as a geometric mean with a 95% t interval
+over the repeats' log ratios, and the breakdown is the median repeat's.
 
 Not a timed test: this machine is shared; run it on a quiet machine and read the ratios.
 """
@@ -99,16 +105,16 @@ def run_peer(cfg, datasets, a) -> dict:
             "best_es_auc": study.best_value}
 
 
-def run_service(data_root: str, out: Path, a) -> dict:
+def run_service(data_root: str, out: Path, a, tag: str = "") -> dict:
     from search.runner import SearchConfig, run_search
 
     scfg = SearchConfig("fairvision", "gender", preset="tiny", mode=MODE, local=True,
                         num_cpus=CONCURRENCY, num_samples=a.num_samples, max_epochs=a.max_epochs,
                         grace_period=a.grace_period, reduction_factor=a.reduction_factor,
                         max_concurrent=CONCURRENCY, cpus_per_trial=1, verbose=0, data_root=data_root,
-                        storage_path=str(out / "service"), sets=[f"cache_dir={out}/cache"],
+                        storage_path=str(out / f"service{tag}"), sets=[f"cache_dir={out}/cache"],
                         seed=a.seed, finalists=0, figures=False,
-                        tracking_uri="sqlite:///" + str(out / "mlflow.db"))
+                        tracking_uri="sqlite:///" + str(out / f"mlflow{tag}.db"))   # a fresh store each run
     started = time.perf_counter()
     outcome = run_search(scfg)
     wall = time.perf_counter() - started
@@ -228,6 +234,49 @@ def summary(a: dict, peer: dict | None, service_wall: float, b: dict, best=None)
     return out
 
 
+def run_arm(a, out: Path, sizes) -> None:
+    """One side of one repeat, in this (fresh) process; its result written to --json."""
+    data_root, cfg, datasets = make_data(out, sizes, a.seed)
+    if a.arm == "peer":
+        result = run_peer(cfg, datasets, a)
+    else:
+        service = run_service(data_root, out, a, tag=f"-{a.tag}")
+        result = {"wall_s": service["wall_s"], "breakdown": breakdown(service),
+                  "best_es_auc": service["best_es_auc"]}
+    Path(a.json).write_text(json.dumps(result, default=str))
+
+
+def interleaved(a, out: Path) -> dict:
+    """--repeats R: both sides R times each in fresh processes, ABBA order, same data."""
+    import math
+    import subprocess
+
+    from scipy import stats
+
+    walls, services = {"peer": [], "service": []}, []
+    base = [sys.executable, __file__, "--num-samples", str(a.num_samples), "--max-epochs",
+            str(a.max_epochs), "--grace-period", str(a.grace_period), "--reduction-factor",
+            str(a.reduction_factor), "--sizes", a.sizes, "--seed", str(a.seed), "--out", str(out)]
+    for r in range(a.repeats):
+        order = ("peer", "service") if r % 2 == 0 else ("service", "peer")
+        for arm in order:
+            part = out / f"{arm}-{r}.json"
+            subprocess.run(base + ["--arm", arm, "--tag", str(r), "--json", str(part)], check=True,
+                           stdout=subprocess.DEVNULL)
+            result = json.loads(part.read_text())
+            walls[arm].append(result["wall_s"])
+            if arm == "service":
+                services.append(result)
+            print(f"repeat {r} {arm:<8} wall {result['wall_s']:6.1f} s", flush=True)
+    logs = [math.log(s / p) for s, p in zip(walls["service"], walls["peer"])]
+    mean = statistics.mean(logs)
+    half = (stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+            if len(logs) > 1 else float("nan"))
+    median_run = sorted(services, key=lambda s: s["wall_s"])[len(services) // 2]
+    return {"walls": walls, "ratios": [math.exp(x) for x in logs], "ratio_geomean": math.exp(mean),
+            "ratio_ci95": [math.exp(mean - half), math.exp(mean + half)], "median_service": median_run}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--num-samples", type=int, default=12)
@@ -241,14 +290,25 @@ def main() -> None:
     p.add_argument("--skip-peer", action="store_true")
     p.add_argument("--from-json", metavar="JSON",
                    help="only re-print the closing lines of an earlier run's --json output")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="each side this many times in fresh processes, interleaved (ABBA)")
+    p.add_argument("--arm", choices=("peer", "service"), help=argparse.SUPPRESS)   # --repeats' child
+    p.add_argument("--tag", default="", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.from_json:
         r = json.loads(Path(a.from_json).read_text())
+        if "ratios" in r:   # a --repeats run
+            print("\n".join(interleaved_lines(r["args"], r)))
+            return
         print("\n".join(summary(r["args"], r["peer"], r["service_wall_s"], r["breakdown"],
                                r.get("service_best_es_auc"))))
         return
     out = Path(a.out or tempfile.mkdtemp(prefix="search-vs-optuna-"))
     sizes = tuple(int(x) for x in a.sizes.split(","))
+    if a.arm:
+        return run_arm(a, out, sizes)
+    if a.repeats > 1:
+        return main_interleaved(a, out, sizes)
     data_root, cfg, datasets = make_data(out, sizes, a.seed)
     peer = None if a.skip_peer else run_peer(cfg, datasets, a)
     service = run_service(data_root, out, a)
@@ -259,6 +319,27 @@ def main() -> None:
                                             "breakdown": b, "overhead": overhead(b),
                                             "service_wall_s": service["wall_s"],
                                             "service_best_es_auc": service["best_es_auc"]},
+                                           indent=1, default=str))
+
+
+def interleaved_lines(a: dict, r: dict) -> list[str]:
+    """The closing lines of a --repeats run, from what its JSON holds."""
+    b, peer_median = r["median_service"]["breakdown"], statistics.median(r["walls"]["peer"])
+    lo, hi = r["ratio_ci95"]
+    return summary(a, None, r["median_service"]["wall_s"], b, r["median_service"]["best_es_auc"]) + [
+        f"{a['repeats']} interleaved repeats: plain Optuna median {peer_median:.1f} s, service median "
+        f"{statistics.median(r['walls']['service']):.1f} s (breakdown above: the median service run); "
+        "ratio per repeat " + ", ".join(f"{x:.2f}x" for x in r["ratios"])
+        + f"; geometric mean {r['ratio_geomean']:.2f}x [95% CI {lo:.2f}, {hi:.2f}] (goal <= 3x)"]
+
+
+def main_interleaved(a, out: Path, sizes) -> None:
+    make_data(out, sizes, a.seed)   # generated and cached once, before the first timed run
+    r = interleaved(a, out)
+    print("\n" + "\n".join(interleaved_lines(vars(a), r)))
+    if a.json:
+        Path(a.json).write_text(json.dumps({"args": vars(a), "cores": os.cpu_count(), **r,
+                                            "overhead": overhead(r["median_service"]["breakdown"])},
                                            indent=1, default=str))
 
 

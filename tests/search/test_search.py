@@ -210,3 +210,33 @@ def test_killed_trial_resumes_exactly(ray_session, search_config, tmp_path):
     for entry in straight["history"]:
         got = by_epoch[int(entry["epoch"])]
         assert [got[k] for k in keys] == pytest.approx([entry[k] for k in keys], rel=1e-6), entry["epoch"]
+
+
+# Golden figures of the shared 5-trial study (tests/search/conftest.py `study`: seed 0, tiny
+# preset, the "search" data): each trial's five hyperparameters (the paper's point first, then
+# TPE's seeded start) and its epoch-1 train loss and validation AUC and ES-AUC. Each trial runs on
+# one CPU thread, so they do not depend on which trial ran beside it; ASHA's stops do (2 at a
+# time), so only epoch 1, which every trial trains, is pinned. A change to the sampler's seeding,
+# the space, the trial's config, the trainer or the metrics moves them: rerun and explain the new
+# numbers before updating.
+GOLDEN_STUDY = [   # rho, lambda_gm, tau, delta, lambda_f; epoch 1: train loss, val AUC, val ES-AUC
+    [0.6306939495523111, 0.01097581541938016, 0.10786410564546556, 0.7892489134023579, 1.238173939681026, 0.70906001329422, 0.697391304347826, 0.6569628229363579],
+    [1.2, 0.15, 0.04, 0.3, 0.5, 0.7755897045135498, 0.7217391304347825, 0.6419116553467848],
+    [1.3232202558909871, 0.269388301928541, 0.04619905512862269, 0.567639023847052, 0.23861097124304623, 0.8340635299682617, 0.7895652173913043, 0.6622159887798035],
+    [1.4688411695999841, 0.07501954443620121, 0.13416642577896967, 0.9654796224759779, 0.20571517081508356, 0.7549381852149963, 0.7217391304347827, 0.6546006066734076],
+    [1.6875875571239969, 0.11423254155608371, 0.04064540627628723, 0.9293168063780279, 0.06497915076728417, 0.7792131304740906, 0.7495652173913043, 0.6591441596000196],
+]
+
+
+def test_a_seeded_search_gives_its_known_trials(study):
+    scfg, outcome = study
+    got = []
+    for t in outcome.trials:
+        first = t["result"].metrics_dataframe.sort_values("epoch").iloc[0]
+        assert int(first["epoch"]) == 1
+        got.append([t["params"][k] for k in HYPERPARAMETERS]
+                   + [float(first[k]) for k in ("train/loss", "val/auc", "es_auc")])
+    got.sort()
+    assert len(got) == len(GOLDEN_STUDY) == 5, got
+    for row, pinned in zip(got, GOLDEN_STUDY):
+        assert row == pytest.approx(pinned, rel=1e-4, abs=1e-5), (row, pinned)
