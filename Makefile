@@ -30,7 +30,7 @@ fit-demo: $(STAMP)
 
 # The full suite, as CI runs it (.ci/run).
 test: $(STAMP)
-	$(PY) -m pytest -q --timeout 900
+	$(PY) -m pytest -q --timeout 900 --durations 30
 
 # Everyday work: the suite without the tests marked slow (Ray sessions, extra Ray nodes, MLflow /
 # PostgreSQL / S3 servers, end-to-end searches: most of CI's time).
