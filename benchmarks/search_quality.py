@@ -715,8 +715,7 @@ def anytime(out: dict, boot: int = 5000) -> dict:
            "epochs_to_95pct_design": {}}
     for m in arms:
         shares = np.array([hv_at(r[m]["hv_steps"] if "hv_steps" in r[m] else r[m]["curve"], grid) for r in runs]) / design[:, None]
-        if m == "tpe_full":                 # the reference stops at its own budget
-            shares[:, out["reference_budget_epochs"]:] = np.nan
+        shares[:, runs[0][m]["epochs"]:] = np.nan      # nothing drawn past an arm's budget
         res["share_of_design"][m] = {str(q): np.round(np.percentile(shares, q, axis=0), 4).tolist()
                                      for q in BANDS}
         med = np.median(to[m][idx], axis=1)
@@ -819,6 +818,55 @@ def summarize(out: dict) -> dict:
     return s
 
 
+LABELS = {"tpe_full": "TPE, full fidelity (reference, 24 trials)", "random": "random search, full fidelity",
+          "tpe+asha_es_auc": "TPE + ES-AUC ASHA", "tpe+mo_asha": "TPE + MO-ASHA (service default)",
+          "tpe+mo_asha_front": "TPE + MO-ASHA keeping the rung front", "nsga2": "NSGA-II (Optuna)",
+          "bohb": "BOHB (TuneBOHB + HyperBandForBOHB)"}
+
+
+def figure(a) -> None:
+    """Anytime share of the design's validation hypervolume against epochs, one panel per arm:
+    median across runs, 25-75% and 10-90% bands; random search's median drawn in every panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = json.loads(Path(a.replay).read_text())
+    at = out.get("anytime") or anytime(out)
+    arms = [m for m in ["tpe_full"] + out.get("arms", list(STOPPING)) if m in at["share_of_design"]]
+    x = np.array(at["epochs"])
+    cols = 4 if len(arms) > 6 else 3
+    rows = math.ceil(len(arms) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.7 * rows), sharex=True, sharey=True)
+    band = lambda m, q: np.array(at["share_of_design"][m][str(q)], float)  # noqa: E731
+    for ax, m in zip(axes.flat, arms):
+        ax.fill_between(x, band(m, 10), band(m, 90), color="C0", alpha=0.15, lw=0, label="10-90%")
+        ax.fill_between(x, band(m, 25), band(m, 75), color="C0", alpha=0.35, lw=0, label="25-75%")
+        ax.plot(x, band(m, 50), color="C0", lw=1.5, label="median")
+        if m != "random":
+            ax.plot(x, band("random", 50), color="0.4", lw=1, ls="--", label="random, median")
+        e = at["epochs_to_95pct_design"][m]
+        ax.axhline(0.95, color="C3", lw=0.7)
+        med = e["median"] if e["median"] is not None else math.inf     # JSON: never reached -> null
+        ax.set_title(f"{LABELS.get(m, m)}\n95% at {med:g} epochs (median), "
+                     f"{e['runs_reaching']}/{e['runs']} runs", fontsize=7.5)
+        ax.set_ylim(0.3, 1.01)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(arms):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6.5, loc="lower right")
+    for ax in axes[-1]:
+        ax.set_xlabel("epochs trained")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("share of design's val HV")
+    fig.suptitle(f"Anytime hypervolume, {len(out['runs'])} paired runs, {Path(a.replay).name}", fontsize=9)
+    fig.tight_layout()
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(a.out, dpi=130)
+    print(f"[figure] {a.out}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="phase", required=True)
@@ -869,8 +917,12 @@ def main(argv=None) -> None:
     r.add_argument("--ref", choices=["nadir", "fixed"], default="nadir",
                    help="hypervolume reference point: the table's worst (AUC, ES-AUC), or (0.5, 0.25)")
     r.add_argument("--out", required=True)
+    f = sub.add_parser("figure", help="anytime hypervolume with bands from a replay's raw JSON")
+    f.add_argument("--replay", required=True)
+    f.add_argument("--out", required=True, help="PNG")
     a = p.parse_args(argv)
-    {"table": table, "confirm": confirm, "replay": replay, "landscape": landscape}[a.phase](a)
+    {"table": table, "confirm": confirm, "replay": replay, "landscape": landscape,
+     "figure": figure}[a.phase](a)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,13 @@ def test_replay_command_writes_the_summary(tmp_path):
     out = json.loads((tmp_path / "r.json").read_text())
     assert out["summary"]["runs"] == 2 and 0 <= out["summary"]["front_survives_mo_asha"] <= 1
     assert math.isfinite(out["summary"]["warm_start"]["cold_epochs_median"])
+    # the anytime bands: every arm, every epoch of the budget, ordered percentiles
+    share = out["anytime"]["share_of_design"]["tpe+mo_asha"]
+    assert len(share["50"]) == out["reference_budget_epochs"] == 32 and out["budget_epochs"] == 8
+    assert all(a <= b <= c for a, b, c in zip(share["10"][:8], share["50"][:8], share["90"][:8]))
+    assert share["50"][8:] == [None] * 24                  # past the arm's budget: nothing
+    sq.main(["figure", "--replay", str(tmp_path / "r.json"), "--out", str(tmp_path / "f.png")])
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_arms_are_seeded_apart_from_the_reference():
@@ -114,6 +121,9 @@ def test_anytime_bands_and_intervals_by_hand():
     to = {"random": [4, 3, None], "tpe_full": [1, None, 6], "tpe+mo_asha": [1, 5, 2]}
     runs = [{"design_val_hv": 1.0, **{m: {"hv_steps": steps[m][i], "epochs_to_95pct_design": to[m][i]}
                                       for m in steps}} for i in range(3)]
+    for r in runs:
+        for m in steps:
+            r[m]["epochs"] = 6
     out = {"runs": runs, "arms": ["random", "tpe+mo_asha"], "budget_epochs": 6,
            "reference_budget_epochs": 6}
     res = sq.anytime(out, boot=2000)
