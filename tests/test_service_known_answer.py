@@ -47,6 +47,8 @@ def test_deployments_scored_against_the_known_answer_by_hand():
     assert s["design_best"]["config"] == 2                    # highest validation mean
     assert s["design_best"]["true_test_es_auc_fresh_seeds"]["mean"] == pytest.approx(0.74)
     assert s["design_best"]["best_table_test_mean_winners_curse"] == pytest.approx(0.79)
+    assert s["design_best"]["vs_plain_paired_by_seed"]["mean"] == pytest.approx(0.74 - plain)
+    assert s["design_best"]["vs_plain_paired_by_seed"]["n"] == 3
     assert rows[1]["design_point"] == 1 and 0 < rows[1]["distance"] < 0.02
     assert rows[1]["true_test_es_auc"] == pytest.approx(0.62) and rows[1]["truly_worse"]
     assert rows[2]["true_test_es_auc"] == pytest.approx(0.79) and rows[2]["truly_better"]
