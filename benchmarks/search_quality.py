@@ -23,6 +23,10 @@ benchmark, as HPOBench / Syne Tune's blackbox repository do):
           is answered by the nearest design point not yet tried; a study that has tried them
           all stops); each arm reports the epochs it needs to reach 95% of the whole design's
           validation hypervolume (every configuration trained fully, the run's seed column).
+          `--bohb` adds Ray's TuneBOHB + HyperBandForBOHB, run through Ray Tune itself (its
+          scheduler pauses and resumes trials through Tune's controller; `simulate_bohb`).
+          `--budget-epochs` (e.g. configurations x epochs) gives every arm the same epochs.
+  figure  the anytime share of the design's hypervolume per arm with bands across runs.
   confirm the table's best configuration(s), picked on validation, against plain fusion
           (`--mode baseline`; `--unimodal`: also OCT-only and SLO-only) on TEST, trained on
           fresh seeds (--seed-offset) of the same data, paired by seed.
@@ -659,7 +663,10 @@ def _replay_run(a, tab: Table, r: int, ref_budget: int, budget: int, arms) -> di
     row["safe_pruning"] = {}
     for kind in RULES:
         stops = shadow_stops(log, ref["trials"], kind, tab.epochs, a.grace, a.eta)
+        # a study trains each configuration once, so the front's trials are distinct
+        # configurations: the share below is per distinct configuration (front_configs: the check)
         row["safe_pruning"][kind] = {"front": len(ref_front), "stopped": len(ref_front & stops),
+                                     "front_configs": len({t.cfg for t in ref["front"]}),
                                      "survives": 1 - len(ref_front & stops) / max(1, len(ref_front))}
     row["tpe_full"]["curve"] = ref["curve"][:: max(1, len(ref["curve"]) // 40)]
     row["tpe_full"]["hv_steps"] = hv_steps(ref["curve"])
