@@ -23,6 +23,10 @@ benchmark, as HPOBench / Syne Tune's blackbox repository do):
           is answered by the nearest design point not yet tried; a study that has tried them
           all stops); each arm reports the epochs it needs to reach 95% of the whole design's
           validation hypervolume (every configuration trained fully, the run's seed column).
+          `--bohb` adds Ray's TuneBOHB + HyperBandForBOHB, run through Ray Tune itself (its
+          scheduler pauses and resumes trials through Tune's controller; `simulate_bohb`).
+          `--budget-epochs` (e.g. configurations x epochs) gives every arm the same epochs.
+  figure  the anytime share of the design's hypervolume per arm with bands across runs.
   confirm the table's best configuration(s), picked on validation, against plain fusion
           (`--mode baseline`; `--unimodal`: also OCT-only and SLO-only) on TEST, trained on
           fresh seeds (--seed-offset) of the same data, paired by seed.
@@ -45,6 +49,7 @@ column of the table; the samplers' seeds differ).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -320,6 +325,7 @@ METHODS = {   # name: (sampler, scheduler)
     "tpe+mo_asha_front": ("tpe", "mo_asha_front"),
     "tpe_full": ("tpe", "none"),
     "nsga2": ("nsga2", "none"),   # Optuna's NSGA-II at full fidelity (population 8: generations fit the budget)
+    "bohb": ("bohb", "hyperband_bohb"),   # Ray's TuneBOHB + HyperBandForBOHB, through Ray Tune (replay --bohb)
 }
 
 
@@ -418,6 +424,136 @@ def simulate(tab: Table, method: str, budget: int, run_seed: int, workers: int =
             "test_hv": hypervolume([tuple(full[i].entry["test"]) for i in f], tab.ref)}
 
 
+# -- BOHB: Ray's TuneBOHB + HyperBandForBOHB, replayed through Ray Tune itself ---------------
+# HyperBandForBOHB pauses and resumes trials through Tune's controller (choose_trial_to_run,
+# pause_trial, the searcher's on_pause), so it cannot be driven by hand as the other arms'
+# schedulers are: a real Tune run on an embedded Ray whose function trainable reads the table's
+# curve one epoch at a time. Results arrive in Ray's order, not the simulated cluster's, so this
+# arm is not bit-reproducible; its sampler seed and numpy's (hpbandster draws from it) are set.
+
+def _table_trainable(config: dict) -> None:
+    """One replayed trial: the design point's recorded (AUC, ES-AUC) per epoch, resumed from its
+    checkpoint (the last epoch reported) when HyperBand unpauses it."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from ray import tune
+
+    start, ckpt = 0, tune.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            start = int((Path(d) / "epoch").read_text())
+    for epoch in range(start + 1, len(config["curve"]) + 1):
+        time.sleep(config["pace"])               # every slot at one pace, as the simulated cluster
+        auc, es = config["curve"][epoch - 1]
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "epoch").write_text(str(epoch))
+            tune.report({"epoch": epoch, "auc": auc, "es_auc": es},
+                        checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _design_bohb(tab: Table, column: int, pace: float, **kwargs):
+    """TuneBOHB whose suggestion is answered, as in the other arms, by the nearest design point
+    not yet tried in the study (BOHB keeps learning from the point it proposed, as Optuna is told
+    the asked parameters); the study ends when every design point is tried."""
+    from ray.tune.search import Searcher
+    from ray.tune.search.bohb import TuneBOHB
+
+    class DesignBOHB(TuneBOHB):
+        def suggest(self, trial_id: str):
+            tried = self.__dict__.setdefault("tried", [])
+            if len(tried) >= len(tab.ids):
+                return Searcher.FINISHED
+            cfg = super().suggest(trial_id)
+            if not isinstance(cfg, dict):
+                return cfg
+            point = tab.nearest(cfg, exclude=set(tried))
+            tried.append(point)
+            entries = tab.entries[point]
+            entry = next((e for e in entries if e["seed"] == column), entries[0])
+            return dict(cfg, design_point=point, curve=entry["curve"], pace=pace)
+
+    return DesignBOHB(**kwargs)
+
+
+def _arrivals(budget: int):
+    """A Tune stopper that records every result in arrival order (`.log`) and ends the
+    experiment when `budget` epochs are trained."""
+    from ray.tune import Stopper
+
+    class Arrivals(Stopper):
+        def __init__(self):
+            self.budget, self.log = budget, []
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            cfg = result["config"]
+            self.log.append((trial_id, int(result["epoch"]), float(result["auc"]),
+                             float(result["es_auc"]), int(cfg["design_point"])))
+            return False
+
+        def stop_all(self) -> bool:
+            return len(self.log) >= self.budget
+
+    return Arrivals()
+
+
+def simulate_bohb(tab: Table, budget: int, run_seed: int, workers: int = 4, eta: int = 3,
+                  sampler_seed: int | None = None, pace: float = 0.05, storage: str = "") -> dict:
+    """One BOHB search on the table through Ray Tune (an embedded Ray must be running, with
+    `workers` CPUs): TuneBOHB on validation ES-AUC (BOHB is single-objective), HyperBandForBOHB
+    with max_t = the table's epochs and reduction factor eta (rungs at epochs max_t / eta^s).
+    Returns what `simulate` returns, the curve rebuilt from the results in arrival order."""
+    import tempfile
+
+    import ray.tune as tune
+    from ray.tune.schedulers import HyperBandForBOHB
+
+    from search.record.space import param_space
+
+    from ray import cloudpickle
+
+    if __name__ != "__main__":     # imported from benchmarks/, a folder Ray's workers cannot import
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    seed = run_seed if sampler_seed is None else sampler_seed
+    np.random.seed(seed % 2**32)         # hpbandster's KDE sampling draws from numpy's global state
+    searcher = _design_bohb(tab, run_seed % tab.seeds, pace, seed=seed % 2**31)
+    arrivals = _arrivals(budget)
+    with tempfile.TemporaryDirectory(prefix="sq-bohb-") as tmp:
+        tuner = tune.Tuner(
+            _table_trainable, param_space=param_space("full"),
+            tune_config=tune.TuneConfig(
+                metric="es_auc", mode="max", search_alg=searcher, num_samples=-1,
+                scheduler=HyperBandForBOHB(time_attr="training_iteration", max_t=tab.epochs,
+                                           reduction_factor=eta),
+                max_concurrent_trials=workers, reuse_actors=True),
+            run_config=tune.RunConfig(storage_path=storage or tmp, name=f"bohb-{run_seed}",
+                                      stop=arrivals, verbose=0,
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+        tuner.fit()
+    return replay_log(tab, arrivals.log[:budget], run_seed)
+
+
+def replay_log(tab: Table, log: list, run_seed: int) -> dict:
+    """`simulate`'s output from results in arrival order [(trial, epoch, auc, es, design point)]:
+    one epoch per result; a trial is full-length when it reports the table's last epoch."""
+    trials, curve = {}, []
+    for spent, (tid, epoch, _auc, _es, point) in enumerate(log, 1):
+        if tid not in trials:
+            entries = tab.entries[point]
+            entry = next((e for e in entries if e["seed"] == run_seed % tab.seeds), entries[0])
+            trials[tid] = SimpleNamespace(trial_id=tid, cfg=point, entry=entry, epoch=0, status="STOPPED")
+        t = trials[tid]
+        t.epoch = max(t.epoch, epoch)
+        t.status = "FULL" if t.epoch >= tab.epochs else "STOPPED"
+        curve.append((spent, hypervolume(_val_points(trials.values()), tab.ref)))
+    full = [t for t in trials.values() if t.status == "FULL"]
+    f = front(_val_points(full)) if full else []
+    return {"curve": curve, "trials": list(trials.values()), "front": [full[i] for i in f],
+            "val_hv": curve[-1][1] if curve else 0.0,
+            "test_hv": hypervolume([tuple(full[i].entry["test"]) for i in f], tab.ref)}
+
+
 def _best(t) -> tuple:
     """A full-length trial's validation point: its best-ES-AUC epoch (the model kept)."""
     return max(t.entry["curve"], key=lambda p: p[1])
@@ -467,46 +603,156 @@ def replay(a) -> None:
     tab.ref = tab.nadir() if a.ref == "nadir" else REF
     ref_budget = a.ref_trials * tab.epochs
     share = a.budget_share
+    budget = a.budget_epochs or int(ref_budget * share)
+    arms = STOPPING + (("bohb",) if a.bohb else ())
+    ray_ctx = _bohb_ray(a.workers) if a.bohb else contextlib.nullcontext()
     out = {"command": " ".join(sys.argv), "table": a.table, "table_meta": {k: tab_raw[k] for k in
            ("attribute", "sizes", "data_seed", "epochs", "seeds", "preset", "versions") if k in tab_raw},
            "noise": noise(tab_raw), "reference_point": tab.ref, "reference_point_rule": a.ref, "workers": a.workers, "grace": a.grace,
-           "eta": a.eta, "reference_budget_epochs": ref_budget, "budget_share": share, "runs": []}
-    for r in range(a.runs):
-        log = []
-        ref = simulate(tab, "tpe_full", ref_budget, r, a.workers, a.grace, a.eta, log=log,
-                       sampler_seed=arm_seed(r, "tpe_full"))
-        design = tab.design_hv(r % tab.seeds)
-        row = {"seed": r, "design_val_hv": design,
-               "tpe_full": {"val_hv": ref["val_hv"], "test_hv": ref["test_hv"],
-                            "epochs": ref_budget, "distinct_configs": _distinct(ref),
-                            "epochs_to_95pct_design": epochs_to(ref["curve"], 0.95 * design)}}
-        for m in STOPPING:
-            res = simulate(tab, m, int(ref_budget * share), r, a.workers, a.grace, a.eta,
-                           sampler_seed=arm_seed(r, m))
-            row[m] = {"val_hv": res["val_hv"], "test_hv": res["test_hv"], "epochs": int(ref_budget * share),
-                      "share_of_reference_hv": res["val_hv"] / ref["val_hv"] if ref["val_hv"] else math.nan,
-                      "share_of_design_hv": res["val_hv"] / design if design else math.nan,
-                      "epochs_to_95pct_reference": epochs_to(res["curve"], 0.95 * ref["val_hv"]),
-                      "epochs_to_95pct_design": epochs_to(res["curve"], 0.95 * design),
-                      "distinct_configs": _distinct(res),
-                      "curve": res["curve"][:: max(1, len(res["curve"]) // 40)]}
-        # the same epoch budget for random search and for TPE at full fidelity, for the curve
-        ref_front = {t.trial_id for t in ref["front"]}
-        row["safe_pruning"] = {}
-        for kind in RULES:
-            stops = shadow_stops(log, ref["trials"], kind, tab.epochs, a.grace, a.eta)
-            row["safe_pruning"][kind] = {"front": len(ref_front), "stopped": len(ref_front & stops),
-                                         "survives": 1 - len(ref_front & stops) / max(1, len(ref_front))}
-        row["tpe_full"]["curve"] = ref["curve"][:: max(1, len(ref["curve"]) // 40)]
-        if a.warm_table:
-            row["warm_start"] = warm_saving(a, tab, r)
-        out["runs"].append(row)
-        print(f"[replay] run {r}: " + ", ".join(f"{m} {row[m]['val_hv']:.4f}" for m in
-                                               ("tpe_full",) + STOPPING), flush=True)
+           "eta": a.eta, "reference_budget_epochs": ref_budget, "budget_share": budget / ref_budget,
+           "budget_epochs": budget, "arms": list(arms), "runs": []}
+    with ray_ctx:
+        for r in range(a.runs):
+            out["runs"].append(_replay_run(a, tab, r, ref_budget, budget, arms))
     out["summary"] = summarize(out)
+    out["anytime"] = anytime(out)
+    out["summary"]["epochs_to_95pct_design"] = out["anytime"]["epochs_to_95pct_design"]
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(dumps(out, indent=1))      # strict JSON: NaN and infinity -> null
     print(dumps(out["summary"], indent=1))
+
+
+def _bohb_ray(workers: int):
+    """The embedded Ray the BOHB arm's Tune runs use (loopback only; one for all runs)."""
+    try:
+        import ConfigSpace  # noqa: F401
+        import hpbandster  # noqa: F401
+    except ImportError as e:
+        raise SystemExit(f"replay --bohb needs hpbandster and ConfigSpace ({e}): "
+                         "pip install -e '.[bench]'") from None
+    from search.run.embedded_ray import local_ray
+
+    return local_ray(workers, log_to_driver=False)
+
+
+def _replay_run(a, tab: Table, r: int, ref_budget: int, budget: int, arms) -> dict:
+    """Run r of the replay: the reference, every arm, safe pruning (and the warm start)."""
+    log = []
+    ref = simulate(tab, "tpe_full", ref_budget, r, a.workers, a.grace, a.eta, log=log,
+                   sampler_seed=arm_seed(r, "tpe_full"))
+    design = tab.design_hv(r % tab.seeds)
+    row = {"seed": r, "design_val_hv": design,
+           "tpe_full": {"val_hv": ref["val_hv"], "test_hv": ref["test_hv"],
+                        "epochs": ref_budget, "distinct_configs": _distinct(ref),
+                        "epochs_to_95pct_design": epochs_to(ref["curve"], 0.95 * design)}}
+    for m in arms:
+        started = time.perf_counter()
+        res = (simulate_bohb(tab, budget, r, a.workers, a.eta, sampler_seed=arm_seed(r, m))
+               if m == "bohb" else
+               simulate(tab, m, budget, r, a.workers, a.grace, a.eta, sampler_seed=arm_seed(r, m)))
+        row[m] = {"val_hv": res["val_hv"], "test_hv": res["test_hv"], "epochs": budget,
+                  "seconds": time.perf_counter() - started, "hv_steps": hv_steps(res["curve"]),
+                  "share_of_reference_hv": res["val_hv"] / ref["val_hv"] if ref["val_hv"] else math.nan,
+                  "share_of_design_hv": res["val_hv"] / design if design else math.nan,
+                  "epochs_to_95pct_reference": epochs_to(res["curve"], 0.95 * ref["val_hv"]),
+                  "epochs_to_95pct_design": epochs_to(res["curve"], 0.95 * design),
+                  "distinct_configs": _distinct(res),
+                  "curve": res["curve"][:: max(1, len(res["curve"]) // 40)]}
+    # the same epoch budget for random search and for TPE at full fidelity, for the curve
+    ref_front = {t.trial_id for t in ref["front"]}
+    row["safe_pruning"] = {}
+    for kind in RULES:
+        stops = shadow_stops(log, ref["trials"], kind, tab.epochs, a.grace, a.eta)
+        # a study trains each configuration once, so the front's trials are distinct
+        # configurations: the share below is per distinct configuration (front_configs: the check)
+        row["safe_pruning"][kind] = {"front": len(ref_front), "stopped": len(ref_front & stops),
+                                     "front_configs": len({t.cfg for t in ref["front"]}),
+                                     "survives": 1 - len(ref_front & stops) / max(1, len(ref_front))}
+    row["tpe_full"]["curve"] = ref["curve"][:: max(1, len(ref["curve"]) // 40)]
+    row["tpe_full"]["hv_steps"] = hv_steps(ref["curve"])
+    if a.warm_table:
+        row["warm_start"] = warm_saving(a, tab, r)
+    print(f"[replay] run {r}: " + ", ".join(f"{m} {row[m]['val_hv']:.4f}" for m in
+                                           ("tpe_full",) + tuple(arms)), flush=True)
+    return row
+
+
+def hv_steps(curve) -> list:
+    """The anytime curve where it changes [(epochs, val hypervolume)], plus its last point: exact
+    and compact (the hypervolume only grows when a trial reaches full length)."""
+    steps, last = [], None
+    for e, hv in curve:
+        if hv != last:
+            steps.append((e, hv))
+            last = hv
+    if curve and steps[-1][0] != curve[-1][0]:
+        steps.append(tuple(curve[-1]))
+    return steps
+
+
+def hv_at(steps, epochs: np.ndarray) -> np.ndarray:
+    """The step curve's hypervolume after each of `epochs` (0 before its first point; its last
+    value after a search that ended early)."""
+    if not steps:
+        return np.zeros(len(epochs))
+    e = np.array([x for x, _ in steps])
+    hv = np.array([y for _, y in steps])
+    i = np.searchsorted(e, epochs, side="right") - 1
+    return np.where(i >= 0, hv[np.clip(i, 0, None)], 0.0)
+
+
+BANDS = (10, 25, 50, 75, 90)
+
+
+def anytime(out: dict, boot: int = 5000) -> dict:
+    """Across runs, per arm: the share of the run's design hypervolume reached after each epoch
+    (percentiles BANDS), the epochs to 95% of it (median, 95% bootstrap interval over runs,
+    runs that never reach it count as infinite) and the ratio of that median to random search's
+    (resampled in pairs: a run's arms share its seed column)."""
+    runs = out["runs"]
+    arms = ["tpe_full"] + [m for m in out.get("arms", STOPPING) if m in runs[0]]
+    budget = max(out.get("budget_epochs", 0), out["reference_budget_epochs"])
+    grid = np.arange(1, budget + 1)
+    design = np.array([r["design_val_hv"] for r in runs])
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(runs), size=(boot, len(runs)))
+    to = {m: np.array([math.inf if r[m]["epochs_to_95pct_design"] is None
+                       else r[m]["epochs_to_95pct_design"] for r in runs], float) for m in arms}
+    res = {"bands_percentiles": list(BANDS), "epochs": grid.tolist(), "share_of_design": {},
+           "epochs_to_95pct_design": {}}
+    for m in arms:
+        shares = np.array([hv_at(r[m]["hv_steps"] if "hv_steps" in r[m] else r[m]["curve"], grid) for r in runs]) / design[:, None]
+        shares[:, runs[0][m]["epochs"]:] = np.nan      # nothing drawn past an arm's budget
+        res["share_of_design"][m] = {str(q): np.round(np.percentile(shares, q, axis=0), 4).tolist()
+                                     for q in BANDS}
+        med = np.median(to[m][idx], axis=1)
+        entry = {"median": float(np.median(to[m])), "median_95ci": _quantiles(med),
+                 "runs_reaching": int(np.isfinite(to[m]).sum()), "runs": len(runs),
+                 "per_run": to[m].tolist()}
+        if m != "random" and "random" in to:
+            ratio = _ratio(med, np.median(to["random"][idx], axis=1))
+            entry["median_ratio_to_random"] = float(_ratio(np.median(to[m]), np.median(to["random"])))
+            entry["median_ratio_to_random_95ci"] = _quantiles(ratio)
+            entry["runs_within_25pct_of_random"] = int(np.sum(to[m] <= 0.25 * to["random"]))
+        res["epochs_to_95pct_design"][m] = entry
+    return res
+
+
+def _ratio(a, b):
+    """a / b with infinity kept meaningful: never reached / reached = inf, both never = nan."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(np.isinf(a) & np.isinf(b), np.nan, np.where(np.isinf(b), 0.0, a / b))
+
+
+def _quantiles(x) -> list:
+    """The 2.5% and 97.5% points of a bootstrap sample that may hold infinities (observed
+    values, no interpolation: an interval may end at infinity; nan resamples dropped)."""
+    x = np.asarray(x, float)
+    x = x[~np.isnan(x)]
+    if not len(x):
+        return [math.nan, math.nan]
+    return [float(np.quantile(x, q, method="inverted_cdf")) for q in (0.025, 0.975)]
 
 
 def _distinct(res: dict) -> int:
@@ -549,7 +795,7 @@ def summarize(out: dict) -> dict:
     s["design_val_hv_mean"] = float(np.mean([r["design_val_hv"] for r in runs]))
     s["tpe_full_epochs_to_95pct_design_median"] = float(np.median(
         [r["tpe_full"]["epochs_to_95pct_design"] for r in runs]))
-    for m in STOPPING:
+    for m in out.get("arms", STOPPING):
         share = [r[m]["share_of_reference_hv"] for r in runs]
         to_design = [r[m]["epochs_to_95pct_design"] for r in runs]
         s[m] = {"epochs_share_of_reference": out["budget_share"],
@@ -577,6 +823,55 @@ def summarize(out: dict) -> dict:
                            "val_hv_warm_minus_cold": paired([x["cold_val_hv"] for x in w],
                                                             [x["warm_val_hv"] for x in w])}
     return s
+
+
+LABELS = {"tpe_full": "TPE, full fidelity (reference, 24 trials)", "random": "random search, full fidelity",
+          "tpe+asha_es_auc": "TPE + ES-AUC ASHA", "tpe+mo_asha": "TPE + MO-ASHA (service default)",
+          "tpe+mo_asha_front": "TPE + MO-ASHA keeping the rung front", "nsga2": "NSGA-II (Optuna)",
+          "bohb": "BOHB (TuneBOHB + HyperBandForBOHB)"}
+
+
+def figure(a) -> None:
+    """Anytime share of the design's validation hypervolume against epochs, one panel per arm:
+    median across runs, 25-75% and 10-90% bands; random search's median drawn in every panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = json.loads(Path(a.replay).read_text())
+    at = out.get("anytime") or anytime(out)
+    arms = [m for m in ["tpe_full"] + out.get("arms", list(STOPPING)) if m in at["share_of_design"]]
+    x = np.array(at["epochs"])
+    cols = 4 if len(arms) > 6 else 3
+    rows = math.ceil(len(arms) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.7 * rows), sharex=True, sharey=True)
+    band = lambda m, q: np.array(at["share_of_design"][m][str(q)], float)  # noqa: E731
+    for ax, m in zip(axes.flat, arms):
+        ax.fill_between(x, band(m, 10), band(m, 90), color="C0", alpha=0.15, lw=0, label="10-90%")
+        ax.fill_between(x, band(m, 25), band(m, 75), color="C0", alpha=0.35, lw=0, label="25-75%")
+        ax.plot(x, band(m, 50), color="C0", lw=1.5, label="median")
+        if m != "random":
+            ax.plot(x, band("random", 50), color="0.4", lw=1, ls="--", label="random, median")
+        e = at["epochs_to_95pct_design"][m]
+        ax.axhline(0.95, color="C3", lw=0.7)
+        med = e["median"] if e["median"] is not None else math.inf     # JSON: never reached -> null
+        ax.set_title(f"{LABELS.get(m, m)}\n95% at {med:g} epochs (median), "
+                     f"{e['runs_reaching']}/{e['runs']} runs", fontsize=7.5)
+        ax.set_ylim(0.3, 1.01)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(arms):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6.5, loc="lower right")
+    for ax in axes[-1]:
+        ax.set_xlabel("epochs trained")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("share of design's val HV")
+    fig.suptitle(f"Anytime hypervolume, {len(out['runs'])} paired runs, {Path(a.replay).name}", fontsize=9)
+    fig.tight_layout()
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(a.out, dpi=130)
+    print(f"[figure] {a.out}")
 
 
 def main(argv=None) -> None:
@@ -617,14 +912,24 @@ def main(argv=None) -> None:
     r.add_argument("--runs", type=int, default=10)
     r.add_argument("--ref-trials", type=int, default=24, help="trials of the full-fidelity reference")
     r.add_argument("--budget-share", type=float, default=0.25, help="epochs of the others / reference's")
+    r.add_argument("--budget-epochs", type=int, default=0,
+                   help="epochs of the others (overrides --budget-share; the whole design's "
+                        "configs x epochs lets every full-fidelity arm reach the design's front)")
+    r.add_argument("--bohb", action="store_true",
+                   help="add Ray's TuneBOHB + HyperBandForBOHB (through Ray Tune; needs the "
+                        "bench extra: hpbandster, ConfigSpace)")
     r.add_argument("--workers", type=int, default=4)
     r.add_argument("--grace", type=int, default=1)
     r.add_argument("--eta", type=int, default=3)
     r.add_argument("--ref", choices=["nadir", "fixed"], default="nadir",
                    help="hypervolume reference point: the table's worst (AUC, ES-AUC), or (0.5, 0.25)")
     r.add_argument("--out", required=True)
+    f = sub.add_parser("figure", help="anytime hypervolume with bands from a replay's raw JSON")
+    f.add_argument("--replay", required=True)
+    f.add_argument("--out", required=True, help="PNG")
     a = p.parse_args(argv)
-    {"table": table, "confirm": confirm, "replay": replay, "landscape": landscape}[a.phase](a)
+    {"table": table, "confirm": confirm, "replay": replay, "landscape": landscape,
+     "figure": figure}[a.phase](a)
 
 
 if __name__ == "__main__":

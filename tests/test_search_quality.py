@@ -57,6 +57,13 @@ def test_replay_command_writes_the_summary(tmp_path):
     out = json.loads((tmp_path / "r.json").read_text())
     assert out["summary"]["runs"] == 2 and 0 <= out["summary"]["front_survives_mo_asha"] <= 1
     assert math.isfinite(out["summary"]["warm_start"]["cold_epochs_median"])
+    # the anytime bands: every arm, every epoch of the budget, ordered percentiles
+    share = out["anytime"]["share_of_design"]["tpe+mo_asha"]
+    assert len(share["50"]) == out["reference_budget_epochs"] == 32 and out["budget_epochs"] == 8
+    assert all(a <= b <= c for a, b, c in zip(share["10"][:8], share["50"][:8], share["90"][:8]))
+    assert share["50"][8:] == [None] * 24                  # past the arm's budget: nothing
+    sq.main(["figure", "--replay", str(tmp_path / "r.json"), "--out", str(tmp_path / "f.png")])
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_arms_are_seeded_apart_from_the_reference():
@@ -89,3 +96,67 @@ def test_each_configuration_is_trained_once_and_the_design_hypervolume():
     assert len(more["trials"]) == 12 and more["curve"][-1][0] == 48   # stops when all are tried
     with pytest.raises(ValueError, match="every one of the table's 12 configurations"):
         tab.nearest(sq.from_unit([0.5] * 5), exclude=set(tab.ids))
+
+
+def test_replay_log_rebuilds_the_simulated_curve():
+    """The BOHB arm's bookkeeping (results in arrival order -> anytime curve, full-length trials,
+    front) gives the curve `simulate` computed itself from the same results."""
+    tab = sq.Table(_table(epochs=4, n=12))
+    log = []
+    res = sq.simulate(tab, "tpe+mo_asha", 30, 1, workers=2, log=log, sampler_seed=3)
+    cfg = {t.trial_id: t.cfg for t in res["trials"]}
+    again = sq.replay_log(tab, [(tid, ep, a, e, cfg[tid]) for tid, ep, a, e in log], 1)
+    assert again["curve"] == pytest.approx(res["curve"])
+    assert again["val_hv"] == pytest.approx(res["val_hv"]) and again["test_hv"] == pytest.approx(res["test_hv"])
+    assert ({t.trial_id: t.status for t in again["trials"]}
+            == {t.trial_id: t.status for t in res["trials"] if t.epoch > 0})
+
+
+def test_anytime_bands_and_intervals_by_hand():
+    """Step curves -> share of the design per epoch, percentiles across runs, median epochs to
+    95% with a bootstrap interval, and the ratio to random, on three hand-made runs."""
+    steps = {"random": [[[2, 0.5], [4, 1.0]], [[3, 0.96]], [[1, 0.2], [6, 0.9]]],
+             "tpe_full": [[[1, 1.0]], [[2, 0.5]], [[6, 1.0]]],
+             "tpe+mo_asha": [[[1, 0.99]], [[2, 0.1], [5, 0.95]], [[2, 0.97]]]}
+    to = {"random": [4, 3, None], "tpe_full": [1, None, 6], "tpe+mo_asha": [1, 5, 2]}
+    runs = [{"design_val_hv": 1.0, **{m: {"hv_steps": steps[m][i], "epochs_to_95pct_design": to[m][i]}
+                                      for m in steps}} for i in range(3)]
+    for r in runs:
+        for m in steps:
+            r[m]["epochs"] = 6
+    out = {"runs": runs, "arms": ["random", "tpe+mo_asha"], "budget_epochs": 6,
+           "reference_budget_epochs": 6}
+    res = sq.anytime(out, boot=2000)
+    assert sq.hv_at(steps["random"][0], np.arange(1, 7)).tolist() == [0, 0.5, 0.5, 1.0, 1.0, 1.0]
+    # epoch 3: random's shares are 0.5, 0.96, 0.2 -> median 0.5; epoch 6: 1.0, 0.96, 0.9
+    assert res["share_of_design"]["random"]["50"][2] == pytest.approx(0.5)
+    assert res["share_of_design"]["random"]["50"][5] == pytest.approx(0.96)
+    assert res["share_of_design"]["random"]["25"][5] == pytest.approx(np.percentile([1, 0.96, 0.9], 25))
+    mo, rnd = res["epochs_to_95pct_design"]["tpe+mo_asha"], res["epochs_to_95pct_design"]["random"]
+    assert rnd["median"] == 4 and rnd["runs_reaching"] == 2 and mo["median"] == 2
+    assert mo["median_ratio_to_random"] == pytest.approx(0.5)
+    assert mo["runs_within_25pct_of_random"] == 2   # run 0: 1 <= 0.25 x 4; run 2: random never
+    lo, hi = mo["median_95ci"]
+    assert 1 <= lo <= 2 <= hi <= 5
+    assert rnd["median_95ci"][1] == math.inf                # resamples with two unreached runs
+    assert res["epochs_to_95pct_design"]["tpe_full"]["median"] == 6
+
+
+@pytest.mark.slow
+def test_bohb_arm_runs_through_tune_on_the_table():
+    """Ray's TuneBOHB + HyperBandForBOHB on a hand-made table through a real Tune run: the
+    budget is kept, each configuration is tried once, HyperBand stops some trials early, and a
+    paused trial resumes where it stopped (no epoch reported twice)."""
+    pytest.importorskip("hpbandster")
+    pytest.importorskip("ConfigSpace")
+    from search.run.embedded_ray import local_ray
+
+    tab = sq.Table(_table(epochs=4, n=12))
+    with local_ray(2, log_to_driver=False):
+        res = sq.simulate_bohb(tab, 30, 0, workers=2, sampler_seed=7, pace=0.01)
+    assert [e for e, _ in res["curve"]] == list(range(1, 31))
+    cfgs = [t.cfg for t in res["trials"]]
+    assert len(cfgs) == len(set(cfgs))
+    assert {t.status for t in res["trials"]} == {"FULL", "STOPPED"}
+    assert sum(t.epoch for t in res["trials"]) == 30          # each epoch counted once
+    assert res["val_hv"] == pytest.approx(sq.hypervolume(sq._val_points(res["trials"])))
