@@ -147,8 +147,14 @@ def test_bohb_arm_runs_through_tune_on_the_table():
     """Ray's TuneBOHB + HyperBandForBOHB on a hand-made table through a real Tune run: the
     budget is kept, each configuration is tried once, HyperBand stops some trials early, and a
     paused trial resumes where it stopped (no epoch reported twice)."""
-    pytest.importorskip("hpbandster")
-    pytest.importorskip("ConfigSpace")
+    import importlib.util
+    import os
+
+    if not all(importlib.util.find_spec(m) for m in ("hpbandster", "ConfigSpace")):
+        message = "needs the bench extra (pip install -e '.[bench]'; .ci/run installs it)"
+        if os.environ.get("MULTIFAIR_CI"):
+            pytest.fail(f"{message}: absent under CI")   # CI never passes by skipping it
+        pytest.skip(message)
     from search.run.embedded_ray import local_ray
 
     tab = sq.Table(_table(epochs=4, n=12))
