@@ -25,20 +25,23 @@ import os
 import numpy as np
 
 from search.run.cluster_size import reserved, trial_concurrency
-from search.record.reference import FUSION, reference_of
+from search.record import study as S
+from search.record.reference import FUSION, Reference, reference_of
 from search.record.study import CONFIRM, full_length, trial_record   # CONFIRM: the stage's name
 
 BASELINE = "baseline"
 PAPER = "paper"
+CANDIDATES_FILE = "confirm-candidates.json"   # the plan a --resume keeps (study_candidates)
 
 
-def candidates(scfg, finals: list[dict]) -> dict[str, dict]:
+def candidates(scfg, finals: list[dict], ref: Reference | None = None) -> dict[str, dict]:
     """label -> hyperparameters + mode (+ the search trial it came from); BASELINE is the study's
     reference (search.record.reference), trained at the paper's point's values (those its mode
     does not use are unused there). When the searched mode is the reference's own, the reference
     is that mode at the paper's point: a candidate at that point is the reference itself, so
-    neither the paper's point nor a finalist on it is a second candidate."""
-    ref = reference_of(scfg.mode)
+    neither the paper's point nor a finalist on it is a second candidate. `ref`: the reference
+    (default: the mode's, search.record.reference.reference_of)."""
+    ref = ref or reference_of(scfg.mode)
 
     def at_paper_point(c: dict) -> bool:
         return all(math.isclose(c[k], v) for k, v in scfg.baseline.items())
@@ -51,6 +54,26 @@ def candidates(scfg, finals: list[dict]) -> dict[str, dict]:
         out[PAPER] = {**scfg.baseline, "mode": scfg.mode}
     out[BASELINE] = {**scfg.baseline, "mode": ref.mode}
     return out
+
+
+def study_candidates(scfg, finals: list[dict]) -> tuple[dict[str, dict], Reference]:
+    """The confirmation's candidates and reference, fixed when the stage first starts and saved in
+    the study folder (CANDIDATES_FILE): a --resume trains what the interrupted stage planned, even
+    under a newer rule. A confirmation started before the file existed (before the reference
+    followed the model family, issue 28) was planned against plain fusion, the paper's point
+    included: it resumes so."""
+    import pyarrow.fs
+    from ray import tune
+
+    fs, path = S.study_fs(scfg.study_dir)
+    if fs.get_file_info(f"{path}/{CANDIDATES_FILE}").type != pyarrow.fs.FileType.NotFound:
+        saved = S.read_json(scfg.study_dir, CANDIDATES_FILE)
+        return saved["candidates"], Reference(**saved["reference"])
+    started = tune.Tuner.can_restore(S.stage_path(scfg.storage_path, f"{scfg.name}-{CONFIRM}"))
+    ref = FUSION if started else reference_of(scfg.mode)
+    cands = candidates(scfg, finals, ref)
+    S.write_json(scfg.study_dir, CANDIDATES_FILE, {"reference": ref.to_dict(), "candidates": cands})
+    return cands, ref
 
 
 def seeds(scfg) -> list[int]:
@@ -78,8 +101,8 @@ class StageStopped(RuntimeError):
 
 
 def run_confirmation(scfg, setup: dict, finals: list[dict], tracker) -> dict:
-    """The Tune run(s) over candidates x seeds; returns {"candidates", "runs", "stats", "seeds",
-    "looks", "choice"}. Raises StageStopped unless every candidate of every look trained every
+    """The Tune run(s) over candidates x seeds; returns {"candidates", "reference", "runs", "stats",
+    "seeds", "looks", "choice"}. Raises StageStopped unless every candidate of every look trained every
     seed to the last epoch.
 
     Intensification (`--confirm-budget`, as SMAC intensifies): when the first look shows no
@@ -88,7 +111,7 @@ def run_confirmation(scfg, setup: dict, finals: list[dict], tracker) -> dict:
     none is undecided, or the budget is spent. Error control over the looks: each look tests at
     alpha / (number of looks planned) (Bonferroni over looks: valid whatever the stopping), and
     Holm counts every candidate of the first look (one dropped counts with p = 1)."""
-    cands, ref = candidates(scfg, finals), reference_of(scfg.mode)
+    cands, ref = study_candidates(scfg, finals)
     print(f"[{CONFIRM}] reference (candidate {BASELINE!r}): {ref.name}, --mode {ref.mode}", flush=True)
     plan = looks(scfg)
     alpha, family = scfg.alpha / len(plan), len(cands) - 1
@@ -117,8 +140,8 @@ def run_confirmation(scfg, setup: dict, finals: list[dict], tracker) -> dict:
     if not choice.get("error"):
         choice["evidence"]["candidates"].update(dropped)
     all_seeds = [s for h in history for s in h["seeds"]]
-    return {"candidates": cands, "runs": runs, "stats": candidate_stats(done), "seeds": all_seeds,
-            "looks": history, "choice": choice}
+    return {"candidates": cands, "reference": ref.to_dict(), "runs": runs, "stats": candidate_stats(done),
+            "seeds": all_seeds, "looks": history, "choice": choice}
 
 
 def complete(runs: list[dict], cands: dict, seed_list: list[int], max_epochs: int, stage: str) -> list[dict]:

@@ -18,7 +18,6 @@ THRESHOLDED = ("val/dpd_at_val_threshold", "val/deodds_at_val_threshold")
 def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | None) -> dict:
     from search.decide import confirm, select
 
-    from search.record.reference import reference_of
     from search.run.objectives import floors, objective_keys
 
     search = scfg.to_dict()
@@ -26,7 +25,6 @@ def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | No
     keys = objective_keys(scfg) if scfg.objective == "pareto" else ["auc", "es_auc"]
     front = select.front(full, keys)
     decision = {"objective": scfg.objective, "auc_floor_search": auc_floor, "front_keys": keys,
-                "reference": reference_of(scfg.mode).to_dict(),   # what candidate "baseline" is
                 "floors": floors(scfg, auc_floor),
                 "space": {k: str(v) for k, v in S.space_summary(scfg.mode).items()},
                 "front": [{"trial_id": t["trial_id"], "auc": t["val"]["auc"], "es_auc": t["val"]["es_auc"],
@@ -46,6 +44,7 @@ def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | No
     if scfg.finalists > 0 and full:
         finals = select.finalists(scfg, full, auc_floor, scfg.finalists)
         conf = confirm.run_confirmation(scfg, setup, finals, tracker)
+        decision["reference"] = conf["reference"]   # what the candidate "baseline" is (record/reference)
         decision["confirmation"] = {k: conf[k] for k in ("candidates", "stats", "seeds", "looks", "choice")}
         print(f"[decide] {conf['choice']['reason']}", flush=True)
         _test_and_register(scfg, conf, tracker, decision, setup)

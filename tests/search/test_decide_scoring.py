@@ -25,14 +25,14 @@ def checkpoints(dataset, cache_dir, tmp_path_factory):
 
     root, out = str(dataset("search")), tmp_path_factory.mktemp("scoring")
     cfg = make_config("fairvision", "gender", preset="tiny", data_root=root, epochs=1, evaluate_test=False)
-    made = []
-    for mode, seed in (("baseline", 1), ("full", 7)):
+    def fitted(mode: str, seed: int):
         saved = {}
         fit(cfg.replace(mode=mode, seed=seed),
             on_epoch=lambda r: saved.__setitem__("dir", r.save_checkpoint(out / mode, resume=False)),
             progress=False)
-        made.append(tune.Checkpoint.from_directory(str(saved["dir"])))
-    return root, made[0], made[1]
+        return tune.Checkpoint.from_directory(str(saved["dir"]))
+
+    return root, fitted("baseline", 1), fitted("full", 7)
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_without_a_candidate_only_the_deployed_model_is_scored(checkpoints, pass
     _, base, _ = checkpoints
     got = deployed_test(base, None, "baseline", n=50)
     assert got["paired"] is None and passes.count("test") == 1, passes
-    y, pa, _, g, _ = old_path(base, base)
+    y, pa, _, _, _ = old_path(base, base)
     assert got["robustness"]["same_site"]["auc"] == pytest.approx(roc_auc_score(y, pa), abs=1e-12)
     with pytest.raises(ValueError, match="deployed='chosen'"):
         deployed_test(base, None, "chosen")
