@@ -299,8 +299,10 @@ def fit(cfg: TrainConfig, on_epoch: Callable[[EpochReport], None] | None = None,
     return _finish(trainer)
 
 
-def _score_test(trainer: Trainer) -> dict:
-    """Point metrics and cfg.bootstrap resamples (mean, std) on the test split."""
+def _score_test(trainer: Trainer, keep_predictions: bool = False) -> dict:
+    """Point metrics and cfg.bootstrap resamples (mean, std) on the test split; with
+    `keep_predictions` also the test pass itself ("predictions": labels, probabilities, groups,
+    group names), for a caller that compares it with another model's (search's paired test)."""
     cfg = trainer.cfg
     y, p, g, encoded = trainer.predict_encoded("test")
     val = trainer.best.get("val") or {}
@@ -312,6 +314,9 @@ def _score_test(trainer: Trainer) -> dict:
     robust = {"missing": missing_modalities(trainer, encoded, p)}
     if "shift" in trainer.data:
         robust["shift"] = _score_shift(trainer, threshold_val)
+    if keep_predictions:
+        robust["predictions"] = {"label": y, "probability": p, "group": g,
+                                 "group_names": trainer.group_names}
     if not cfg.bootstrap:                                       # bootstrap=0: point only
         return {"point": point, **robust}
     return {"point": point,
@@ -371,17 +376,20 @@ def load_model(checkpoint_dir: str | Path, best: bool = True) -> nn.Module:
     return model.eval()
 
 
-def evaluate_checkpoint(checkpoint_dir: str | Path, datasets: Callable | None = None, **overrides) -> dict:
+def evaluate_checkpoint(checkpoint_dir: str | Path, datasets: Callable | None = None,
+                        keep_predictions: bool = False, **overrides) -> dict:
     """Score the validation-chosen model of a checkpoint on the test split, once (used by the
     search for its chosen trial). `overrides` replace config fields (e.g. data_root, device);
-    `datasets(cfg)` gives the splits where the caller opens the data (the search's node path)."""
+    `datasets(cfg)` gives the splits where the caller opens the data (the search's node path);
+    `keep_predictions`: _score_test's "predictions" too."""
     state = checkpoint_weights(checkpoint_dir)
     cfg = config_from_dict({**state["config"], **overrides, "pretrained": False})
     trainer = Trainer(cfg, datasets=datasets(cfg) if datasets is not None else None)
     trainer.model.load_state_dict(state["model"])
     if state.get("threshold_val") is not None:   # the chosen epoch's, kept: scored as fit() scores
         trainer.best["val"] = {"threshold_val": state["threshold_val"]}
-    return {"epoch": state.get("epoch", state.get("best", {}).get("epoch")), **_score_test(trainer)}
+    return {"epoch": state.get("epoch", state.get("best", {}).get("epoch")),
+            **_score_test(trainer, keep_predictions)}
 
 
 def result_json(result: dict) -> str:

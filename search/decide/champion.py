@@ -6,7 +6,8 @@
 A study with a decision (a confirmation stage) registered its own champion when it ended: this
 command reports that registration and never registers a second pick over it. A study without a
 decision (no confirmation) has only its single-seed best (search.decide.select.single_seed_best):
-no evidence that it beats plain fusion, so it is refused unless --allow-unconfirmed, by the user's
+no evidence that it beats the study's reference (plain fusion; CLIP for a vision-language mode,
+search.record.reference), so it is refused unless --allow-unconfirmed, by the user's
 choice. What a study's trials say about the hyperparameters (importances) is `python -m search
 analyze`, which only reports.
 """
@@ -18,6 +19,7 @@ import sys
 from search.decide import select
 from search.decide.registry import register_champion
 from search.record import analysis
+from search.record.reference import reference_of
 from trainer.jsonout import dumps
 
 
@@ -43,8 +45,9 @@ def champion(trials, max_epochs: int, found: dict, name: str, tracking_uri: str,
            "run_id": t["run_id"], "val_es_auc": value, "params": t["params"]}
     if not allow_unconfirmed:   # no rule deploys without evidence
         print(f"error: no decision recorded for this study: its single-seed best ({t['trial_id']}, val "
-              f"es_auc {value:.4f}) is not shown better than plain fusion; run the search with "
-              "--finalists K to decide, or pass --allow-unconfirmed to register it anyway", file=sys.stderr)
+              f"es_auc {value:.4f}) is not shown better than {reference_of(found['mode']).name}; run the "
+              "search with --finalists K to decide, or pass --allow-unconfirmed to register it anyway",
+              file=sys.stderr)
         return 1, {"deployment": dep}
     if not t["model_logged"]:
         print(f"error: run {t['run_id']} has no logged model (the search logs the best trial's)",
@@ -64,7 +67,7 @@ def main(argv=None) -> int:
     p.add_argument("--name", required=True, help="registered model name (alias champion)")
     p.add_argument("--allow-unconfirmed", action="store_true",
                    help="a study without a decision: register its single-seed best anyway "
-                        "(no evidence that it beats plain fusion)")
+                        "(no evidence that it beats the study's reference: plain fusion, or CLIP)")
     p.add_argument("--json", default="", help="also write what was registered here")
     a = p.parse_args(argv)
     trials, max_epochs, _, found = analysis.trials_from_mlflow(a.tracking_uri, a.experiment, a.parent_run_id)

@@ -1,8 +1,9 @@
 """Confirmation stage: re-train the finalists with fresh seeds, as one more Tune run, and choose.
 
 Candidates: the top `--finalists` K configurations of the search (search.decide.select.finalists),
-the paper's point (same mode) and plain fusion (`--mode baseline`), each with `--confirm-seeds`
-S seeds (seed+1 ... seed+S: none of them the seed the search picked on). With `--confirm-folds F`
+the paper's point (same mode) and the study's reference (search.record.reference: plain fusion,
+`--mode baseline`, for the fusion methods; CLIP, `--mode clip`, for the vision-language family;
+labelled "baseline"), each with `--confirm-seeds` S seeds (seed+1 ... seed+S: none of them the seed the search picked on). With `--confirm-folds F`
 repeat r (the r-th seed) also trains and validates on its own cut of train+val: fold r mod F of
 a group-stratified partition (trainer/data/resplit.py), the same cut for every candidate (paired);
 the test split is never part of it. Every run trains all
@@ -11,9 +12,9 @@ epochs (no early stopping); its value is its best-epoch validation score, as in 
 The rule is search.decide.rule (docs/search.md, "How the pick is made"): the confirmation's
 runs become its results table (repeat = seed, paired across candidates) and a MultiFair candidate
 is deployed only if a paired one-sided t test, Holm-adjusted over all candidates, shows it better
-than plain fusion at familywise error `--alpha` (and it clears the `--min-auc-drop` floor);
-otherwise plain fusion: a tool that searched MultiFair must still be able to answer "plain fusion
-is better here". An interrupted or incomplete confirmation raises StageStopped: no decision is
+than the reference at familywise error `--alpha` (and it clears the `--min-auc-drop` floor);
+otherwise the reference: a tool that searched MultiFair must still be able to answer "plain fusion
+is better here" (a FairCLIP search: "CLIP is better here"). An interrupted or incomplete confirmation raises StageStopped: no decision is
 made from part of the table.
 """
 from __future__ import annotations
@@ -24,21 +25,55 @@ import os
 import numpy as np
 
 from search.run.cluster_size import reserved, trial_concurrency
+from search.record import study as S
+from search.record.reference import FUSION, Reference, reference_of
 from search.record.study import CONFIRM, full_length, trial_record   # CONFIRM: the stage's name
 
 BASELINE = "baseline"
 PAPER = "paper"
+CANDIDATES_FILE = "confirm-candidates.json"   # the plan a --resume keeps (study_candidates)
 
 
-def candidates(scfg, finals: list[dict]) -> dict[str, dict]:
-    """label -> hyperparameters + mode (+ the search trial it came from)."""
+def candidates(scfg, finals: list[dict], ref: Reference | None = None) -> dict[str, dict]:
+    """label -> hyperparameters + mode (+ the search trial it came from); BASELINE is the study's
+    reference (search.record.reference), trained at the paper's point's values (those its mode
+    does not use are unused there). When the searched mode is the reference's own, the reference
+    is that mode at the paper's point: a candidate at that point is the reference itself, so
+    neither the paper's point nor a finalist on it is a second candidate. `ref`: the reference
+    (default: the mode's, search.record.reference.reference_of)."""
+    ref = ref or reference_of(scfg.mode)
+
+    def at_paper_point(c: dict) -> bool:
+        return all(math.isclose(c[k], v) for k, v in scfg.baseline.items())
+
     out = {}
     for t in finals:
-        out[f"{scfg.mode}-{t['trial_id']}"] = {**t["params"], "mode": scfg.mode, "trial_id": t["trial_id"]}
-    if not any(all(math.isclose(c[k], v) for k, v in scfg.baseline.items()) for c in out.values()):
+        if not (ref.default_point and at_paper_point(t["params"])):
+            out[f"{scfg.mode}-{t['trial_id']}"] = {**t["params"], "mode": scfg.mode, "trial_id": t["trial_id"]}
+    if not ref.default_point and not any(at_paper_point(c) for c in out.values()):
         out[PAPER] = {**scfg.baseline, "mode": scfg.mode}
-    out[BASELINE] = {**scfg.baseline, "mode": "baseline"}   # the five values are unused there
+    out[BASELINE] = {**scfg.baseline, "mode": ref.mode}
     return out
+
+
+def study_candidates(scfg, finals: list[dict]) -> tuple[dict[str, dict], Reference]:
+    """The confirmation's candidates and reference, fixed when the stage first starts and saved in
+    the study folder (CANDIDATES_FILE): a --resume trains what the interrupted stage planned, even
+    under a newer rule. A confirmation started before the file existed (before the reference
+    followed the model family, issue 28) was planned against plain fusion, the paper's point
+    included: it resumes so."""
+    import pyarrow.fs
+    from ray import tune
+
+    fs, path = S.study_fs(scfg.study_dir)
+    if fs.get_file_info(f"{path}/{CANDIDATES_FILE}").type != pyarrow.fs.FileType.NotFound:
+        saved = S.read_json(scfg.study_dir, CANDIDATES_FILE)
+        return saved["candidates"], Reference(**saved["reference"])
+    started = tune.Tuner.can_restore(S.stage_path(scfg.storage_path, f"{scfg.name}-{CONFIRM}"))
+    ref = FUSION if started else reference_of(scfg.mode)
+    cands = candidates(scfg, finals, ref)
+    S.write_json(scfg.study_dir, CANDIDATES_FILE, {"reference": ref.to_dict(), "candidates": cands})
+    return cands, ref
 
 
 def seeds(scfg) -> list[int]:
@@ -66,17 +101,18 @@ class StageStopped(RuntimeError):
 
 
 def run_confirmation(scfg, setup: dict, finals: list[dict], tracker) -> dict:
-    """The Tune run(s) over candidates x seeds; returns {"candidates", "runs", "stats", "seeds",
-    "looks", "choice"}. Raises StageStopped unless every candidate of every look trained every
+    """The Tune run(s) over candidates x seeds; returns {"candidates", "reference", "runs", "stats",
+    "seeds", "looks", "choice"}. Raises StageStopped unless every candidate of every look trained every
     seed to the last epoch.
 
     Intensification (`--confirm-budget`, as SMAC intensifies): when the first look shows no
     candidate better, the candidates still undecided (eligible, 95% interval reaching above
-    --min-gain) and plain fusion get more seeds, look after look, until one is shown better,
+    --min-gain) and the reference get more seeds, look after look, until one is shown better,
     none is undecided, or the budget is spent. Error control over the looks: each look tests at
     alpha / (number of looks planned) (Bonferroni over looks: valid whatever the stopping), and
     Holm counts every candidate of the first look (one dropped counts with p = 1)."""
-    cands = candidates(scfg, finals)
+    cands, ref = study_candidates(scfg, finals)
+    print(f"[{CONFIRM}] reference (candidate {BASELINE!r}): {ref.name}, --mode {ref.mode}", flush=True)
     plan = looks(scfg)
     alpha, family = scfg.alpha / len(plan), len(cands) - 1
     active, runs, done, history, dropped = list(cands), [], [], [], {}
@@ -86,7 +122,7 @@ def run_confirmation(scfg, setup: dict, finals: list[dict], tracker) -> dict:
         runs += new
         done += complete(new, look, seed_list, scfg.max_epochs, CONFIRM)
         choice = choose([r for r in done if r["candidate"] in look], scfg.min_auc_drop, alpha,
-                        scfg.min_gain, family)
+                        scfg.min_gain, family, ref.name)
         if choice.get("error"):   # a table the rule cannot read (a NaN score): no more looks
             history.append({"look": j, "seeds": seed_list, "candidates": list(look), "alpha": alpha,
                             "deployed": None, "undecided": []})
@@ -104,8 +140,8 @@ def run_confirmation(scfg, setup: dict, finals: list[dict], tracker) -> dict:
     if not choice.get("error"):
         choice["evidence"]["candidates"].update(dropped)
     all_seeds = [s for h in history for s in h["seeds"]]
-    return {"candidates": cands, "runs": runs, "stats": candidate_stats(done), "seeds": all_seeds,
-            "looks": history, "choice": choice}
+    return {"candidates": cands, "reference": ref.to_dict(), "runs": runs, "stats": candidate_stats(done),
+            "seeds": all_seeds, "looks": history, "choice": choice}
 
 
 def complete(runs: list[dict], cands: dict, seed_list: list[int], max_epochs: int, stage: str) -> list[dict]:
@@ -273,17 +309,19 @@ def table(runs: list[dict]):
 
 
 def choose(runs: list[dict], min_auc_drop: float | None = None, alpha: float = 0.05,
-           min_gain: float = 0.0, family: int | None = None) -> dict:
+           min_gain: float = 0.0, family: int | None = None, reference: str = FUSION.name) -> dict:
     """search.decide.rule on the confirmation's table. Returns the label, the rule, the floor,
     the evidence (per candidate: paired difference, interval, Holm p, minimum detectable gain),
-    the one-line reason and the best candidate's seed-paired difference to plain fusion."""
+    the one-line reason and the best candidate's seed-paired difference to the reference
+    (`reference`: its name in the messages, search.record.reference)."""
     from search.decide.rule import BadTable, decide_table
 
     if not any(r["candidate"] == BASELINE for r in runs):
-        raise RuntimeError("confirmation: every plain-fusion (baseline) run failed; nothing to compare with")
+        raise RuntimeError(f"confirmation: every {reference} (candidate {BASELINE!r}) run failed; "
+                           "nothing to compare with")
     try:
         d = decide_table(table(runs), alpha, min_gain, BASELINE, min_auc_drop, name="confirmation",
-                         baseline_name="plain fusion", family=family)
+                         baseline_name=reference, family=family)
     except BadTable as exc:
         return no_decision(str(exc))
     best, label = d["best_candidate"], d["deployed"]
@@ -305,7 +343,7 @@ def no_decision(fault: str) -> dict:
 
 
 def seed_paired(runs: list[dict], label: str) -> dict:
-    """Validation difference (chosen - plain fusion) paired by seed, with a 95% t interval."""
+    """Validation difference (chosen - the reference) paired by seed, with a 95% t interval."""
     from scipy.stats import ttest_rel
 
     by_seed = {(r["candidate"], r["seed"]): r["val"] for r in runs}

@@ -1,4 +1,6 @@
-"""The test split, touched once: the chosen model against plain fusion, paired over test samples.
+"""The paired test's statistics: a candidate against the study's reference (plain fusion, or
+CLIP for the vision-language family: search.record.reference), paired over test samples. The
+predictions come from search.decide.scoring.deployed_test, the one scoring path.
 
 Both models score the same test samples; each bootstrap resample draws sample indices once and
 evaluates BOTH models on them, so the interval is for the difference on the same patients
@@ -61,47 +63,3 @@ def paired_bootstrap(y, p_base, p_chosen, g, n: int = 1000, seed: int = 0, group
             row[f"{name}_lo"], row[f"{name}_hi"] = float(lo), float(hi)
         out[key] = row
     return out
-
-
-def predict_test(checkpoint_dir: str, data_root: str | None = None, data: dict | None = None):
-    """(labels, probabilities, group codes, group names) of a checkpoint's validation-chosen
-    weights on the test split (data_root: score another copy of the data; data: the search's
-    data source, search.run.remote.data_of, opened through the trials' path on this node)."""
-    from trainer.config import config_from_dict
-    from trainer.checkpoint import checkpoint_weights
-    from trainer.loop import Trainer
-
-    state = checkpoint_weights(checkpoint_dir)
-    overrides = {"pretrained": False, **({"data_root": data_root} if data_root else {})}
-    cfg = config_from_dict({**state["config"], **overrides})
-    if data is not None:
-        from search.run.remote import datasets
-
-        trainer = Trainer(cfg, datasets=datasets(cfg, data))
-    else:
-        trainer = Trainer(cfg)
-    trainer.model.load_state_dict(state["model"])
-    y, p, g = trainer.predict("test")
-    return y, p, g, trainer.group_names
-
-
-def paired_test(base_ckpt, chosen_ckpt, n: int = 1000, seed: int = 0, data: dict | None = None) -> dict:
-    """Score both models on the test split once and compare them. The per-sample predictions
-    stay in this process (a Ray task: run_paired_test); the intervals are returned."""
-    with base_ckpt.as_directory() as d:
-        y, pa, g, names = predict_test(d, data=data)
-    with chosen_ckpt.as_directory() as d:
-        y2, pb, g2, _ = predict_test(d, data=data)
-    assert np.array_equal(y, y2) and np.array_equal(g, g2), "both models must see the same test split"
-    return paired_bootstrap(y, pa, pb, g, n=n, seed=seed, group_names=names)
-
-
-def run_paired_test(base_ckpt, chosen_ckpt, n: int = 1000, seed: int = 0, scfg=None,
-                    setup: dict | None = None) -> dict:
-    """paired_test as a Ray task with a trial's resources (search.run.remote), the data read on the
-    task's node: aggregates only come back. Without `scfg` (no search), in this process."""
-    if scfg is None:
-        return paired_test(base_ckpt, chosen_ckpt, n, seed)
-    from search.run.remote import data_of, run
-
-    return run(scfg, "paired test", paired_test, base_ckpt, chosen_ckpt, n, seed, data_of(setup))

@@ -205,7 +205,8 @@ def decide_table(df, alpha: float = 0.05, min_gain: float = 0.0, baseline: str =
                                                          level, min_gain),
                    "rho_within": _corr(es[0], es[i + 1])}
     deployed = cands[int(pick)] if m and int(pick) >= 0 else baseline
-    out = {"table": name, "deployed": deployed, "baseline": baseline, "n_repeats": n,
+    out = {"table": name, "deployed": deployed, "baseline": baseline, "baseline_name": base_name,
+           "n_repeats": n,
            "n_candidates": m, "alpha": alpha, "min_gain": min_gain, "min_auc_drop": min_auc_drop,
            "auc_floor": None if math.isinf(floor) else float(floor),
            "baseline_val_es_auc": float(es[0].mean()), "baseline_val_auc": float(auc[0].mean()),
@@ -229,7 +230,7 @@ def decide_table(df, alpha: float = 0.05, min_gain: float = 0.0, baseline: str =
 def detectability(pooled: float, n: int, level: float, min_gain: float, headroom: float) -> dict:
     """The gain this table detects with POWER, at a stated planning sd of the paired differences:
     the table's pooled sd when it has 3+ repeats (2+ degrees of freedom), else PLANNING_SD. A gain
-    above `headroom` (1 - plain fusion's mean val ES-AUC: ES-AUC is at most 1) cannot happen, so
+    above `headroom` (1 - the baseline's mean val ES-AUC: ES-AUC is at most 1) cannot happen, so
     such a figure is flagged not achievable, and the gains LADDER's larger repeats detect are
     given instead."""
     own = n >= 3 and math.isfinite(pooled)

@@ -1,14 +1,22 @@
-"""The one scoring path of a study's models on the test split (the test touched once per
-model): the final test of the search's best trial (no confirmation), the deployed model's
-robustness block (each modality missing, the other site), each as one Ray task with a trial's
-resources (search.run.remote); the paired test against plain fusion is search.decide.paired,
-the registered model's batch scoring search.decide.registry. Aggregates only go to MLflow."""
+"""The one scoring path of a study's models on the test split (the test touched once per model),
+each as one Ray task with a trial's resources (search.run.remote):
+- final_test: the search's best trial when there is no confirmation stage (bootstrap figures,
+  robustness block);
+- deployed_test: after the confirmation, the deployed model's ONE test pass gives both its column
+  of the paired test against the reference (search.decide.paired: the statistics) and its
+  robustness block (each modality missing: fusion passes over the same encoded features; the
+  other site: its own pass); the other model of the comparison is predicted once (predict_test);
+- the registered model's batch scoring: search.decide.registry.score.
+Aggregates only go to MLflow; per-sample predictions stay inside the task."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from search.decide import select
 from search.decide.mlmodel import log_run_model
+from search.decide.paired import paired_bootstrap
 from search.record.summary import SearchOutcome, robustness_metrics, robustness_of, trials_from_results
 
 
@@ -47,16 +55,18 @@ def summarize_results(scfg, results, tracker, wall_s, test_best: bool = True,
                          tracker.parent_run_id if tracker else None, best_run_id, trials)
 
 
-def score_checkpoint(ckpt, data: dict | None = None, overrides: dict | None = None) -> dict:
+def score_checkpoint(ckpt, data: dict | None = None, overrides: dict | None = None,
+                     keep_predictions: bool = False) -> dict:
     """trainer.loop.evaluate_checkpoint of a Tune Checkpoint (read from storage), the data
-    opened through the trials' path (data: search.run.remote.data_of); aggregates only.
+    opened through the trials' path (data: search.run.remote.data_of); aggregates only, unless
+    `keep_predictions` (the test pass itself, for a caller in the same task).
     `overrides`: config fields (shift_root: the other site the test also scores)."""
     from search.run.remote import datasets
     from trainer.loop import evaluate_checkpoint
 
     with ckpt.as_directory() as d:
         return evaluate_checkpoint(d, datasets=None if data is None else lambda cfg: datasets(cfg, data),
-                                   **(overrides or {}))
+                                   keep_predictions=keep_predictions, **(overrides or {}))
 
 
 def test_overrides(scfg) -> dict:
@@ -67,13 +77,67 @@ def test_overrides(scfg) -> dict:
     return {"shift_root": scfg.shift_root, "evaluate_test": True}
 
 
-def robustness(ckpt, scfg, setup: dict | None = None) -> dict:
-    """robustness_of the deployed checkpoint's scoring, as a Ray task (the decide stage: the
-    paired test scores predictions only). Cost: one test pass, M fusion-only passes (the
-    features encoded once) and, with --shift-root, one pass over the other site's test split."""
+def predict_test(checkpoint_dir: str, data_root: str | None = None, data: dict | None = None):
+    """(labels, probabilities, group codes, group names) of a checkpoint's validation-chosen
+    weights on the test split: one pass, nothing else scored (data_root: score another copy of
+    the data; data: the search's data source, search.run.remote.data_of, opened through the
+    trials' path on this node)."""
+    from trainer.config import config_from_dict
+    from trainer.checkpoint import checkpoint_weights
+    from trainer.loop import Trainer
+
+    state = checkpoint_weights(checkpoint_dir)
+    overrides = {"pretrained": False, **({"data_root": data_root} if data_root else {})}
+    cfg = config_from_dict({**state["config"], **overrides})
+    if data is not None:
+        from search.run.remote import datasets
+
+        trainer = Trainer(cfg, datasets=datasets(cfg, data))
+    else:
+        trainer = Trainer(cfg)
+    trainer.model.load_state_dict(state["model"])
+    y, p, g = trainer.predict("test")
+    return y, p, g, trainer.group_names
+
+
+def deployed_test(base_ckpt, cand_ckpt, deployed: str, n: int = 1000, seed: int = 0,
+                  data: dict | None = None, overrides: dict | None = None) -> dict:
+    """The test split once per model: {"paired": the paired bootstrap of the candidate against
+    the reference (search.decide.paired; None without a candidate), "robustness": the deployed
+    model's block (search.record.summary.robustness_of)}. `deployed` names the deployed model's
+    column, "baseline" (the reference, base_ckpt) or "chosen" (cand_ckpt). The deployed model is
+    scored once (trainer.loop.evaluate_checkpoint, its predictions kept: no bootstrap, which the
+    block does not use) and its predictions are its column of the paired test; the other model
+    is predicted once. Per-sample predictions stay in this process (a Ray task: run_deployed_test)."""
+    if deployed not in ("baseline", "chosen") or (deployed == "chosen" and cand_ckpt is None):
+        raise ValueError(f"deployed={deployed!r}: give 'baseline' or 'chosen' (with a candidate checkpoint)")
+    mine, other = (base_ckpt, cand_ckpt) if deployed == "baseline" else (cand_ckpt, base_ckpt)
+    scored = score_checkpoint(mine, data, {**(overrides or {}), "bootstrap": 0}, keep_predictions=True)
+    pred = scored.pop("predictions")
+    out = {"paired": None, "robustness": robustness_of(scored)}
+    if other is None:
+        return out
+    with other.as_directory() as d:
+        y, p, g, _ = predict_test(d, data=data)
+    if not (np.array_equal(y, pred["label"]) and np.array_equal(g, pred["group"])):
+        raise RuntimeError("paired test: the two models did not see the same test split (labels or "
+                           "groups differ); both must be scored on the study's data")
+    p_base, p_cand = (pred["probability"], p) if deployed == "baseline" else (p, pred["probability"])
+    out["paired"] = paired_bootstrap(y, p_base, p_cand, g, n=n, seed=seed, group_names=pred["group_names"])
+    return out
+
+
+def run_deployed_test(base_ckpt, cand_ckpt, deployed: str, n: int = 1000, seed: int = 0, scfg=None,
+                      setup: dict | None = None) -> dict:
+    """deployed_test as ONE Ray task with a trial's resources (search.run.remote), the data read
+    on the task's node (--shift-root: the other site too): aggregates only come back. Without
+    `scfg` (no search), in this process."""
+    if scfg is None:
+        return deployed_test(base_ckpt, cand_ckpt, deployed, n, seed)
     from search.run.remote import data_of, run
 
-    return robustness_of(run(scfg, "robustness test", score_checkpoint, ckpt, data_of(setup), test_overrides(scfg)))
+    return run(scfg, "deployed test", deployed_test, base_ckpt, cand_ckpt, deployed, n, seed,
+               data_of(setup), test_overrides(scfg))
 
 
 def log_metrics(tracker, run_ids, metrics: dict[str, float]) -> None:

@@ -61,7 +61,7 @@ def finalists(scfg, trials: list[dict], auc_floor: float | None, k: int) -> list
 def single_seed_best(trials: list[dict], max_epochs: int):
     """(trial, value) of the best validation ES-AUC (best epoch) among trials that trained every
     epoch, as search.record.analysis reads them (MLflow or a study folder); None when none did.
-    What a study without a decision has: one seed, no evidence against plain fusion."""
+    What a study without a decision has: one seed, no evidence against the study's reference."""
     from search.record.analysis import trial_values
 
     values = trial_values(trials, max_epochs, "full")

@@ -1,5 +1,6 @@
 """After the search: finalists -> confirmation (Tune) -> the rule (search.decide.rule) -> test
-split once (paired against plain fusion) -> registry -> decision.json -> figures -> report, all
+split once (paired against the study's reference: plain fusion, or CLIP for the vision-language
+family, search.record.reference) -> registry -> decision.json -> figures -> report, all
 written through search.record.study and logged to the study's MLflow run. Returns the decision dict.
 
 decision.json is written as soon as the decision and registration are made, before figures and
@@ -43,6 +44,7 @@ def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | No
     if scfg.finalists > 0 and full:
         finals = select.finalists(scfg, full, auc_floor, scfg.finalists)
         conf = confirm.run_confirmation(scfg, setup, finals, tracker)
+        decision["reference"] = conf["reference"]   # what the candidate "baseline" is (record/reference)
         decision["confirmation"] = {k: conf[k] for k in ("candidates", "stats", "seeds", "looks", "choice")}
         print(f"[decide] {conf['choice']['reason']}", flush=True)
         _test_and_register(scfg, conf, tracker, decision, setup)
@@ -54,13 +56,12 @@ def decide(scfg, setup: dict, trials: list[dict], tracker, auc_floor: float | No
 
 def _test_and_register(scfg, conf: dict, tracker, decision: dict, setup: dict | None = None) -> None:
     from search.decide.confirm import BASELINE, seed_run
-    from search.decide.paired import run_paired_test
 
     choice = conf["choice"]
     if choice.get("error"):   # no decision (search.decide.confirm.no_decision): nothing to test or register
         return
     label = choice["label"]
-    # the MultiFair candidate scored against plain fusion: the deployed one, or (plain fusion
+    # the candidate scored against the reference: the deployed one, or (the reference
     # deployed) the best candidate, so the decision always shows the comparison it rests on
     compared = label if label != BASELINE else choice.get("best_candidate")
     chosen, base = seed_run(conf, label), seed_run(conf, BASELINE)
@@ -71,15 +72,8 @@ def _test_and_register(scfg, conf: dict, tracker, decision: dict, setup: dict | 
     decision["thresholded"] = {k: chosen["val"][k] for k in THRESHOLDED if k in chosen["val"]}
     other = seed_run(conf, compared) if compared else None
     side = "chosen" if label != BASELINE else "baseline"      # the deployed model's column
-    if other is not None and scfg.final_test:   # --no-final-test: the test split stays untouched
-        test = run_paired_test(base["checkpoint"], other["checkpoint"], n=1000, seed=scfg.seed,
-                               scfg=scfg, setup=setup)   # a Ray task: the head reads no data
-        test.update(candidate=compared, deployed=label)
-        decision["test"] = test
-        if tracker is not None:
-            _log_test(tracker, [chosen["run_id"], tracker.parent_run_id], test, side)
-    if scfg.final_test:   # the deployed model with each modality missing and on the other site
-        _robustness(scfg, chosen, label, tracker, decision, setup)
+    if scfg.final_test:   # --no-final-test: the test split stays untouched
+        _test(scfg, base, other, side, chosen, tracker, decision, setup)
     if tracker is not None and chosen["run_id"] and scfg.register_name:
         from search.record.summary import robustness_metrics
 
@@ -96,24 +90,36 @@ def _test_and_register(scfg, conf: dict, tracker, decision: dict, setup: dict | 
             decision["registered"] = register(tracker, chosen["run_id"], d, scfg.register_name, tags, sig=sig)
 
 
-def _robustness(scfg, chosen: dict, label: str, tracker, decision: dict, setup) -> None:
-    """decision["robustness"]: the deployed model's test figures complete, with each modality
-    removed, on the samples that lack one and (--shift-root) on the other site's test split
-    (search.decide.scoring.robustness: one Ray task), logged as test/missing/<m>/... and
-    test/shift/... on its run and the study's."""
-    from search.decide.scoring import log_metrics, robustness
+def _test(scfg, base: dict, other: dict | None, side: str, chosen: dict, tracker, decision: dict,
+          setup) -> None:
+    """decision["test"]: the candidate against the reference, paired over the test samples
+    (`other`: the candidate's run; None: no candidate to compare); decision["robustness"]: the
+    deployed model's test figures complete, with each modality removed, on the samples that lack
+    one and (--shift-root) on the other site's test split. One Ray task in which the deployed
+    model's test pass is made once and serves both (search.decide.scoring.deployed_test);
+    logged as test/<metric>..., test/missing/<m>/... and test/shift/... on its run and the
+    study's."""
+    from search.decide.scoring import log_metrics, run_deployed_test
     from search.record.summary import robustness_metrics
 
-    rob = robustness(chosen["checkpoint"], scfg, setup)
-    decision["robustness"] = {"candidate": label, **rob}
+    scored = run_deployed_test(base["checkpoint"], other["checkpoint"] if other else None, side, n=1000,
+                               seed=scfg.seed, scfg=scfg, setup=setup)   # a Ray task: the head reads no data
+    run_ids = [chosen["run_id"], tracker.parent_run_id] if tracker is not None else []
+    if scored["paired"] is not None:
+        test = {**scored["paired"], "candidate": other["candidate"], "deployed": chosen["candidate"]}
+        decision["test"] = test
+        if tracker is not None:
+            _log_test(tracker, run_ids, test, side)
+    rob = scored["robustness"]
+    decision["robustness"] = {"candidate": chosen["candidate"], **rob}
     if tracker is not None:
-        log_metrics(tracker, [chosen["run_id"], tracker.parent_run_id], robustness_metrics(rob))
+        log_metrics(tracker, run_ids, robustness_metrics(rob))
 
 
 def _flat_test(test: dict, side: str = "chosen") -> dict[str, float]:
     """test/<metric> (and _lo/_hi) = the DEPLOYED model's figures (`side`: "chosen" for the
-    MultiFair candidate, "baseline" when plain fusion is deployed); _baseline = plain fusion's;
-    _diff = candidate - plain fusion."""
+    candidate, "baseline" when the reference is deployed); _baseline = the reference's (plain
+    fusion, or CLIP: decision.json "reference"); _diff = candidate - the reference."""
     out = {}
     for key, row in test.items():
         if isinstance(row, dict) and "diff" in row:

@@ -6,7 +6,7 @@ report (it picks and registers nothing; `python -m search register` does, search
 
 The study is rebuilt as an Optuna study (optuna.trial.create_trial) from the search's own trials
 only (MLflow child runs with run_kind "trial", or the study's own Tune folder with --results),
-never the confirmation's re-runs (run_kind "confirm": repeated settings, and plain fusion, which
+never the confirmation's re-runs (run_kind "confirm": repeated settings, and the reference, which
 has none of the searched hyperparameters), over the study's mode's hyperparameters. Ray's OptunaSearch tells Optuna that an
 ASHA-stopped trial is COMPLETE with its early value, which would compare epoch-1 scores with
 epoch-10 scores; here a trial's value is either its best validation ES-AUC among trials that
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from search.record.reference import FUSION, saved_reference
 from search.record.space import hyperparameters, optuna_distributions
 from search.record.study import METRIC, best_epoch
 from trainer.jsonout import dumps
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
     else:
         report["deployment"] = {"source": "none: no decision recorded (no confirmation stage)"}
         print("deployment: none, no decision recorded (no confirmation stage: the single-seed best is "
-              "no evidence against plain fusion; `python -m search register --allow-unconfirmed` "
+              "no evidence against the study's reference; `python -m search register --allow-unconfirmed` "
               "registers it anyway)")
     _write(report, a.json)
     return 0
@@ -195,14 +196,15 @@ def deployed(decision: dict | None, chosen: str) -> dict:
         return {"source": "study run tag chosen", "label": chosen}
     conf = decision["confirmation"]
     label = conf["choice"]["label"]
-    return {"source": "decision.json", "label": label, "reason": conf["choice"].get("reason", ""),
+    return {"source": "decision.json", "label": label, "reference": saved_reference(decision).name,
+            "reason": conf["choice"].get("reason", ""),
             "params": conf["candidates"].get(label, {}), "stats": conf.get("stats", {}).get(label, {}),
             "run": decision.get("deployed_run"), "registered": decision.get("registered")}
 
 
 def _print_deployment(dep: dict) -> None:
     stats = dep.get("stats") or {}
-    shown = "plain fusion" if dep["label"] == "baseline" else dep["label"]
+    shown = dep.get("reference", FUSION.name) if dep["label"] == "baseline" else dep["label"]
     mean = (f" mean val es_auc {stats['es_auc']:.4f} over {stats.get('n_seeds')} seeds"
             if isinstance(stats.get("es_auc"), (int, float)) else "")
     params = "  ".join(f"{k}={v:.4g}" for k, v in (dep.get("params") or {}).items()

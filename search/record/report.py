@@ -1,6 +1,7 @@
 """One self-contained HTML deployment report per study: data fingerprint, code version, space and
 budget, the pick and why, validation (seeds) and test (paired bootstrap) figures with 95%
-intervals, the per-group table against plain fusion, the figures (PNG inlined; the Pareto front
+intervals, the per-group table against the study's reference (plain fusion, or CLIP:
+search.record.reference), the figures (PNG inlined; the Pareto front
 interactive, with ONE embedded copy of plotly.js so it opens on a network without internet),
 package versions. Aggregates only: no file names, no per-patient values.
 """
@@ -13,6 +14,8 @@ import importlib.metadata
 import math
 import os
 from pathlib import Path
+
+from search.record.reference import FUSION, saved_reference
 
 PACKAGES = ("torch", "timm", "ray", "optuna", "mlflow", "numpy", "scikit-learn", "scipy", "plotly")
 
@@ -71,14 +74,15 @@ def _front_html(full: list[dict]) -> str:
 
 def _evidence(choice: dict) -> list[str]:
     """The rule's evidence (search.decide.rule): its one-line reason, per candidate the paired
-    validation difference to plain fusion with its interval, raw and Holm p, and the gain the
+    validation difference to the reference with its interval, raw and Holm p, and the gain the
     study could detect."""
     ev = choice.get("evidence") or {}
+    ref = ev.get("baseline_name") or FUSION.name   # evidence saved before the name: plain fusion
     rows = ev.get("candidates") or {}
     if not rows:   # no decision (a table the rule cannot read): its reason alone
         return [f"<p><b>Decision: {html.escape(choice['reason'])}</b></p>"] if choice.get("reason") else []
     out = [f"<p><b>Decision: {html.escape(choice.get('reason', ''))}</b></p>",
-           _table(["candidate", "val ES-AUC - plain fusion (paired, 95% t interval)", "val AUC mean",
+           _table(["candidate", f"val ES-AUC - {ref} (paired, 95% t interval)", "val AUC mean",
                    "one-sided p", "Holm p", "gain detectable (80% power)", "eligible", "shown better"],
                   [[k, f"{_f(r['diff'])} [{_f(r['diff_lo'])}, {_f(r['diff_hi'])}]", _f(r["val_auc"]),
                     _f(r["p"], 3), _f(r["p_holm"], 3), _gain(r["min_detectable_gain"], ev),
@@ -92,7 +96,7 @@ def _evidence(choice: dict) -> list[str]:
 
 
 def _gain(gain: float, ev: dict) -> str:
-    """A detectable gain, or "none achievable" above 1 - plain fusion's ES-AUC."""
+    """A detectable gain, or "none achievable" above 1 - the reference's ES-AUC."""
     return _f(gain, 3) if gain <= ev.get("headroom", 1.0) else "none achievable"
 
 
@@ -140,8 +144,8 @@ def _robustness(rob: dict | None) -> list[str]:
 def render(search: dict, decision: dict, figure_files: list[Path], full: list[dict], commit: str) -> str:
     conf, test = decision.get("confirmation", {}), decision.get("test", {})
     choice = conf.get("choice", {})
-    label = choice.get("label", "n/a")
-    # plain fusion's entry carries the paper's values, unused by it: show none
+    label, ref = choice.get("label", "n/a"), saved_reference(decision).name
+    # the reference's entry carries the paper's values, unused by it: show none
     cand = conf.get("candidates", {}).get(label, {}) if label != "baseline" else {}
     sections = [f"<h1>MultiFair deployment report: {html.escape(search['name'])}</h1>",
                 "<h2>Provenance</h2>", _table(["item", "value"], [
@@ -155,7 +159,7 @@ def render(search: dict, decision: dict, figure_files: list[Path], full: list[di
                 _front_table(decision),
                 "<h2>Confirmation (fresh seeds, validation)</h2>",
                 f"<p>Rule: {html.escape(choice.get('rule', 'n/a'))}. Chosen: <b>{html.escape(label)}</b> "
-                f"{html.escape(str({k: v for k, v in cand.items() if k != 'trial_id'}) if cand else '(plain fusion)')}</p>",
+                f"{html.escape(str({k: v for k, v in cand.items() if k != 'trial_id'}) if cand else f'({ref})')}</p>",
                 _table(["candidate", "seeds", "val AUC mean ± sd", "val ES-AUC mean ± sd"],
                        [[k, s["n_seeds"], f"{_f(s['auc'])} ± {_f(s['auc_std'])}",
                          f"{_f(s['es_auc'])} ± {_f(s['es_auc_std'])}"] for k, s in conf.get("stats", {}).items()])]
@@ -170,13 +174,13 @@ def render(search: dict, decision: dict, figure_files: list[Path], full: list[di
                      "bootstrap resamples, 95% percentile intervals)</h2>",
                      f"<p>Candidate scored: {html.escape(str(test.get('candidate', label)))}; deployed: "
                      f"{html.escape(str(test.get('deployed', label)))}.</p>",
-                     _table(["metric", "plain fusion", "candidate", "candidate - plain fusion"],
+                     _table(["metric", ref, "candidate", f"candidate - {ref}"],
                             [[k, f"{_f(r['baseline'])} [{_f(r['baseline_lo'])}, {_f(r['baseline_hi'])}]",
                               f"{_f(r['chosen'])} [{_f(r['chosen_lo'])}, {_f(r['chosen_hi'])}]",
                               f"{_f(r['diff'])} [{_f(r['diff_lo'])}, {_f(r['diff_hi'])}]"]
                              for k, r in test.items() if isinstance(r, dict) and "diff" in r]),
                      "<h3>Per group (test AUC)</h3>",
-                     _table(["group", "n", "plain fusion", "candidate"],
+                     _table(["group", "n", ref, "candidate"],
                             [[g, test["per_group"]["count"].get(g), _f(a), _f(test["per_group"]["chosen"].get(g))]
                              for g, a in test["per_group"]["baseline"].items()])]
         extra = decision.get("thresholded") or {}

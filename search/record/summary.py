@@ -8,6 +8,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from search.record import study
+from search.record.reference import FUSION, saved_reference
 
 
 @dataclass
@@ -117,15 +118,15 @@ def print_decision(d: dict) -> None:
         if conf["choice"].get("rule"):
             print(f"  rule: {conf['choice']['rule']}")
         print_evidence(conf["choice"])
-    test = d.get("test")
+    test, ref = d.get("test"), saved_reference(d).name
     if test:
         deployed = test.get("deployed", "") != "baseline"
         name = "chosen" if deployed else "best candidate"
-        print(f"test split, once: {name}{'' if deployed else ' (not deployed)'} - plain fusion, "
+        print(f"test split, once: {name}{'' if deployed else ' (not deployed)'} - {ref}, "
               f"paired bootstrap over {test['n_test']} samples ({test['n_resamples']} resamples, "
               "95% interval):")
         for k in ("auc", "es_auc", "worst_group_auc"):
-            print(f"  {k:16s} {name} {test[k]['chosen']:.4f}  plain fusion "
+            print(f"  {k:16s} {name} {test[k]['chosen']:.4f}  {ref} "
                   f"{test[k]['baseline']:.4f}  difference {_ci(test[k], 'diff')}")
     for k, v in (d.get("thresholded") or {}).items():
         print(f"  deployed run's {k} {v:.4f} (threshold chosen on validation)")
@@ -174,11 +175,11 @@ def _f4(v) -> str:
 
 def print_evidence(choice: dict, indent: str = "  ") -> None:
     """The rule's evidence per candidate and its one-line reason (search.decide.rule). A gain
-    detectable only above 1 - plain fusion's ES-AUC (impossible) is never printed as a figure."""
+    detectable only above 1 - the reference's ES-AUC (impossible) is never printed as a figure."""
     ev = choice.get("evidence") or {}
     rows = ev.get("candidates") or {}
     if rows:
-        print(f"{indent}candidate - plain fusion, validation ES-AUC paired by seed (95% t interval), "
+        print(f"{indent}candidate - {_reference_name(ev)}, validation ES-AUC paired by seed (95% t interval), "
               f"one-sided p, Holm p, gain detectable at 80% power:")
         for label, r in rows.items():
             flag = "" if r["eligible"] else "  (below the AUC floor)"
@@ -195,16 +196,23 @@ def print_evidence(choice: dict, indent: str = "  ") -> None:
 
 
 def within_seed_line(ev: dict) -> str:
-    """This study's within-seed correlation of validation ES-AUC, plain fusion vs each candidate,
+    """This study's within-seed correlation of validation ES-AUC, the reference vs each candidate,
     the figure the power table (benchmarks/results/decision-error.md) is read at."""
     rhos = [r.get("rho_within", math.nan) for r in (ev.get("candidates") or {}).values()]
     rhos = [v for v in rhos if isinstance(v, float) and math.isfinite(v)]
+    ref = _reference_name(ev)
     if not rhos:
-        return (f"within-seed correlation plain fusion - candidates: needs 3+ repeats with spread "
+        return (f"within-seed correlation {ref} - candidates: needs 3+ repeats with spread "
                 f"(have {ev.get('n_repeats')})")
-    return (f"within-seed correlation plain fusion - candidates, val ES-AUC over {ev['n_repeats']} repeats: "
+    return (f"within-seed correlation {ref} - candidates, val ES-AUC over {ev['n_repeats']} repeats: "
             f"median {statistics.median(rhos):+.2f} (range {min(rhos):+.2f} to {max(rhos):+.2f}); the power at a "
             "correlation: benchmarks/results/decision-error.md")
+
+
+def _reference_name(evidence: dict) -> str:
+    """The rule's name for its baseline (search.decide.rule); evidence saved before it was
+    recorded compared with plain fusion."""
+    return evidence.get("baseline_name") or FUSION.name
 
 
 def print_summary(scfg, o: SearchOutcome) -> None:

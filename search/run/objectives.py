@@ -6,8 +6,9 @@
   would silently make the study single-objective, docs/stack.md).
 - constrained: maximise ES-AUC subject to AUC >= reference AUC - --min-auc-drop, with Optuna's
   constraint support (Trial.set_constraint; OptunaSearch never calls it, hence the subclass).
-  The reference AUC is plain fusion's (`--mode baseline`, same data, same epochs) validation AUC,
-  measured once before the search.
+  The reference AUC is the study's reference's (search.record.reference: plain fusion, or CLIP
+  for the vision-language family; same data, same epochs) validation AUC, measured once before
+  the search.
 
 Early stopping follows the objective. es_auc: ASHA on validation ES-AUC. pareto and constrained:
 MO-ASHA (search/run/mo_asha.py) over validation (AUC, ES-AUC): a trial goes on past a rung when it
@@ -29,6 +30,7 @@ import math
 
 from ray.tune.search.optuna import OptunaSearch
 
+from search.record.reference import reference_of
 from search.record.study import METRIC
 
 OBJECTIVES = ("es_auc", "pareto", "constrained")
@@ -190,7 +192,8 @@ def tune_metric(scfg) -> dict:
 
 
 def reference_auc(cfg, scfg=None, setup: dict | None = None) -> float:
-    """Validation AUC of plain fusion (mode baseline) with the search's data and epochs, for the
+    """Validation AUC of the study's reference (plain fusion; CLIP for a vision-language mode)
+    with the search's data and epochs, for the
     constrained objective's floor: one fit before the search, as a Ray task with a trial's
     resources (search.run.remote: a GPU where trials have one; the data read on its node). It runs
     under the request the study made for the search's nodes. Without `scfg`, here."""
@@ -205,7 +208,7 @@ def reference_fit(cfg, data: dict | None = None) -> float:
     """The reference fit itself (in the task): the validation AUC only comes back."""
     from trainer.loop import fit
 
-    cfg = cfg.replace(mode="baseline", evaluate_test=False)
+    cfg = cfg.replace(mode=reference_of(cfg.mode).mode, evaluate_test=False)
     if data is not None:
         from search.run.remote import datasets
 

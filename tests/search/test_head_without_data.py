@@ -2,7 +2,8 @@
 signature and the constrained reference fit run as Ray tasks with a trial's resources, reading the
 checkpoint from storage and the data through the trials' path on the task's node.
 
-- On the embedded Ray: each of the four, run as a task, gives what the same function gives in
+- On the embedded Ray: each of the four (the deployed test: paired test and robustness), run as
+  a task, gives what the same function gives in
   this process (independent computation: the trainer called directly), in another process.
 - On a local multi-node Ray (tests/search/multinode.py) whose head has 0 CPUs (nothing can run
   there) with the study and the data on moto's S3 server (a FAKE of AWS S3 started here), the
@@ -59,10 +60,9 @@ def _close(a, b, path=""):
 def test_the_four_run_as_tasks_and_equal_the_local_computation(ray_session, search_config, tmp_path):
     from search.run import remote
     from search.run.objectives import reference_auc
-    from search.decide.paired import run_paired_test
     from search.decide.registry import checkpoint_signature, signature
     from search.runner import base_config
-    from search.decide.scoring import final_test
+    from search.decide.scoring import final_test, run_deployed_test
 
     scfg = search_config(tmp_path, max_epochs=1, objective="constrained", min_auc_drop=0.05)
     cfg = base_config(scfg)
@@ -83,18 +83,19 @@ def test_the_four_run_as_tasks_and_equal_the_local_computation(ray_session, sear
     base = _fit_checkpoint(cfg.replace(mode="baseline"), tmp_path / "base")
     chosen = _fit_checkpoint(cfg.replace(seed=7), tmp_path / "chosen")
     _close(final_test(chosen, None, None, scfg, setup), final_test(chosen, None, None))
-    paired = run_paired_test(base, chosen, n=200, seed=3, scfg=scfg, setup=setup)
-    _close(paired, run_paired_test(base, chosen, n=200, seed=3))
+    scored = run_deployed_test(base, chosen, "chosen", n=200, seed=3, scfg=scfg, setup=setup)
+    _close(scored, run_deployed_test(base, chosen, "chosen", n=200, seed=3))
+    paired = scored["paired"]
     assert paired["n_test"] == SIZES[2] and paired["auc"]["n_valid"] > 0
     assert not any(isinstance(v, (list, np.ndarray)) and len(v) == SIZES[2]
-                   for row in paired.values() if isinstance(row, dict) for v in row.values()), \
-        "per-sample values came back"
+                   for block in scored.values() for row in block.values() if isinstance(row, dict)
+                   for v in row.values()), "per-sample values came back"
     sig = remote.run(scfg, "model signature", checkpoint_signature, chosen, remote.data_of(setup))
     assert sig == signature(cfg), "the task's schema differs from the driver's"
     assert set(sig.inputs.input_names()) == set(cfg.resolved_modalities())
 
     tasks = remote.ran[before:]
-    assert [t["what"] for t in tasks] == ["reference fit", "final test", "paired test", "model signature"]
+    assert [t["what"] for t in tasks] == ["reference fit", "final test", "deployed test", "model signature"]
     assert all(t["pid"] != os.getpid() for t in tasks), "a task ran in the driver's process"
 
 
@@ -129,8 +130,8 @@ def test_search_to_registration_with_a_head_that_holds_no_data(fake_s3, tmp_path
                              env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
         log = out.stdout + out.stderr
         assert out.returncode == 0, log[-5000:]
-        ran = dict(re.findall(r"\[remote\] (reference fit|paired test|model signature): done on node (\w+)", log))
-        assert set(ran) == {"reference fit", "paired test", "model signature"}, log[-3000:]
+        ran = dict(re.findall(r"\[remote\] (reference fit|deployed test|model signature): done on node (\w+)", log))
+        assert set(ran) == {"reference fit", "deployed test", "model signature"}, log[-3000:]
         assert set(ran.values()) == {cluster.node_ids["w1"]}, (ran, cluster.node_ids)
         decision = json.loads(fake_s3.client().get_object(
             Bucket=fake_s3.bucket, Key="studies/hl/decision.json")["Body"].read())

@@ -57,7 +57,7 @@ def run_search(dataset: str, data_root: str, tmp: Path, *extra) -> dict:
     site = tmp / "site"   # the test's own files the model may read, beside the data root
     site.mkdir()
     return {"uri": uri, "name": name, "model": f"models:/{name}@champion", "local": local, "cfg": cfg,
-            "data_root": data_root, "tmp": tmp, "site": site}
+            "data_root": data_root, "tmp": tmp, "site": site, "log": out.stdout}
 
 
 @pytest.fixture(scope="module")

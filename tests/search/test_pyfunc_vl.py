@@ -47,3 +47,36 @@ def test_a_fairclip_champion_predicts_through_mlflow_pyfunc(dataset, tmp_path, c
     assert got["modalities_used"].tolist() == ["slo,note", "slo", "slo", "slo,note"]
     # the zero-shot score reads the image and the class prompts, never the note
     np.testing.assert_allclose(got["probability"], expected[:4], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_fairclip_search_is_confirmed_against_clip_and_registers_a_champion(cache_dir, dataset, tmp_path):
+    """A `--mode fairclip` FairVLMed search through confirmation, the rule and registration (the
+    entry script, --local, tiny preset): the reference the confirmation TRAINED is clip (each
+    reference run's checkpoint config, not only the plan), and the decision, the console and the
+    report name it CLIP (issue 28 item 3). About 5-8 minutes on 2 shared cores."""
+    from tests.search.test_pyfunc_serve import run_search
+    from trainer.checkpoint import read_manifest
+
+    run = run_search("fairvlmed", str(dataset("vl")), tmp_path, "--mode", "fairclip", "--set", "batch_size=8")
+    study = tmp_path / "results" / "fairvlmed-gender-fairclip"
+    decision = json.loads((study / "decision.json").read_text())
+    assert decision["reference"] == {"mode": "clip", "name": "CLIP", "default_point": False}
+    conf = decision["confirmation"]
+    assert conf["candidates"]["baseline"]["mode"] == "clip"
+    assert {c["mode"] for k, c in conf["candidates"].items() if k != "baseline"} == {"fairclip"}
+    # what was trained: every confirmation run's checkpoint names its mode
+    trained = {}
+    for manifest in (tmp_path / "results" / "fairvlmed-gender-fairclip-confirm").rglob("checkpoint.json"):
+        trial = next(p for p in manifest.parents if (p / "params.json").is_file())
+        candidate = json.loads((trial / "params.json").read_text())["candidate"]
+        trained.setdefault(candidate, set()).add(read_manifest(manifest.parent)["config"]["mode"])
+    assert trained.pop("baseline") == {"clip"} and trained and all(m == {"fairclip"} for m in trained.values())
+    assert "against CLIP" in conf["choice"]["rule"] and "plain fusion" not in conf["choice"]["reason"]
+    assert "[confirm] reference (candidate 'baseline'): CLIP, --mode clip" in run["log"]
+    assert "candidate - CLIP, validation ES-AUC" in run["log"]
+    assert "plain fusion" not in (study / "report.html").read_text()
+    # the champion: registered, and the model the decision deployed (CLIP or a fairclip candidate)
+    assert run["cfg"].mode == conf["candidates"][conf["choice"]["label"]]["mode"]
+    assert decision["registered"]["name"] == run["name"]
+    assert decision["robustness"]["same_site"]["auc"] is not None and decision["test"]["n_test"] == 40
