@@ -321,7 +321,9 @@ def verdict(d) -> str:
     return "better" if low > 0 else "worse" if high < 0 else "no detectable difference"
 
 
-def verdict_lines(rows, attribute, methods, ref="baseline") -> list[str]:
+def verdict_lines(rows, attribute, methods, ref="baseline", auc=False) -> list[str]:
+    """One line per method: its paired ES-AUC verdict against `ref`, worst-group AUC, (with `auc`)
+    the AUC difference and its verdict, and the share of the ideal gap it closes."""
     out = []
     for method in methods:
         if method == ref or method.startswith("ideal") or not any(
@@ -334,7 +336,8 @@ def verdict_lines(rows, attribute, methods, ref="baseline") -> list[str]:
         out.append(f"- {method} ({attribute}): {verdict(d_es)} than {ref} in ES-AUC "
                    f"({100 * d_es[0]:+.1f} [{100 * d_es[1]:+.1f}, {100 * d_es[2]:+.1f}], n={d_es[3]}); "
                    f"worst-group AUC {100 * d_w[0]:+.1f} [{100 * d_w[1]:+.1f}, {100 * d_w[2]:+.1f}]; "
-                   f"AUC {100 * d_a[0]:+.1f} [{100 * d_a[1]:+.1f}, {100 * d_a[2]:+.1f}] ({verdict(d_a)}); "
+                   + (f"AUC {100 * d_a[0]:+.1f} [{100 * d_a[1]:+.1f}, {100 * d_a[2]:+.1f}] "
+                      f"({verdict(d_a)}); " if auc else "")
                    + ("" if np.isnan(gap_closed(rows, attribute, method)) else
                       f"closes {gap_closed(rows, attribute, method):.2f} of the OCT-to-fused "
                       f"ideal gap on the worst group"))
@@ -598,12 +601,13 @@ def report(data: dict, brief: bool = False) -> str:
     method's chosen setting."""
     args, rows = data["args"], data["rows"]
     seeds, tune, ref = args["seeds"], args.get("tune", 0), args.get("reference", "baseline")
+    vl = args.get("dataset", "fairvision") != "fairvision"    # a FairVLMed run (issue 28)
     order = (["ideal oct", "ideal slo", "ideal note", "ideal all"] + args["methods"]
              + ["logreg slo", "logreg oct", "logreg late fusion"])
     out = [f"# Method comparison ({len(seeds)} seeds: {seeds}; "
            f"{args['n_train']}/{args['n_val']}/{args['n_test']}; preset {args['preset']}; "
            f"{args['epochs']} epochs{'; tuned: ' + str(tune) + ' trials' if tune else ''}"
-           f"; {args.get('dataset', 'fairvision')}"
+           f"{'; ' + args['dataset'] if vl else ''}"
            f"{'; bad pairs ' + str(args['bad_pairs']) if args.get('bad_pairs') else ''})",
            "Percent, mean ± std over seeds (sample std, ddof=1); Δ = paired (same seed) difference "
            f"to {ref} with 95% t interval; reliance = drop in test AUC with that modality "
@@ -614,8 +618,8 @@ def report(data: dict, brief: bool = False) -> str:
         out += [f"## {attribute}", "", table(rows, attribute, order, BRIEF if brief else None,
                                              settings, ref), ""]
         if not brief:
-            out += [*verdict_lines(rows, attribute, order, ref), *extra_lines(rows, attribute,
-                                                                               order), ""]
+            out += [*verdict_lines(rows, attribute, order, ref, auc=vl),
+                    *extra_lines(rows, attribute, order), ""]
         if any("es_auc@shift" in r or any(k.startswith("es_auc@no_") for k in r) for r in rows):
             out += robustness(rows, attribute, order, ref)
     if brief:
