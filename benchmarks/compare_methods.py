@@ -25,6 +25,19 @@ the logistic baselines are scored on the shifted site's pixels without refitting
     python benchmarks/compare_methods.py --methods baseline,modality,fairness,full \\
         --seeds 0 1 2 3 4 --epochs 6 --out results/compare
     python benchmarks/compare_methods.py --render results/compare/compare.json [--brief]
+
+--dataset fairvlmed (issue 28) runs the same comparison on generated FairVLMed (SLO + note; the
+vision-language modes clip, fairclip, fairclip_aligned, fairclip_dbpm, dualfairvl beside the
+fusion modes; fairclip_dbpm_fp1 is DBPM at beta_fp 1, see VARIANTS), `--note-diagnosis` and `--bad-pairs SHARE` passed to the generator, and
+`--reference clip` pairing every method with clip instead of baseline. The VL modes' zero-shot
+score never reads the note, so their "note missing" figures are their complete-test figures
+(trainer/models/clip.py); their "SLO removed" block is left out (an image-free CLIP has no score).
+
+    python benchmarks/compare_methods.py --dataset fairvlmed --note-diagnosis --reference clip \\
+        --methods clip,fairclip,fairclip_aligned,fairclip_dbpm,fairclip_dbpm_fp1,dualfairvl,baseline,full \\
+        --robustness --no-logreg --seeds 0 1 2 3 4 --attributes gender race --epochs 6 \\
+        --n-train 320 --n-val 120 --n-test 240 [--bad-pairs 0.1] --out results/compare-vl
+(docs/results.md section 7: 80 fits, about 6 minutes on 2 free cores)
 """
 from __future__ import annotations
 
@@ -46,6 +59,10 @@ from trainer.jsonout import dumps
 from trainer.metrics import worst_group_auc
 
 TUNING_SEED = 1000
+# method names that are a mode with settings of its own: name -> (mode, --set overrides)
+VARIANTS = {"fairclip_aligned": ("fairclip", ["fairclip_variant=aligned"]),
+            # DBPM at the faulty-pair threshold its recovery was measured at (docs/methods.md)
+            "fairclip_dbpm_fp1": ("fairclip_dbpm", ["dbpm_beta_fp=1"])}
 SHIFT_SEED = 5000   # the shifted site's patients: seed + SHIFT_SEED
 
 
@@ -56,12 +73,25 @@ def _shift_root(args, root) -> str:
 
 def _config(args, root, attribute, method, seed, sets=()):
     mode, _, mods = method.partition("@")
+    mode, own = VARIANTS.get(mode, (mode, []))
     shift = [f"shift_root={_shift_root(args, root)}"] if _shift_root(args, root) else []
-    sets = list(sets) + shift
-    return make_config("fairvision", attribute, preset=args.preset, data_root=str(root),
+    sets = own + list(sets) + shift
+    return make_config(_dataset(args), attribute, preset=args.preset, data_root=str(root),
                        mode=mode, seed=seed, epochs=args.epochs, bootstrap=0,
                        modalities=mods.replace("+", ",") or None,
                        cache_dir=str(Path(args.out) / "cache"), sets=list(args.set) + list(sets))
+
+
+def _dataset(args) -> str:
+    return getattr(args, "dataset", "fairvision")
+
+
+def _is_vl(method: str) -> bool:
+    """A vision-language mode (its model is not the fusion model)."""
+    from trainer.methods import method_class
+
+    mode = VARIANTS.get(method.partition("@")[0], (method.partition("@")[0],))[0]
+    return method_class(mode).family != "fusion"
 
 
 def _fit_job(job: dict) -> dict:
@@ -82,7 +112,28 @@ def _fit_job(job: dict) -> dict:
     row.update(seconds=time.perf_counter() - t0, epochs=job["args"].epochs,
                best_epoch=res["best_epoch"], **_metrics_row(test))
     row.update({f"reliance/{m}": d["auc"] for m, d in test["reliance"].items()})
-    row.update(_robust_row(res["test"]))
+    row.update(_robust_row(_vl_missing(res["test"]) if _is_vl(job["method"]) else res["test"]))
+    row.update(_vl_extras(res["test"]))
+    return row
+
+
+def _vl_missing(test: dict) -> dict:
+    """A VL fit's robustness blocks with "note missing" = its complete-test metrics (the zero-shot
+    score reads the image only; clip's fit JSON says so itself, dualfairvl trains without notes)
+    and no "SLO removed" (the trainer's block re-scores the image anyway)."""
+    note = (test.get("missing") or {}).get("note") or {"removed": test["point"]}
+    return {**test, "missing": {"note": note}}
+
+
+def _vl_extras(test: dict) -> dict:
+    """The linear probe's test AUC / ES-AUC and DBPM's recovery of the planted pairs, if any."""
+    row = {}
+    probe = (test.get("linear_probe") or {}).get("test")
+    if probe:
+        row.update({"probe/auc": probe["auc"], "probe/es_auc": probe["es_auc"]})
+    bad = test.get("bad_pairs") or {}
+    row.update({f"bad_pairs/{k}": bad[k] for k in ("precision", "recall", "n_flagged")
+                if bad.get(k) is not None})
     return row
 
 
@@ -200,7 +251,8 @@ def ceiling_rows(root, attribute, seed, shift_root: str = "") -> list[dict]:
         rows.append(row)
     if shift_root:      # a reader of the modalities left is the ceiling with one removed
         by = {r["method"]: r for r in rows}
-        for left, gone in (("slo", "oct"), ("oct", "slo")):
+        mods = [m for m in result["readers"] if m != "all"]
+        for left, gone in ((a, b) for a in mods for b in mods if a != b):
             if f"ideal {left}" in by:
                 for name in (f"ideal {left}", "ideal all"):
                     by[name].update({f"{k}@no_{gone}": by[f"ideal {left}"][k]
@@ -220,7 +272,7 @@ def tuned_sets(args, method: str, attribute: str) -> list[str]:
     storage = Path(args.out) / "search"
     # a search this output folder already holds (an earlier, interrupted run of this command)
     # is resumed: finished, it returns its trials at once; cut off, it runs the rest
-    scfg = SearchConfig("fairvision", attribute, mode=mode, preset=args.preset,
+    scfg = SearchConfig(_dataset(args), attribute, mode=mode, preset=args.preset,
                         data_root=str(root), sets=sets, num_samples=args.tune,
                         max_epochs=args.epochs, grace_period=1, local=True,
                         num_cpus=args.workers, no_tracking=True, verbose=0,
@@ -273,22 +325,28 @@ def verdict(d) -> str:
     return "better" if low > 0 else "worse" if high < 0 else "no detectable difference"
 
 
-def verdict_lines(rows, attribute, methods) -> list[str]:
+def verdict_lines(rows, attribute, methods, ref="baseline", auc=False) -> list[str]:
+    """One line per method: its paired ES-AUC verdict against `ref`, worst-group AUC, (with `auc`)
+    the AUC difference and its verdict, and the share of the ideal gap it closes."""
     out = []
     for method in methods:
-        if method == "baseline" or method.startswith("ideal") or not any(
+        if method == ref or method.startswith("ideal") or not any(
                 r["method"] == method and r["attribute"] == attribute for r in rows):
             continue
-        d_es, d_w = (paired(rows, attribute, method, k) for k in ("es_auc", "worst_auc"))
+        d_es, d_w, d_a = (paired(rows, attribute, method, k, ref)
+                          for k in ("es_auc", "worst_auc", "auc"))
         if np.isnan(d_es[0]):
             continue
-        out.append(f"- {method} ({attribute}): {verdict(d_es)} than baseline in ES-AUC "
+        out.append(f"- {method} ({attribute}): {verdict(d_es)} than {ref} in ES-AUC "
                    f"({100 * d_es[0]:+.1f} [{100 * d_es[1]:+.1f}, {100 * d_es[2]:+.1f}], n={d_es[3]}); "
                    f"worst-group AUC {100 * d_w[0]:+.1f} [{100 * d_w[1]:+.1f}, {100 * d_w[2]:+.1f}]; "
-                   f"closes {gap_closed(rows, attribute, method):.2f} of the OCT-to-fused "
-                   f"ideal gap on the worst group")
-    return [line.replace("no detectable difference than", "no detectable difference from")
-            for line in out]
+                   + (f"AUC {100 * d_a[0]:+.1f} [{100 * d_a[1]:+.1f}, {100 * d_a[2]:+.1f}] "
+                      f"({verdict(d_a)}); " if auc else "")
+                   + ("" if np.isnan(gap_closed(rows, attribute, method)) else
+                      f"closes {gap_closed(rows, attribute, method):.2f} of the OCT-to-fused "
+                      f"ideal gap on the worst group"))
+    return [line.rstrip("; ").replace("no detectable difference than",
+                                      "no detectable difference from") for line in out]
 
 
 def mean_std(values, scale=100) -> str:
@@ -305,7 +363,7 @@ BRIEF = ("method", "AUC", "ES-AUC", "worst AUC", "reliance oct", "reliance slo",
          "Δ ES-AUC [95% CI]", "Δ worst AUC [95% CI]", "gap closed", "verdict", "chosen setting")
 
 
-def table(rows, attribute, methods, columns=None, settings=None) -> str:
+def table(rows, attribute, methods, columns=None, settings=None, ref="baseline") -> str:
     """Markdown table, one row per method; `columns` keeps those headers only (in table order);
     `settings` ({method: ["key=value", ...]}, a tuned run's choices) adds "chosen setting"."""
     groups = list(ATTRIBUTES[attribute].values())
@@ -323,16 +381,16 @@ def table(rows, attribute, methods, columns=None, settings=None) -> str:
             continue
         def cell(k, scale=100):
             return mean_std([r.get(k, np.nan) for r in sel], scale)
-        d_es, d_w = (paired(rows, attribute, method, k) for k in ("es_auc", "worst_auc"))
-        ref = method == "baseline" or method.startswith("ideal")
-        fmt = lambda d: ("" if ref or np.isnan(d[0])  # noqa: E731
+        d_es, d_w = (paired(rows, attribute, method, k, ref) for k in ("es_auc", "worst_auc"))
+        is_ref = method == ref or method.startswith("ideal")
+        fmt = lambda d: ("" if is_ref or np.isnan(d[0])  # noqa: E731
                          else f"{100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}]")
         gap = gap_closed(rows, attribute, method)
         cells = ([method, cell("auc"), cell("es_auc")] + [cell(f"auc/{g}") for g in groups]
                  + [cell("worst_auc")] + [cell(f"reliance/{m}") for m in mods]
                  + [cell("dpd_at_val_threshold"), cell("deodds_at_val_threshold"), fmt(d_es),
                     fmt(d_w), "" if method.startswith("ideal") or np.isnan(gap) else f"{gap:.2f}",
-                    "" if ref else verdict(d_es), cell("seconds", 1)]
+                    "" if is_ref else verdict(d_es), cell("seconds", 1)]
                  + ([_setting(settings.get(method, []))] if settings else []))
         lines.append("| " + " | ".join(cells[i] for i in keep) + " |")
     return "\n".join(lines)
@@ -359,17 +417,17 @@ def degrade(rows, attribute, method, condition, key="es_auc"):
     return (float(np.mean(x - y)), float(ci.low), float(ci.high), len(pairs))
 
 
-def robustness(rows, attribute, methods) -> list[str]:
+def robustness(rows, attribute, methods, ref="baseline") -> list[str]:
     """The robustness table: ES-AUC per condition (mean ± std), each method's paired change from
-    its complete-data ES-AUC, and the paired difference to baseline in the same condition."""
+    its complete-data ES-AUC, and the paired difference to `ref` in the same condition."""
     conds = conditions(rows)
     label = {c: "shifted site" if c == "shift" else f"{c[3:].upper()} missing" for c in conds}
     head = (["method", "ES-AUC complete"] + [f"ES-AUC {label[c]}" for c in conds]
             + [f"change {label[c]} [95% CI]" for c in conds]
-            + [f"Δ vs baseline {label[c]} [95% CI]" for c in conds])
+            + [f"Δ vs {ref} {label[c]} [95% CI]" for c in conds])
     lines = [f"### {attribute}: deployment conditions (robustness)", "",
              "ES-AUC in percent, mean ± std over seeds; change = paired (same seed) ES-AUC in the "
-             "condition minus on the complete same-site test; Δ = paired difference to baseline "
+             f"condition minus on the complete same-site test; Δ = paired difference to {ref} "
              "in the same condition; ideal readers: the Bayes ceiling of each test split (no SLO "
              "or no OCT: the other modality's reader).", "",
              "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -378,23 +436,40 @@ def robustness(rows, attribute, methods) -> list[str]:
         sel = [r for r in rows if r["attribute"] == attribute and r["method"] == method and "auc" in r]
         if not sel:
             continue
-        ref = method == "baseline" or method.startswith("ideal")
+        is_ref = method == ref or method.startswith("ideal")
         cells = [method, mean_std([r.get("es_auc", np.nan) for r in sel])]
         cells += [mean_std([r.get(f"es_auc@{c}", np.nan) for r in sel]) for c in conds]
         cells += [fmt(degrade(rows, attribute, method, c)) for c in conds]
-        cells += ["" if ref else fmt(paired(rows, attribute, method, f"es_auc@{c}")) for c in conds]
+        cells += ["" if is_ref else fmt(paired(rows, attribute, method, f"es_auc@{c}", ref))
+                  for c in conds]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for method in methods:
-        if method == "baseline" or method.startswith(("ideal", "logreg")):
+        if method == ref or method.startswith(("ideal", "logreg")):
             continue
         for c in conds:
-            d = paired(rows, attribute, method, f"es_auc@{c}")
+            d = paired(rows, attribute, method, f"es_auc@{c}", ref)
             if not np.isnan(d[0]):
-                lines.append(f"- {method} ({attribute}, {label[c]}): {verdict(d)} than baseline "
+                lines.append(f"- {method} ({attribute}, {label[c]}): {verdict(d)} than {ref} "
                              f"({fmt(d)}, n={d[3]})".replace("no detectable difference than",
                                                              "no detectable difference from"))
     return lines + [""]
+
+
+def extra_lines(rows, attribute, methods) -> list[str]:
+    """The VL modes' linear probe (test AUC, ES-AUC) and DBPM's recovery of planted pairs."""
+    out = []
+    for method in methods:
+        sel = [r for r in rows if r["attribute"] == attribute and r["method"] == method]
+        if any("probe/auc" in r for r in sel):
+            out.append(f"- {method} ({attribute}) linear probe on frozen image features: AUC "
+                       f"{mean_std([r.get('probe/auc', np.nan) for r in sel])}, ES-AUC "
+                       f"{mean_std([r.get('probe/es_auc', np.nan) for r in sel])}")
+        if any("bad_pairs/recall" in r for r in sel):
+            out.append(f"- {method} ({attribute}) planted bad pairs found: precision "
+                       f"{mean_std([r.get('bad_pairs/precision', np.nan) for r in sel])}, recall "
+                       f"{mean_std([r.get('bad_pairs/recall', np.nan) for r in sel])}")
+    return out
 
 
 def _setting(sets: list[str]) -> str:
@@ -415,15 +490,16 @@ def run(args) -> list[dict]:
     seeds = list(args.seeds) + ([TUNING_SEED] if args.tune else [])
     for seed in seeds:
         root = Path(args.out) / f"data-seed{seed}"
-        extra = {"missing": args.missing} if getattr(args, "missing", None) else {}
+        extra = _generator_options(args)
         if not (root / "ideal_reader.csv").is_file():
-            synthesize("fairvision", root, n_train=args.n_train, n_val=args.n_val,
+            synthesize(_dataset(args), root, n_train=args.n_train, n_val=args.n_val,
                        n_test=args.n_test, seed=seed, **extra)
         shifted = _shift_root(args, root)
         if shifted and not (Path(shifted) / "ideal_reader.csv").is_file():
             # the other site: its own patients (another seed), same sizes, shifted acquisition
-            synthesize("fairvision", shifted, n_train=args.n_train, n_val=args.n_val,
-                       n_test=args.n_test, seed=seed + SHIFT_SEED, site="shifted")
+            synthesize(_dataset(args), shifted, n_train=args.n_train, n_val=args.n_val,
+                       n_test=args.n_test, seed=seed + SHIFT_SEED, site="shifted",
+                       **{k: v for k, v in extra.items() if k == "note_diagnosis"})
     rows = []
     for seed in args.seeds:
         root = Path(args.out) / f"data-seed{seed}"
@@ -448,6 +524,14 @@ def run(args) -> list[dict]:
     return rows, sets
 
 
+def _generator_options(args) -> dict:
+    """synthesize()'s options from the arguments, only those set (the default data unchanged)."""
+    out = {"missing": getattr(args, "missing", None),
+           "note_diagnosis": getattr(args, "note_diagnosis", False),
+           "bad_pairs": getattr(args, "bad_pairs", 0.0)}
+    return {k: v for k, v in out.items() if v}
+
+
 def _missing_spec(text: str) -> dict[str, float]:
     out = {}
     for part in filter(None, text.split(",")):
@@ -465,6 +549,14 @@ def main(argv=None) -> int:
                    help="comma list of --mode names, optionally NAME@slo+oct (modalities)")
     p.add_argument("--modalities", default="",
                    help="comma list: also run baseline on each single modality (baseline@slo ...)")
+    p.add_argument("--dataset", default="fairvision", choices=("fairvision", "fairvlmed"),
+                   help="the generated layout (fairvlmed: SLO + note, the VL modes)")
+    p.add_argument("--reference", default="baseline",
+                   help="the method every other is paired with (must be in --methods)")
+    p.add_argument("--note-diagnosis", action="store_true",
+                   help="generator: texts name the diagnosis, group-linked (fairvlmed)")
+    p.add_argument("--bad-pairs", type=float, default=0.0,
+                   help="generator: share of training notes replaced by another patient's")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--attributes", nargs="+", default=["race", "gender"])
     p.add_argument("--epochs", type=int, default=6)
@@ -489,8 +581,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
     args.methods += [f"baseline@{m}" for m in args.modalities.split(",") if m]
-    if "baseline" not in args.methods:
-        p.error("--methods must include baseline (the paired reference)")
+    if args.reference not in args.methods:
+        p.error(f"--methods must include {args.reference} (the paired reference, --reference)")
     if args.render:
         print(report(json.loads(Path(args.render).read_text()), brief=args.brief))
         return 0
@@ -512,24 +604,28 @@ def report(data: dict, brief: bool = False) -> str:
     re-renders without training: --render). brief: the columns the docs show, plus each tuned
     method's chosen setting."""
     args, rows = data["args"], data["rows"]
-    seeds, tune = args["seeds"], args.get("tune", 0)
-    order = (["ideal oct", "ideal slo", "ideal all"] + args["methods"]
+    seeds, tune, ref = args["seeds"], args.get("tune", 0), args.get("reference", "baseline")
+    vl = args.get("dataset", "fairvision") != "fairvision"    # a FairVLMed run (issue 28)
+    order = (["ideal oct", "ideal slo", "ideal note", "ideal all"] + args["methods"]
              + ["logreg slo", "logreg oct", "logreg late fusion"])
     out = [f"# Method comparison ({len(seeds)} seeds: {seeds}; "
            f"{args['n_train']}/{args['n_val']}/{args['n_test']}; preset {args['preset']}; "
-           f"{args['epochs']} epochs{'; tuned: ' + str(tune) + ' trials' if tune else ''})",
+           f"{args['epochs']} epochs{'; tuned: ' + str(tune) + ' trials' if tune else ''}"
+           f"{'; ' + args['dataset'] if vl else ''}"
+           f"{'; bad pairs ' + str(args['bad_pairs']) if args.get('bad_pairs') else ''})",
            "Percent, mean ± std over seeds (sample std, ddof=1); Δ = paired (same seed) difference "
-           "to baseline with 95% t interval; reliance = drop in test AUC with that modality "
+           f"to {ref} with 95% t interval; reliance = drop in test AUC with that modality "
            "permuted; DPD/DEOdds at the validation-prevalence threshold.", ""]
     for attribute in args["attributes"]:
         settings = ({k.split("|")[0]: v for k, v in data.get("tuned_sets", {}).items()
                      if k.endswith(f"|{attribute}")} if brief and tune else None)
         out += [f"## {attribute}", "", table(rows, attribute, order, BRIEF if brief else None,
-                                             settings), ""]
+                                             settings, ref), ""]
         if not brief:
-            out += [*verdict_lines(rows, attribute, order), ""]
+            out += [*verdict_lines(rows, attribute, order, ref, auc=vl),
+                    *extra_lines(rows, attribute, order), ""]
         if any("es_auc@shift" in r or any(k.startswith("es_auc@no_") for k in r) for r in rows):
-            out += robustness(rows, attribute, order)
+            out += robustness(rows, attribute, order, ref)
     if brief:
         return "\n".join(out).rstrip()
     errors = sorted({f"{r['method']}: {r['error']}" for r in rows if "error" in r})

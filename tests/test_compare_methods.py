@@ -115,3 +115,27 @@ def test_robustness_changes_and_differences_are_scipys_paired_intervals():
     assert "deployment conditions" in cm.report(data)
     data["rows"] = _rows([0.01, 0.02, 0.03])
     assert "deployment conditions" not in cm.report(data)
+
+
+def test_fairvlmed_methods_pair_with_clip_and_vl_robustness_reads_the_note_as_unused():
+    """Issue 28: --reference clip pairs every method with clip; fairclip_aligned is fairclip with
+    the aligned variant; a VL fit's "note missing" equals its complete test, and its "SLO
+    removed" block is dropped."""
+    import argparse
+
+    args = argparse.Namespace(dataset="fairvlmed", preset="tiny", epochs=1, out="/tmp/x", set=[],
+                              robustness=False)
+    cfg = cm._config(args, "/tmp/x/data", "gender", "fairclip_aligned", 3)
+    assert (cfg.mode, cfg.fairclip_variant, cfg.dataset, cfg.seed) == \
+        ("fairclip", "aligned", "fairvlmed", 3)
+    assert cm._is_vl("fairclip_aligned") and cm._is_vl("dualfairvl") and not cm._is_vl("full")
+    point = {"auc": 0.7, "es_auc": 0.6, "group_auc": {"female": 0.6, "male": 0.8}}
+    test = {"point": point, "missing": {"slo": {"removed": {**point, "auc": 0.7}}}}
+    robust = cm._robust_row(cm._vl_missing(test))
+    assert robust["es_auc@no_note"] == 0.6 and not any(k.endswith("@no_slo") for k in robust)
+    rows = [{**r, "method": {"baseline": "clip", "m": "fairclip"}.get(r["method"], r["method"])}
+            for r in _rows([0.04, 0.05, 0.06])]
+    lines = cm.verdict_lines(rows, "race", ["clip", "fairclip"], ref="clip", auc=True)
+    assert len(lines) == 1 and lines[0].startswith("- fairclip (race): better than clip in ES-AUC")
+    assert "AUC +5.0" in lines[0]
+    assert "| clip |" in cm.table(rows, "race", ["clip", "fairclip"], ref="clip")

@@ -20,6 +20,11 @@ class Range:
     high: float
     log: bool
     why: str
+    integer: bool = False   # an integer knob: Tune's (log)randint, Optuna's IntDistribution
+
+    def cast(self, value):
+        """`value` (a float from JSON, a string from MLflow params) as this knob's type."""
+        return int(round(float(value))) if self.integer else float(value)
 
 
 RANGES: dict[str, Range] = {
@@ -58,6 +63,18 @@ RANGES: dict[str, Range] = {
     # DualFairVL (our reading): penalty weights around 0.1, three decades either side.
     "lambda_orth": Range(1e-3, 10.0, True, "class/group anchor orthogonality; default 0.1"),
     "lambda_proto": Range(1e-3, 10.0, True, "prototype regulariser; default 0.1"),
+    # --- integer knobs of the VL family (docs/methods.md, "Searching the VL modes") ---
+    # FairCLIP's extra batch per group (its loaders use the batch size, 32): D_g is a 1-D cloud
+    # of this many points; below 8 it is a handful of scores, above 64 the G no-grad forwards
+    # per step cost more than the step (race: 3 x 64 = 6 batches of 32).
+    "fairclip_group_batch_size": Range(8, 64, True, "per-group batch of the Sinkhorn term; "
+                                       "authors = batch size 32", integer=True),
+    # DBPM's plain epochs before pairs are judged: at least 1 (the memory needs a loss per pair);
+    # at most half of FairCLIP's 10 epochs, so mining acts on the other half.
+    "dbpm_warmup_epochs": Range(1, 5, False, "epochs before mining; default 1", integer=True),
+    # DualFairVL (our reading): learnable context tokens per prompt; CoCoOp's 4 to CoOp's 16.
+    "vl_context_length": Range(2, 16, True, "context tokens per prompt; default 4",
+                               integer=True),
 }
 
 # What a search over each method tunes. MultiFair's modes share its five (baseline has none of
@@ -73,12 +90,16 @@ SEARCHED: dict[str, tuple[str, ...]] = {
     "sinkhorn": ("sinkhorn_weight",),
     "modality_dropout": ("modality_dropout_rate",),
     "unimodal_ensemble": ("lr",),
-    # integer knobs (group batch size, warm-up epochs, context length) are not searched yet
     "clip": ("lr",),
-    "fairclip": ("lr", "fairclip_lambda", "fairclip_blur"),
-    "fairclip_dbpm": ("lr", "fairclip_lambda", "fairclip_blur", "dbpm_beta_np", "dbpm_beta_fp"),
-    "dualfairvl": ("lr", "lambda_orth", "lambda_proto"),
+    "fairclip": ("lr", "fairclip_lambda", "fairclip_blur", "fairclip_group_batch_size"),
+    "fairclip_dbpm": ("lr", "fairclip_lambda", "fairclip_blur", "fairclip_group_batch_size",
+                      "dbpm_beta_np", "dbpm_beta_fp", "dbpm_warmup_epochs"),
+    "dualfairvl": ("lr", "lambda_orth", "lambda_proto", "vl_context_length"),
 }
+
+# Knobs whose TrainConfig default 0 means "the value of another field" (the baseline point and
+# the range hold the effective value).
+DEFAULT_FROM = {"fairclip_group_batch_size": "batch_size"}
 
 
 def hyperparameters(mode: str = "full") -> tuple[str, ...]:
@@ -95,21 +116,32 @@ def param_space(mode: str = "full") -> dict:
     """Tune distributions for a method's hyperparameters (metric and mode live in TuneConfig)."""
     from ray import tune
 
-    return {name: (tune.loguniform if RANGES[name].log else tune.uniform)(RANGES[name].low,
-                                                                            RANGES[name].high)
-            for name in hyperparameters(mode)}
+    def domain(r: Range):
+        if r.integer:    # randint's upper bound is exclusive
+            return (tune.lograndint if r.log else tune.randint)(int(r.low), int(r.high) + 1)
+        return (tune.loguniform if r.log else tune.uniform)(r.low, r.high)
+
+    return {name: domain(RANGES[name]) for name in hyperparameters(mode)}
 
 
 def optuna_distributions(names=HYPERPARAMETERS) -> dict:
     """The same ranges as Optuna distributions (for rebuilding a study from logged trials)."""
-    from optuna.distributions import FloatDistribution
+    from optuna.distributions import FloatDistribution, IntDistribution
 
-    return {name: FloatDistribution(RANGES[name].low, RANGES[name].high, log=RANGES[name].log)
-            for name in names}
+    def dist(r: Range):
+        kind = IntDistribution if r.integer else FloatDistribution
+        return kind(r.cast(r.low), r.cast(r.high), log=r.log)
+
+    return {name: dist(RANGES[name]) for name in names}
+
+
+def typed(config: dict) -> dict:
+    """The searched knobs of `config` as their types (ints for integer knobs, else floats)."""
+    return {name: RANGES[name].cast(config[name]) for name in RANGES if name in config}
 
 
 def baseline_point(dataset: str, attribute: str, mode: str = "full",
-                   preset: str = "paper") -> dict[str, float]:
+                   preset: str = "paper") -> dict[str, float | int]:
     """The paper's (MultiFair) or the method's default hyperparameters: evaluated first."""
     names = hyperparameters(mode)
     if set(names) <= set(HYPERPARAMETERS):
@@ -119,7 +151,9 @@ def baseline_point(dataset: str, attribute: str, mode: str = "full",
         from trainer.config import make_config
 
         cfg = make_config(dataset, attribute, preset=preset, mode=mode)
-        point = {name: float(getattr(cfg, name)) for name in names}
+        point = {name: RANGES[name].cast(getattr(cfg, name)
+                                         or getattr(cfg, DEFAULT_FROM.get(name, name)))
+                 for name in names}
     for name, value in point.items():
         r = RANGES[name]
         assert r.low <= value <= r.high, f"default {name}={value} outside [{r.low}, {r.high}]"

@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from search.record.space import RANGES
+from search.record.space import RANGES, typed
 from trainer.jsonout import dumps
 
 STUDY_FILE = "study.json"
@@ -228,7 +228,7 @@ def trial_record(trial_id: str, config: dict, rows: list[dict], status: str, **e
         row = next(r for r in rows if int(r.get("epoch", 0)) == best[0])
         val = {k: float(v) for k, v in row.items() if (k.startswith("val/") or k in ("es_auc", "auc"))
                and isinstance(v, (int, float))}
-    return {"trial_id": trial_id, "params": {k: float(config[k]) for k in RANGES if k in config},
+    return {"trial_id": trial_id, "params": typed(config),
             "config": config, "history": history, "curve": curve, "epochs": max(history, default=0),
             "best_epoch": best[0] if best else None, "val": val, "status": status, **extra}
 

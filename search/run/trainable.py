@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from search.record.space import RANGES
+from search.record.space import typed
 from search.record.study import METRIC  # noqa: F401  (owned by search.record.study; an alias for old importers)
 
 
@@ -49,7 +49,7 @@ def trial_config(config: dict, base: dict):
 
     base = dict(base)
     base.update({k: config[k] for k in ("mode", "seed", "resplit_folds", "resplit_fold") if k in config})
-    base.update({name: float(config[name]) for name in RANGES if name in config})
+    base.update(typed(config))     # integer knobs stay ints (a TrainConfig int field)
     base["evaluate_test"] = False   # the test split is touched once, for the chosen config
     return config_from_dict(base)
 

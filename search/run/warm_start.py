@@ -48,7 +48,7 @@ def load(scfg) -> list[dict]:
                          f"{_objective_kind(scfg.objective)}: warm-start from a study of the same kind")
     out = []
     for t in trials:
-        params = {k: float(t["params"][k]) for k in names if k in t["params"]}
+        params = {k: RANGES[k].cast(t["params"][k]) for k in names if k in t["params"]}
         if len(params) != len(names) or not all(math.isfinite(t[k]) for k in ("auc", "es_auc")):
             continue     # a trial that never reported (or a failed one)
         outside = [k for k, v in params.items() if not RANGES[k].low <= v <= RANGES[k].high]
