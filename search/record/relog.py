@@ -48,7 +48,7 @@ def relog(study_dir: str | Path, tracking_uri: str, experiment: str | None = Non
     if pending:   # first: its epochs are new to the store, so none counts as trained twice
         import json
 
-        from search.record.tracking import MLflowTrialCallback
+        from search.record.trial_callback import MLflowTrialCallback
 
         MLflowTrialCallback.replay(tracker, json.loads(Path(pending).read_text()))
     stopped = failed = 0

@@ -16,7 +16,7 @@ from search.record.space import RANGES
 from trainer.jsonout import dumps
 
 STUDY_FILE = "study.json"
-FORMAT = 3               # study.json's "format": bumped when a pickled module moves (record/migrate.py)
+FORMAT = 4               # study.json's "format": bumped when a pickled module moves (record/migrate.py)
 DECISION_FILE = "decision.json"
 METRIC = "es_auc"        # the plain key ASHA and Optuna read (validation ES-AUC)
 STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}   # others: interrupted -> KILLED

@@ -46,7 +46,7 @@ def make_tuner(scfg, setup: dict, name: str, *, restore: bool, slots: int = 1, p
 def tracking_callback(tuner):
     """The Tuner's MLflowTrialCallback (a restored Tuner's: it holds the study's own tracker and
     the run ids of the trials it logged), or None."""
-    from search.record.tracking import MLflowTrialCallback
+    from search.record.trial_callback import MLflowTrialCallback
 
     for cb in tuner._local_tuner.get_run_config().callbacks or []:
         if isinstance(cb, MLflowTrialCallback):

@@ -218,7 +218,8 @@ def test_operations_queued_while_mlflow_is_down_are_written_out_and_replayed(tmp
 
     from mlflow import MlflowClient
 
-    from search.record.tracking import MLflowTrialCallback, StudyTracker
+    from search.record.tracking import StudyTracker
+    from search.record.trial_callback import MLflowTrialCallback
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")   # fail fast; the queue retries
     down = StudyTracker(f"http://127.0.0.1:{free_port()}", "multifair-down", str(tmp_path / "study"))

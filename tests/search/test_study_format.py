@@ -32,7 +32,7 @@ def test_import_search_stays_light_and_old_names_are_gone():
 
 def test_a_pickle_with_old_names_migrates_to_the_new_classes():
     from search.record.migrate import FLAT_TO_STAGE, rename_modules, renames_since
-    from search.record.tracking import MLflowTrialCallback
+    from search.record.trial_callback import MLflowTrialCallback
     from search.run.progress import ProgressCallback
 
     for protocol in (0, 2, 5):   # GLOBAL (text) and STACK_GLOBAL (strings) opcodes, with frames
@@ -43,10 +43,43 @@ def test_a_pickle_with_old_names_migrates_to_the_new_classes():
         migrated = rename_modules(blob, renames_since(0))
         assert pickle.loads(migrated) == [ProgressCallback, MLflowTrialCallback]
         assert rename_modules(migrated, renames_since(0)) == migrated   # idempotent
-    composed = renames_since(0)   # flat -> stage layout -> layers (format 3): composed, one step
-    assert len(composed) == 26 + 4 and composed["search.space"] == "search.record.space"
+    composed = renames_since(0)   # flat -> stage layout -> layers -> rooms (format 4): composed, one step
+    assert len(composed) == 26 + 4 + 2 and composed["search.space"] == "search.record.space"
     assert composed["search.run.space"] == "search.record.space" and composed["search.trainable"] == "search.run.trainable"
+    assert composed["search.tracking"] == "search.record.tracking"   # StudyTracker stayed
+    moved = "search.record.trial_callback:MLflowTrialCallback"
+    assert composed["search.tracking:MLflowTrialCallback"] == composed["search.record.tracking:MLflowTrialCallback"] == moved
     assert renames_since(2) == {k: v for k, v in composed.items() if k.count(".") == 2}
+    assert renames_since(3) == {"search.record.tracking:MLflowTrialCallback": moved}
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 5])
+@pytest.mark.parametrize("version", [0, 3])
+def test_a_callback_pickled_in_the_trackers_module_migrates(monkeypatch, version, protocol):
+    """Format 3 and before pickled MLflowTrialCallback and its StudyTracker from one module
+    (search.record.tracking; search.tracking before the stage layout), the module's name often
+    one memo entry for both classes: the migration moves the callback's reference only."""
+    from search.record import tracking
+    from search.record.migrate import rename_modules, renames_since
+    from search.record.tracking import StudyTracker
+    from search.record.trial_callback import MLflowTrialCallback
+
+    callback = MLflowTrialCallback(StudyTracker("sqlite:////tmp/x.db", "e", "/s"), 3, {"mode": "full"}, {})
+    with monkeypatch.context() as m:   # what format 3 wrote: the callback a class of search.record.tracking
+        m.setattr(MLflowTrialCallback, "__module__", "search.record.tracking")
+        m.setattr(tracking, "MLflowTrialCallback", MLflowTrialCallback, raising=False)
+        blob = pickle.dumps([callback, StudyTracker], protocol=protocol)
+    if version == 0:
+        blob = to_old_names(blob)
+    assert b"trial_callback" not in blob
+    with pytest.raises((AttributeError, ModuleNotFoundError), match="MLflowTrialCallback|search.tracking"):
+        pickle.loads(blob)
+    migrated = rename_modules(blob, renames_since(version))
+    restored, tracker_class = pickle.loads(migrated)
+    assert type(restored) is MLflowTrialCallback and tracker_class is StudyTracker
+    assert type(restored.tracker) is StudyTracker and restored.tracker.study_dir == "/s"
+    assert (restored.max_epochs, restored.trial_tags) == (3, {"mode": "full"})
+    assert rename_modules(migrated, renames_since(version)) == migrated   # idempotent
 
 
 def test_migrate_study_rewrites_once_and_refuses_a_newer_format(tmp_path):
@@ -145,7 +178,8 @@ def epochs_of(study_dir: Path) -> dict[str, list[int]]:
 def _new_to_old() -> dict[str, str]:
     from search.record.migrate import FLAT_TO_STAGE
 
-    return {new: old for old, new in FLAT_TO_STAGE.items()}
+    # the flat layout held the callback in search.tracking, with the tracker
+    return {**{new: old for old, new in FLAT_TO_STAGE.items()}, "search.record.trial_callback": "search.tracking"}
 
 
 def to_old_names(data: bytes) -> bytes:
