@@ -3,7 +3,6 @@ relog reads only JSON, a new sqlite store opened by two processes at once, MLflo
 Tune's loop (the server-outage test is tests/search/test_mlflow_outage.py), and a FairVLMed
 search through registration."""
 import json
-import os
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.search.conftest import REPO, subprocess_env
+from tests.search.conftest import subprocess_env
 from tests.search.test_tracking import free_port
 
 

@@ -31,7 +31,7 @@ def test_import_search_stays_light_and_old_names_are_gone():
 
 
 def test_a_pickle_with_old_names_migrates_to_the_new_classes():
-    from search.record.migrate import FLAT_TO_STAGE, rename_modules, renames_since
+    from search.record.migrate import rename_modules, renames_since
     from search.record.trial_callback import MLflowTrialCallback
     from search.run.progress import ProgressCallback
 
