@@ -21,9 +21,6 @@ from __future__ import annotations
 import argparse
 import math
 
-import optuna
-from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
-
 from search.record.space import hyperparameters, optuna_distributions
 from search.record.study import DECISION_FILE, METRIC, STATUS, best_epoch, read_json, read_study, read_trials
 from trainer.jsonout import dumps
@@ -110,6 +107,10 @@ def rebuild_study(points, mode: str = "full"):
     """The one Optuna study rebuild (here and search.record.figures): over the mode's own searched
     hyperparameters (search.record.space.hyperparameters; --mode ogm_ge: ogm_alpha only), every
     objective maximised. `points`: [(trial, value)] or [(trial, (value, value, ...))]."""
+    # optuna loads to rebuild a study, not on import: `python -m search register` and the
+    # stages that read a study through this module never need it
+    import optuna
+
     points = [(t, tuple(v) if isinstance(v, (tuple, list)) else (v,)) for t, v in points]
     n_objectives = len(points[0][1]) if points else 1
     study = optuna.create_study(directions=["maximize"] * n_objectives, study_name="rebuilt")
@@ -126,6 +127,9 @@ def importances(study, index: int | None = None) -> dict[str, dict[str, float] |
     """fANOVA and PED-ANOVA importances of objective `index` (None: a single-objective study's
     value); a method that cannot run on this study says why. With a target, PED-ANOVA ranks
     for LOW values, hence the sign flip of a maximised metric (stack.md)."""
+    # with scikit-learn (about 2 s): only for the importances (see rebuild_study)
+    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
+
     out = {}
     for name, evaluator, sign in (("fanova", FanovaImportanceEvaluator(seed=0), 1),
                                   ("ped_anova", PedAnovaImportanceEvaluator(), -1)):
