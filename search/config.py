@@ -16,6 +16,8 @@ from pathlib import Path
 
 from search.record.space import baseline_point, hyperparameters
 from search.record.study import stage_path
+from search.run.objectives import OBJECTIVES, PARETO, BadObjective, missing_floors, objective_keys
+from trainer.methods import available_methods
 
 SCHEDULERS = ("asha", "asha_es_auc", "none")
 
@@ -29,13 +31,6 @@ def setting(default=MISSING, help: str = "", *, factory=MISSING, flag: str | Non
     return field(default=default, default_factory=factory, metadata=meta)
 
 
-def _methods() -> tuple[str, ...]:
-    # torch loads with the methods' registry: only a parser needs the list, `import search.runner` does not
-    from trainer.methods import available_methods
-
-    return available_methods()
-
-
 @dataclass
 class SearchConfig:
     dataset: str = setting(help="dataset layout: fairvision or fairvlmed (the entry script's)", flag=None)
@@ -43,7 +38,7 @@ class SearchConfig:
     baseline: dict[str, float] = setting(factory=dict, flag=None,
                                          help="the method's starting point ({}: the paper's values)")
     mode: str = setting("full", "training method (docs/methods.md); each has its own searched hyperparameters",
-                        choices=_methods)
+                        choices=available_methods)
     preset: str = setting("paper", "trainer preset: the paper's model sizes, or tiny ones (tests, demos)",
                           choices=("paper", "tiny"))
     data_root: str = setting("", "dataset root, a folder or s3://bucket/prefix?options (absent: generate a "
@@ -89,7 +84,7 @@ class SearchConfig:
                                "(--no-final-test: do not)")
     objective: str = setting("es_auc", "es_auc: max validation ES-AUC; pareto: front over (AUC, ES-AUC); "
                              "constrained: max ES-AUC with AUC >= plain fusion's - --min-auc-drop "
-                             "(search/run/objectives.py)", choices=("es_auc", "pareto", "constrained"))
+                             "(search/run/objectives.py)", choices=OBJECTIVES)
     min_auc_drop: float | None = setting(None, "AUC floor below plain fusion (constrained; also applied when "
                                          "choosing among the confirmed finalists)")
     objectives: str = setting("", "what --objective pareto trades off (default auc,es_auc): auc, es_auc, and "
@@ -156,10 +151,6 @@ class BadFlag(ValueError):
 
 
 def check(scfg: SearchConfig) -> None:
-    # Ray Tune and Optuna load with the objectives (about 1.5 s): when a config is checked, not
-    # on `import search.runner` (the side commands and the tests import it without searching)
-    from search.run.objectives import OBJECTIVES, PARETO, BadObjective, missing_floors, objective_keys
-
     def need(ok: bool, message: str) -> None:
         if not ok:
             raise BadFlag(message)
