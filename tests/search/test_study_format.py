@@ -122,10 +122,12 @@ def test_an_unknown_side_command_is_refused_with_the_list():
 
 
 @pytest.mark.slow
-def test_study_pickled_with_old_module_names_resumes(ray_session, search_config, data_root, tmp_path):
+@pytest.mark.parametrize("old_format", [0, 3])
+def test_study_pickled_with_old_module_names_resumes(ray_session, search_config, data_root, tmp_path, old_format):
     """An interrupted Pareto study (MO-ASHA, the Optuna searcher, the MLflow callback), its
     tuner.pkl and experiment state rewritten to the old module names, resumes: finished trials are
-    not trained again and the restored (old-named) MLflow callback logs every trial."""
+    not trained again and the restored (old-named) MLflow callback logs every trial. Format 0: the
+    flat modules, no number; format 3: the MLflow callback still in search.record.tracking."""
     from search.runner import run_search
 
     shutil.copy(REPO / "search" / "fairvision_gender.py", tmp_path)
@@ -147,10 +149,15 @@ def test_study_pickled_with_old_module_names_resumes(ray_session, search_config,
     assert "INTERRUPTED" in out, out[-3000:]
     before = epochs_of(study_dir)
 
-    meta = json.loads((study_dir / "study.json").read_text())
-    (study_dir / "study.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "format"}))
-    old = rewrite_study_to_old_names(study_dir)
-    assert {"search.trainable", "search.tracking", "search.mo_asha", "search.progress"} <= old, old
+    meta = {k: v for k, v in json.loads((study_dir / "study.json").read_text()).items() if k != "format"}
+    (study_dir / "study.json").write_text(json.dumps({**meta, **({"format": 3} if old_format == 3 else {})}))
+    if old_format == 0:
+        old = rewrite_study_to_old_names(study_dir)
+        assert {"search.trainable", "search.tracking", "search.mo_asha", "search.progress"} <= old, old
+    else:
+        rewrite_study_to_old_names(study_dir, {"search.record.trial_callback": "search.record.tracking"})
+        assert b"MLflowTrialCallback" in (study_dir / "tuner.pkl").read_bytes()
+    assert b"trial_callback" not in (study_dir / "tuner.pkl").read_bytes()
 
     scfg = search_config(tmp_path, objective="pareto", num_samples=8, max_epochs=3, max_concurrent=1, resume=True)
     outcome = run_search(scfg)
@@ -163,6 +170,7 @@ def test_study_pickled_with_old_module_names_resumes(ray_session, search_config,
 
     assert json.loads((study_dir / "study.json").read_text())["format"] == FORMAT
     assert not _old_names_in((study_dir / "tuner.pkl").read_bytes()), "the migration left an old name"
+    assert b"search.record.trial_callback" in (study_dir / "tuner.pkl").read_bytes()
     _, parents, children = study_runs(scfg.tracking_uri)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(c.data.tags["trial_id"] for c in children) == sorted(n.removeprefix("trial_") for n in after)
@@ -182,10 +190,11 @@ def _new_to_old() -> dict[str, str]:
     return {**{new: old for old, new in FLAT_TO_STAGE.items()}, "search.record.trial_callback": "search.tracking"}
 
 
-def to_old_names(data: bytes) -> bytes:
+def to_old_names(data: bytes, names: dict[str, str] | None = None) -> bytes:
     """`data` (one pickle) as the flat layout's code wrote it: every module name search.<stage>.<m>
-    written as search.<m>. Its own opcode walk (not the migration's), so the two check each other."""
-    names, out = _new_to_old(), bytearray()
+    written as search.<m> (or as `names` maps them). Its own opcode walk (not the migration's), so
+    the two check each other."""
+    names, out = names or _new_to_old(), bytearray()
     ops = list(pickletools.genops(data))
     for (op, arg, pos), nxt in zip(ops, [p for _, _, p in ops[1:]] + [len(data)]):
         if op.name == "FRAME":
@@ -207,14 +216,14 @@ def _old_names_in(data: bytes) -> set[str]:
     return {n.decode() for n in re.findall(rb"search\.[a-z_]+", data)} & old
 
 
-def rewrite_study_to_old_names(study_dir: Path) -> set[str]:
+def rewrite_study_to_old_names(study_dir: Path, names: dict[str, str] | None = None) -> set[str]:
     """tuner.pkl and the experiment state's cloudpickled values rewritten as the old code wrote
     them; returns the old module names they now hold (none of the new ones remain)."""
     seen: set[str] = set()
 
     def blob(data: bytes) -> bytes:
-        new = to_old_names(data)
-        assert not re.search(rb"search\.(run|decide|record)\.", new), "a new module name is left"
+        new = to_old_names(data, names)
+        assert names or not re.search(rb"search\.(run|decide|record)\.", new), "a new module name is left"
         seen.update(_old_names_in(new))
         return new
 
