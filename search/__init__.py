@@ -13,7 +13,8 @@ Three stages, one folder each, dependencies pointing down (docs/architecture.md)
   run them (remote), the registered model (registry, mlmodel, pyfunc).
 runner.py reads top to bottom (parse, prepare, search, decide, record), its settings and flags in
 config.py; the entry scripts (fairvision_gender.py, ...) stay here, where users run them and
-`ray submit` copies them. The side commands share one command line: `python -m search decide|analyze|sweep|relog|score|storage|dataprep`.
+`ray submit` copies them. The side commands share one command line:
+`python -m search decide|analyze|sweep|relog|score|storage|dataprep`.
 Every Ray, Optuna and MLflow import of the project lives in this package; `import search` itself
 imports nothing else.
 
