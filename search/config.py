@@ -209,6 +209,13 @@ def flag_of(f: dataclasses.Field) -> str | None:
     return f"--no-{name}" if f.default is True else f"--{name}"
 
 
+class _Tuple(argparse.Action):
+    """A flag of several values, kept as the tuple the field holds."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, tuple(values))
+
+
 def _argument(f: dataclasses.Field, kind) -> dict:
     """add_argument's keywords for a field of annotation `kind`."""
     meta = f.metadata
@@ -226,7 +233,7 @@ def _argument(f: dataclasses.Field, kind) -> dict:
     if origin is list:
         out["action"], kind = "append", args[0]
     elif origin is tuple:
-        out["nargs"], kind = len(args), args[0]
+        out["action"], out["nargs"], kind = _Tuple, len(args), args[0]
     if kind is not str:   # argparse reads strings
         out["type"] = kind
     return out

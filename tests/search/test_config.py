@@ -121,7 +121,7 @@ def test_a_tuple_field_becomes_a_flag_of_that_many_values():
     p = argparse.ArgumentParser()
     for f in dataclasses.fields(Sizes):
         p.add_argument(flag_of(f), **_argument(f, {"sizes": tuple[int, int, int], "floor": float | None}[f.name]))
-    assert vars(p.parse_args(["--sizes", "4", "5", "6", "--floor", "0.5"])) == {"sizes": [4, 5, 6], "floor": 0.5}
+    assert vars(p.parse_args(["--sizes", "4", "5", "6", "--floor", "0.5"])) == {"sizes": (4, 5, 6), "floor": 0.5}
     assert vars(p.parse_args([])) == {"sizes": (1, 2, 3), "floor": None}
 
 
