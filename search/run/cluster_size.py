@@ -165,9 +165,9 @@ def read_capacity(shape: dict) -> Capacity:
     gcs = ray.get_runtime_context().gcs_address
     ceiling, source = None, ""
     with contextlib.suppress(Exception):   # not every Ray build or platform has it (nor the imports below)
-        import ray._private.state
+        from ray._private.state import state   # not `import ray....`: ray would become a local name
 
-        ceiling = ceiling_from_cluster_config(ray._private.state.state.get_cluster_config(), shape)
+        ceiling = ceiling_from_cluster_config(state.get_cluster_config(), shape)
         source = "Ray's cluster config" if ceiling is not None else ""
     if ceiling is None:
         path, config = monitor_config(gcs)
