@@ -18,8 +18,12 @@ import sys
 
 import numpy as np
 
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
 from search.record import study as S
 from search.record.space import HYPERPARAMETERS, RANGES, hyperparameters
+from search.record.tracking import StudyTracker, default_tracking_uri
 
 
 def sweep_values(centre: dict[str, float], points: int,
@@ -60,12 +64,11 @@ def summarise(runs: list[dict], cands: dict,
 
 
 def plot(summary: dict, centre: dict, out_dir) -> list:
+    # matplotlib's backend is chosen when drawing, not on import (a caller's own backend stays)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     names = list(summary)
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * max(len(names), 2), 3), sharey=True,
@@ -99,15 +102,17 @@ def plot(summary: dict, centre: dict, out_dir) -> list:
 
 
 def main(argv=None) -> int:
-    from search.runner import SearchConfig, init_ray
-    from search.record.tracking import StudyTracker, default_tracking_uri
-
     ap = argparse.ArgumentParser(description="one-at-a-time sensitivity sweeps around the chosen point")
     ap.add_argument("--results", required=True, help="the study folder (<storage-path>/<name>)")
     ap.add_argument("--points", type=int, default=4, help="values per hyperparameter (plus the centre)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--num-cpus", type=int, default=0, help="embedded Ray (0: this machine's)")
     a = ap.parse_args(argv)
+    # the search's runner and the confirmation's grid bring Ray, Optuna and torch (seconds): after
+    # the flags are read, so `python -m search sweep --help` and a bad flag answer at once
+    from search.decide.confirm import StageStopped, grid_run
+    from search.runner import SearchConfig, init_ray
+
     if a.points < 2 or a.seeds < 1:
         print(f"error: --points {a.points} / --seeds {a.seeds}: give at least 2 points and 1 seed", file=sys.stderr)
         return 2
@@ -130,8 +135,6 @@ def main(argv=None) -> int:
         tracker = StudyTracker(uri, scfg.experiment, scfg.study_dir)
         tracker.start_study(tags={}, params={})
     init_ray(scfg)
-    from search.decide.confirm import StageStopped, grid_run
-
     try:
         runs = grid_run(scfg, st["setup"], cands, [scfg.seed + 100 + i for i in range(a.seeds)], "sweep", tracker)
     except StageStopped as exc:   # Ctrl-C: no figures from part of the sweep; rerun to continue

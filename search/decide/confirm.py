@@ -167,7 +167,7 @@ def grid_run(scfg, setup: dict, cands: dict, seed_list: list[int], stage: str, t
     from search.run.progress import ProgressCallback
     from search.run.storage import ResumeStatePruner
     from search.record.study import METRIC, stage_path, trial_id_of
-    from search.record.tracking import MLflowTrialCallback
+    from search.record.trial_callback import MLflowTrialCallback
     from search.run.trainable import checkpoint_policy, model_checkpoint
     from search.run.tuning import make_tuner, tracking_callback
 

@@ -23,7 +23,7 @@ import math
 
 from search.record.reference import FUSION, saved_reference
 from search.record.space import hyperparameters, optuna_distributions
-from search.record.study import METRIC, best_epoch
+from search.record.study import DECISION_FILE, METRIC, STATUS, best_epoch, read_json, read_study, read_trials
 from trainer.jsonout import dumps
 
 SEARCH_KIND = "trial"   # run_kind of the search's own child runs (search.record.tracking)
@@ -32,6 +32,8 @@ SEARCH_KIND = "trial"   # run_kind of the search's own child runs (search.record
 def trials_from_mlflow(tracking_uri: str, experiment: str, parent_run_id: str | None = None):
     """The search's own trial records of the latest (or given) study run of an experiment, its
     max epochs and grace period, and the study: {"mode", "study_dir", "chosen"} (its tags)."""
+    # mlflow (about 1.5 s) only when reading an experiment: the search imports this module (its
+    # figures) and opens MLflow in a thread while Ray starts (runner.prepare_study)
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -66,8 +68,6 @@ def trials_from_mlflow(tracking_uri: str, experiment: str, parent_run_id: str | 
 def trials_from_results(study_dir: str):
     """The same records from a study's own Tune folder (the confirmation has its own folder,
     `<study>-confirm`; no MLflow needed)."""
-    from search.record.study import STATUS, read_study, read_trials
-
     search = read_study(study_dir)["search"]
     names = hyperparameters(search.get("mode", "full"))
     trials = [{"trial_id": t["trial_id"], "run_id": None, "model_logged": False,
@@ -81,8 +81,6 @@ def trials_from_results(study_dir: str):
 def read_decision(study_dir: str | None) -> dict | None:
     """The study's decision.json, or None when it has none (no confirmation stage, a study
     still running, or a study folder this machine cannot read)."""
-    from search.record.study import DECISION_FILE, read_json
-
     if not study_dir:
         return None
     try:
@@ -110,6 +108,8 @@ def rebuild_study(points, mode: str = "full"):
     """The one Optuna study rebuild (here and search.record.figures): over the mode's own searched
     hyperparameters (search.record.space.hyperparameters; --mode ogm_ge: ogm_alpha only), every
     objective maximised. `points`: [(trial, value)] or [(trial, (value, value, ...))]."""
+    # optuna loads to rebuild a study, not on import: `python -m search register` and the
+    # stages that read a study through this module never need it
     import optuna
 
     points = [(t, tuple(v) if isinstance(v, (tuple, list)) else (v,)) for t, v in points]
@@ -128,8 +128,8 @@ def importances(study, index: int | None = None) -> dict[str, dict[str, float] |
     """fANOVA and PED-ANOVA importances of objective `index` (None: a single-objective study's
     value); a method that cannot run on this study says why. With a target, PED-ANOVA ranks
     for LOW values, hence the sign flip of a maximised metric (stack.md)."""
-    from optuna.importance import (FanovaImportanceEvaluator, PedAnovaImportanceEvaluator,
-                                   get_param_importances)
+    # with scikit-learn (about 2 s): only for the importances (see rebuild_study)
+    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
 
     out = {}
     for name, evaluator, sign in (("fanova", FanovaImportanceEvaluator(seed=0), 1),

@@ -62,17 +62,17 @@ def line(c: dict) -> str:
 
 def figure(c: dict, out: Path) -> Path:
     """expected_max.png: the curve with its band, the trials run marked."""
+    # matplotlib's backend is chosen when drawing, not on import (a caller's own backend stays)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(c["n"], c["mean"], color="C0", label="estimated expected best (empirical CDF)")
     ax.fill_between(c["n"], c["lo"], c["hi"], color="C0", alpha=0.2, label="95% bootstrap band")
     ax.axvline(c["n_trials"], color="grey", linestyle=":", label=f"{c['n_trials']} full-length trials run")
-    from matplotlib.ticker import MaxNLocator
-
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("number of trials")
     ax.set_ylabel("estimated expected best val ES-AUC")

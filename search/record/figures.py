@@ -19,6 +19,8 @@ import math
 import warnings
 from pathlib import Path
 
+import optuna
+
 from search.record.analysis import importances, rebuild_study   # the one rebuild and importances
 
 OBJ = ("auc", "es_auc")
@@ -54,7 +56,7 @@ def _save(name: str, plotly_fig, mpl_axes, out: Path, written: list[Path]) -> No
     ax = mpl_axes.flat[0] if hasattr(mpl_axes, "flat") else mpl_axes
     png = out / f"{name}.png"
     ax.figure.savefig(png, dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt   # late: see search_figures
 
     plt.close(ax.figure)
     written += [png, html]
@@ -64,10 +66,11 @@ def search_figures(trials: list[dict], full: list[dict], epoch: int, out: Path, 
                    keys=OBJ) -> dict:
     """Write the figures (the front over `keys`: 2 or 3 objectives can be drawn); returns
     {"files": [...], "importance": {...}, "epoch": epoch}."""
+    # matplotlib's backend is chosen when drawing, not when this module is imported (a caller's
+    # own backend, e.g. a notebook's, stays), and before optuna's figures load pyplot
     import matplotlib
 
     matplotlib.use("Agg")
-    import optuna
     import optuna.visualization as pv
     import optuna.visualization.matplotlib as pm
 

@@ -12,8 +12,13 @@ Formats:
   1  search/{run,decide,record}/ layout; `study.json` carried no format number
   2  `study.json` carries `"format"`; the module names of format 1
   3  the layers point one way: space and expected_max in record/, remote in run/, sweep on top
+  4  MLflowTrialCallback in its own module (record/trial_callback.py); StudyTracker stays in
+     record/tracking.py
 Format 0 and 1 studies both lack the number, so both take every rename (a rename of a name the
-pickle does not hold changes nothing).
+pickle does not hold changes nothing). A rename is of a whole module (`search.run.space`) or of
+one class that left its module (`search.record.tracking:MLflowTrialCallback`, the module and the
+class's name joined by a colon): only that class's references move, its old module's other
+classes stay.
 
 Cost: one read and one write of `tuner.pkl` and of each experiment state of the study's Tune
 folders (the search and its `-confirm` stage): about 1 MB for a 100-trial study, once.
@@ -23,6 +28,8 @@ from __future__ import annotations
 import json
 import pickletools
 import re
+
+import pyarrow.fs
 
 from search.record import study
 from search.record.study import FORMAT, study_format
@@ -36,7 +43,8 @@ _STAGES = {   # format 0 -> 1: the modules that moved into a stage folder
 FLAT_TO_STAGE = {f"search.{m}": f"search.{stage}.{m}" for stage, mods in _STAGES.items() for m in mods}
 MOVED_DOWN = {"search.run.space": "search.record.space", "search.decide.expected_max": "search.record.expected_max",
               "search.decide.remote": "search.run.remote", "search.run.sweep": "search.sweep"}
-RENAMES = {1: FLAT_TO_STAGE, 2: {}, 3: MOVED_DOWN}   # format reached -> module renames that reach it
+ROOMS = {"search.record.tracking:MLflowTrialCallback": "search.record.trial_callback:MLflowTrialCallback"}
+RENAMES = {1: FLAT_TO_STAGE, 2: {}, 3: MOVED_DOWN, 4: ROOMS}   # format reached -> renames that reach it
 
 
 class MigrationError(ValueError):
@@ -44,11 +52,17 @@ class MigrationError(ValueError):
 
 
 def renames_since(version: int) -> dict[str, str]:
-    """Every module rename from `version` to FORMAT, composed (a -> b then b -> c gives a -> c)."""
+    """Every rename from `version` to FORMAT, composed (a -> b then b -> c gives a -> c): module
+    renames, and class renames (`module:Class`) under every older name of their module."""
     out: dict[str, str] = {}
     for step in range(max(version, 0) + 1, FORMAT + 1):
         for old, new in RENAMES[step].items():
-            out = {k: (new if v == old else v) for k, v in out.items()}
+            if ":" in old:   # one class left its module: also under the module's older names
+                module, cls = old.split(":")
+                out.update({f"{k}:{cls}": new for k, v in list(out.items()) if v == module})
+            else:
+                out = {k: (new + v[len(old):] if v == old or v.startswith(old + ":") else v)
+                       for k, v in out.items()}
             out.setdefault(old, new)
     return out
 
@@ -61,28 +75,56 @@ def _renamed(name: str, renames: dict[str, str]) -> str | None:
     return None
 
 
+_STRINGS = ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE")
+_MEMO_PUTS = ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT")
+_MEMO_GETS = ("GET", "BINGET", "LONG_BINGET")
+
+
+def _moved_class(module, name, classes: dict[str, str]) -> str | None:
+    """The new module of class `name` of `module` when it left it, else None."""
+    new = classes.get(f"{module}:{name}") if isinstance(module, str) and isinstance(name, str) else None
+    return new.split(":")[0] if new is not None else None
+
+
+def _binunicode(text: str) -> bytes:
+    raw = text.encode()
+    return b"X" + len(raw).to_bytes(4, "little") + raw   # BINUNICODE: every protocol >= 1
+
+
 def rename_modules(data: bytes, renames: dict[str, str]) -> bytes:
     """`data` (one pickle, any protocol) with every module name in `renames` rewritten, opcode by
     opcode: the strings STACK_GLOBAL reads and GLOBAL's module. FRAME opcodes are dropped (they
-    are optional; their lengths would change); memo indices are untouched."""
-    out = bytearray()
+    are optional; their lengths would change); memo indices are untouched.
+
+    A class that left its module (a `module:Class` rename) is found at its STACK_GLOBAL, whose
+    two strings (the module's often a memo reference shared with the module's other classes) are
+    popped and pushed again with the new module, so the memo and the other classes keep theirs."""
+    modules = {k: v for k, v in renames.items() if ":" not in k}
+    classes = {k: v for k, v in renames.items() if ":" in k}
+    out, memo, pushed = bytearray(), {}, []   # pushed: the strings (or None) pushed, newest last
     ops = list(pickletools.genops(data))
     ends = [pos for _, _, pos in ops[1:]] + [len(data)]
     for (op, arg, pos), end in zip(ops, ends):
         if op.name == "FRAME":
             continue
-        new = _renamed(arg, renames) if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8") else None
-        if new is not None:
-            raw = new.encode()
-            out += b"X" + len(raw).to_bytes(4, "little") + raw   # BINUNICODE: every protocol >= 1
+        if op.name in _MEMO_PUTS:   # stores the stack's top, pushes nothing
+            memo[len(memo) if op.name == "MEMOIZE" else arg] = pushed[-1] if pushed else None
+            out += data[pos:end]
             continue
-        if op.name == "GLOBAL":
+        module, name = pushed[-2:] if len(pushed) >= 2 else (None, None)   # STACK_GLOBAL's operands
+        moved = _moved_class(module, name, classes) if op.name == "STACK_GLOBAL" else None
+        pushed.append(arg if op.name in _STRINGS else memo.get(arg) if op.name in _MEMO_GETS else None)
+        new = _renamed(arg, modules) if op.name in _STRINGS[:3] else None
+        if new is not None:
+            out += _binunicode(new)
+        elif moved is not None:   # POP POP, the new module and the name, STACK_GLOBAL
+            out += b"00" + _binunicode(moved) + _binunicode(name) + b"\x93"
+        elif op.name == "GLOBAL":
             module, name = arg.split(" ", 1)
-            new = _renamed(module, renames)
-            if new is not None:
-                out += b"c" + f"{new}\n{name}\n".encode()
-                continue
-        out += data[pos:end]
+            new = _moved_class(module, name, classes) or _renamed(module, modules) or module
+            out += b"c" + f"{new}\n{name}\n".encode()
+        else:
+            out += data[pos:end]
     return bytes(out)
 
 
@@ -119,8 +161,6 @@ def _rewrite(fs, path: str, transform) -> None:
 
 def migrate_tune_folder(fs, path: str, renames: dict[str, str]) -> int:
     """Rename modules in a Tune folder's tuner.pkl and experiment states; the files rewritten."""
-    import pyarrow.fs
-
     listing = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
     files = [i for i in listing if i.type == pyarrow.fs.FileType.File and
              (i.base_name == "tuner.pkl" or (i.base_name.startswith("experiment_state-")

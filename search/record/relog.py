@@ -13,7 +13,10 @@ study's decision.json) are re-logged the same way, named and tagged as the live 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+
+import pyarrow.fs
 
 from search.record import study as S
 from search.record.study import CONFIRM
@@ -28,8 +31,6 @@ def relog(study_dir: str | Path, tracking_uri: str, experiment: str | None = Non
     study's checkpoints (tens of GiB for 100 trials) are never opened or copied. `pending`: a
     file of MLflow operations a search could not log (its server was down at the end), replayed
     before the trials' results (tags such as retries and nodes, which the results folder lacks)."""
-    import pyarrow.fs
-
     if filesystem is None and "://" not in str(study_dir):
         study_dir = str(Path(study_dir).resolve())
     fs, path = S.study_fs(study_dir, filesystem)
@@ -46,9 +47,9 @@ def relog(study_dir: str | Path, tracking_uri: str, experiment: str | None = Non
     tags = {**S.study_tags(search, commit), "relogged": "true"}
     max_epochs, base = int(search["max_epochs"]), study["setup"]["base"]
     if pending:   # first: its epochs are new to the store, so none counts as trained twice
-        import json
 
-        from search.record.tracking import MLflowTrialCallback
+        # Ray Tune (the callback's base class, about 1 s) only to replay a pending file
+        from search.record.trial_callback import MLflowTrialCallback
 
         MLflowTrialCallback.replay(tracker, json.loads(Path(pending).read_text()))
     stopped = failed = 0

@@ -15,6 +15,10 @@ import math
 import os
 from pathlib import Path
 
+import plotly.graph_objects as go
+
+from search.record.expected_max import line
+from search.record.summary import robustness_metrics
 from search.record.reference import FUSION, saved_reference
 
 PACKAGES = ("torch", "timm", "ray", "optuna", "mlflow", "numpy", "scikit-learn", "scipy", "plotly")
@@ -63,8 +67,6 @@ def _figures(files: list[Path], front_html: str) -> str:
 def _front_html(full: list[dict]) -> str:
     if not full:
         return ""
-    import plotly.graph_objects as go
-
     fig = go.Figure(go.Scatter(x=[t["val"]["auc"] for t in full], y=[t["val"]["es_auc"] for t in full],
                                mode="markers", text=[t["trial_id"] for t in full]))
     fig.update_layout(title="Full-length search trials (hover: trial id)", xaxis_title="val AUC",
@@ -120,8 +122,6 @@ def _robustness(rob: dict | None) -> list[str]:
     every sample, the samples that lack one, and the other site (--shift-root)."""
     if not rob:
         return []
-    from search.record.summary import robustness_metrics
-
     flat, same = robustness_metrics(rob), rob.get("same_site") or {}
     mods = sorted({k.split("/")[2] for k in flat if k.startswith(("test/missing/", "test/absent/"))})
     rows = [["complete, same site", "", _f(same.get("auc")), _f(same.get("es_auc"))]]
@@ -165,8 +165,6 @@ def render(search: dict, decision: dict, figure_files: list[Path], full: list[di
                          f"{_f(s['es_auc'])} ± {_f(s['es_auc_std'])}"] for k, s in conf.get("stats", {}).items()])]
     sections += _evidence(choice)
     if decision.get("expected_max"):
-        from search.record.expected_max import line
-
         sections.append(f"<h2>Would more trials help?</h2><p>{html.escape(line(decision['expected_max']))} "
                         "(figure expected_max below).</p>")
     if test:

@@ -12,11 +12,13 @@ import json
 import math
 from pathlib import Path
 
-from search.record.space import RANGES, typed
+import pyarrow.fs
+
+from search.record.space import RANGES, hyperparameters, typed
 from trainer.jsonout import dumps
 
 STUDY_FILE = "study.json"
-FORMAT = 3               # study.json's "format": bumped when a pickled module moves (record/migrate.py)
+FORMAT = 4               # study.json's "format": bumped when a pickled module moves (record/migrate.py)
 DECISION_FILE = "decision.json"
 METRIC = "es_auc"        # the plain key ASHA and Optuna read (validation ES-AUC)
 STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}   # others: interrupted -> KILLED
@@ -41,8 +43,6 @@ def trial_id_of(path) -> str:
 
 # -- files ----------------------------------------------------------------------------------
 def _fs(study_dir: str):
-    import pyarrow.fs
-
     if not study_dir.startswith(REMOTE):
         study_dir = str(Path(study_dir).resolve())
     return pyarrow.fs.FileSystem.from_uri(study_dir)
@@ -119,8 +119,6 @@ def local_dir(search: dict) -> Path:
 
 def space_summary(mode: str = "full") -> dict[str, str]:
     """The searched ranges of a training method (search/record/space.py)."""
-    from search.record.space import hyperparameters
-
     return {k: f"[{r.low}, {r.high}]{' log' if r.log else ''}" for k, r in RANGES.items()
             if k in hyperparameters(mode)}
 
@@ -159,8 +157,6 @@ def _text(fs, path: str) -> str:
 
 def trial_statuses(fs, path: str, listing=None) -> dict[str, str]:
     """trial_id -> Tune status, from the newest experiment_state-*.json of a study folder."""
-    import pyarrow.fs
-
     if listing is None:
         listing = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
     states = sorted(i.path for i in listing if i.type == pyarrow.fs.FileType.File
@@ -178,8 +174,6 @@ def read_trials(study_dir, filesystem=None) -> list[dict]:
     per-epoch results, Tune status. Reads only JSON: one listing of the study folder, the newest
     experiment state and each trial's params.json and result.json; checkpoints are never opened
     (a 100-trial study holds tens of GiB of them)."""
-    import pyarrow.fs
-
     fs, path = study_fs(study_dir, filesystem)
     listing = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))   # one level
     statuses = trial_statuses(fs, path, listing)
@@ -200,8 +194,6 @@ def read_trials(study_dir, filesystem=None) -> list[dict]:
 
 
 def is_dir(study_dir, filesystem=None) -> bool:
-    import pyarrow.fs
-
     fs, path = study_fs(study_dir, filesystem)
     return fs.get_file_info(path).type == pyarrow.fs.FileType.Directory
 

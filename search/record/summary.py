@@ -8,6 +8,8 @@ import statistics
 from dataclasses import dataclass, field
 
 from search.record import study
+from search.record.expected_max import line
+from search.record.tracking import ui_hint
 from search.record.reference import FUSION, saved_reference
 
 
@@ -101,8 +103,6 @@ def print_decision(d: dict) -> None:
     if d.get("floors"):
         print("floors (infeasible below): " + ", ".join(f"{k} >= {v:.4f}" for k, v in d["floors"].items()))
     if d.get("expected_max"):
-        from search.record.expected_max import line
-
         print(line(d["expected_max"]))
     conf = d.get("confirmation")
     if conf:
@@ -216,8 +216,6 @@ def _reference_name(evidence: dict) -> str:
 
 
 def print_summary(scfg, o: SearchOutcome) -> None:
-    from search.record.tracking import ui_hint
-
     if o.stopped_stage:
         print(f"\n=== MultiFair study STOPPED in the {o.stopped_stage} stage: no decision, nothing "
               f"registered ===\n{o.stop_message}\n(continue with the same command plus --resume; "

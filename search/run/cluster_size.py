@@ -22,13 +22,21 @@ at a time, and releases the request when the stage ends (it persists otherwise).
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
+import json
 import math
 import os
 import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+import ray
+import yaml
+from ray.autoscaler.sdk import request_resources
+
+from search.run.embedded_ray import is_embedded
 
 UNLIMITED = sys.maxsize
 
@@ -146,10 +154,6 @@ def _count(slots: int) -> str:
 # -- reading the running cluster ------------------------------------------------------------
 def read_capacity(shape: dict) -> Capacity:
     """Capacity of the Ray this driver is attached to (ray.init done)."""
-    import ray
-
-    from search.run.embedded_ray import is_embedded
-
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     present = sum(fits(n.get("Resources", {}), shape) for n in nodes)
     shapes = Counter(f"CPU {n['Resources'].get('CPU', 0):g}, GPU {n['Resources'].get('GPU', 0):g}"
@@ -160,10 +164,10 @@ def read_capacity(shape: dict) -> Capacity:
         return Capacity(present, None, False, "", embedded=True, nodes=summary, gpus=gpus)
     gcs = ray.get_runtime_context().gcs_address
     ceiling, source = None, ""
-    with contextlib.suppress(Exception):   # not every Ray build or platform has it
-        import ray._private.state
+    with contextlib.suppress(Exception):   # not every Ray build or platform has it (nor the imports below)
+        from ray._private.state import state   # not `import ray....`: ray would become a local name
 
-        ceiling = ceiling_from_cluster_config(ray._private.state.state.get_cluster_config(), shape)
+        ceiling = ceiling_from_cluster_config(state.get_cluster_config(), shape)
         source = "Ray's cluster config" if ceiling is not None else ""
     if ceiling is None:
         path, config = monitor_config(gcs)
@@ -178,8 +182,6 @@ def autoscaler_running(gcs_address: str) -> bool:
     runs a monitor that writes its status to the GCS; without an autoscaling config it is
     read-only (it names each node's type after the node itself: `node_<id>`) and adds nothing.
     The v2 autoscaler reports an autoscaling state instead."""
-    import json
-
     with contextlib.suppress(Exception):
         from ray._private import ray_constants
         from ray.autoscaler._private.util import format_readonly_node_type
@@ -200,8 +202,6 @@ def monitor_config(gcs_address: str) -> tuple[Path | None, dict | None]:
     """The autoscaling config file of this cluster's autoscaler monitor if it runs on this host
     (the head): found by its command line (`monitor.py --gcs-address=<this cluster>
     --autoscaling-config=PATH`)."""
-    import yaml
-
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
@@ -244,27 +244,17 @@ def request(scfg, slots: int) -> None:
     bypassing its upscaling_speed), until `release()`, a new request, or this driver's exit (an
     atexit hook; a SIGKILLed driver leaves the request standing until the next search or
     `ray.autoscaler.sdk.request_resources(bundles=[])`). A no-op on an embedded Ray."""
-    from search.run.embedded_ray import is_embedded
-
     if is_embedded() or slots <= 0:
         return
-    from ray.autoscaler.sdk import request_resources
-
     request_resources(bundles=[bundle(scfg.cpus_per_trial, scfg.gpus_per_trial)] * slots)
     if not _atexit:
-        import atexit
-
         _atexit.append(atexit.register(release))
 
 
 def release() -> None:
     """Withdraw the request (the request persists in the GCS otherwise: idle nodes would stay)."""
-    import ray
-
     if _atexit and ray.is_initialized():
         with contextlib.suppress(Exception):   # Ray already gone: nothing left to release
-            from ray.autoscaler.sdk import request_resources
-
             request_resources(bundles=[])
 
 

@@ -39,8 +39,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs
+import ray
+from filelock import FileLock, Timeout
 
-from trainer.data import shards
+from search.run.embedded_ray import init_local_ray
+from trainer.config import make_config
+from trainer.data import LAYOUTS, audit, prepare, shards
+from trainer.data.cache import cache_root, preprocess_file, tokenize
+from trainer.data.common import MODALITY_KEYS, SPLITS, DataError
 
 PULL_TIMEOUT_VAR = "MULTIFAIR_PULL_TIMEOUT_S"
 PULL_TIMEOUT_S = 1800.0   # a node pulling ~11 GB of paper-size shards at >= 10 MB/s
@@ -55,8 +62,6 @@ def is_remote(uri: str) -> bool:
 
 def filesystem(uri: str):
     """(pyarrow filesystem, path inside it) of a local path or a URI."""
-    import pyarrow.fs
-
     if not is_remote(uri):
         local = str(uri).removeprefix("file://")
         return pyarrow.fs.LocalFileSystem(), str(Path(local).expanduser().resolve())
@@ -86,8 +91,6 @@ def _write(fs, path: str, data: bytes) -> None:
 
 
 def _exists(fs, path: str) -> bool:
-    import pyarrow.fs
-
     return fs.get_file_info(path).type == pyarrow.fs.FileType.File
 
 
@@ -96,8 +99,6 @@ def _exists(fs, path: str) -> bool:
 def list_raw(root: str, layout) -> dict[str, tuple[str, list[tuple[str, int, int]]]]:
     """{split: (folder URI, [(npz name, size, mtime ns)] sorted)} of a data root, local or
     remote, found as trainer.data.common.Layout finds them (subdir, split folder spellings)."""
-    from trainer.data.common import DataError
-
     try:
         return _list_raw(root, layout)
     except OSError as exc:   # unreachable endpoint, no credentials, no such bucket: one line
@@ -106,10 +107,6 @@ def list_raw(root: str, layout) -> dict[str, tuple[str, list[tuple[str, int, int
 
 
 def _list_raw(root: str, layout) -> dict:
-    import pyarrow.fs
-
-    from trainer.data.common import SPLITS, DataError
-
     fs, top = filesystem(root)
     base = top
     if fs.get_file_info(base).type != pyarrow.fs.FileType.Directory:
@@ -154,10 +151,6 @@ def _prepare_shard(cfg, folder: str, names: list[str], split: str, index: int, t
     """One Ray task: download, audit and preprocess `names` (consecutive files of one split),
     write the shard's .npy files under `target`. Returns their manifest entries and the small
     per-sample arrays, or {"defects": [...]} (nothing written) when a file is defective."""
-    from trainer.data import LAYOUTS
-    from trainer.data.cache import preprocess_file, tokenize
-    from trainer.data.common import DataError
-
     cpu = time.process_time()   # this worker's CPU seconds: the per-core cost, whatever the load
     layout, modalities = LAYOUTS[cfg.dataset], list(cfg.resolved_modalities())
     images = [m for m in modalities if m in shards.IMAGE_MODALITIES]
@@ -191,6 +184,7 @@ def _prepare_shard(cfg, folder: str, names: list[str], split: str, index: int, t
     parts = {}
     for m in modalities:
         if m == "note":   # the local cache's tokenisation, per shard (each row is its own)
+            # transformers loads only for a note modality (the tokenizer), as in the trainer
             from trainer.data.tokenizer import note_tokenizer
 
             array = tokenize([r["note"] for r in rows], note_tokenizer(cfg), cfg.note_max_length)
@@ -211,10 +205,6 @@ def prepare_on_cluster(cfg, out: str, log=print,
     process is connected to. Returns {"uri": manifest URI, "sha256": manifest hash, "reused",
     "samples", "seconds", "cpus", "task_cpu_s"}; raises trainer.data.DataError or
     audit.AuditError on bad data."""
-    import ray
-
-    from trainer.data import LAYOUTS, audit
-
     started = time.perf_counter()
     layout = LAYOUTS[cfg.dataset]
     params = shards.params(cfg, layout.name, shard_samples)
@@ -255,9 +245,6 @@ def prepare_on_cluster(cfg, out: str, log=print,
 
 def _assemble(cfg, fs, path: str, listing: dict, results: dict, params: dict) -> dict:
     """Per-split meta files written; duplicates refused as the local cache does; the manifest."""
-    from trainer.data import audit
-    from trainer.data.common import MODALITY_KEYS
-
     splits, metas, hashes, rgb = {}, {}, {}, 0
     for split, res in results.items():
         small = {k: np.concatenate([r["small"][k] for r in res]) for k in res[0]["small"]}
@@ -297,10 +284,6 @@ def pull(manifest_uri: str, dest_root, images: bool = True, timeout_s: float | N
     """The prepared data at `manifest_uri` in a local folder under dest_root/prepared/, copied
     once per node (the image shards only if `images`; the driver needs only the meta files),
     every file checked against the manifest's sha256. Concurrent callers wait on a file lock."""
-    from filelock import FileLock, Timeout
-
-    from trainer.data.common import DataError
-
     fs, path = filesystem(manifest_uri)
     try:
         data = _read(fs, path)
@@ -327,8 +310,6 @@ def pull(manifest_uri: str, dest_root, images: bool = True, timeout_s: float | N
 
 
 def _download(fs, base: str, manifest: dict, data: bytes, local: Path, images: bool) -> None:
-    from trainer.data.common import DataError
-
     tmp = local.with_name(f"{local.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -367,9 +348,6 @@ def for_search(scfg, cfg) -> dict:
     <storage path>/prepared-data, then the trainer's checks and the dataset card from the meta
     files alone (the driver pulls no image). Returns trainer.data.prepare's summary plus
     "prepared": {"uri", "sha256"} for the trials' setup."""
-    from trainer.data import prepare
-    from trainer.data.cache import cache_root
-
     job = prepare_on_cluster(cfg, join(scfg.storage_path, "prepared-data"))
     summary = prepare(cfg, prepared=pull(job["uri"], cache_root(cfg), images=False))
     return {**summary, "prepared": {"uri": job["uri"], "sha256": job["sha256"]}}
@@ -377,17 +355,10 @@ def for_search(scfg, cfg) -> dict:
 
 def local_folder(cfg, prepared: dict) -> Path:
     """A trial's step: this node's copy of the prepared data (pulled by the first trial)."""
-    from trainer.data.cache import cache_root
-
     return pull(prepared["uri"], cache_root(cfg))
 
 
 def main(argv=None) -> int:
-    import ray
-
-    from trainer.config import make_config
-    from trainer.data.common import DataError
-
     p = argparse.ArgumentParser(description="Prepare a released dataset once, on the Ray cluster")
     p.add_argument("--dataset", required=True, choices=["fairvision", "fairvlmed"])
     p.add_argument("--data-root", required=True, help="local path or s3://bucket/prefix?options")
@@ -401,8 +372,6 @@ def main(argv=None) -> int:
     try:
         cfg = make_config(a.dataset, "gender", preset=a.preset, sets=a.sets, data_root=a.data_root)
         if a.local:
-            from search.run.embedded_ray import init_local_ray
-
             init_local_ray(a.local)
         else:
             ray.init()

@@ -18,6 +18,9 @@ from __future__ import annotations
 import contextlib
 import os
 
+import ray
+import ray._private.ray_constants as constants
+
 LOOPBACK = "127.0.0.1"
 SINGLE_MACHINE_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 AUTH_VAR = "RAY_AUTH_MODE"
@@ -26,8 +29,6 @@ _started: dict = {}   # the GCS address of the Ray this process started (search/
 
 @contextlib.contextmanager
 def _single_machine_mode():
-    import ray._private.ray_constants as constants   # imported already when ray is
-
     saved = os.environ.get(SINGLE_MACHINE_VAR)
     saved_flag = constants.ENABLE_RAY_CLUSTER
     os.environ[SINGLE_MACHINE_VAR] = "0"
@@ -48,8 +49,6 @@ def _restore(key: str, value: str | None) -> None:
 
 def init_local_ray(num_cpus: int | None = None, num_gpus: int | None = None, **kwargs):
     """ray.init of a new one-machine Ray, every socket on 127.0.0.1, no dashboard."""
-    import ray
-
     kwargs.setdefault("include_dashboard", False)
     if num_gpus is not None:
         kwargs["num_gpus"] = num_gpus
@@ -62,16 +61,12 @@ def init_local_ray(num_cpus: int | None = None, num_gpus: int | None = None, **k
 def is_embedded() -> bool:
     """Whether the Ray this process is connected to is one it started here: nothing can join it
     (no autoscaler, no other machine)."""
-    import ray
-
     return ray.is_initialized() and _started.get("gcs") == ray.get_runtime_context().gcs_address
 
 
 @contextlib.contextmanager
 def local_ray(num_cpus: int | None = None, num_gpus: int | None = None, **kwargs):
     """`with local_ray(2): ...`: init_local_ray, then ray.shutdown and RAY_AUTH_MODE restored."""
-    import ray
-
     saved_auth = os.environ.get(AUTH_VAR)
     init_local_ray(num_cpus, num_gpus, **kwargs)
     try:

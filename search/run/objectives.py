@@ -28,10 +28,16 @@ from __future__ import annotations
 
 import math
 
+import optuna
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from search.record.reference import reference_of
 from search.record.study import METRIC
+from search.run import warm_start
+from search.run.mo_asha import MOASHAScheduler
+from search.run.remote import data_of, datasets, run
+from trainer.config import DEFAULT_MODALITIES
 
 OBJECTIVES = ("es_auc", "pareto", "constrained")
 STOP_METRIC = METRIC   # what the schedulers stop on (search.record.study.METRIC)
@@ -63,8 +69,6 @@ def metric_key(name: str, modalities) -> str:
 
 def study_modalities(scfg) -> tuple[str, ...]:
     """The trials' modalities: `--set modalities=a,b` or the dataset's default."""
-    from trainer.config import DEFAULT_MODALITIES
-
     for item in reversed(scfg.sets):
         key, _, value = item.partition("=")
         if key.strip() == "modalities" and value.strip():
@@ -144,8 +148,6 @@ class ConstrainedOptunaSearch(WarmOptunaSearch):
 
 
 def make_searcher(scfg, auc_floor: float | None = None) -> OptunaSearch:
-    import optuna
-
     if scfg.searcher == "random":
         sampler = optuna.samplers.RandomSampler(seed=scfg.seed)
     else:
@@ -153,8 +155,6 @@ def make_searcher(scfg, auc_floor: float | None = None) -> OptunaSearch:
     start = [dict(scfg.baseline)]     # the paper's point is evaluated first
     warm = []
     if scfg.warm_start:
-        from search.run import warm_start
-
         warm = warm_start.optuna_trials(warm_start.load(scfg), scfg.mode, scfg.objective, auc_floor)
     limits = floors(scfg, auc_floor)
     kind, extra = ((ConstrainedOptunaSearch, {"floors": limits, "auc_floor": limits.get("auc")}) if limits
@@ -167,10 +167,6 @@ def make_searcher(scfg, auc_floor: float | None = None) -> OptunaSearch:
 
 
 def make_scheduler(scfg):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    from search.run.mo_asha import MOASHAScheduler
-
     if scfg.scheduler == "none":
         return FIFOScheduler()
     # time = the trainer's epoch, not Tune's report count: a trial resumed from an older checkpoint
@@ -199,18 +195,16 @@ def reference_auc(cfg, scfg=None, setup: dict | None = None) -> float:
     under the request the study made for the search's nodes. Without `scfg`, here."""
     if scfg is None:
         return reference_fit(cfg)
-    from search.run.remote import data_of, run
 
     return run(scfg, "reference fit", reference_fit, cfg, data_of(setup), reserve=False)
 
 
 def reference_fit(cfg, data: dict | None = None) -> float:
     """The reference fit itself (in the task): the validation AUC only comes back."""
+    # the model code loads in the task, on a trial node: the driver imports this module without it
     from trainer.loop import fit
 
     cfg = cfg.replace(mode=reference_of(cfg.mode).mode, evaluate_test=False)
     if data is not None:
-        from search.run.remote import datasets
-
         return float(fit(cfg, progress=False, datasets=datasets(cfg, data))["val"]["auc"])
     return float(fit(cfg, progress=False)["val"]["auc"])

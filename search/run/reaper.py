@@ -16,14 +16,17 @@ import subprocess
 import sys
 import time
 
+try:   # optional: without it the driver warns and starts no watchdog
+    import psutil
+except ImportError:
+    psutil = None
+
 GRACE_S = 3.0   # after the driver is gone, let Ray's own shutdown go first
 
 
 def reap_ray_on_exit() -> subprocess.Popen | None:
     """Start the watchdog for this process (call before ray.init)."""
-    try:
-        import psutil  # noqa: F401
-    except ImportError:   # the watchdog needs psutil; without it, warn and go on
+    if psutil is None:   # the watchdog needs psutil; without it, warn and go on
         print("[search] psutil missing: a killed driver may leave Ray agents running", file=sys.stderr)
         return None
     return subprocess.Popen([sys.executable, os.path.abspath(__file__), str(os.getpid())],
@@ -32,8 +35,6 @@ def reap_ray_on_exit() -> subprocess.Popen | None:
 
 
 def _watch(driver_pid: int, interval: float = 1.0) -> list[int]:
-    import psutil
-
     try:
         driver = psutil.Process(driver_pid)
     except psutil.NoSuchProcess:
@@ -56,8 +57,6 @@ def _watch(driver_pid: int, interval: float = 1.0) -> list[int]:
 def kill_recorded(seen: dict[int, float]) -> list[int]:
     """SIGKILL each recorded process still running (pid -> create_time: a reused pid is not
     the same process and is left alone) and wait until they are gone; returns the pids killed."""
-    import psutil
-
     killed = []
     for pid, created in seen.items():
         try:

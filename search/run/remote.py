@@ -20,6 +20,11 @@ from __future__ import annotations
 import os
 import time
 
+import ray
+
+from search.run.cluster_size import reserved
+from search.run.trainable import datasets_for, match_threads_to_cpus
+
 ran: list[dict] = []   # this driver's tasks: what, node id, worker pid, seconds (tests, logs)
 
 
@@ -32,28 +37,18 @@ def data_of(setup: dict | None) -> dict:
 
 def datasets(cfg, data: dict | None) -> dict:
     """The splits of cfg's data on this node, through the trials' path (in a task)."""
-    from search.run.trainable import datasets_for
-
     data = data or {}
     return datasets_for(cfg, data.get("synthetic"), data.get("prepared"))
 
 
 def _call(fn, args, kwargs):
     """The task's body: torch threads = the task's CPUs (as a trial's), then fn."""
-    import ray
-
-    from search.run.trainable import _match_threads_to_cpus
-
-    _match_threads_to_cpus()
+    match_threads_to_cpus()
     return ray.get_runtime_context().get_node_id(), os.getpid(), fn(*args, **kwargs)
 
 
 def run(scfg, what: str, fn, *args, reserve: bool = True, **kwargs):
     """fn(*args, **kwargs) as a Ray task with one trial's resources; its (small) result."""
-    import ray
-
-    from search.run.cluster_size import reserved
-
     task = ray.remote(_call).options(num_cpus=scfg.cpus_per_trial, num_gpus=scfg.gpus_per_trial,
                                      max_retries=2,   # a lost node: the task runs again elsewhere
                                      name=f"multifair-{what.replace(' ', '-')}")

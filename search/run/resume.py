@@ -15,16 +15,19 @@ from __future__ import annotations
 import json
 import posixpath
 
+import pyarrow.fs
+from ray import tune
+from ray.train._internal.session import _TrainingResult
+from ray.tune.utils.serialization import TuneFunctionEncoder, _loads_with_cloudpickle
+
+from search.run.trainable import newest_checkpoint
+
 
 def _exists(fs, path: str) -> bool:
-    import pyarrow.fs
-
     return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
 
 def _newest_state(fs, path: str) -> str | None:
-    import pyarrow.fs
-
     infos = fs.get_file_info(pyarrow.fs.FileSelector(path))
     states = sorted(i.path for i in infos if posixpath.basename(i.path).startswith("experiment_state-")
                     and i.path.endswith(".json"))
@@ -33,9 +36,6 @@ def _newest_state(fs, path: str) -> str | None:
 
 def _repair(manager) -> bool:
     """Point a trial's checkpoint manager at checkpoints that exist; True if it changed."""
-    from ray import tune
-    from ray.train._internal.session import _TrainingResult
-
     latest = manager.latest_checkpoint_result if manager else None
     if latest is None or latest.checkpoint is None:
         return False
@@ -43,8 +43,6 @@ def _repair(manager) -> bool:
     if _exists(fs, path):
         return False
     kept = [r for r in manager._checkpoint_results if r.checkpoint and _exists(fs, r.checkpoint.path)]
-    from search.run.trainable import newest_checkpoint
-
     newest, _ = newest_checkpoint(latest.checkpoint, need_state=False)   # complete folders only
     found = newest.path if newest is not None else None
     replacement = None
@@ -59,9 +57,6 @@ def _repair(manager) -> bool:
 
 def repair_stale_checkpoints(study_dir: str) -> list[str]:
     """Fix the newest snapshot of `study_dir` in place; returns the trial ids repaired."""
-    import pyarrow.fs
-    from ray.tune.utils.serialization import TuneFunctionEncoder, _loads_with_cloudpickle
-
     fs, path = pyarrow.fs.FileSystem.from_uri(study_dir)
     newest = _newest_state(fs, path)
     if newest is None:

@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import time
 
+from search.record import study
+from search.record.migrate import migrate_study
+from search.record.space import param_space
+from search.record.tracking import git_commit
+from search.record.trial_callback import MLflowTrialCallback
+from search.run import objectives
+from search.run.cluster_size import reserved, trial_concurrency
+from search.run.progress import ProgressCallback
+from search.run.resume import repair_stale_checkpoints
+from search.run.storage import ResumeStatePruner
+from search.run.tuning import make_tuner, tracking_callback
+
 
 def max_concurrent(scfg) -> int:
     """Trials at once: --max-concurrent, else what the cluster can become (search/run/cluster_size.py)."""
-    from search.run.cluster_size import trial_concurrency
-
     return trial_concurrency(scfg, scfg.num_samples)
 
 
@@ -17,27 +27,18 @@ def search(scfg, setup: dict, tracker, auc_floor, timings: dict | None = None):
     """The Optuna/ASHA Tune run (new or resumed); returns Tune's ResultGrid and the tracker
     (a resumed study's own). `timings` receives the MLflow callback's seconds and when each trial
     was started (benchmarks/search_vs_optuna.py)."""
-    from search.record import study
-    from search.run.tuning import make_tuner, tracking_callback
-
     if scfg.resume:
         print(f"[search] resuming {scfg.study_dir}", flush=True)
-        from search.record.migrate import migrate_study
-
         old = migrate_study(scfg.storage_path, scfg.name)   # before Tune unpickles any module name
         if old is not None:
             print(f"[search] resume: study format {old} migrated to the current one "
                   "(pickled module names rewritten once)", flush=True)
-        from search.run.resume import repair_stale_checkpoints
-
         repair_stale_checkpoints(scfg.study_dir)   # a killed driver's snapshot can lag its trials
         tuner = make_tuner(scfg, setup, scfg.name, restore=True)
         callback = tracking_callback(tuner)   # the study's own tracker (same store, same parent run)
         tracker = callback.tracker if callback else tracker
     clock = time.perf_counter()
     if tracker is not None:
-        from search.record.tracking import git_commit
-
         tracker.start_study(tags=study.study_tags(scfg.to_dict(), git_commit()),
                             params=study.study_params(scfg.to_dict()))
         tracker.log_card(setup["card_path"])   # the dataset card: aggregate counts only
@@ -45,7 +46,6 @@ def search(scfg, setup: dict, tracker, auc_floor, timings: dict | None = None):
               f"parent run {tracker.parent_run_id}", flush=True)
     if timings is not None:
         timings["mlflow_start_s"] = time.perf_counter() - clock   # store, experiment, parent run
-    from search.run.cluster_size import reserved
 
     slots = max_concurrent(scfg)
     if not scfg.resume:
@@ -65,8 +65,6 @@ def search(scfg, setup: dict, tracker, auc_floor, timings: dict | None = None):
                   f"driver's last snapshot; their MLflow runs are marked lost_at_driver_restart",
                   flush=True)
     if timings is not None:
-        from search.run.progress import ProgressCallback
-
         for cb in tuner._local_tuner.get_run_config().callbacks or []:
             if isinstance(cb, ProgressCallback):
                 timings["trial_started"], timings["trial_ended"] = dict(cb.started), dict(cb.ended)
@@ -76,14 +74,6 @@ def search(scfg, setup: dict, tracker, auc_floor, timings: dict | None = None):
 
 
 def new_tuner(scfg, setup, tracker, auc_floor, slots: int):
-    from search.run import objectives
-    from search.record import study
-    from search.run.progress import ProgressCallback
-    from search.record.space import param_space
-    from search.run.storage import ResumeStatePruner
-    from search.record.tracking import MLflowTrialCallback, git_commit
-    from search.run.tuning import make_tuner
-
     callbacks = [ProgressCallback(scfg.max_epochs), ResumeStatePruner()]   # ended trials: best model only
     if tracker is not None:
         tags = study.study_tags(scfg.to_dict(), git_commit())

@@ -22,14 +22,16 @@ import posixpath
 import sys
 from pathlib import Path
 
+import pyarrow.fs
 from ray.tune import Callback
+from ray.tune.experiment import Trial
 
+from search.record.study import is_dir, trial_statuses
 from trainer.checkpoint import MANIFEST, STATE_FILE
+from trainer.jsonout import dumps
 
 
 def _folders(fs, trial_path: str) -> list[str]:
-    import pyarrow.fs
-
     listing = fs.get_file_info(pyarrow.fs.FileSelector(trial_path, allow_not_found=True))
     return sorted(i.path for i in listing if i.type == pyarrow.fs.FileType.Directory
                   and i.base_name.startswith("checkpoint_"))
@@ -38,8 +40,6 @@ def _folders(fs, trial_path: str) -> list[str]:
 def prune_resume_state(fs, trial_path: str) -> int:
     """Delete the exact-resume state of every checkpoint folder of one ended trial, keeping its
     best model; returns the bytes freed. Idempotent; nothing where storage cannot be listed."""
-    import pyarrow.fs
-
     freed = 0
     try:
         folders = _folders(fs, trial_path)
@@ -58,7 +58,6 @@ def prune_resume_state(fs, trial_path: str) -> int:
                 manifest["resume"] = False
                 manifest.get("files", {}).pop(STATE_FILE, None)
                 manifest["deleted"] = {STATE_FILE: info.size}   # why a resume epoch holds none
-                from trainer.jsonout import dumps
 
                 tmp = manifest_path + ".tmp"   # first, and whole: the folder stays complete
                 with fs.open_output_stream(tmp) as f:
@@ -71,8 +70,6 @@ def prune_resume_state(fs, trial_path: str) -> int:
 
 def stored_bytes(fs, path: str) -> dict[str, int]:
     """{"state": bytes of exact-resume state files, "total": every file} under `path`."""
-    import pyarrow.fs
-
     infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True, allow_not_found=True))
     files = [i for i in infos if i.type == pyarrow.fs.FileType.File]
     return {"state": sum(i.size for i in files if i.base_name == STATE_FILE),
@@ -107,7 +104,6 @@ class ResumeStatePruner(Callback):
     def on_experiment_end(self, trials, **info):
         # again once every actor is gone: a stopped trial's worker can still upload the epoch it
         # was training when the stop came
-        from ray.tune.experiment import Trial
 
         for trial in trials:
             if trial.status == Trial.TERMINATED:
@@ -117,10 +113,6 @@ class ResumeStatePruner(Callback):
 def prune_study(study_dir: str) -> int:
     """Prune every TERMINATED trial of a study folder (Tune's newest experiment state says
     which); returns the bytes freed. ERROR'd and unfinished trials keep their state."""
-    import pyarrow.fs
-
-    from search.record.study import trial_statuses
-
     fs, path = pyarrow.fs.FileSystem.from_uri(study_dir)
     freed = 0
     for trial_id, status in trial_statuses(fs, path).items():
@@ -134,7 +126,6 @@ def main(argv=None) -> int:
     p.add_argument("--results", required=True, help="the study folder, local or s3://...")
     a = p.parse_args(argv)
     study = a.results if "://" in a.results else str(Path(a.results).resolve())
-    from search.record.study import is_dir
 
     if not is_dir(study):
         print(f"error: --results {a.results} is not a study folder", file=sys.stderr)

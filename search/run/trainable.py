@@ -10,15 +10,29 @@ through tune.with_parameters as `setup`: "base" (the fixed TrainConfig as a dict
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import posixpath
+import signal
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+import pyarrow.fs
+import ray
+import torch
+from filelock import FileLock
+from ray import tune
+
 from search.record.space import typed
 from search.record.study import METRIC  # noqa: F401  (owned by search.record.study; an alias for old importers)
+from search.run.dataprep import local_folder
+from trainer.checkpoint import MANIFEST, complete, resumable, write_snapshot
+from trainer.config import config_from_dict
+from trainer.data import build_datasets, prepare
+from trainer.data.synthetic import synthesize
 
 
 def trial_dirname(trial) -> str:
@@ -45,8 +59,6 @@ def resolve(config: dict, setup: dict) -> dict:
 def trial_config(config: dict, base: dict):
     """The TrainConfig of a trial: fixed base + the mode's hyperparameters (+ mode and seed in the
     confirmation stage), test split untouched."""
-    from trainer.config import config_from_dict
-
     base = dict(base)
     base.update({k: config[k] for k in ("mode", "seed", "resplit_folds", "resplit_fold") if k in config})
     base.update(typed(config))     # integer knobs stay ints (a TrainConfig int field)
@@ -57,13 +69,7 @@ def trial_config(config: dict, base: dict):
 def ensure_data(cfg, synthetic: dict | None) -> None:
     """Regenerate the generated dataset on this node if absent, then build the cache (cheap when
     built; the trainer's cache is locked and idempotent)."""
-    from filelock import FileLock
-
-    from trainer.data import prepare
-
     if synthetic and not Path(cfg.data_root).exists():
-        from trainer.data.synthetic import synthesize
-
         Path(cfg.data_root).parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(cfg.data_root) + ".lock"):
             if not Path(cfg.data_root).exists():
@@ -87,12 +93,8 @@ def datasets_for(cfg, synthetic: dict | None, prepared: dict | None = None) -> d
     shards once and never reads the raw files."""
     key = (*((name, str(getattr(cfg, name))) for name in DATA_FIELDS), str(prepared))
     if key not in _DATASETS:
-        from trainer.data import build_datasets
-
         folder = None
         if prepared:
-            from search.run.dataprep import local_folder
-
             folder = local_folder(cfg, prepared)
         else:
             ensure_data(cfg, synthetic)
@@ -105,6 +107,7 @@ def preimport() -> None:
     """Ray's worker_process_setup_hook for the embedded Ray: every worker imports the trainer and
     timm (torch, torchvision: seconds on a laptop, the first model build otherwise) when it
     starts, before a trial reaches it. transformers stays lazy: only note models need it."""
+    # importing them is this hook's work: the driver imports this module without the model code
     import timm  # noqa: F401
 
     import trainer.loop  # noqa: F401
@@ -116,14 +119,11 @@ def _history_metrics(entry: dict) -> dict:
     return {**flat, "es_auc": flat["val/es_auc"], "auc": flat["val/auc"]}
 
 
-def _match_threads_to_cpus() -> None:
+def match_threads_to_cpus() -> None:
     """torch's intra-op threads = this trial's CPUs. Ray sets OMP_NUM_THREADS for the trial's
     actor, but a worker that imported torch earlier (preimport, a reused worker) keeps the pool
     it started with: measured here, two 1-CPU trials whose torch ran 2 threads each on 2 cores
     trained 4x slower per epoch (oversubscribed OpenMP threads spin)."""
-    import ray
-    import torch
-
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     threads = max(1, int(cpus))
     if torch.get_num_threads() != threads:
@@ -177,13 +177,6 @@ def complete_checkpoints(checkpoint):
     cut off mid-upload is skipped. Nothing where storage cannot be listed."""
     if checkpoint is None:
         return
-    import posixpath
-
-    import pyarrow.fs
-    from ray import tune
-
-    from trainer.checkpoint import MANIFEST, complete
-
     fs = checkpoint.filesystem
     parent = posixpath.dirname(checkpoint.path.rstrip("/"))
     try:
@@ -210,8 +203,6 @@ def newest_checkpoint(checkpoint, need_state: bool = True):
     one Tune restores (a SIGKILLed driver's last experiment snapshot, written at most every
     TUNE_GLOBAL_CHECKPOINT_S, can lag the trial by epochs) or older (Tune's newest may hold the
     best model only: trainer/checkpoint.py)."""
-    from trainer.checkpoint import resumable
-
     return next(((c, m) for c, m in complete_checkpoints(checkpoint)
                  if resumable(m) or not need_state), (None, None))
 
@@ -255,10 +246,6 @@ class BackgroundReporter:
         self._thread.start()
 
     def _run(self, metrics: dict, snap) -> None:
-        from ray import tune
-
-        from trainer.checkpoint import write_snapshot
-
         started = time.perf_counter()
         try:
             with tempfile.TemporaryDirectory(prefix="multifair-ckpt-") as tmp:
@@ -297,14 +284,13 @@ class BackgroundReporter:
 def train_trial(config: dict, setup: dict) -> None:
     """The Tune function trainable (wrapped with tune.with_parameters(train_trial, setup=...))."""
     entered = time.time()
-    import ray
-    from ray import tune
-
     started = time.perf_counter()
-    from trainer.loop import fit   # 0 s in a worker that has it imported (preimport, reuse)
+    # the model code loads on the worker, timed (cost/import_s): 0 s in a worker that has it
+    # imported (preimport, reuse); the driver imports this module without it
+    from trainer.loop import fit
 
     imported = time.perf_counter()
-    _match_threads_to_cpus()
+    match_threads_to_cpus()
     # Tune waits this long for a stopped trial's thread before it reuses the worker, 2 s by
     # default, and fails the NEXT trial when the thread is still running. With reports sent from
     # a second thread, a stop can come while this thread evaluates an epoch (no step boundary to
@@ -312,7 +298,6 @@ def train_trial(config: dict, setup: dict) -> None:
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(THREAD_TIMEOUT_S))
     # Ray Train logs "Checkpoint successfully created at ..." per report at INFO; forwarded to
     # the driver, these lines trail the closing summary and say nothing the results folder doesn't
-    import logging
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     config = resolve(config, setup)
     cfg = trial_config(config, setup["base"])
@@ -353,8 +338,6 @@ def train_trial(config: dict, setup: dict) -> None:
             # Test hook: the worker dies as an OOM kill would, after training this epoch and before
             # reporting it; Tune retries the trial on a new worker, which resumes from the
             # previous epoch's checkpoint.
-            import signal
-
             os.kill(os.getpid(), signal.SIGKILL)
         first = "attempt_start_epoch" not in attempt   # this attempt's first report
         key = "cost/first_epoch_s" if first else "cost/epoch_s"
@@ -375,8 +358,6 @@ def train_trial(config: dict, setup: dict) -> None:
         if report.epoch >= cfg.epochs:
             reporter.wait()   # the last report: the trial ends only once Tune has it
         clock["last"], clock["epoch"] = time.perf_counter(), report.epoch
-
-    from trainer.checkpoint import resumable
 
     found = list(complete_checkpoints(tune.get_checkpoint()))   # newest first, one listing
     latest = found[0][1] if found else None

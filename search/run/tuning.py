@@ -6,13 +6,15 @@ trainable (search.run.trainable.train_trial) and the callbacks keep their module
 resume."""
 from __future__ import annotations
 
+from ray import tune
+
+from search.record.study import stage_path
+from search.record.trial_callback import MLflowTrialCallback
+from search.run.trainable import train_trial, trial_dirname
+
 
 def trainable_of(scfg, setup: dict):
     """train_trial with the trial constants and one trial's resources (--cpus/--gpus-per-trial)."""
-    from ray import tune
-
-    from search.run.trainable import train_trial
-
     return tune.with_resources(tune.with_parameters(train_trial, setup=setup),
                                {"cpu": scfg.cpus_per_trial, "gpu": scfg.gpus_per_trial})
 
@@ -22,11 +24,6 @@ def make_tuner(scfg, setup: dict, name: str, *, restore: bool, slots: int = 1, p
     """A Tuner for the Tune run `<storage-path>/<name>`: restored (errored trials retried) when
     `restore`, else new with `param_space`, `callbacks` and TuneConfig(**tune_config) (metric,
     mode, searcher, scheduler, num_samples) at `slots` concurrent trials."""
-    from ray import tune
-
-    from search.record.study import stage_path
-    from search.run.trainable import trial_dirname
-
     trainable = trainable_of(scfg, setup)
     if restore:
         return tune.Tuner.restore(stage_path(scfg.storage_path, name), trainable, resume_errored=True)
@@ -46,8 +43,6 @@ def make_tuner(scfg, setup: dict, name: str, *, restore: bool, slots: int = 1, p
 def tracking_callback(tuner):
     """The Tuner's MLflowTrialCallback (a restored Tuner's: it holds the study's own tracker and
     the run ids of the trials it logged), or None."""
-    from search.record.tracking import MLflowTrialCallback
-
     for cb in tuner._local_tuner.get_run_config().callbacks or []:
         if isinstance(cb, MLflowTrialCallback):
             return cb

@@ -21,7 +21,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from search.record.space import RANGES, hyperparameters
+import optuna
+
+from search.record.space import RANGES, hyperparameters, optuna_distributions
+from search.record.study import read_study, read_trials
+from search.record.tracking import default_tracking_uri
 
 MULTI = ("pareto",)          # objectives whose Optuna study has two values (auc, es_auc)
 
@@ -63,8 +67,6 @@ def load(scfg) -> list[dict]:
 
 
 def _from_study(study_dir: str):
-    from search.record.study import read_study, read_trials
-
     if study_dir.startswith(("s3://", "gs://")):
         raise ValueError(f"--warm-start {study_dir}: give a local study folder or an MLflow "
                          "experiment name (object storage is read by the search, not yet here)")
@@ -82,9 +84,9 @@ def _from_study(study_dir: str):
 
 
 def _from_mlflow(scfg, experiment: str):
+    # mlflow (about 1.5 s) only for an experiment: the search imports this module before it
+    # opens MLflow in a thread while Ray starts (runner.prepare_study)
     from mlflow import MlflowClient
-
-    from search.record.tracking import default_tracking_uri
 
     uri = scfg.tracking_uri or default_tracking_uri(scfg.results_dir)
     client = MlflowClient(uri)
@@ -113,10 +115,6 @@ def _num(v) -> float:
 def optuna_trials(warm: list[dict], mode: str, objective: str, auc_floor: float | None = None) -> list:
     """The earlier trials as Optuna FrozenTrials for `study.add_trials` (with the constrained
     objective's constraint, computed against THIS search's floor)."""
-    import optuna
-
-    from search.record.space import optuna_distributions
-
     dists = optuna_distributions(hyperparameters(mode))
     out = []
     for t in warm:

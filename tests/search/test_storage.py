@@ -3,7 +3,6 @@ relog reads only JSON, a new sqlite store opened by two processes at once, MLflo
 Tune's loop (the server-outage test is tests/search/test_mlflow_outage.py), and a FairVLMed
 search through registration."""
 import json
-import os
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.search.conftest import REPO, subprocess_env
+from tests.search.conftest import subprocess_env
 from tests.search.test_tracking import free_port
 
 
@@ -218,7 +217,8 @@ def test_operations_queued_while_mlflow_is_down_are_written_out_and_replayed(tmp
 
     from mlflow import MlflowClient
 
-    from search.record.tracking import MLflowTrialCallback, StudyTracker
+    from search.record.tracking import StudyTracker
+    from search.record.trial_callback import MLflowTrialCallback
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")   # fail fast; the queue retries
     down = StudyTracker(f"http://127.0.0.1:{free_port()}", "multifair-down", str(tmp_path / "study"))

@@ -31,8 +31,8 @@ def test_import_search_stays_light_and_old_names_are_gone():
 
 
 def test_a_pickle_with_old_names_migrates_to_the_new_classes():
-    from search.record.migrate import FLAT_TO_STAGE, rename_modules, renames_since
-    from search.record.tracking import MLflowTrialCallback
+    from search.record.migrate import rename_modules, renames_since
+    from search.record.trial_callback import MLflowTrialCallback
     from search.run.progress import ProgressCallback
 
     for protocol in (0, 2, 5):   # GLOBAL (text) and STACK_GLOBAL (strings) opcodes, with frames
@@ -43,10 +43,43 @@ def test_a_pickle_with_old_names_migrates_to_the_new_classes():
         migrated = rename_modules(blob, renames_since(0))
         assert pickle.loads(migrated) == [ProgressCallback, MLflowTrialCallback]
         assert rename_modules(migrated, renames_since(0)) == migrated   # idempotent
-    composed = renames_since(0)   # flat -> stage layout -> layers (format 3): composed, one step
-    assert len(composed) == 26 + 4 and composed["search.space"] == "search.record.space"
+    composed = renames_since(0)   # flat -> stage layout -> layers -> rooms (format 4): composed, one step
+    assert len(composed) == 26 + 4 + 2 and composed["search.space"] == "search.record.space"
     assert composed["search.run.space"] == "search.record.space" and composed["search.trainable"] == "search.run.trainable"
+    assert composed["search.tracking"] == "search.record.tracking"   # StudyTracker stayed
+    moved = "search.record.trial_callback:MLflowTrialCallback"
+    assert composed["search.tracking:MLflowTrialCallback"] == composed["search.record.tracking:MLflowTrialCallback"] == moved
     assert renames_since(2) == {k: v for k, v in composed.items() if k.count(".") == 2}
+    assert renames_since(3) == {"search.record.tracking:MLflowTrialCallback": moved}
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 5])
+@pytest.mark.parametrize("version", [0, 3])
+def test_a_callback_pickled_in_the_trackers_module_migrates(monkeypatch, version, protocol):
+    """Format 3 and before pickled MLflowTrialCallback and its StudyTracker from one module
+    (search.record.tracking; search.tracking before the stage layout), the module's name often
+    one memo entry for both classes: the migration moves the callback's reference only."""
+    from search.record import tracking
+    from search.record.migrate import rename_modules, renames_since
+    from search.record.tracking import StudyTracker
+    from search.record.trial_callback import MLflowTrialCallback
+
+    callback = MLflowTrialCallback(StudyTracker("sqlite:////tmp/x.db", "e", "/s"), 3, {"mode": "full"}, {})
+    with monkeypatch.context() as m:   # what format 3 wrote: the callback a class of search.record.tracking
+        m.setattr(MLflowTrialCallback, "__module__", "search.record.tracking")
+        m.setattr(tracking, "MLflowTrialCallback", MLflowTrialCallback, raising=False)
+        blob = pickle.dumps([callback, StudyTracker], protocol=protocol)
+    if version == 0:
+        blob = to_old_names(blob)
+    assert b"trial_callback" not in blob
+    with pytest.raises((AttributeError, ModuleNotFoundError), match="MLflowTrialCallback|search.tracking"):
+        pickle.loads(blob)
+    migrated = rename_modules(blob, renames_since(version))
+    restored, tracker_class = pickle.loads(migrated)
+    assert type(restored) is MLflowTrialCallback and tracker_class is StudyTracker
+    assert type(restored.tracker) is StudyTracker and restored.tracker.study_dir == "/s"
+    assert (restored.max_epochs, restored.trial_tags) == (3, {"mode": "full"})
+    assert rename_modules(migrated, renames_since(version)) == migrated   # idempotent
 
 
 def test_migrate_study_rewrites_once_and_refuses_a_newer_format(tmp_path):
@@ -89,10 +122,12 @@ def test_an_unknown_side_command_is_refused_with_the_list():
 
 
 @pytest.mark.slow
-def test_study_pickled_with_old_module_names_resumes(ray_session, search_config, data_root, tmp_path):
+@pytest.mark.parametrize("old_format", [0, 3])
+def test_study_pickled_with_old_module_names_resumes(ray_session, search_config, data_root, tmp_path, old_format):
     """An interrupted Pareto study (MO-ASHA, the Optuna searcher, the MLflow callback), its
     tuner.pkl and experiment state rewritten to the old module names, resumes: finished trials are
-    not trained again and the restored (old-named) MLflow callback logs every trial."""
+    not trained again and the restored (old-named) MLflow callback logs every trial. Format 0: the
+    flat modules, no number; format 3: the MLflow callback still in search.record.tracking."""
     from search.runner import run_search
 
     shutil.copy(REPO / "search" / "fairvision_gender.py", tmp_path)
@@ -114,10 +149,15 @@ def test_study_pickled_with_old_module_names_resumes(ray_session, search_config,
     assert "INTERRUPTED" in out, out[-3000:]
     before = epochs_of(study_dir)
 
-    meta = json.loads((study_dir / "study.json").read_text())
-    (study_dir / "study.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "format"}))
-    old = rewrite_study_to_old_names(study_dir)
-    assert {"search.trainable", "search.tracking", "search.mo_asha", "search.progress"} <= old, old
+    meta = {k: v for k, v in json.loads((study_dir / "study.json").read_text()).items() if k != "format"}
+    (study_dir / "study.json").write_text(json.dumps({**meta, **({"format": 3} if old_format == 3 else {})}))
+    if old_format == 0:
+        old = rewrite_study_to_old_names(study_dir)
+        assert {"search.trainable", "search.tracking", "search.mo_asha", "search.progress"} <= old, old
+    else:
+        rewrite_study_to_old_names(study_dir, {"search.record.trial_callback": "search.record.tracking"})
+        assert b"MLflowTrialCallback" in (study_dir / "tuner.pkl").read_bytes()
+    assert b"trial_callback" not in (study_dir / "tuner.pkl").read_bytes()
 
     scfg = search_config(tmp_path, objective="pareto", num_samples=8, max_epochs=3, max_concurrent=1, resume=True)
     outcome = run_search(scfg)
@@ -130,6 +170,7 @@ def test_study_pickled_with_old_module_names_resumes(ray_session, search_config,
 
     assert json.loads((study_dir / "study.json").read_text())["format"] == FORMAT
     assert not _old_names_in((study_dir / "tuner.pkl").read_bytes()), "the migration left an old name"
+    assert b"search.record.trial_callback" in (study_dir / "tuner.pkl").read_bytes()
     _, parents, children = study_runs(scfg.tracking_uri)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(c.data.tags["trial_id"] for c in children) == sorted(n.removeprefix("trial_") for n in after)
@@ -145,13 +186,15 @@ def epochs_of(study_dir: Path) -> dict[str, list[int]]:
 def _new_to_old() -> dict[str, str]:
     from search.record.migrate import FLAT_TO_STAGE
 
-    return {new: old for old, new in FLAT_TO_STAGE.items()}
+    # the flat layout held the callback in search.tracking, with the tracker
+    return {**{new: old for old, new in FLAT_TO_STAGE.items()}, "search.record.trial_callback": "search.tracking"}
 
 
-def to_old_names(data: bytes) -> bytes:
+def to_old_names(data: bytes, names: dict[str, str] | None = None) -> bytes:
     """`data` (one pickle) as the flat layout's code wrote it: every module name search.<stage>.<m>
-    written as search.<m>. Its own opcode walk (not the migration's), so the two check each other."""
-    names, out = _new_to_old(), bytearray()
+    written as search.<m> (or as `names` maps them). Its own opcode walk (not the migration's), so
+    the two check each other."""
+    names, out = names or _new_to_old(), bytearray()
     ops = list(pickletools.genops(data))
     for (op, arg, pos), nxt in zip(ops, [p for _, _, p in ops[1:]] + [len(data)]):
         if op.name == "FRAME":
@@ -173,14 +216,14 @@ def _old_names_in(data: bytes) -> set[str]:
     return {n.decode() for n in re.findall(rb"search\.[a-z_]+", data)} & old
 
 
-def rewrite_study_to_old_names(study_dir: Path) -> set[str]:
+def rewrite_study_to_old_names(study_dir: Path, names: dict[str, str] | None = None) -> set[str]:
     """tuner.pkl and the experiment state's cloudpickled values rewritten as the old code wrote
     them; returns the old module names they now hold (none of the new ones remain)."""
     seen: set[str] = set()
 
     def blob(data: bytes) -> bytes:
-        new = to_old_names(data)
-        assert not re.search(rb"search\.(run|decide|record)\.", new), "a new module name is left"
+        new = to_old_names(data, names)
+        assert names or not re.search(rb"search\.(run|decide|record)\.", new), "a new module name is left"
         seen.update(_old_names_in(new))
         return new
 

@@ -87,7 +87,8 @@ def test_resumed_trial_replays_epochs_a_killed_driver_never_logged(tmp_path):
 
     from mlflow import MlflowClient
 
-    from search.record.tracking import MLflowTrialCallback, StudyTracker
+    from search.record.tracking import StudyTracker
+    from search.record.trial_callback import MLflowTrialCallback
 
     uri = "sqlite:///" + str(tmp_path / "mlflow.db")
     tracker = StudyTracker(uri, "multifair-replay", str(tmp_path / "study"),

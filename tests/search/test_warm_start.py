@@ -38,7 +38,6 @@ def test_another_space_or_objective_is_refused(study, search_config, tmp_path, k
 
 
 def test_not_a_study_is_refused_in_one_line(search_config, tmp_path):
-    from search.runner import main
 
     with pytest.raises(ValueError, match="neither a study folder nor an MLflow experiment"):
         warm_start.load(search_config(tmp_path, warm_start="no-such-experiment"))
