@@ -14,7 +14,7 @@ import typing
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 
-from search.record.space import baseline_point, hyperparameters
+from search.record.space import baseline_point, hyperparameters, typed
 from search.record.study import stage_path
 from search.run.objectives import OBJECTIVES, PARETO, BadObjective, missing_floors, objective_keys
 from trainer.methods import available_methods
@@ -83,10 +83,12 @@ class SearchConfig:
     final_test: bool = setting(True, "score the chosen trial on the test split at the end, once "
                                "(--no-final-test: do not)")
     objective: str = setting("es_auc", "es_auc: max validation ES-AUC; pareto: front over (AUC, ES-AUC); "
-                             "constrained: max ES-AUC with AUC >= plain fusion's - --min-auc-drop "
-                             "(search/run/objectives.py)", choices=OBJECTIVES)
-    min_auc_drop: float | None = setting(None, "AUC floor below plain fusion (constrained; also applied when "
-                                         "choosing among the confirmed finalists)")
+                             "constrained: max ES-AUC with AUC >= the reference's (plain fusion; CLIP "
+                             "for VL modes) - --min-auc-drop (search/run/objectives.py)",
+                             choices=OBJECTIVES)
+    min_auc_drop: float | None = setting(None, "AUC floor below the reference (plain fusion, or CLIP; "
+                                         "constrained; also applied when choosing among the confirmed "
+                                         "finalists)")
     objectives: str = setting("", "what --objective pareto trades off (default auc,es_auc): auc, es_auc, and "
                               "per modality auc_missing_<m> / es_auc_missing_<m> (validation with m removed "
                               "from every sample), e.g. es_auc,es_auc_missing_oct", metavar="A,B[,C]")
@@ -95,8 +97,8 @@ class SearchConfig:
                                       metavar="M=X[,M2=Y]")
     shift_root: str = setting("", "another site's data root in the same layout: the final test also scores "
                               "the deployed model on its test split (docs/search.md)", metavar="DIR")
-    finalists: int = setting(3, "configurations re-trained with fresh seeds, plus the paper's point and plain "
-                             "fusion (0: skip; the best search trial is tested)")
+    finalists: int = setting(3, "configurations re-trained with fresh seeds, plus the paper's point and the "
+                             "reference (0: skip; the best search trial is tested)")
     confirm_seeds: int = setting(3, "seeds per finalist (>= 2)")
     confirm_budget: int = setting(0, "up to this many more seeds for candidates still undecided after the "
                                   "first --confirm-seeds (0: none)")
@@ -104,8 +106,8 @@ class SearchConfig:
                                  "folds, repeat r validates on fold r mod K (test split untouched; 0: seeds "
                                  "only)", metavar="K")
     alpha: float = setting(0.05, "familywise error of the deployment decision (search/decide/rule.py)")
-    min_gain: float = setting(0.0, "validation ES-AUC gain over plain fusion a candidate must be shown to "
-                              "exceed")
+    min_gain: float = setting(0.0, "validation ES-AUC gain over the reference (plain fusion, or CLIP) a "
+                              "candidate must be shown to exceed")
     register_name: str = setting("", "registered model name (default multifair-<dataset>-<attribute>)")
     figures: bool = setting(True, "the sensitivity figures (--no-figures: skip them)")
     warm_start: str = setting("", "seed the sampler with an earlier study's trials (same --mode and kind of "
@@ -119,7 +121,7 @@ class SearchConfig:
         # other hyperparameters (--mode ogm_ge: ogm_alpha) starts from its own default instead.
         names = hyperparameters(self.mode)
         if self.baseline and set(names) <= set(self.baseline):
-            self.baseline = {k: float(self.baseline[k]) for k in names}
+            self.baseline = typed({k: self.baseline[k] for k in names})   # integer knobs stay ints
         else:
             self.baseline = baseline_point(self.dataset, self.attribute, self.mode, self.preset)
         self.experiment = self.experiment or f"multifair-{self.dataset}-{self.attribute}"

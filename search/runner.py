@@ -18,6 +18,7 @@ from search.decide import decide
 from search.decide.confirm import StageStopped
 from search.decide.scoring import summarize_results
 from search.record import study, tracking
+from search.record.reference import reference_of
 from search.record.summary import SearchOutcome, print_summary
 from search.record.tracking import TrackingUnavailable
 from search.run import dataprep, warm_start
@@ -108,7 +109,7 @@ def run_search(scfg: SearchConfig) -> SearchOutcome:
     if scfg.objective == "constrained":
         setup["reference_auc"] = setup.get("reference_auc") or reference_auc(cfg, scfg, setup)
         auc_floor = setup["reference_auc"] - scfg.min_auc_drop
-        print(f"[search] plain fusion's validation AUC {setup['reference_auc']:.4f}: AUC floor "
+        print(f"[search] {reference_of(scfg.mode).name}'s validation AUC {setup['reference_auc']:.4f}: AUC floor "
               f"{auc_floor:.4f}", flush=True)
     if not scfg.resume:
         study.write_study(scfg.study_dir, scfg.to_dict(), setup)
