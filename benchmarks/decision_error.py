@@ -18,7 +18,7 @@ within-seed correlation (search/record/summary.py) to read this table at. A dete
 
     python benchmarks/decision_error.py [--draws 20000] [--seed 0] [--json benchmarks/results/decision-error.json]
 
-Not a timed test: it prints figures (tests/search/test_decision_error.py runs `simulate` with
+Not a timed test: it prints figures (tests/search/decide/test_decision_error.py runs `simulate` with
 few draws and checks the A/A rates can be told apart).
 """
 from __future__ import annotations

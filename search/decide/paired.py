@@ -9,7 +9,7 @@ group AUC: a group left with one class, in the test split or a resample, is left
 ES-AUC, trainer/metrics.py). Intervals: 95% percentile intervals over
 `n` resamples (numpy Generator(seed)); undefined resamples are dropped and counted.
 The resample metrics are the trainer's vectorised ones (trainer.metrics, equal to
-evaluate_fairness on each resample); tests/search/test_paired.py checks them by brute force.
+evaluate_fairness on each resample); tests/search/decide/test_paired.py checks them by brute force.
 """
 from __future__ import annotations
 

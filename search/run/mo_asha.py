@@ -15,7 +15,7 @@ it. Here the new trial's place in the order of all of them plays the value: it c
 is above the recorded point at the percentile's index, stops below the point under it, and when
 it falls between the two, continues unless their linear interpolation dominates it. On a rung
 where the objectives agree (one order) this is Ray's decision trial for trial
-(tests/search/test_mo_asha.py compares n = 1..20 with Ray's own scheduler).
+(tests/search/run/test_mo_asha.py compares n = 1..20 with Ray's own scheduler).
 
 Ties in the order are never broken by arrival: the trial being judged goes before the points it
 ties with (same front, same crowding distance), as an equal value goes on under Ray's cutoff, so

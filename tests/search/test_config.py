@@ -150,3 +150,37 @@ def test_importing_the_runner_leaves_mlflow_for_the_prepare_thread():
     out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and out.stdout.split() == ["False"], out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--max-epochs", "1"], "--max-epochs 1"),
+    (["--objective", "constrained"], "--min-auc-drop"),
+    (["--confirm-seeds", "0"], "--confirm-seeds 0"),
+    (["--confirm-seeds", "1"], "--confirm-seeds 1: give at least 2"),
+    (["--alpha", "1.5"], "--alpha 1.5"),
+    (["--num-samples", "0"], "--num-samples 0"),
+    (["--confirm-folds", "1"], "--confirm-folds 1: give 0"),
+])
+def test_bad_flags_are_refused_in_one_line(argv, flag, capsys, tmp_path):
+    from search.runner import main
+
+    assert main("fairvision", "race", argv=argv + ["--storage-path", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and flag in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_entry_script_paper_point_gives_way_to_the_method_s_own():
+    """`search/fairvision_gender.py --mode ogm_ge` (the script passes MultiFair's paper point):
+    the search starts from OGM-GE's default, the only hyperparameter it searches; MultiFair's
+    modes keep the script's point."""
+    from search.runner import SearchConfig
+    from search.record.space import baseline_point
+
+    paper = dict(rho=1.2, lambda_gm=0.15, tau=0.04, delta=0.3, lambda_f=0.5)
+    other = SearchConfig("fairvision", "gender", baseline=paper, mode="ogm_ge")
+    assert other.baseline == baseline_point("fairvision", "gender", "ogm_ge", "paper")
+    assert set(other.baseline) == {"ogm_alpha"}
+    assert SearchConfig("fairvision", "gender", baseline=paper, mode="full").baseline == paper
+    assert set(SearchConfig("fairvision", "gender", baseline=paper, mode="baseline").baseline) == {"lr"}
+

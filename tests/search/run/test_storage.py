@@ -1,6 +1,6 @@
 """Storage and tracking at scale: ended trials keep their best model but not their resume state,
 relog reads only JSON, a new sqlite store opened by two processes at once, MLflow calls off
-Tune's loop (the server-outage test is tests/search/test_mlflow_outage.py), and a FairVLMed
+Tune's loop (the server-outage test is tests/search/record/test_mlflow_outage.py), and a FairVLMed
 search through registration."""
 import json
 import subprocess
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.search.conftest import subprocess_env
-from tests.search.test_tracking import free_port
+from tests.search.record.test_tracking import free_port
 
 
 # -- study paths and trial ids: one function each (search.record.study) -----------------------------

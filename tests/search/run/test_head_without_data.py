@@ -109,7 +109,7 @@ def fake_s3():
 
 @pytest.mark.slow
 def test_search_to_registration_with_a_head_that_holds_no_data(fake_s3, tmp_path):
-    from tests.search.test_dataprep import upload
+    from tests.search.run.test_dataprep import upload
 
     folder = generate(tmp_path / "raw", **DATASETS["search"])   # a copy of its own: deleted below
     upload(fake_s3, folder, "raw/fv")

@@ -1,5 +1,5 @@
 """The paired bootstrap against plain fusion, checked by brute force (sklearn on every resample),
-the confirmation rule, the front, and the one-line refusals of bad search flags. Seconds."""
+the confirmation rule, the front, and the confirmation's folds. Seconds."""
 import math
 
 import numpy as np
@@ -9,7 +9,6 @@ from sklearn.metrics import roc_auc_score
 from search.decide.confirm import BASELINE, choose, candidate_stats
 from search.decide.select import front
 from search.decide.paired import paired_bootstrap
-from search.runner import main
 
 NAMES = {0: "female", 1: "male"}
 
@@ -140,111 +139,6 @@ def test_front_is_the_non_dominated_set():
     trials = [{"trial_id": k, "val": {"auc": a, "es_auc": e}}
               for k, a, e in [("p", 0.9, 0.6), ("q", 0.8, 0.7), ("r", 0.7, 0.65), ("s", 0.85, 0.7)]]
     assert [t["trial_id"] for t in front(trials)] == ["s", "p"]
-
-
-@pytest.mark.parametrize("argv, flag", [
-    (["--max-epochs", "1"], "--max-epochs 1"),
-    (["--objective", "constrained"], "--min-auc-drop"),
-    (["--confirm-seeds", "0"], "--confirm-seeds 0"),
-    (["--confirm-seeds", "1"], "--confirm-seeds 1: give at least 2"),
-    (["--alpha", "1.5"], "--alpha 1.5"),
-    (["--num-samples", "0"], "--num-samples 0"),
-    (["--confirm-folds", "1"], "--confirm-folds 1: give 0"),
-])
-def test_bad_flags_are_refused_in_one_line(argv, flag, capsys, tmp_path):
-    assert main("fairvision", "race", argv=argv + ["--storage-path", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ") and flag in err
-    assert not list(tmp_path.iterdir())
-
-
-def _scfg(tmp_path, **kw):
-    from search.runner import SearchConfig
-
-    return SearchConfig("fairvision", "race", preset="tiny", storage_path=str(tmp_path), **kw)
-
-
-def test_pareto_searcher_keeps_two_directions_when_tune_sets_no_metric(tmp_path):
-    """TuneConfig gets no metric for pareto (it would silently make the study single-objective)."""
-    from search.run.objectives import make_searcher, tune_metric
-    from search.record.space import param_space
-
-    scfg = _scfg(tmp_path, objective="pareto")
-    assert tune_metric(scfg) == {}
-    searcher = make_searcher(scfg)
-    assert searcher.set_search_properties(None, None, param_space())
-    searcher.suggest("t1")
-    assert len(searcher._ot_study.directions) == 2
-    searcher.on_trial_complete("t1", {"auc": 0.8, "es_auc": 0.7})
-    assert searcher._ot_study.best_trials[0].values == [0.8, 0.7]
-
-
-def test_constrained_searcher_tells_optuna_the_auc_floor(tmp_path):
-    from search.run.objectives import make_searcher, tune_metric
-    from search.record.space import param_space
-
-    scfg = _scfg(tmp_path, objective="constrained", min_auc_drop=0.05)
-    searcher = make_searcher(scfg, auc_floor=0.75)
-    assert searcher.set_search_properties(**tune_metric(scfg), config=param_space())
-    for tid, auc, es in (("a", 0.70, 0.69), ("b", 0.80, 0.60)):
-        searcher.suggest(tid)
-        searcher.on_trial_complete(tid, {"auc": auc, "es_auc": es})
-    trials = searcher._ot_study.trials
-    assert [t.constraints["auc_floor"] for t in trials] == [pytest.approx(0.05), pytest.approx(-0.05)]
-    assert searcher._ot_study.best_trial.values == [0.60]     # the fairer trial is infeasible
-
-
-def test_sweep_moves_one_hyperparameter_at_a_time_and_trains_the_centre_once():
-    from search.record.space import HYPERPARAMETERS, RANGES
-    from search.sweep import summarise, sweep_candidates, sweep_values
-
-    centre = {"rho": 1.2, "lambda_gm": 0.15, "tau": 0.02, "delta": 0.6, "lambda_f": 0.6}
-    cands = sweep_candidates(centre, "full", sweep_values(centre, 3))
-    assert len(cands) == 1 + 5 * 3                       # 3 range points each, centre shared
-    for label, c in cands.items():
-        moved = [k for k in HYPERPARAMETERS if c[k] != centre[k]]
-        assert len(moved) == (label != "centre")
-        assert all(RANGES[k].low <= c[k] <= RANGES[k].high for k in HYPERPARAMETERS)
-    runs = [{"candidate": k, "seed": s, "val": {"auc": 0.7 + 0.01 * s, "es_auc": 0.6}}
-            for k in cands for s in (1, 2)]
-    summary = summarise(runs, cands)
-    assert [r["value"] for r in summary["delta"]] == sorted([0.05, 0.525, 1.0, 0.6])
-    assert summary["tau"][0]["auc_sd"] == pytest.approx(np.std([0.71, 0.72], ddof=1))
-
-
-def test_sweep_follows_the_study_s_method(tmp_path):
-    """A comparison method's study sweeps that method's own searched hyperparameters (OGM-GE:
-    ogm_alpha only), and its one-panel figure is drawn."""
-    from search.record.space import RANGES, baseline_point, hyperparameters
-    from search.sweep import plot, summarise, sweep_candidates, sweep_values
-
-    names = hyperparameters("ogm_ge")
-    centre = baseline_point("fairvision", "gender", "ogm_ge", "tiny")
-    assert set(centre) == set(names) == {"ogm_alpha"}
-    cands = sweep_candidates(centre, "ogm_ge", sweep_values(centre, 3, names))
-    assert len(cands) == 1 + 3 and all(c["mode"] == "ogm_ge" for c in cands.values())
-    assert all(RANGES["ogm_alpha"].low <= c["ogm_alpha"] <= RANGES["ogm_alpha"].high for c in cands.values())
-    runs = [{"candidate": k, "seed": s, "val": {"auc": 0.7, "es_auc": 0.6 + 0.01 * s}}
-            for k in cands for s in (1, 2)]
-    summary = summarise(runs, cands, names)
-    assert list(summary) == ["ogm_alpha"] and len(summary["ogm_alpha"]) == 4
-    png, html = plot(summary, centre, tmp_path)
-    assert png.stat().st_size > 0 and html.stat().st_size > 0
-
-
-def test_entry_script_paper_point_gives_way_to_the_method_s_own():
-    """`search/fairvision_gender.py --mode ogm_ge` (the script passes MultiFair's paper point):
-    the search starts from OGM-GE's default, the only hyperparameter it searches; MultiFair's
-    modes keep the script's point."""
-    from search.runner import SearchConfig
-    from search.record.space import baseline_point
-
-    paper = dict(rho=1.2, lambda_gm=0.15, tau=0.04, delta=0.3, lambda_f=0.5)
-    other = SearchConfig("fairvision", "gender", baseline=paper, mode="ogm_ge")
-    assert other.baseline == baseline_point("fairvision", "gender", "ogm_ge", "paper")
-    assert set(other.baseline) == {"ogm_alpha"}
-    assert SearchConfig("fairvision", "gender", baseline=paper, mode="full").baseline == paper
-    assert set(SearchConfig("fairvision", "gender", baseline=paper, mode="baseline").baseline) == {"lr"}
 
 
 def test_confirm_folds_give_each_repeat_its_own_cut_of_train_and_val():

@@ -19,7 +19,7 @@ import psutil
 import pytest
 from search.record.tracking import ui_hint
 from tests.search.conftest import REPO, subprocess_env
-from tests.search.test_tracking import free_port
+from tests.search.record.test_tracking import free_port
 
 MARK = "MULTIFAIR_LOOPBACK_TEST"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.search.test_robust_objectives import _skyline
+from tests.search.run.test_robust_objectives import _skyline
 
 pytestmark = pytest.mark.slow
 

@@ -55,7 +55,7 @@ def test_a_fairclip_search_is_confirmed_against_clip_and_registers_a_champion(ca
     entry script, --local, tiny preset): the reference the confirmation TRAINED is clip (each
     reference run's checkpoint config, not only the plan), and the decision, the console and the
     report name it CLIP (issue 28 item 3). About 5-8 minutes on 2 shared cores."""
-    from tests.search.test_pyfunc_serve import run_search
+    from tests.search.decide.test_pyfunc_serve import run_search
     from trainer.checkpoint import read_manifest
 
     run = run_search("fairvlmed", str(dataset("vl")), tmp_path, "--mode", "fairclip", "--set", "batch_size=8")

@@ -2,7 +2,7 @@
 paths it may read, which images it refuses, and that a refusal is the MLflow error the scoring
 server answers with HTTP 400 naming the row and column. The model part loads a one-epoch tiny
 fit through MLflow's own PythonModelContext (no logging, no server): about 15 s on 2 cores.
-tests/search/test_pyfunc_serve.py sends the same cases through a real `mlflow models serve`."""
+tests/search/decide/test_pyfunc_serve.py sends the same cases through a real `mlflow models serve`."""
 import os
 
 import numpy as np

@@ -13,7 +13,7 @@ from scipy import stats
 from search.decide.rule import (PLANNING_SD, SD_FLOOR, BadTable, decide_table, holm, min_detectable,
                                 one_sided_p)
 
-from .conftest import subprocess_env
+from tests.search.conftest import subprocess_env
 
 BASE = [0.70, 0.72, 0.71, 0.69]
 VALUES = {"baseline": BASE,
