@@ -14,6 +14,13 @@ when the stage ends, and an idle node goes after the autoscaler's idle timeout; 
 one trial's resources again while its task runs, so the task finds (or gets) a node whatever the
 idle timeout. `reserve=False` where a standing request already covers it (the reference fit runs
 under the search's request, made when the study is prepared).
+
+`--local` on CPUs (`in_driver`): the embedded Ray's one node is this machine, the data and
+the cache are here, and the driver has torch and the trainer loaded; a task there would start a
+worker process and import them again (4.7 s of the 6.8 s closing stage of a 12-trial tiny search,
+measured by benchmarks/search_vs_optuna.py). The body runs in the driver's process instead, with
+no trial running beside it (before the search or after a stage). With a GPU it stays a task: the
+driver must not hold a CUDA context the trials need.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import time
 import ray
 
 from search.run.cluster_size import reserved
+from search.run.embedded_ray import is_embedded
 from search.run.trainable import datasets_for, match_threads_to_cpus
 
 ran: list[dict] = []   # this driver's tasks: what, node id, worker pid, seconds (tests, logs)
@@ -47,8 +55,22 @@ def _call(fn, args, kwargs):
     return ray.get_runtime_context().get_node_id(), os.getpid(), fn(*args, **kwargs)
 
 
+def in_driver(scfg) -> bool:
+    """Whether model work runs in this process rather than as a task (see the module docstring)."""
+    return bool(getattr(scfg, "local", False)) and not getattr(scfg, "gpus_per_trial", 0) and is_embedded()
+
+
 def run(scfg, what: str, fn, *args, reserve: bool = True, **kwargs):
-    """fn(*args, **kwargs) as a Ray task with one trial's resources; its (small) result."""
+    """fn(*args, **kwargs) as a Ray task with one trial's resources (in this process with
+    `in_driver`); its (small) result."""
+    if in_driver(scfg):
+        started = time.perf_counter()
+        result = fn(*args, **kwargs)
+        seconds = time.perf_counter() - started
+        ran.append({"what": what, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                    "s": seconds})
+        print(f"[remote] {what}: done in the driver's process (--local, CPU) in {seconds:.1f} s", flush=True)
+        return result
     task = ray.remote(_call).options(num_cpus=scfg.cpus_per_trial, num_gpus=scfg.gpus_per_trial,
                                      max_retries=2,   # a lost node: the task runs again elsewhere
                                      name=f"multifair-{what.replace(' ', '-')}")

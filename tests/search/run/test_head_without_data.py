@@ -98,6 +98,13 @@ def test_the_four_run_as_tasks_and_equal_the_local_computation(ray_session, sear
     assert [t["what"] for t in tasks] == ["reference fit", "final test", "deployed test", "model signature"]
     assert all(t["pid"] != os.getpid() for t in tasks), "a task ran in the driver's process"
 
+    # --local on CPUs: the same work in the driver's process (no worker started), same answer
+    local = search_config(tmp_path / "local", local=True)
+    assert remote.in_driver(local) and not remote.in_driver(scfg)
+    assert remote.run(local, "model signature", checkpoint_signature, chosen, remote.data_of(setup)) == sig
+    _close(final_test(chosen, None, None, local, setup), final_test(chosen, None, None))
+    assert [t["pid"] for t in remote.ran[-2:]] == [os.getpid()] * 2
+
 
 # -- a head without data ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
