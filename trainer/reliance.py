@@ -18,6 +18,8 @@ with it (a permuted input carries its presence).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -95,14 +97,28 @@ def missing_modalities(trainer, encoded: tuple, probs: np.ndarray) -> dict:
     lack m. Undefined metrics (fewer than two classes) are NaN (null in JSON)."""
     features, y, g, present = encoded
     names, out = trainer.group_names, {}
+    # A model whose score is computed from a modality alone (CLIP's zero-shot score reads only
+    # the image: `score_needs`) has no score without it: its "removed" block is undefined (NaN),
+    # never the complete figures again (the fuse ignores the presence mask)
+    needs = getattr(trainer.model, "score_needs", ())
     for m in features:
-        removed = fused_probs(trainer, features,
-                              present={**present, m: torch.zeros(len(y), dtype=torch.bool)})
+        if m in needs:
+            removed = _undefined(y, g, names)
+        else:
+            removed = auc_summary(y, fused_probs(trainer, features, present={
+                **present, m: torch.zeros(len(y), dtype=torch.bool)}), g, names)
         lacks = ~present[m].numpy()
-        out[m] = {"removed": auc_summary(y, removed, g, names),
+        out[m] = {"removed": removed,
                   "absent": {"n": int(lacks.sum()),
                              **auc_summary(y[lacks], probs[lacks], g[lacks], names)}}
     return out
+
+
+def _undefined(y, g, names) -> dict:
+    """An AUC summary of a split with nothing scored: every figure NaN (null in JSON), the
+    split's groups named as auc_summary names them."""
+    groups = auc_summary(y, np.zeros(len(y)), g, names)["group_auc"]
+    return {"auc": math.nan, "es_auc": math.nan, "group_auc": dict.fromkeys(groups, math.nan)}
 
 
 def flat_missing(missing: dict, prefix: str) -> dict[str, float]:

@@ -137,6 +137,10 @@ def test_every_mode_fits_generated_fairvlmed(mode, sets, vl_root, vl_cache, tmp_
     assert result["config"]["mode"] == mode and result["best_epoch"] in (1, 2)
     assert np.isfinite(point["auc"]) and np.isfinite(probe["test"]["auc"])
     assert set(point["group_auc"]) == {"female", "male"}
+    # the score reads the image only: without it there is no score (null), never the complete figures
+    slo_removed = result["test"]["missing"]["slo"]["removed"]
+    assert slo_removed["auc"] is None and slo_removed["es_auc"] is None
+    assert set(slo_removed["group_auc"]) == {"female", "male"} and not any(slo_removed["group_auc"].values())
     if mode == "dualfairvl":
         return
     # the same numbers from transformers' CLIPModel and sklearn: zero-shot score, AUC, group AUCs

@@ -192,6 +192,7 @@ class CLIPDualEncoder(nn.Module):
     """CLIP as the loop sees a model: encoders {"slo": image tower, "note": text tower}, the
     learned temperature, and the two zero-shot prompts (token buffers, so a checkpoint holds
     what the model scores with)."""
+    score_needs = ("slo",)   # the score reads the image only: none without it (trainer.reliance)
 
     def __init__(self, clip, tokenizer):
         super().__init__()

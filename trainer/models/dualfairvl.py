@@ -82,6 +82,8 @@ class PromptedImageEncoder(nn.Module):
 
 
 class DualFairVLModel(nn.Module):
+    score_needs = ("slo",)   # the score reads the image only: none without it (trainer.reliance)
+
     def __init__(self, clip, tokenizer, group_names, n_ctx: int, n_prompts: int):
         super().__init__()
         for p in clip.parameters():
