@@ -120,7 +120,7 @@ def _fit_job(job: dict) -> dict:
 def _vl_missing(test: dict) -> dict:
     """A VL fit's robustness blocks with "note missing" = its complete-test metrics (the zero-shot
     score reads the image only; clip's fit JSON says so itself, dualfairvl trains without notes)
-    and no "SLO removed" (the trainer's block re-scores the image anyway)."""
+    and no "SLO removed" (an image-free CLIP has no score: the trainer reports it null)."""
     note = (test.get("missing") or {}).get("note") or {"removed": test["point"]}
     return {**test, "missing": {"note": note}}
 
