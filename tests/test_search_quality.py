@@ -157,8 +157,13 @@ def test_bohb_arm_runs_through_tune_on_the_table():
         pytest.skip(message)
     from search.run.embedded_ray import local_ray
 
+    import contextlib
+
+    import ray
+
     tab = sq.Table(_table(epochs=4, n=12))
-    with local_ray(2, log_to_driver=False):
+    # the suite's session Ray (tests/search's ray_session, 2 CPUs on loopback) when it is up
+    with contextlib.nullcontext() if ray.is_initialized() else local_ray(2, log_to_driver=False):
         res = sq.simulate_bohb(tab, 30, 0, workers=2, sampler_seed=7, pace=0.01)
     assert [e for e, _ in res["curve"]] == list(range(1, 31))
     cfgs = [t.cfg for t in res["trials"]]

@@ -129,6 +129,7 @@ def rename_modules(data: bytes, renames: dict[str, str]) -> bytes:
 
 
 _PICKLE_HEX = re.compile(r"(?:[0-9a-f]{2}){8,}")
+_PROTOCOLS = ("02", "03", "04", "05")   # PROTO's argument: cloudpickle writes 2 or more
 
 
 def _walk(value, renames):
@@ -138,8 +139,11 @@ def _walk(value, renames):
         return {k: _walk(v, renames) for k, v in value.items()}
     if isinstance(value, list):
         return [_walk(v, renames) for v in value]
-    if isinstance(value, str) and value.startswith("80") and _PICKLE_HEX.fullmatch(value):
-        return rename_modules(bytes.fromhex(value), renames).hex()
+    if isinstance(value, str) and value[:2] == "80" and value[2:4] in _PROTOCOLS and _PICKLE_HEX.fullmatch(value):
+        try:   # a hex id that merely looks like one (an MLflow run id starting "8002...") stays as it is
+            return rename_modules(bytes.fromhex(value), renames).hex()
+        except (ValueError, IndexError, KeyError):   # not a pickle (genops, the operand stack)
+            return value
     if isinstance(value, str) and value[:1] in "{[":
         try:
             inner = json.loads(value)

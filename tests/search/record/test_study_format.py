@@ -246,3 +246,17 @@ def rewrite_study_to_old_names(study_dir: Path, names: dict[str, str] | None = N
     for state in study_dir.glob("experiment_state-*.json"):
         state.write_text(json.dumps(walk(json.loads(state.read_text()))))
     return seen
+
+
+def test_a_hex_id_that_looks_like_a_pickle_is_left_as_it_is():
+    """An experiment state holds cloudpickled values as hex AND plain hex ids (MLflow run ids:
+    32 hex digits, 1 in 256 start with "80"); seen in the suite: a run id "8002d0..." read as a
+    pickle stopped a resume. Ids stay as they are; the pickle beside them is migrated."""
+    from search.record.migrate import _walk, renames_since
+    from search.run.progress import ProgressCallback
+
+    old = to_old_names(pickle.dumps(ProgressCallback, protocol=5)).hex()
+    state = {"run_id": "8002d0" + "7" * 26, "other": "80" + "0f" * 15, "trial": {"callback": old}}
+    out = _walk(json.loads(json.dumps(state)), renames_since(0))
+    assert out["run_id"] == state["run_id"] and out["other"] == state["other"]
+    assert pickle.loads(bytes.fromhex(out["trial"]["callback"])) is ProgressCallback
