@@ -8,6 +8,7 @@ on 2 idle cores (up to 2 minutes on a loaded machine): marked slow.
 """
 import ipaddress
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,18 +65,23 @@ def wait_gone(token: str, seconds: float) -> list[psutil.Process]:
 
 
 @pytest.mark.slow
-def test_embedded_search_listens_on_loopback_only_and_leaves_nothing(data_root, tmp_path):
+def test_embedded_search_listens_on_loopback_only_and_leaves_nothing(tmp_path):
     token = uuid.uuid4().hex
     env = {**subprocess_env(), MARK: token}
     for var in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
         env.pop(var, None)
-    cmd = [sys.executable, str(REPO / "search" / "fairvision_gender.py"), "--local",
-           "--preset", "tiny", "--data-root", data_root, "--num-samples", "2", "--max-epochs", "1",
+    # the entry script copied alone into an empty folder, no --data-root (generated data, said
+    # loudly), the default MLflow store (sqlite beside the results): it runs, and listens on
+    # nothing beyond loopback (the sqlite store listens on nothing at all)
+    folder = tmp_path / "alone"
+    folder.mkdir()
+    shutil.copy(REPO / "search" / "fairvision_gender.py", folder)
+    cmd = [sys.executable, "fairvision_gender.py", "--local",
+           "--preset", "tiny", "--num-samples", "2", "--max-epochs", "2",
            "--grace-period", "1", "--max-concurrent", "2", "--cpus-per-trial", "1",
-           "--num-cpus", "2", "--no-tracking", "--no-final-test", "--finalists", "0", "--no-figures",
-           "--storage-path", str(tmp_path / "results")]
+           "--num-cpus", "2", "--finalists", "0", "--no-figures", "--storage-path", "results"]
     log = open(tmp_path / "search.log", "wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder,
                             start_new_session=True)
     seen: set[tuple[str, str, int]] = set()
     try:
@@ -92,6 +98,9 @@ def test_embedded_search_listens_on_loopback_only_and_leaves_nothing(data_root, 
         p.kill()
     output = (tmp_path / "search.log").read_text(errors="replace")
     assert rc == 0, output[-3000:]
+    assert "GENERATED SYNTHETIC" in output                         # no --data-root: said loudly
+    assert (folder / "results" / "mlflow.db").is_file()            # default store: sqlite there
+    assert "best configuration" in output and "/#/experiments/" in output and "parent run id" in output
     names = {name for name, _, _ in seen}
     assert {"gcs_server", "raylet"} <= names, f"sampling missed Ray's servers: {sorted(seen)}"
     exposed = sorted(s for s in seen if not is_loopback(s[1]))

@@ -103,14 +103,8 @@ def run_script(folder: Path, *args, wait=True):
     return proc
 
 
-def test_entry_script_copied_alone_into_an_empty_folder(tmp_path):
-    shutil.copy(REPO / "search" / "fairvision_gender.py", tmp_path)
-    rc, out = run_script(tmp_path, "--num-samples", "2", "--max-epochs", "2", "--max-concurrent", "2",
-                         "--storage-path", "results")
-    assert rc == 0, out[-3000:]
-    assert "GENERATED SYNTHETIC" in out                      # no --data-root: said loudly
-    assert (tmp_path / "results" / "mlflow.db").is_file()    # default store: absolute sqlite there
-    assert "best configuration" in out and "/#/experiments/" in out and "parent run id" in out
+# The entry script copied alone into an empty folder: tests/search/run/test_loopback.py (one search
+# serves both checks).
 
 
 def test_resume_after_interrupt_does_not_repeat_finished_trials(ray_session, search_config, data_root,

@@ -174,11 +174,11 @@ def test_relog_reads_only_the_json_it_needs_local_and_s3(study, tmp_path, monkey
 
 # -- a new sqlite store opened by two processes at once ---------------------------------------
 OPEN_AT = """
-import sys, time
+import os, sys, time
 from search.record.tracking import StudyTracker
 tracker = StudyTracker(sys.argv[1], "race", "/nonexistent/study")
-start = float(sys.argv[2])
-while time.time() < start:
+open(sys.argv[2], "w").close()          # imported: ready
+while not os.path.exists(sys.argv[3]):  # both open at the instant the test says go
     time.sleep(0.001)
 tracker.open()
 tracker.start_study(tags={}, params={})
@@ -186,22 +186,28 @@ print("opened")
 """
 
 
-@pytest.mark.slow   # two processes import MLflow and migrate a store: about a minute on 2 cores
+@pytest.mark.slow   # two processes import MLflow and migrate a store, twice: about 20 s on 2 cores
 def test_two_processes_create_one_new_sqlite_store_at_the_same_moment(tmp_path):
     """Without the lock, MLflow's schema set-up races (seen here 3 times out of 3 with two raw
     MlflowClient processes: duplicate column name: step, table latest_metrics already exists,
-    alembic 'expected to match one row'). Both processes import first, then open at one instant."""
+    alembic 'expected to match one row'). Both processes import first, say so with a file, then
+    open at the instant a third file appears."""
     env = subprocess_env()
     for attempt in range(2):
         uri = "sqlite:///" + str(tmp_path / f"new-{attempt}" / "mlflow.db")
-        start = time.time() + 25   # both have imported mlflow by then (2 shared cores)
-        procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT, uri, str(start)], env=env, cwd=tmp_path,
+        ready = [tmp_path / f"ready-{attempt}-{i}" for i in range(2)]
+        go = tmp_path / f"go-{attempt}"
+        procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT, uri, str(r), str(go)], env=env, cwd=tmp_path,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for _ in range(2)]
+                 for r in ready]
+        deadline = time.time() + 180
+        while not all(r.exists() for r in ready) and time.time() < deadline \
+                and all(p.poll() is None for p in procs):
+            time.sleep(0.05)
+        go.touch()
         for p in procs:
             out, err = p.communicate(timeout=180)
             assert p.returncode == 0 and "opened" in out, err[-3000:]
-            assert time.time() >= start
     from mlflow import MlflowClient
 
     runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("race").experiment_id])
