@@ -70,5 +70,18 @@ def kill_recorded(seen: dict[int, float]) -> list[int]:
     return [proc.pid for proc in killed]
 
 
+def alive_recorded(seen: dict[int, float]) -> list[int]:
+    """The recorded processes still running (same pid and start time, not a zombie)."""
+    left = []
+    for pid, created in seen.items():
+        try:
+            proc = psutil.Process(pid)
+            if proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(pid)
+        except psutil.Error:
+            pass
+    return left
+
+
 if __name__ == "__main__":
     _watch(int(sys.argv[1]))

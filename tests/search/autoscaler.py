@@ -179,17 +179,9 @@ class FakeAutoscalingCluster:
         return killed
 
     def alive(self) -> list[int]:
-        import psutil
+        from search.run.reaper import alive_recorded
 
-        left = []
-        for pid, created in self._seen.items():
-            try:
-                p = psutil.Process(pid)
-                if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
-                    left.append(pid)
-            except psutil.Error:
-                pass
-        return left
+        return alive_recorded(self._seen)
 
     def __enter__(self):
         return self

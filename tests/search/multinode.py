@@ -65,7 +65,7 @@ class LocalCluster:
         self.proc = subprocess.Popen([sys.executable, __file__, json.dumps(spec)], env=self.env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      start_new_session=True)
-        self._seen: set[int] = set()
+        self._seen: dict[int, float] = {}   # pid -> start time (a reused pid is not ours)
         try:
             info = json.loads(self._readline(timeout))
         except Exception:
@@ -88,12 +88,16 @@ class LocalCluster:
     def driver_env(self, extra: dict | None = None) -> dict:
         return {**self.env, "RAY_ADDRESS": self.address, **(extra or {})}
 
-    def track(self) -> set[int]:
+    def track(self) -> dict[int, float]:
         """Record every process descending from the helper (raylets, GCS, agents, workers)."""
         import psutil
 
         try:
-            self._seen |= {p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)}
+            for p in psutil.Process(self.proc.pid).children(recursive=True):
+                try:
+                    self._seen.setdefault(p.pid, p.create_time())
+                except psutil.Error:
+                    pass
         except psutil.NoSuchProcess:
             pass
         return self._seen
@@ -106,8 +110,6 @@ class LocalCluster:
 
     def close(self) -> list[int]:
         """Shut the cluster down; SIGKILL whatever of it survives. Returns the pids killed."""
-        import psutil
-
         self.track()
         if self.proc.poll() is None:
             try:
@@ -117,22 +119,18 @@ class LocalCluster:
             except (subprocess.TimeoutExpired, BrokenPipeError, OSError):
                 self.proc.kill()
                 self.proc.wait()
-        killed = []
-        for pid in self._seen:
-            try:
-                proc = psutil.Process(pid)
-                proc.kill()
-                killed.append(pid)
-            except psutil.NoSuchProcess:
-                pass
+        # SIGKILL and wait until each is gone: a killed raylet can take a moment to exit, and
+        # a check straight after a bare kill saw one still running (suite run of 2026-12-07)
+        from search.run.reaper import kill_recorded   # here: this file also runs as a script
+
+        killed = kill_recorded(self._seen)
         shutil.rmtree(self.tmpdir, ignore_errors=True)
         return killed
 
     def alive(self) -> list[int]:
-        import psutil
+        from search.run.reaper import alive_recorded
 
-        return [pid for pid in self._seen if psutil.pid_exists(pid)
-                and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+        return alive_recorded(self._seen)
 
     def __enter__(self):
         return self
