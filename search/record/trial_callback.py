@@ -20,6 +20,8 @@ from ray.tune import Callback
 from search.record.tracking import StudyTracker, result_metrics, stage_run
 from trainer.jsonout import dumps
 
+RETRY_MAX_S = 30.0   # the longest wait between two tries while MLflow cannot be reached
+
 # MLflow errors that a retry cannot fix (a bad value, a missing run, no permission): the
 # operation is set aside (written out at the end) instead of blocking the queue
 NOT_RETRYABLE = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
@@ -150,7 +152,7 @@ class MLflowTrialCallback(Callback):
                         self._thread = None
                         return
                     self._cond.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, RETRY_MAX_S)
                 continue
             if down_since is not None:
                 self.outages.append(time.time() - down_since)

@@ -114,7 +114,13 @@ def shortfall(value, floor: float) -> float:
 class WarmOptunaSearch(OptunaSearch):
     """OptunaSearch whose study starts with an earlier study's trials (`--warm-start`,
     search/run/warm_start.py), added once when the study is created (a resumed search unpickles the
-    study with them already in)."""
+    study with them already in).
+
+    It also takes results of a trial it never suggested. Tune saves the searcher's state and the
+    experiment's trials at different moments, so a driver killed between the two resumes with a
+    trial its searcher does not know; Ray's OptunaSearch then raised KeyError on that trial's first
+    result and the resumed search died (seen in the multi-node SIGKILL test). Such a trial trains and
+    is recorded as usual; only Optuna's sampler does not learn from it (a warning says which)."""
 
     def __init__(self, *args, warm_trials=(), **kwargs):
         self.warm_trials = list(warm_trials)
@@ -124,6 +130,24 @@ class WarmOptunaSearch(OptunaSearch):
         super()._setup_study(mode)
         if getattr(self, "warm_trials", None):
             self._ot_study.add_trials(self.warm_trials)
+
+    def _unknown(self, trial_id: str) -> bool:
+        if trial_id in self._ot_trials or trial_id in self._completed_trials:
+            return False
+        if trial_id not in getattr(self, "_unknown_warned", set()):
+            self._unknown_warned = getattr(self, "_unknown_warned", set()) | {trial_id}
+            print(f"[search] trial {trial_id} was started before the driver stopped but after the "
+                  f"searcher's state was saved: it runs and is recorded, Optuna's sampler does not "
+                  f"learn from it", flush=True)
+        return True
+
+    def on_trial_result(self, trial_id, result):
+        if not self._unknown(trial_id):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        if not self._unknown(trial_id):
+            super().on_trial_complete(trial_id, result=result, error=error)
 
 
 class ConstrainedOptunaSearch(WarmOptunaSearch):

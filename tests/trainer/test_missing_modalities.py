@@ -15,7 +15,6 @@ from sklearn.metrics import roc_auc_score
 from trainer.__main__ import main as cli_main
 from trainer.config import make_config
 from trainer.data.synthetic import synthesize
-from trainer.jsonout import strict
 from trainer.loop import Trainer, fit, result_json
 from trainer.methods import available_methods, create_method
 from trainer.methods.ogm_ge import ogm_coefficients

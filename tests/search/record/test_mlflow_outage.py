@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from search.record import trial_callback
 from tests.search.servers import MLflowServer, Postgres
 
 pytestmark = pytest.mark.slow
@@ -40,6 +41,9 @@ def test_mlflow_outage_mid_search_loses_no_metric(ray_session, search_config, se
     # MLflow's own HTTP retries would hold one call for up to ~4 min; with few, a call fails within
     # seconds and the callback's queue does the waiting (what this test is about)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    # the queue retries at most every 2 s (30 s in use): the server back, the search need not wait
+    # out a 16-30 s backoff (it did: "reachable again after 40 s" for a 19 s outage)
+    monkeypatch.setattr(trial_callback, "RETRY_MAX_S", 2.0)
     server = MLflowServer(root, env)
     # 5 epochs, first rung at 2: epochs are left to report after the kill (with 3 epochs and a
     # rung at 1 a fast machine could finish the search in the second the server died: seen in CI)

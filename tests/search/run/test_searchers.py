@@ -38,3 +38,24 @@ def test_constrained_searcher_tells_optuna_the_auc_floor(tmp_path):
     assert [t.constraints["auc_floor"] for t in trials] == [pytest.approx(0.05), pytest.approx(-0.05)]
     assert searcher._ot_study.best_trial.values == [0.60]     # the fairer trial is infeasible
 
+
+
+@pytest.mark.parametrize("objective", ["es_auc", "constrained"])
+def test_a_resumed_searcher_takes_a_trial_it_never_suggested(tmp_path, objective, capsys):
+    """A driver killed after Tune saved a trial but before it saved the searcher's state resumes
+    with a trial the searcher does not know: its results and its end are taken (Ray's OptunaSearch
+    raised KeyError and the resumed search died), the known trials still reach Optuna."""
+    from search.record.space import param_space
+    from search.run.objectives import make_searcher, tune_metric
+
+    scfg = _scfg(tmp_path, objective=objective, min_auc_drop=0.05)
+    searcher = make_searcher(scfg, auc_floor=0.75)
+    assert searcher.set_search_properties(**tune_metric(scfg), config=param_space())
+    searcher.suggest("known")
+    result = {"auc": 0.8, "es_auc": 0.7, "training_iteration": 1, "epoch": 1}
+    for tid in ("stray", "known"):
+        searcher.on_trial_result(tid, result)
+        searcher.on_trial_result(tid, result)
+        searcher.on_trial_complete(tid, result)
+    assert [t.values for t in searcher._ot_study.trials] == [[0.7]]
+    assert capsys.readouterr().out.count("trial stray was started before the driver stopped") == 1
