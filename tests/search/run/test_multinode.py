@@ -197,7 +197,7 @@ def test_multinode_driver_sigkill_then_resume_no_rerun_no_duplicates(two_nodes, 
     with open(tmp_path / "resume.log", "w") as log:
         proc = start_driver(two_nodes.driver_env(), [*args, "--resume"], log)
         proc.wait(timeout=400)
-    assert proc.returncode == 0, (tmp_path / "resume.log").read_text()[-4000:]
+    assert proc.returncode == 0, f"rc {proc.returncode}\n" + (tmp_path / "resume.log").read_text()[-4000:]
     children = check_complete(db)
     for c in children:
         tags = c.data.tags
