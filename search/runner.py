@@ -5,7 +5,6 @@ reads top to bottom: prepare (store, data, Ray) -> search -> summarise -> decide
 """
 from __future__ import annotations
 
-import faulthandler
 import os
 import sys
 import time
@@ -35,9 +34,6 @@ from trainer.data.synthetic import synthesize
 
 
 def main(dataset: str, attribute: str, baseline: dict | None = None, argv=None) -> int:
-    # a crash in native code (Ray's core worker, torch) leaves a traceback in the driver's log
-    # instead of a bare exit status (a resumed driver once exited non-zero after its summary)
-    faulthandler.enable()
     try:
         scfg = parse_args(dataset, attribute, baseline, argv)
         outcome = run_search(scfg)
@@ -45,8 +41,6 @@ def main(dataset: str, attribute: str, baseline: dict | None = None, argv=None) 
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_summary(scfg, outcome)
-    sys.stdout.flush()
-    ray.shutdown()   # leave the cluster (or stop the embedded Ray) here, not in interpreter exit
     if outcome.interrupted:
         return 130
     return 0 if outcome.best is not None and not outcome.stopped_stage else 1
