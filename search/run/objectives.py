@@ -131,11 +131,13 @@ class WarmOptunaSearch(OptunaSearch):
         if getattr(self, "warm_trials", None):
             self._ot_study.add_trials(self.warm_trials)
 
+    _unknown_warned: frozenset = frozenset()   # class default: a searcher pickled before it has none
+
     def _unknown(self, trial_id: str) -> bool:
         if trial_id in self._ot_trials or trial_id in self._completed_trials:
             return False
-        if trial_id not in getattr(self, "_unknown_warned", set()):
-            self._unknown_warned = getattr(self, "_unknown_warned", set()) | {trial_id}
+        if trial_id not in self._unknown_warned:
+            self._unknown_warned = self._unknown_warned | {trial_id}
             print(f"[search] trial {trial_id} was started before the driver stopped but after the "
                   f"searcher's state was saved: it runs and is recorded, Optuna's sampler does not "
                   f"learn from it", flush=True)

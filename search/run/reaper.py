@@ -70,6 +70,19 @@ def kill_recorded(seen: dict[int, float]) -> list[int]:
     return [proc.pid for proc in killed]
 
 
+def record_descendants(pid: int, seen: dict[int, float]) -> dict[int, float]:
+    """Add every running descendant of `pid` to `seen` (pid -> start time); returns `seen`."""
+    try:
+        for child in psutil.Process(pid).children(recursive=True):
+            try:
+                seen.setdefault(child.pid, child.create_time())
+            except psutil.Error:
+                pass
+    except psutil.NoSuchProcess:
+        pass
+    return seen
+
+
 def alive_recorded(seen: dict[int, float]) -> list[int]:
     """The recorded processes still running (same pid and start time, not a zombie)."""
     left = []

@@ -127,17 +127,9 @@ class FakeAutoscalingCluster:
     def track(self) -> dict[int, float]:
         """Record every process descending from `ray start` (pid -> start time): the monitor's
         raylets and their agents included."""
-        import psutil
+        from search.run.reaper import record_descendants
 
-        try:
-            for p in psutil.Process(self.proc.pid).children(recursive=True):
-                try:
-                    self._seen.setdefault(p.pid, p.create_time())
-                except psutil.Error:
-                    pass
-        except psutil.NoSuchProcess:
-            pass
-        return self._seen
+        return record_descendants(self.proc.pid, self._seen)
 
     def resources(self) -> dict:
         """Total resources of the alive nodes, asked of the GCS from a separate process (this

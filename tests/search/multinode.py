@@ -90,17 +90,9 @@ class LocalCluster:
 
     def track(self) -> dict[int, float]:
         """Record every process descending from the helper (raylets, GCS, agents, workers)."""
-        import psutil
+        from search.run.reaper import record_descendants   # here: this file also runs as a script
 
-        try:
-            for p in psutil.Process(self.proc.pid).children(recursive=True):
-                try:
-                    self._seen.setdefault(p.pid, p.create_time())
-                except psutil.Error:
-                    pass
-        except psutil.NoSuchProcess:
-            pass
-        return self._seen
+        return record_descendants(self.proc.pid, self._seen)
 
     def remove(self, name: str, timeout: float = 60) -> None:
         self.track()
