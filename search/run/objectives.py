@@ -37,6 +37,7 @@ from search.record.study import METRIC
 from search.run import warm_start
 from search.run.mo_asha import MOASHAScheduler
 from search.run.remote import data_of, datasets, run
+from search.run.resume import snapshot_trials
 from trainer.config import DEFAULT_MODALITIES
 
 OBJECTIVES = ("es_auc", "pareto", "constrained")
@@ -120,7 +121,11 @@ class WarmOptunaSearch(OptunaSearch):
     experiment's trials at different moments, so a driver killed between the two resumes with a
     trial its searcher does not know; Ray's OptunaSearch then raised KeyError on that trial's first
     result and the resumed search died (seen in the multi-node SIGKILL test). Such a trial trains and
-    is recorded as usual; only Optuna's sampler does not learn from it (a warning says which)."""
+    is recorded as usual; only Optuna's sampler does not learn from it (a warning says which).
+
+    The other way round, a trial it suggested after the experiment's trials were saved is not in
+    the restored study (search.run.resume): on restore it is told to Optuna as FAIL, so the
+    constant liar does not hold its point as a running trial for the rest of the search."""
 
     def __init__(self, *args, warm_trials=(), **kwargs):
         self.warm_trials = list(warm_trials)
@@ -142,6 +147,19 @@ class WarmOptunaSearch(OptunaSearch):
                   f"searcher's state was saved: it runs and is recorded, Optuna's sampler does not "
                   f"learn from it", flush=True)
         return True
+
+    def restore_from_dir(self, checkpoint_dir: str):
+        super().restore_from_dir(checkpoint_dir)
+        held = snapshot_trials(checkpoint_dir)   # Tune's trials, downloaded beside the searcher's
+        if held is None:
+            return
+        for trial_id, ot_trial in self._ot_trials.items():
+            if trial_id not in held and trial_id not in self._completed_trials:
+                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+                self._completed_trials.add(trial_id)
+                print(f"[search] resume: trial {trial_id} was suggested after the driver's last "
+                      "snapshot and is not in the restored study: Optuna records it as failed",
+                      flush=True)
 
     def on_trial_result(self, trial_id, result):
         if not self._unknown(trial_id):

@@ -9,6 +9,15 @@ anymore"). Before `Tuner.restore`, each trial whose recorded checkpoint is gone 
 newest complete checkpoint in its folder (none left: it starts over). The trainable then moves
 on to the newest checkpoint if an even newer one exists (search.run.trainable.newest_checkpoint), so
 a trial that had finished trains nothing again.
+
+The snapshot's trials and the search algorithm's state are two files, written and uploaded one
+after the other: a driver killed between them leaves a state that disagrees with the trials. A
+count of created trials ahead of them (a trial created after the trials were saved) made the
+resumed search believe it had sampled every trial and end one short, "INTERRUPTED" on every
+--resume (seen in the multi-node SIGKILL test); a count behind them samples more trials than asked;
+a concurrency slot held by a trial the snapshot lacks is never freed. Before `Tuner.restore`,
+reconcile_trial_count makes that state agree with the snapshot; the Optuna searcher fails the
+lost trial on restore (search.run.objectives.WarmOptunaSearch).
 """
 from __future__ import annotations
 
@@ -27,9 +36,10 @@ def _exists(fs, path: str) -> bool:
     return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
 
-def _newest_state(fs, path: str) -> str | None:
+def _newest_state(fs, path: str, prefix: str = "experiment_state-") -> str | None:
+    """The newest of Tune's `prefix`*.json files in `path` (Tune picks the greatest name too)."""
     infos = fs.get_file_info(pyarrow.fs.FileSelector(path))
-    states = sorted(i.path for i in infos if posixpath.basename(i.path).startswith("experiment_state-")
+    states = sorted(i.path for i in infos if posixpath.basename(i.path).startswith(prefix)
                     and i.path.endswith(".json"))
     return states[-1] if states else None
 
@@ -75,3 +85,59 @@ def repair_stale_checkpoints(study_dir: str) -> list[str]:
         print(f"[search] resume: the last snapshot named deleted checkpoints of trials "
               f"{', '.join(repaired)}: pointed at their newest checkpoint on storage", flush=True)
     return repaired
+
+
+def snapshot_trials(study_dir: str) -> dict[str, str] | None:
+    """{trial id: Tune status} of the newest snapshot of `study_dir` (a folder or a storage URI);
+    None without one."""
+    fs, path = pyarrow.fs.FileSystem.from_uri(study_dir)
+    snapshot = _newest_state(fs, path)
+    if snapshot is None:
+        return None
+    with fs.open_input_stream(snapshot) as f:
+        state = json.loads(f.read().decode())
+    trials = (json.loads(entry[0]) for entry in state["trial_data"])
+    return {t["trial_id"]: t["status"] for t in trials}
+
+
+ENDED = ("TERMINATED", "ERROR")   # a restored trial in these is never reported complete again
+
+
+def reconcile_trial_count(study_dir: str) -> list[str]:
+    """Make the search algorithm's saved state (Ray's SearchGenerator state, the newest
+    search_gen_state-*.json) agree with the trials of the newest snapshot: its count of created
+    trials becomes theirs, and the concurrency limiter's live trials only those the snapshot holds
+    unfinished (a trial it does not hold never completes: the limiter would keep its slot for
+    good, and with one slot the resumed search would wait forever). Returns what it changed."""
+    import ray.cloudpickle as cloudpickle
+
+    held = snapshot_trials(study_dir)
+    fs, path = pyarrow.fs.FileSystem.from_uri(study_dir)
+    saved = _newest_state(fs, path, "search_gen_state-")
+    if held is None or saved is None:
+        return []
+    with fs.open_input_stream(saved) as f:
+        state = cloudpickle.loads(f.read())
+    changed = []
+    if state["counter"] != len(held):
+        changed.append(f"{state['counter']} trial(s) counted as created, {len(held)} held: "
+                       f"counted {len(held)}, so the study samples up to its number of trials")
+        state["counter"] = len(held)
+    limiter = state.get("name:ConcurrencyLimiter")
+    if limiter is not None:
+        live = {t for t in limiter["live_trials"] if held.get(t, "TERMINATED") not in ENDED}
+        if live != limiter["live_trials"]:
+            gone = sorted(limiter["live_trials"] - live)
+            changed.append(f"trial(s) {', '.join(gone)} held a concurrency slot but will not run "
+                           "again: slot(s) freed")
+            limiter["live_trials"], limiter["num_unfinished_live_trials"] = live, len(live)
+    if not changed:
+        return []
+    staged = posixpath.join(path, ".reconciled-" + posixpath.basename(saved))
+    with fs.open_output_stream(staged) as f:   # written whole, then moved over the old one
+        f.write(cloudpickle.dumps(state))
+    fs.move(staged, saved)
+    for line in changed:
+        print(f"[search] resume: the saved search state disagreed with the last snapshot: {line}",
+              flush=True)
+    return changed
