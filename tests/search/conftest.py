@@ -46,6 +46,19 @@ def search_config(data_root):
     return make
 
 
+@pytest.fixture(scope="session")
+def decided(ray_session, search_config, tmp_path_factory):
+    """One FairVision Pareto search through the confirmation, the paired test, figures and
+    registration (3 trials x 2 epochs, 1 finalist, 2 seeds; champion "multifair-test"): shared by
+    the deployment tests (decide/test_deploy.py) and the served champion's (decide/test_pyfunc_serve.py)."""
+    from search.runner import run_search
+
+    tmp = tmp_path_factory.mktemp("deploy")
+    scfg = search_config(tmp, num_samples=3, max_epochs=2, grace_period=1, objective="pareto",
+                         finalists=1, confirm_seeds=2, figures=True, register_name="multifair-test")
+    return scfg, run_search(scfg)
+
+
 def subprocess_env() -> dict:
     """Environment for running an entry script: the project importable as if installed."""
     env = dict(os.environ)

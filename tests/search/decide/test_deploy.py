@@ -15,16 +15,6 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def decided(ray_session, search_config, tmp_path_factory):
-    from search.runner import run_search
-
-    tmp = tmp_path_factory.mktemp("deploy")
-    scfg = search_config(tmp, num_samples=3, max_epochs=2, grace_period=1, objective="pareto",
-                         finalists=1, confirm_seeds=2, figures=True, register_name="multifair-test")
-    return scfg, run_search(scfg)
-
-
 def test_pareto_confirmation_paired_test_and_champion(decided):
     from mlflow import MlflowClient
 

@@ -1,5 +1,6 @@
-"""The champion deploys the MLflow way (issue 22, item 6): a whole search run by its entry script
-(FairVision: SLO + OCT; FairVLMed: fundus + note) registers a pyfunc model, and
+"""The champion deploys the MLflow way (issue 22, item 6): a whole search (FairVision: SLO + OCT,
+the deployment tests' search; FairVLMed: fundus + note, run by its entry script) registers a
+pyfunc model, and
 `mlflow.pyfunc.load_model("models:/<name>@champion").predict(df)` and `mlflow models serve
 --env-manager local` (a real HTTP POST /invocations on 127.0.0.1) score what a clinic has: images
 as arrays or npz paths, the note as text, a modality absent. Every probability is checked
@@ -8,8 +9,7 @@ cache and inference path); an absent modality against the presence-mask contract
 (docs/architecture.md: removing m = batch["present"][m] False). Bad requests to the served
 model (a path outside the allowed folder, a link out of it, an empty row, a 2 x 2 image, NaN,
 text as an image) each answer a 400 naming the row and column, without a stack trace. Slow: one
-search per dataset, shared by the module, and one server per model (about 4-5 minutes on 2
-cores)."""
+search per dataset, shared, and one server per model (about 3-4 minutes on 2 cores)."""
 import contextlib
 import json
 import os
@@ -44,6 +44,11 @@ def run_search(dataset: str, data_root: str, tmp: Path, *extra) -> dict:
     out = subprocess.run([sys.executable, str(REPO / "search" / SCRIPTS[dataset]), *args],
                          env=subprocess_env(), capture_output=True, text=True, timeout=900, cwd=tmp)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return {**registered(uri, name, data_root, tmp), "log": out.stdout}
+
+
+def registered(uri: str, name: str, data_root: str, tmp: Path) -> dict:
+    """The champion `name` of the store `uri`, downloaded under `tmp`, with its trainer config."""
     import mlflow
 
     from trainer.checkpoint import read_manifest
@@ -57,12 +62,14 @@ def run_search(dataset: str, data_root: str, tmp: Path, *extra) -> dict:
     site = tmp / "site"   # the test's own files the model may read, beside the data root
     site.mkdir()
     return {"uri": uri, "name": name, "model": f"models:/{name}@champion", "local": local, "cfg": cfg,
-            "data_root": data_root, "tmp": tmp, "site": site, "log": out.stdout}
+            "data_root": data_root, "tmp": tmp, "site": site}
 
 
 @pytest.fixture(scope="module")
-def fv(cache_dir, data_root, tmp_path_factory):
-    return run_search("fairvision", data_root, tmp_path_factory.mktemp("pyfunc-fv"))
+def fv(decided, data_root, tmp_path_factory):
+    """The FairVision champion of the deployment tests' search (tests/search/conftest.py)."""
+    scfg, _ = decided
+    return registered(scfg.tracking_uri, "multifair-test", data_root, tmp_path_factory.mktemp("pyfunc-fv"))
 
 
 @pytest.fixture(scope="module")
@@ -438,6 +445,41 @@ def test_fairvlmed_pyfunc_takes_note_text_and_a_missing_note_as_the_trainer_scor
     other = df.copy()
     other.loc[0, "note"] = df.loc[2, "note"]
     assert model.predict(other)["probability"][0] != got["probability"][0]
+
+
+def test_the_fairvlmed_champion_is_the_deployed_run_in_bf16_safetensors_and_scores_as_logged(vl, tmp_path):
+    """The registered version is the run the decision deployed; the model folder holds the bf16
+    safetensors file and no pickle; the registry's scoring command reproduces the logged test AUC
+    of the deployed model from it (decision.json)."""
+    import mlflow
+    import torch
+    from mlflow import MlflowClient
+    from safetensors.torch import load_file   # the kept file as stored: bf16, no pickle
+
+    from search.decide.registry import main as score_main
+    from trainer.metrics import roc_auc_score
+
+    decision = json.loads(next((vl["tmp"] / "results").glob("*/decision.json")).read_text())
+    version = MlflowClient(vl["uri"]).get_model_version_by_alias(vl["name"], "champion")
+    assert decision["registered"]["uri"] == vl["model"]
+    assert version.run_id == decision["deployed_run"]["run_id"]
+    assert "python_function" in mlflow.models.get_model_info(vl["model"]).flavors
+    assert {"MLmodel", "artifacts", "code"} <= {p.name for p in vl["local"].iterdir()}
+    local = vl["local"] / "artifacts" / "checkpoint"
+    assert {p.name for p in local.iterdir()} == {"best_model.safetensors", "checkpoint.json"}
+    assert not any(p.name.endswith((".pth", ".pkl", ".pt")) for p in vl["local"].rglob("*"))
+    floats = [t for t in load_file(str(local / "best_model.safetensors")).values() if t.is_floating_point()]
+    assert floats and all(t.dtype == torch.bfloat16 for t in floats)
+
+    out = tmp_path / "predictions.csv"
+    mlflow.set_tracking_uri(vl["uri"])
+    assert score_main(["--model", vl["model"], "--tracking-uri", vl["uri"], "--data-root",
+                       vl["data_root"], "--split", "test", "--out", str(out)]) == 0
+    rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
+    test = decision["test"]
+    logged = test["auc"]["chosen" if test["deployed"] != "baseline" else "baseline"]
+    assert roc_auc_score([int(r[1]) for r in rows], [float(r[3]) for r in rows]) == \
+        pytest.approx(logged, abs=1e-6)
 
 
 def test_served_fairvlmed_answers_an_http_request_with_note_text_and_a_missing_note(vl):

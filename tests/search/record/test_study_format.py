@@ -134,7 +134,7 @@ def test_study_pickled_with_old_module_names_resumes(ray_session, search_config,
 
     shutil.copy(REPO / "search" / "fairvision_gender.py", tmp_path)
     args = ["--local", "--num-cpus", "2", "--preset", "tiny", "--cpus-per-trial", "1", "--finalists", "0",
-            "--no-figures", "--objective", "pareto", "--num-samples", "8", "--max-epochs", "3",
+            "--no-figures", "--objective", "pareto", "--num-samples", "5", "--max-epochs", "3",
             "--max-concurrent", "1", "--data-root", data_root, "--storage-path", str(tmp_path / "results"),
             "--tracking-uri", "sqlite:///" + str(tmp_path / "mlflow.db")]
     proc = subprocess.Popen([sys.executable, "fairvision_gender.py", *args], cwd=tmp_path, env=subprocess_env(),
@@ -143,7 +143,7 @@ def test_study_pickled_with_old_module_names_resumes(ray_session, search_config,
     deadline = time.time() + 300
     while time.time() < deadline and sum(bool(p.read_text().strip())
                                          for p in study_dir.glob("trial_*/result.json")) < 2:
-        time.sleep(0.2)   # two trials reported: six of eight left to interrupt
+        time.sleep(0.2)   # two trials reported: three of five left to interrupt
     assert proc.poll() is None, "the search ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
@@ -161,9 +161,9 @@ def test_study_pickled_with_old_module_names_resumes(ray_session, search_config,
         assert b"MLflowTrialCallback" in (study_dir / "tuner.pkl").read_bytes()
     assert b"trial_callback" not in (study_dir / "tuner.pkl").read_bytes()
 
-    scfg = search_config(tmp_path, objective="pareto", num_samples=8, max_epochs=3, max_concurrent=1, resume=True)
+    scfg = search_config(tmp_path, objective="pareto", num_samples=5, max_epochs=3, max_concurrent=1, resume=True)
     outcome = run_search(scfg)
-    assert not outcome.interrupted and len(outcome.results) == 8
+    assert not outcome.interrupted and len(outcome.results) == 5
     after = epochs_of(study_dir)
     assert all(after[name][:len(epochs)] == epochs for name, epochs in before.items()), (before, after)
     assert all(after[name] == epochs for name, epochs in before.items() if epochs[-1:] == [3]), \

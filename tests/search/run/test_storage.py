@@ -1,7 +1,7 @@
 """Storage and tracking at scale: ended trials keep their best model but not their resume state,
 relog reads only JSON, a new sqlite store opened by two processes at once, MLflow calls off
-Tune's loop (the server-outage test is tests/search/record/test_mlflow_outage.py), and a FairVLMed
-search through registration."""
+Tune's loop (the server-outage test is tests/search/record/test_mlflow_outage.py). A FairVLMed
+search through registration is tests/search/decide/test_pyfunc_serve.py's."""
 import json
 import subprocess
 import sys
@@ -252,53 +252,3 @@ def test_operations_queued_while_mlflow_is_down_are_written_out_and_replayed(tmp
     assert run.info.status == "FINISHED" and run.data.tags["ray_node_id"] == "n1"
     assert "epochs_repeated" not in run.data.tags
 
-
-# -- FairVLMed through registration ------------------------------------------------------------
-@pytest.mark.slow
-def test_fairvlmed_search_registers_a_champion_with_a_note_signature(ray_session, tmp_path, cache_dir):
-    """A FairVLMed search (fundus + clinical note, generated data, tiny preset) through the
-    confirmation, the paired test and registration; the champion is a pyfunc model around the
-    bf16 safetensors file, its signature has a text `note` column, and the registry's scoring
-    command reproduces the logged test AUC from it."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    from search.decide.registry import main as score_main
-    from search.runner import SearchConfig, run_search
-    from trainer.metrics import roc_auc_score
-
-    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
-    scfg = SearchConfig(dataset="fairvlmed", attribute="gender", preset="tiny", data_root="",
-                        synthetic_sizes=(64, 32, 32), sets=["batch_size=4"], num_samples=2,
-                        max_epochs=2, grace_period=2, max_concurrent=2, cpus_per_trial=1,
-                        finalists=1, confirm_seeds=2, storage_path=str(tmp_path / "results"),
-                        tracking_uri=uri, figures=False, verbose=0, register_name="mf-fairvlmed-test")
-    outcome = run_search(scfg)
-    registered = outcome.decision["registered"]
-    client = MlflowClient(uri)
-    version = client.get_model_version_by_alias("mf-fairvlmed-test", "champion")
-    info = mlflow.models.get_model_info(registered["uri"])
-    assert {"slo", "note"} == set(info.signature.inputs.input_names())
-    assert "python_function" in info.flavors and version.run_id == outcome.decision["deployed_run"]["run_id"]
-    local = Path(mlflow.artifacts.download_artifacts(registered["uri"], dst_path=str(tmp_path / "model")))
-    names = {p.name for p in local.iterdir()}   # (+ registered_model_meta, MLflow's own)
-    assert {"MLmodel", "artifacts", "code"} <= names
-    assert {p.name for p in (local / "artifacts" / "checkpoint").iterdir()} == \
-        {"best_model.safetensors", "checkpoint.json"}
-    assert not any(p.name.endswith((".pth", ".pkl", ".pt")) for p in local.rglob("*")), names
-    local = local / "artifacts" / "checkpoint"
-    from safetensors.torch import load_file   # the kept file as stored: bf16, no pickle
-    import torch
-
-    floats = [t for t in load_file(str(local / "best_model.safetensors")).values() if t.is_floating_point()]
-    assert floats and all(t.dtype == torch.bfloat16 for t in floats)
-
-    out = tmp_path / "predictions.csv"
-    mlflow.set_tracking_uri(uri)
-    assert score_main(["--model", registered["uri"], "--tracking-uri", uri, "--data-root",
-                       scfg.data_root, "--split", "test", "--out", str(out)]) == 0
-    rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
-    test = outcome.decision["test"]
-    logged = test["auc"]["chosen" if test["deployed"] != "baseline" else "baseline"]
-    assert roc_auc_score([int(r[1]) for r in rows], [float(r[3]) for r in rows]) == \
-        pytest.approx(logged, abs=1e-6)
