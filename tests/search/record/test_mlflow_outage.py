@@ -1,5 +1,5 @@
 """An MLflow server outage mid-search: the real `mlflow server` (mlflow/serve.sh) on PostgreSQL,
-SIGKILLed once the search has reported its first epoch and restarted about 15 s later on the same
+SIGKILLed once the search has reported its first epoch and restarted about 8 s later on the same
 port with the same store. The search goes on while it is down (Tune's callbacks only queue), and
 at the end every trial's every epoch is in MLflow. Slow: about 3 minutes on 2 cores."""
 import os
@@ -15,7 +15,7 @@ from search.record import trial_callback
 from tests.search.servers import MLflowServer, Postgres
 
 pytestmark = pytest.mark.slow
-OUTAGE_S = 15
+OUTAGE_S = 8
 
 
 @pytest.fixture

@@ -126,9 +126,10 @@ def test_an_unknown_side_command_is_refused_with_the_list():
 # is checked without a search by test_migrate_study_rewrites_once_... and the pickle tests above
 @pytest.mark.parametrize("old_format", [3])
 def test_study_pickled_with_old_module_names_resumes(ray_session, search_config, data_root, tmp_path, old_format):
-    """An interrupted Pareto study (MO-ASHA, the Optuna searcher, the MLflow callback), its
-    tuner.pkl and experiment state rewritten to the old module names, resumes: finished trials are
-    not trained again and the restored (old-named) MLflow callback logs every trial. Format 0: the
+    """An interrupted Pareto study (the entry script, Ctrl-C: exit 130; MO-ASHA, the Optuna
+    searcher, the MLflow callback), its tuner.pkl and experiment state rewritten to the old module
+    names, resumes: finished trials are not trained again, the others continue, and the restored
+    (old-named) MLflow callback logs every trial, one run each under one FINISHED parent. Format 0: the
     flat modules, no number; format 3: the MLflow callback still in search.record.tracking."""
     from search.runner import run_search
 
@@ -141,15 +142,15 @@ def test_study_pickled_with_old_module_names_resumes(ray_session, search_config,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     study_dir = tmp_path / "results" / "fairvision-gender-full"
     deadline = time.time() + 300
-    while time.time() < deadline and sum(bool(p.read_text().strip())
-                                         for p in study_dir.glob("trial_*/result.json")) < 2:
-        time.sleep(0.2)   # two trials reported: three of five left to interrupt
+    while time.time() < deadline and not any(epochs[-1:] == [3] for epochs in epochs_of(study_dir).values()):
+        time.sleep(0.2)   # one trial finished, the next started: three of five left to interrupt
     assert proc.poll() is None, "the search ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
     assert "INTERRUPTED" in out, out[-3000:]
     before = epochs_of(study_dir)
+    assert any(epochs[-1:] == [3] for epochs in before.values()), before   # a finished trial to keep
 
     meta = {k: v for k, v in json.loads((study_dir / "study.json").read_text()).items() if k != "format"}
     (study_dir / "study.json").write_text(json.dumps({**meta, **({"format": 3} if old_format == 3 else {})}))

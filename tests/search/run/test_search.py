@@ -1,18 +1,12 @@
 """The search service end to end: real Ray, Optuna, MLflow (sqlite), the tiny trainer on
 generated data. About 4-6 minutes on 2 cores."""
 import json
-import shutil
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from search.runner import run_search
 from search.record.space import HYPERPARAMETERS
-from tests.search.conftest import REPO, study_runs, subprocess_env
+from tests.search.conftest import study_runs
 
 pytestmark = pytest.mark.slow
 
@@ -92,54 +86,13 @@ def test_failing_trial_is_retried_then_failed_and_study_finishes(ray_session, se
     assert sum(c.info.status == "FINISHED" for c in children) == 2
 
 
-def run_script(folder: Path, *args, wait=True):
-    cmd = [sys.executable, "fairvision_gender.py", "--local", "--num-cpus", "2", "--preset", "tiny",
-           "--cpus-per-trial", "1", "--finalists", "0", "--no-figures", *args]   # test_deploy has those
-    proc = subprocess.Popen(cmd, cwd=folder, env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    if wait:
-        out, _ = proc.communicate(timeout=400)
-        return proc.returncode, out
-    return proc
-
-
 # The entry script copied alone into an empty folder: tests/search/run/test_loopback.py (one search
 # serves both checks).
 
 
-def test_resume_after_interrupt_does_not_repeat_finished_trials(ray_session, search_config, data_root,
-                                                                 tmp_path):
-    shutil.copy(REPO / "search" / "fairvision_gender.py", tmp_path)
-    # enough work left after the first finished trial for the interrupt to land mid-search
-    # (reused workers train 2-epoch trials in about a second each)
-    args = ["--num-samples", "8", "--max-epochs", "3", "--max-concurrent", "1", "--data-root", data_root,
-            "--storage-path", str(tmp_path / "results"), "--tracking-uri", "sqlite:///" + str(tmp_path / "mlflow.db")]
-    proc = run_script(tmp_path, *args, wait=False)
-    study_dir = tmp_path / "results" / "fairvision-gender-full"
-    deadline = time.time() + 300
-    def first_trial_done():
-        return any(len(p.read_text().splitlines()) >= 3 for p in study_dir.glob("trial_*/result.json"))
-
-    while not first_trial_done() and time.time() < deadline:
-        time.sleep(0.5)
-    assert proc.poll() is None, "the search ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "INTERRUPTED" in out, out[-3000:]
-    before = {p.parent.name: len(p.read_text().splitlines()) for p in study_dir.glob("trial_*/result.json")}
-    finished = {name for name, n in before.items() if n == 3}
-    assert finished, before
-
-    scfg = search_config(tmp_path, num_samples=8, max_epochs=3, max_concurrent=1,
-                         storage_path=str(tmp_path / "results"), resume=True,
-                         tracking_uri="sqlite:///" + str(tmp_path / "mlflow.db"))
-    outcome = run_search(scfg)
-    assert not outcome.interrupted and len(outcome.results) == 8
-    after = {p.parent.name: len(p.read_text().splitlines()) for p in study_dir.glob("trial_*/result.json")}
-    assert all(after[name] == 3 for name in finished), "a finished trial ran again"
-    _, parents, children = study_runs(scfg.tracking_uri)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(c.data.tags["trial_id"] for c in children) == sorted(n.removeprefix("trial_") for n in after)
+# Ctrl-C and --resume (the entry script interrupted, finished trials not trained again, one
+# MLflow run per trial): tests/search/record/test_study_format.py, whose resume also migrates the
+# study's format (one search serves both checks).
 
 
 def test_analysis_reports_and_register_refuses_an_unconfirmed_champion(study, tmp_path, capsys):
