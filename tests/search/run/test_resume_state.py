@@ -141,3 +141,34 @@ def test_the_optuna_searcher_fails_a_trial_the_restored_study_lacks(tmp_path):
     assert states == [S.COMPLETE, S.RUNNING, S.FAIL], states
     restored.on_trial_complete("running", {"es_auc": 0.6, "auc": 0.8})
     assert [t.state for t in restored._ot_study.trials] == [S.COMPLETE, S.COMPLETE, S.FAIL]
+
+
+@pytest.mark.slow
+def test_the_search_state_is_reconciled_in_place_on_s3(finished_study, tmp_path, monkeypatch):
+    """The same repair where studies live on a cluster: on S3 (moto_server, a FAKE of AWS S3
+    started here), the state file is rewritten whole and moved over the old one, nothing staged
+    is left behind, and Tune's reader gets the reconciled count."""
+    import pyarrow.fs
+    import ray.cloudpickle as cloudpickle
+
+    from search.run.resume import reconcile_trial_count
+    from tests.search.servers import FakeS3
+
+    study_dir = str(tmp_path / "lag")
+    shutil.copytree(finished_study, study_dir)
+    _edit_search_state(study_dir, lambda s: s.update(counter=1))
+    s3 = FakeS3()
+    try:
+        for key, value in s3.env.items():
+            monkeypatch.setenv(key, value)
+        uri = s3.uri("studies/lag")
+        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+        pyarrow.fs.copy_files(study_dir, path, destination_filesystem=fs)
+        before = set(s3.keys("studies/lag/"))
+        assert reconcile_trial_count(uri) and reconcile_trial_count(uri) == []
+        assert set(s3.keys("studies/lag/")) == before, "a staged file was left, or the state lost"
+        saved = max(k for k in before if "/search_gen_state-" in k)
+        with fs.open_input_stream(f"{s3.bucket}/{saved}") as f:
+            assert cloudpickle.loads(f.read())["counter"] == SAMPLES
+    finally:
+        s3.close()
