@@ -14,6 +14,7 @@ from benchmarks import bench_gpu
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow   # the benchmark script end to end in its own interpreter
 def test_quick_run_writes_every_section_and_counts_flops(tmp_path):
     out = tmp_path / "gpu.json"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--quick",
