@@ -13,7 +13,7 @@ from search.record.trial_callback import MLflowTrialCallback
 from search.run import objectives
 from search.run.cluster_size import reserved, trial_concurrency
 from search.run.progress import ProgressCallback
-from search.run.resume import reconcile_trial_count, repair_stale_checkpoints
+from search.run.resume import repair_after_kill
 from search.run.storage import ResumeStatePruner
 from search.run.tuning import make_tuner, tracking_callback
 
@@ -33,8 +33,7 @@ def search(scfg, setup: dict, tracker, auc_floor, timings: dict | None = None):
         if old is not None:
             print(f"[search] resume: study format {old} migrated to the current one "
                   "(pickled module names rewritten once)", flush=True)
-        repair_stale_checkpoints(scfg.study_dir)   # a killed driver's snapshot can lag its trials
-        reconcile_trial_count(scfg.study_dir)      # ... and disagree with the searcher's count
+        repair_after_kill(scfg.study_dir)   # stale checkpoints named, the searcher's count
         tuner = make_tuner(scfg, setup, scfg.name, restore=True)
         callback = tracking_callback(tuner)   # the study's own tracker (same store, same parent run)
         tracker = callback.tracker if callback else tracker
