@@ -33,7 +33,7 @@ def search(scfg, setup: dict, tracker, auc_floor, timings: dict | None = None):
         if old is not None:
             print(f"[search] resume: study format {old} migrated to the current one "
                   "(pickled module names rewritten once)", flush=True)
-        repair_after_kill(scfg.study_dir)   # stale checkpoints named, the searcher's count
+        repair_after_kill(scfg.study_dir)   # a killed driver's snapshot may lag its trials
         tuner = make_tuner(scfg, setup, scfg.name, restore=True)
         callback = tracking_callback(tuner)   # the study's own tracker (same store, same parent run)
         tracker = callback.tracker if callback else tracker
