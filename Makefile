@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo fit-demo test test-fast bench ablation mlflow-ui clean
+.PHONY: install demo fit-demo test test-fast test-durations bench ablation mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,9 +30,10 @@ fit-demo: $(STAMP)
 
 # Two pytest-xdist workers: on 2 cores the suite leaves a third of the CPU idle when run serially
 # (servers starting, Ray nodes joining, outages waited out). tests/conftest.py keeps the tests of a
-# shared search or module fixture in one worker. TEST_WORKERS=0 runs it in one process.
+# shared search or module fixture in one worker, and hands the groups out longest first by
+# tests/durations.json (--no-loadscope-reorder keeps that order). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
-XDIST := -n $(TEST_WORKERS) --dist loadgroup
+XDIST := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 # The full suite, as CI runs it (.ci/run).
 test: $(STAMP)
@@ -42,6 +43,10 @@ test: $(STAMP)
 # PostgreSQL / S3 servers, end-to-end searches: most of CI's time).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q --timeout 900 -m "not slow" $(XDIST)
+
+# Rewrite tests/durations.json from a full run that passes (after adding or reshaping slow tests).
+test-durations: $(STAMP)
+	$(PY) -m pytest -q --timeout 900 $(XDIST) --record-durations
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_trainer.py

@@ -6,7 +6,9 @@ writes a private copy into the test's tmp_path for a test that breaks or writes 
 """
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +75,12 @@ def fresh_dataset(tmp_path):
 SHARED_SEARCHES = ("decided", "study")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--record-durations", action="store_true",
+                     help="after a run that passes, write each xdist group's seconds into "
+                          "tests/durations.json (the order `make test` hands the groups out in)")
+
+
 def pytest_configure(config):
     """In a pytest-xdist worker, torch computes with one thread: two workers share 2 cores with
     each other's Ray trials, and torch's default (a thread per core, spinning while it waits) made
@@ -82,16 +90,69 @@ def pytest_configure(config):
         import torch
 
         torch.set_num_threads(1)
+        config.pluginmanager.register(LongestFirst(), "multifair-longest-first")
+    elif config.getoption("record_durations"):
+        config.pluginmanager.register(RecordDurations(), "multifair-record-durations")
 
 
 @pytest.hookimpl(tryfirst=True)   # before xdist's own hook, which reads the group marks
 def pytest_collection_modifyitems(config, items):
     """xdist groups (`--dist loadgroup`): a test using a shared search joins that search's group,
     every other test its file's group (its module fixtures are built once, in one worker, and its
-    tests run in order). xdist hands out the groups largest first (most tests), which interleaves
-    the many-test trainer files with the searches: measured 16:26 for the suite, against 19:35
-    with the searches' tests handed out one by one (two searches at once on 2 cores)."""
+    tests run in order)."""
     for item in items:
-        used = set(getattr(item, "fixturenames", ()))
-        group = next((name for name in SHARED_SEARCHES if name in used), item.path.stem)
+        GROUP_OF[item.nodeid] = group = group_of(item)
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+# --- handing the groups out longest first -------------------------------------------------------
+# xdist hands a worker the next group in collection order (`make test` passes
+# --no-loadscope-reorder; by default it orders groups by test count). In a worker, where xdist
+# collects, the groups are ordered by their seconds in the last recorded run (tests/durations.json,
+# written by `make test-durations`), longest first, so no long search is left to run alone at the
+# end while the other worker idles. A group not in the table goes first: starting a short group
+# early costs little, ending on a long one costs its whole length.
+DURATIONS = Path(__file__).with_name("durations.json")
+GROUP_OF: dict[str, str] = {}
+
+
+def group_of(item) -> str:
+    used = set(getattr(item, "fixturenames", ()))
+    return next((name for name in SHARED_SEARCHES if name in used), item.path.stem)
+
+
+def longest_first(items: list, seconds: dict[str, float]) -> list:
+    """The items with their groups longest first; a group not in `seconds` first of all. A group's
+    tests keep their order (sorted() is stable)."""
+    return sorted(items, key=lambda item: -seconds.get(group_of(item), float("inf")))
+
+
+class LongestFirst:
+    @pytest.hookimpl(trylast=True)    # after pytest's own reordering by fixture parameters
+    def pytest_collection_modifyitems(self, items):
+        seconds = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+        items[:] = longest_first(items, seconds)
+
+
+class RecordDurations:
+    """`--record-durations`: each group's seconds (setup, call and teardown of its tests, summed
+    over the workers' reports) merged into tests/durations.json after a run that passed."""
+
+    def __init__(self, path: Path = DURATIONS):
+        self.path = path
+        self.seconds: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report):
+        nodeid = report.nodeid
+        # xdist appends "@group" to the ids it reports; in one process the group was noted above
+        group = nodeid.rsplit("@", 1)[1] if "@" in nodeid.rsplit("]", 1)[-1] else GROUP_OF.get(nodeid)
+        if group is not None:
+            self.seconds[group] = self.seconds.get(group, 0.0) + report.duration
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        if exitstatus != 0 or not self.seconds:
+            return
+        table = json.loads(self.path.read_text()) if self.path.exists() else {}
+        table.update({group: round(s, 1) for group, s in self.seconds.items()})
+        self.path.write_text(json.dumps(dict(sorted(table.items(), key=lambda kv: -kv[1])),
+                                        indent=1) + "\n")
