@@ -99,10 +99,12 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     """xdist groups (`--dist loadgroup`): a test using a shared search joins that search's group,
     every other test its file's group (its module fixtures are built once, in one worker, and its
-    tests run in order)."""
+    tests run in order). The group also rides on the test's reports (`user_properties`), to the
+    controller under xdist, for `--record-durations`."""
     for item in items:
-        GROUP_OF[item.nodeid] = group = group_of(item)
+        group = group_of(item)
         item.add_marker(pytest.mark.xdist_group(group))
+        item.user_properties.append(("xdist_group", group))
 
 
 # --- handing the groups out longest first -------------------------------------------------------
@@ -113,7 +115,6 @@ def pytest_collection_modifyitems(config, items):
 # end while the other worker idles. A group not in the table goes first: starting a short group
 # early costs little, ending on a long one costs its whole length.
 DURATIONS = Path(__file__).with_name("durations.json")
-GROUP_OF: dict[str, str] = {}
 
 
 def group_of(item) -> str:
@@ -143,9 +144,7 @@ class RecordDurations:
         self.seconds: dict[str, float] = {}
 
     def pytest_runtest_logreport(self, report):
-        nodeid = report.nodeid
-        # xdist appends "@group" to the ids it reports; in one process the group was noted above
-        group = nodeid.rsplit("@", 1)[1] if "@" in nodeid.rsplit("]", 1)[-1] else GROUP_OF.get(nodeid)
+        group = dict(report.user_properties).get("xdist_group")
         if group is not None:
             self.seconds[group] = self.seconds.get(group, 0.0) + report.duration
 

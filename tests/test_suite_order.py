@@ -30,9 +30,10 @@ def test_recorded_seconds_are_summed_per_group_and_merged_into_the_table(tmp_pat
     path = tmp_path / "durations.json"
     path.write_text(json.dumps({"test_old": 3.0, "test_a": 100.0}))
     rec = RecordDurations(path)
-    for nodeid, d in [("tests/test_a.py::t1@test_a", 1.25), ("tests/test_a.py::t1@test_a", 2.0),
-                      ("tests/x.py::t[p@q]@decided", 10.0)]:   # an "@" inside a parameter id
-        rec.pytest_runtest_logreport(SimpleNamespace(nodeid=nodeid, duration=d))
+    # as xdist hands them to the controller: the test's user_properties as lists
+    for group, d in [("test_a", 1.25), ("test_a", 2.0), ("decided", 10.0), (None, 7.0)]:
+        props = [["xdist_group", group]] if group else []      # None: a report without a group
+        rec.pytest_runtest_logreport(SimpleNamespace(user_properties=props, duration=d))
     rec.pytest_sessionfinish(None, exitstatus=1)       # a failed run writes nothing
     assert json.loads(path.read_text()) == {"test_old": 3.0, "test_a": 100.0}
     rec.pytest_sessionfinish(None, exitstatus=0)
